@@ -1,0 +1,1 @@
+"""osgan_jax: one-stage GAN training in JAX."""
