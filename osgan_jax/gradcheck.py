@@ -1,0 +1,276 @@
+r"""Is one-stage training exact for my loss and discriminator? A diagnostic command.
+
+    python -m osgan_jax.gradcheck --loss hinge --disc batchnorm [--mode exact|approx] \
+        [--seed N] [--x64] [--logits normal|extreme|huge|zero]
+
+Builds a small generator and a small discriminator of the given kind, then prints one
+JSON line::
+
+    {"loss": ..., "disc": ..., "mode": ..., "rel_err_g": ..., "rel_err_d": ...,
+     "fd_rel_err": ..., "finite": true|false, ...}
+
+``rel_err_*``: relative L2 error of ``one_stage_grads`` against ``reference_grads`` over
+the whole parameter pytree. ``fd_rel_err``: ``reference_grads`` against central finite
+differences in float64 along random directions. Exit status 0 when all are within
+tolerance, 1 otherwise, 2 for bad arguments.
+
+Discriminator kinds (pure functions of a parameter dict, so no framework is involved):
+  mlp        per-sample MLP, logits [B]
+  conv       per-sample strided conv net, logits [B]
+  patch      PatchGAN-style conv net, logits [B, 4, 4]
+  batchnorm  conv net with BatchNorm in training mode (couples samples); returns its
+             running statistics as aux (has_aux)
+  mbstd      conv net with StyleGAN2's minibatch standard deviation (couples samples)
+
+``--logits`` pushes the discriminator into the regimes where the paper's decomposition
+breaks: ``extreme`` scales logits by 100 (hinge fake logits below -1, non-saturating
+sigmoid underflow), ``huge`` by 1e4, ``zero`` makes the first fake sample's logit exactly
+0 (LSGAN's singular point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from osgan_jax import losses as losses_lib
+from osgan_jax import one_stage
+
+DISC_KINDS = ('mlp', 'conv', 'patch', 'batchnorm', 'mbstd')
+LOGIT_REGIMES = {'normal': 1.0, 'extreme': 100.0, 'huge': 1e4, 'zero': 1.0}
+IMAGE_SHAPE = (8, 8, 2)
+Z_DIM = 6
+TOLERANCE = {'float32': 1e-5, 'float64': 1e-10}
+FD_TOLERANCE = 1e-5
+
+
+def _conv(x, w, stride):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _lrelu(x):
+  return jax.nn.leaky_relu(x, 0.2)
+
+
+def _minibatch_std(x, group_size=4):
+  """StyleGAN2's minibatch standard deviation, one feature channel appended."""
+  b, h, w, c = x.shape
+  g = min(group_size, b)
+  y = x.reshape(g, b // g, h, w, c)
+  y = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)            # [b/g, h, w, c]
+  y = jnp.mean(y, axis=(1, 2, 3))                     # [b/g]
+  y = jnp.tile(y, (g,)).reshape(b, 1, 1, 1)
+  return jnp.concatenate([x, jnp.broadcast_to(y, (b, h, w, 1))], axis=-1)
+
+
+def init_generator(key, dtype=jnp.float32, bias=True):
+  k1, k2 = jax.random.split(key)
+  out = int(np.prod(IMAGE_SHAPE))
+  return {'w1': jax.random.normal(k1, (Z_DIM, 32), dtype) / float(np.sqrt(Z_DIM)),
+          'b1': jnp.full((32,), 0.1 if bias else 0.0, dtype),
+          'w2': jax.random.normal(k2, (32, out), dtype) / float(np.sqrt(32)),
+          'b2': jnp.zeros((out,), dtype)}
+
+
+def generate(params, z):
+  h = _lrelu(z @ params['w1'] + params['b1'])
+  x = jnp.tanh(h @ params['w2'] + params['b2'])
+  return x.reshape((z.shape[0],) + IMAGE_SHAPE)
+
+
+def init_discriminator(kind, key, dtype=jnp.float32, bias=True):
+  """Parameters of a small discriminator of ``kind`` (biases 0 when ``bias`` False)."""
+  ks = jax.random.split(key, 4)
+  c = IMAGE_SHAPE[-1]
+  b = (lambda n: jnp.full((n,), 0.05, dtype)) if bias else (
+      lambda n: jnp.zeros((n,), dtype))
+  if kind == 'mlp':
+    n = int(np.prod(IMAGE_SHAPE))
+    return {'w1': jax.random.normal(ks[0], (n, 16), dtype) / float(np.sqrt(n)), 'b1': b(16),
+            'w2': jax.random.normal(ks[1], (16, 1), dtype) / 4.0, 'b2': b(1)}
+  params = {'c1': jax.random.normal(ks[0], (3, 3, c, 4), dtype) / float(np.sqrt(9 * c)),
+            'b1': b(4)}
+  if kind == 'patch':
+    params['c2'] = jax.random.normal(ks[1], (3, 3, 4, 1), dtype) / 6.0
+    params['b2'] = b(1)
+    return params
+  c_in = 5 if kind == 'mbstd' else 4
+  params['c2'] = jax.random.normal(ks[1], (3, 3, c_in, 8), dtype) / float(np.sqrt(9 * c_in))
+  params['b2'] = b(8)
+  params['w'] = jax.random.normal(ks[2], (2 * 2 * 8, 1), dtype) / float(np.sqrt(32))
+  params['b'] = b(1)
+  if kind == 'batchnorm':
+    params['bn_scale'] = jnp.ones((4,), dtype)
+    params['bn_bias'] = jnp.zeros((4,), dtype)
+  return params
+
+
+def make_discriminator(kind, logit_scale=1.0):
+  """``discriminate(params, images)``; the batchnorm kind returns ``(logits, stats)``."""
+  if kind not in DISC_KINDS:
+    raise ValueError(f'unknown discriminator kind {kind!r}; valid kinds: '
+                     f'{", ".join(DISC_KINDS)}')
+
+  def discriminate(params, x):
+    if kind == 'mlp':
+      h = _lrelu(x.reshape(x.shape[0], -1) @ params['w1'] + params['b1'])
+      return logit_scale * (h @ params['w2'] + params['b2'])[:, 0]
+    h = _conv(x, params['c1'], 2) + params['b1']
+    stats = None
+    if kind == 'batchnorm':
+      mean = jnp.mean(h, axis=(0, 1, 2))
+      var = jnp.var(h, axis=(0, 1, 2))
+      h = (h - mean) * jax.lax.rsqrt(var + 1e-5) * params['bn_scale'] + params['bn_bias']
+      stats = {'mean': mean, 'var': var}
+    h = _lrelu(h)
+    if kind == 'patch':
+      return logit_scale * (_conv(h, params['c2'], 1) + params['b2'])[..., 0]
+    if kind == 'mbstd':
+      h = _minibatch_std(h)
+    h = _lrelu(_conv(h, params['c2'], 2) + params['b2'])
+    logits = logit_scale * (h.reshape(h.shape[0], -1) @ params['w'] + params['b'])[:, 0]
+    return (logits, stats) if kind == 'batchnorm' else logits
+
+  return discriminate
+
+
+def problem(loss, disc, *, seed=0, dtype=jnp.float32, logits='normal', batch=8):
+  """Everything ``one_stage_grads`` takes, for one gradcheck setting, as a dict."""
+  losses_lib.get(loss)
+  if logits not in LOGIT_REGIMES:
+    raise ValueError(f'unknown logits regime {logits!r}; valid: '
+                     f'{", ".join(LOGIT_REGIMES)}')
+  key = jax.random.PRNGKey(seed)
+  kg, kd, kz, kx = jax.random.split(key, 4)
+  zero = logits == 'zero'
+  z = jax.random.normal(kz, (batch, Z_DIM), dtype)
+  if zero:  # a bias-free G maps z = 0 to the zero image, which a bias-free D maps to 0.
+    z = z.at[0].set(0.0)
+  return dict(
+      generate=generate,
+      discriminate=make_discriminator(disc, LOGIT_REGIMES[logits]),
+      params_g=init_generator(kg, dtype, bias=not zero),
+      params_d=init_discriminator(disc, kd, dtype, bias=not zero),
+      z=z,
+      x_real=jnp.tanh(jax.random.normal(kx, (batch,) + IMAGE_SHAPE, dtype)),
+      loss=loss,
+      d_has_aux=disc == 'batchnorm',
+  )
+
+
+def rel_err(a, b) -> float:
+  """Relative L2 error of pytree a against pytree b."""
+  num = sum(float(jnp.sum(jnp.square(x.astype(jnp.float64) - y.astype(jnp.float64))))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  den = sum(float(jnp.sum(jnp.square(y.astype(jnp.float64)))) for y in jax.tree.leaves(b))
+  if den == 0.0:
+    return 0.0 if num == 0.0 else float('inf')
+  return float(np.sqrt(num / den))
+
+
+def finite_difference_error(prob, num_directions=3, seed=0) -> float:
+  """Max relative error of reference_grads against central differences (float64)."""
+  prob64 = jax.tree.map(
+      lambda v: v.astype(jnp.float64) if isinstance(v, jax.Array) else v, prob)
+  loss = losses_lib.get(prob['loss'])
+  g_grads, d_grads, _ = one_stage.reference_grads(**prob64)
+  disc = prob64['discriminate']
+  has_aux = prob64['d_has_aux']
+
+  def d_out(p, x):
+    out = disc(p, x)
+    return out[0] if has_aux else out
+
+  x_fake = generate(prob64['params_g'], prob64['z'])
+  objectives = [
+      (lambda pd: loss.d_loss(d_out(pd, prob64['x_real']), d_out(pd, x_fake)),
+       prob64['params_d'], d_grads),
+      (lambda pg: loss.g_loss(d_out(prob64['params_d'], prob64['x_real']),
+                              d_out(prob64['params_d'], generate(pg, prob64['z']))),
+       prob64['params_g'], g_grads),
+  ]
+  rng = np.random.default_rng(seed)
+  worst = 0.0
+  for objective, params, grads in objectives:
+    for _ in range(num_directions):
+      v = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
+      v_norm = np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(v)))
+      v = jax.tree.map(lambda x: x / v_norm, v)
+      eps = 1e-6
+      plus = objective(jax.tree.map(lambda p, d: p + eps * d, params, v))
+      minus = objective(jax.tree.map(lambda p, d: p - eps * d, params, v))
+      fd = float(plus - minus) / (2 * eps)
+      exact = sum(float(jnp.sum(g * d)) for g, d in zip(jax.tree.leaves(grads),
+                                                        jax.tree.leaves(v)))
+      scale = max(abs(exact), abs(fd), 1e-12)
+      worst = max(worst, abs(fd - exact) / scale)
+  return worst
+
+
+def check(loss, disc, *, mode='exact', seed=0, x64=False, logits='normal') -> dict:
+  """Runs one gradcheck setting and returns the JSON-able report."""
+  dtype = jnp.float64 if x64 else jnp.float32
+  prob = problem(loss, disc, seed=seed, dtype=dtype, logits=logits)
+  run = jax.jit(lambda pg, pd: one_stage.one_stage_grads(
+      prob['generate'], prob['discriminate'], pg, pd, prob['z'], prob['x_real'],
+      prob['loss'], mode=mode, d_has_aux=prob['d_has_aux'], measure_error=mode == 'approx'))
+  grads_g, grads_d, aux = run(prob['params_g'], prob['params_d'])
+  ref_g, ref_d, _ = jax.jit(lambda pg, pd: one_stage.reference_grads(
+      **{**prob, 'params_g': pg, 'params_d': pd}))(prob['params_g'], prob['params_d'])
+  finite = all(bool(jnp.all(jnp.isfinite(x)))
+               for x in jax.tree.leaves((grads_g, grads_d)))
+  report = {
+      'loss': loss, 'disc': disc, 'mode': mode, 'logits': logits,
+      'dtype': jnp.dtype(dtype).name,
+      'rel_err_g': rel_err(grads_g, ref_g),
+      'rel_err_d': rel_err(grads_d, ref_d),
+      'fd_rel_err': finite_difference_error(prob, seed=seed),
+      'finite': finite,
+      'n_exact': int(aux['n_exact']),
+      'gamma_mean': float(aux['gamma_mean']),
+      'symmetric': losses_lib.is_symmetric(loss),
+  }
+  if 'approx_rel_err' in aux:
+    report['approx_rel_err'] = float(aux['approx_rel_err'])
+  tol = TOLERANCE[report['dtype']]
+  report['ok'] = bool(finite and report['rel_err_g'] <= tol and report['rel_err_d'] <= tol
+                      and report['fd_rel_err'] <= FD_TOLERANCE)
+  return report
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m osgan_jax.gradcheck',
+      description='Checks one-stage gradients against the two-grad reference.')
+  parser.add_argument('--loss', required=True, help='registered loss name')
+  parser.add_argument('--disc', required=True, help=f'one of {", ".join(DISC_KINDS)}')
+  parser.add_argument('--mode', default='exact', help='exact or approx')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--x64', action='store_true', help='compare in float64')
+  parser.add_argument('--logits', default='normal', help=', '.join(LOGIT_REGIMES))
+  args = parser.parse_args(argv)
+  for value, valid, what in ((args.loss, losses_lib.names(), 'loss'),
+                             (args.disc, DISC_KINDS, 'discriminator kind'),
+                             (args.mode, one_stage.MODES, 'mode'),
+                             (args.logits, tuple(LOGIT_REGIMES), 'logits regime')):
+    if value not in valid:
+      print(f'gradcheck: unknown {what} {value!r}; valid: {", ".join(valid)}',
+            file=sys.stderr)
+      return 2
+  # Finite differences need float64 whatever the compared dtype; arrays are typed
+  # explicitly, so enabling x64 does not change the float32 comparison.
+  jax.config.update('jax_enable_x64', True)
+  report = check(args.loss, args.disc, mode=args.mode, seed=args.seed, x64=args.x64,
+                 logits=args.logits)
+  print(json.dumps(report))
+  return 0 if report['ok'] else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
