@@ -1,0 +1,60 @@
+"""Generator / discriminator architectures and a small registry.
+
+    from osgan_jax import models
+    G_cls, D_cls = models.get('dcgan')
+    g = models.get_generator('dcgan', resolution=32, channels=1, width=64)
+    d = models.get_discriminator('dcgan', resolution=32, channels=1, norm='group')
+
+Every module is a ``flax.linen.Module`` called as
+``module.apply(variables, x_or_z, labels=None, train=True, ...)``; the models know
+nothing of one-stage training. Architectures are imported lazily, on first request,
+so a heavy or optional architecture costs nothing until it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import flax.linen as nn
+
+# name -> (module path, generator class name, discriminator class name)
+_ARCHITECTURES: dict[str, tuple[str, str, str]] = {
+    'dcgan': ('osgan_jax.models.dcgan', 'Generator', 'Discriminator'),
+    # Further architectures register here, one line each, once their file exists, e.g.
+    # 'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
+}
+
+
+def register(name: str, module_path: str, generator: str = 'Generator',
+             discriminator: str = 'Discriminator') -> None:
+  """Registers an architecture: classes ``generator``/``discriminator`` of
+  ``module_path`` (imported on first ``get``)."""
+  _ARCHITECTURES[name] = (module_path, generator, discriminator)
+
+
+def available() -> list[str]:
+  """Registered architecture names."""
+  return sorted(_ARCHITECTURES)
+
+
+def get(name: str) -> tuple[type[nn.Module], type[nn.Module]]:
+  """``(Generator class, Discriminator class)`` of a registered architecture."""
+  try:
+    module_path, g_name, d_name = _ARCHITECTURES[name]
+  except KeyError:
+    raise ValueError(f'unknown architecture {name!r}; available: {available()}') from None
+  module = importlib.import_module(module_path)
+  return getattr(module, g_name), getattr(module, d_name)
+
+
+def get_generator(name: str, **kwargs) -> nn.Module:
+  """An instance of the architecture's generator built with ``kwargs``."""
+  return get(name)[0](**kwargs)
+
+
+def get_discriminator(name: str, **kwargs) -> nn.Module:
+  """An instance of the architecture's discriminator built with ``kwargs``."""
+  return get(name)[1](**kwargs)
+
+
+__all__ = ['available', 'get', 'get_discriminator', 'get_generator', 'register']

@@ -1,0 +1,297 @@
+"""DCGAN generator and discriminator (Radford et al. 2016) as Flax linen modules.
+
+The architecture follows the official OSGAN networks (``networks/dcgan.py`` in
+zju-vipa/OSGAN) and the PyTorch DCGAN example, generalised to other resolutions:
+
+* ``Generator``: z ``[B, z_dim]`` -> 4x4 transposed conv from 1x1 (``s``x``s`` for
+  resolutions that are not a power of two, e.g. 7x7 for 28) -> stride-2 4x4 transposed
+  convs, channels ``8d -> 4d -> 2d -> d -> C`` at 64x64 (one block fewer, ``4d -> 2d ->
+  d -> C``, at 32x32), BatchNorm + ReLU, ``tanh`` output ``[B, R, R, C]`` in [-1, 1].
+* ``Discriminator``: ``[B, R, R, C]`` -> 4x4 stride-2 convs, channels ``d -> 2d -> 4d
+  -> 8d`` at 64x64, LeakyReLU(0.2), no norm after the first conv, a final ``s``x``s``
+  valid conv to one channel -> logits ``[B]`` (or ``[B, s, s]`` with ``patch=True``).
+
+Supported resolutions: ``R = s * 2**n`` with ``4 <= s <= 7`` and ``n >= 1``: every
+power of two >= 8 (s = 4), and 28 for MNIST / Fashion-MNIST (s = 7: 7 -> 14 -> 28).
+Channel multipliers are capped at ``max_mult`` (8) for resolutions above 64.
+
+The models know nothing of one-stage training. Every ``__call__`` is
+``__call__(self, x_or_z, labels=None, train=True)``.
+
+Variable collections
+--------------------
+* ``'params'``: conv kernels (init N(0, 0.02)), optional conv biases (zeros), norm
+  scales (BatchNorm: N(1, 0.02) as the PyTorch DCGAN example; Group/LayerNorm: ones),
+  norm offsets (zeros), label embeddings.
+* ``'batch_stats'``: BatchNorm running mean/var (``norm='batch'``). ``train=True``
+  normalises with the statistics of the current batch (so a BatchNorm D couples the
+  samples of a batch) and updates the running averages (momentum 0.9 = PyTorch 0.1),
+  so ``apply`` must get ``mutable=['batch_stats']``. ``train=False`` uses the running
+  averages (samples then independent).
+* spectral norm (``Discriminator(spectral_norm=True)``): ``flax.linen.SpectralNorm``
+  keeps each conv kernel's power-iteration vector ``u`` and its last ``sigma`` in the
+  collection ``sn_collection``, by default ``'batch_stats'`` (Flax's default, so a
+  train step that already threads BatchNorm state carries the SN state too). With
+  ``train=True`` one power-iteration step runs per call and its result must be stored:
+  call ``apply(..., mutable=[sn_collection])`` and keep the returned state, otherwise
+  Flax raises an error, just as for BatchNorm. With ``train=False`` the power iteration
+  still runs from the stored ``u`` but nothing is written. The power iteration depends
+  on the weights only, so spectral norm does not couple samples. Note that each
+  ``train=True`` call advances ``u``: calling D once on the concatenated real and fake
+  batch advances it once, calling it on each half advances it twice.
+
+Conditioning (CGAN)
+-------------------
+With ``num_classes > 0`` both modules need integer ``labels`` ``[B]``. A label is
+encoded as a one-hot vector (``embed_dim=0``, as the original CGAN) or as a learned
+``embed_dim``-dimensional embedding (``'params'/'label_embed'``). The generator
+concatenates it to z; the discriminator broadcasts it to an image-shaped ``[B, R, R, k]``
+channel map concatenated to its input (input concatenation, not a projection
+discriminator), so a conditional D still treats samples independently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+G_NORMS = ('batch', 'none')
+D_NORMS = ('batch', 'group', 'layer', 'none')
+
+conv_init = nn.initializers.normal(stddev=0.02)
+
+
+def bn_scale_init(key, shape, dtype=jnp.float32):
+  """BatchNorm scale init N(1, 0.02) (PyTorch DCGAN example's ``weights_init``)."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def base_resolution(resolution: int) -> int:
+  """The resolution s of the smallest feature map: R = s * 2**n, 4 <= s <= 7, n >= 1."""
+  s = int(resolution)
+  while s >= 8 and s % 2 == 0:
+    s //= 2
+  if not 4 <= s <= 7 or resolution < 2 * s:
+    raise ValueError(
+        f'resolution {resolution} is not supported: it must be s * 2**n with '
+        '4 <= s <= 7 and n >= 1 (e.g. 8, 16, 28, 32, 64, 128, 256)')
+  return s
+
+
+def channel_schedule(resolution: int, width: int, max_mult: int = 8) -> list[tuple[int, int]]:
+  """``[(r, channels), ...]`` for the feature maps from R/2 down to s.
+
+  A feature map at resolution r has ``width * min(R // (2 r), max_mult)`` channels:
+  at R = 64, d = width: 32 -> d, 16 -> 2d, 8 -> 4d, 4 -> 8d. The generator walks the list
+  backwards (s -> R/2) and the discriminator forwards.
+  """
+  s = base_resolution(resolution)
+  out = []
+  r = resolution // 2
+  while r >= s:
+    out.append((r, width * min(resolution // (2 * r), max_mult)))
+    r //= 2
+  return out
+
+
+def _encode_labels(module: nn.Module, labels, num_classes: int, embed_dim: int,
+                   batch: int, dtype: Dtype):
+  """[B] integer labels -> [B, k] one-hot (embed_dim=0) or learned embedding."""
+  if num_classes <= 0:
+    if labels is not None:
+      raise ValueError('labels were given to an unconditional model (num_classes=0)')
+    return None
+  if labels is None:
+    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
+                     'integer labels [B]')
+  labels = jnp.asarray(labels)
+  if labels.shape != (batch,):
+    raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
+  if embed_dim > 0:
+    embed = nn.Embed(num_classes, embed_dim, name='label_embed')
+    return embed(labels).astype(dtype)
+  return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+
+
+class Generator(nn.Module):
+  """DCGAN generator: z [B, z_dim] (+ labels [B]) -> images [B, R, R, C] in [-1, 1].
+
+  Attributes:
+    resolution: output size R (see ``base_resolution``): 32, 64, any power of two >= 8,
+      or 28.
+    channels: image channels C.
+    width: d, the channel count of the last hidden layer (64: PyTorch DCGAN example;
+      128: the OSGAN paper).
+    z_dim: latent size; z must be ``[B, z_dim]`` (``[B, 1, 1, z_dim]`` also accepted).
+    norm: ``'batch'`` (BatchNorm, official) or ``'none'``.
+    num_classes: > 0 makes the generator conditional on integer labels [B].
+    embed_dim: 0: one-hot labels; > 0: a learned label embedding of this size.
+    max_mult: cap on the channel multiplier (8d at 64x64).
+    use_bias: biases on every (transposed) conv. False as the PyTorch DCGAN example
+      (whose counts the tests check); True as the official OSGAN networks.
+    bn_momentum, epsilon: BatchNorm running-average decay (PyTorch momentum 0.1 ->
+      0.9) and epsilon (PyTorch 1e-5).
+    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+  """
+  resolution: int = 64
+  channels: int = 3
+  width: int = 64
+  z_dim: int = 100
+  norm: str = 'batch'
+  num_classes: int = 0
+  embed_dim: int = 0
+  max_mult: int = 8
+  use_bias: bool = False
+  bn_momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  def _norm(self, x, train: bool, name: str):
+    if self.norm == 'batch':
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=self.epsilon, scale_init=bn_scale_init,
+                          dtype=self.dtype, name=name)(x)
+    return x
+
+  @nn.compact
+  def __call__(self, z, labels=None, train: bool = True):
+    if self.norm not in G_NORMS:
+      raise ValueError(f'Generator norm must be one of {G_NORMS}, got {self.norm!r}')
+    z = jnp.asarray(z)
+    batch = z.shape[0]
+    z = z.reshape(batch, -1)
+    if z.shape[1] != self.z_dim:
+      raise ValueError(f'z must have {self.z_dim} features, got shape {z.shape}')
+    h = z.astype(self.dtype)
+    y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
+    if y is not None:
+      h = jnp.concatenate([h, y], axis=-1)
+    h = h.reshape(batch, 1, 1, h.shape[-1])
+
+    schedule = channel_schedule(self.resolution, self.width, self.max_mult)[::-1]
+    s, ch = schedule[0]
+    # 1x1 -> s x s: PyTorch ConvTranspose2d(k=s, stride=1, padding=0).
+    h = nn.ConvTranspose(ch, (s, s), strides=(1, 1), padding='VALID',
+                         use_bias=self.use_bias, kernel_init=conv_init,
+                         dtype=self.dtype, name='convT0')(h)
+    h = nn.relu(self._norm(h, train, 'norm0'))
+    # Doubling blocks: PyTorch ConvTranspose2d(k=4, stride=2, padding=1), which pads the
+    # stride-dilated input by k - 1 - p = 2 on each side.
+    pad = ((2, 2), (2, 2))
+    for i, (_, ch) in enumerate(schedule[1:], start=1):
+      h = nn.ConvTranspose(ch, (4, 4), strides=(2, 2), padding=pad,
+                           use_bias=self.use_bias, kernel_init=conv_init,
+                           dtype=self.dtype, name=f'convT{i}')(h)
+      h = nn.relu(self._norm(h, train, f'norm{i}'))
+    h = nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding=pad,
+                         use_bias=self.use_bias, kernel_init=conv_init,
+                         dtype=self.dtype, name=f'convT{len(schedule)}')(h)
+    return jnp.tanh(h)
+
+
+class Discriminator(nn.Module):
+  """DCGAN discriminator: images [B, R, R, C] (+ labels [B]) -> logits [B] or [B, h, w].
+
+  Attributes:
+    resolution: input size R (as ``Generator``).
+    channels: image channels C.
+    width: d, channels of the first conv (64 PyTorch example, 128 OSGAN paper).
+    norm: after every conv but the first and the last: ``'batch'`` (official symmetric
+      configs; couples samples in training mode), ``'group'`` (GroupNorm with
+      ``gcd(num_groups, channels)`` groups, i.e. 32 groups as the official asymmetric
+      configs whenever the channel count is a multiple of 32), ``'layer'`` (per-sample
+      normalisation over H, W, C with a per-channel affine) or ``'none'``.
+    num_groups: GroupNorm groups (32, official).
+    spectral_norm: wrap every conv in ``flax.linen.SpectralNorm`` (SNGAN); its state
+      lives in ``sn_collection`` and must be updated in training (see module doc).
+    sn_collection: collection of the spectral-norm vectors (``'batch_stats'``).
+    sn_steps: power-iteration steps per call.
+    patch: PatchGAN output: the final conv is a ``patch_kernel`` stride-1 'SAME' conv
+      to one channel and the logits are ``[B, s, s]`` (``[B, 4, 4]`` at 32 or 64).
+    patch_kernel: 3 or 4.
+    num_classes, embed_dim: conditioning (one-hot or learned label map concatenated
+      to the input image as extra channels).
+    max_mult, use_bias, bn_momentum, epsilon, dtype: as ``Generator``. Logits are
+      returned in float32 whatever ``dtype``.
+  """
+  resolution: int = 64
+  channels: int = 3
+  width: int = 64
+  norm: str = 'batch'
+  num_groups: int = 32
+  spectral_norm: bool = False
+  sn_collection: str = 'batch_stats'
+  sn_steps: int = 1
+  patch: bool = False
+  patch_kernel: int = 3
+  num_classes: int = 0
+  embed_dim: int = 0
+  max_mult: int = 8
+  use_bias: bool = False
+  bn_momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  def _conv(self, h, features, kernel, strides, padding, train: bool, name: str):
+    conv = nn.Conv(features, kernel, strides=strides, padding=padding,
+                   use_bias=self.use_bias, kernel_init=conv_init, dtype=self.dtype,
+                   name=name)
+    if self.spectral_norm:
+      return nn.SpectralNorm(conv, n_steps=self.sn_steps,
+                             collection_name=self.sn_collection,
+                             name=f'sn_{name}')(h, update_stats=train)
+    return conv(h)
+
+  def _norm(self, h, train: bool, name: str):
+    if self.norm == 'batch':
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                          epsilon=self.epsilon, scale_init=bn_scale_init,
+                          dtype=self.dtype, name=name)(h)
+    if self.norm == 'group':
+      groups = math.gcd(self.num_groups, h.shape[-1])
+      return nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
+                          name=name)(h)
+    if self.norm == 'layer':
+      return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=(-3, -2, -1),
+                          feature_axes=-1, dtype=self.dtype, name=name)(h)
+    return h
+
+  @nn.compact
+  def __call__(self, x, labels=None, train: bool = True):
+    if self.norm not in D_NORMS:
+      raise ValueError(f'Discriminator norm must be one of {D_NORMS}, got {self.norm!r}')
+    x = jnp.asarray(x)
+    batch = x.shape[0]
+    expected = (self.resolution, self.resolution, self.channels)
+    if x.shape[1:] != expected:
+      raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
+                       f'got {x.shape}')
+    h = x.astype(self.dtype)
+    y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
+    if y is not None:
+      label_map = jnp.broadcast_to(y[:, None, None, :],
+                                   (batch,) + expected[:2] + y.shape[-1:])
+      h = jnp.concatenate([h, label_map], axis=-1)
+
+    schedule = channel_schedule(self.resolution, self.width, self.max_mult)
+    # PyTorch Conv2d(k=4, stride=2, padding=1).
+    for i, (_, ch) in enumerate(schedule):
+      h = self._conv(h, ch, (4, 4), (2, 2), ((1, 1), (1, 1)), train, f'conv{i}')
+      if i > 0:
+        h = self._norm(h, train, f'norm{i}')
+      h = nn.leaky_relu(h, 0.2)
+
+    s = schedule[-1][0]
+    last = f'conv{len(schedule)}'
+    if self.patch:
+      k = self.patch_kernel
+      h = self._conv(h, 1, (k, k), (1, 1), 'SAME', train, last)
+      return h[..., 0].astype(jnp.float32)
+    h = self._conv(h, 1, (s, s), (1, 1), 'VALID', train, last)
+    return h.reshape(batch).astype(jnp.float32)
