@@ -182,7 +182,10 @@ def run(argv: Optional[List[str]] = None) -> dict:
     result['n_fake'] = fake.n
     if real.mu.shape != fake.mu.shape:
         raise CliError(f'feature dimensions differ: {real.mu.shape[0]} vs {fake.mu.shape[0]}')
-    result['fid'] = M.fid_from_stats(real.mu, real.sigma, fake.mu, fake.sigma)
+    if real.features is not None and fake.features is not None:
+        result['fid'] = M.fid_from_features(real.features, fake.features)
+    else:
+        result['fid'] = M.fid_from_stats(real.mu, real.sigma, fake.mu, fake.sigma)
     if args.kid:
         if real.features is None or fake.features is None:
             print('warning: KID needs features; a statistics file without them gives null',

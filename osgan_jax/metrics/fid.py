@@ -39,6 +39,7 @@ API (what a training loop needs)::
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -59,6 +60,17 @@ def to_input_range(x255) -> np.ndarray:
     lo, hi = inception.INPUT_RANGE
     x = np.clip(np.asarray(x255, np.float32) / np.float32(255.0), 0.0, 1.0)
     return np.clip(x * np.float32(hi - lo) + np.float32(lo), lo, hi).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_network():
+    """One jitted network for the process: compiled once per batch shape, shared by extractors."""
+    return jax.jit(inception.InceptionV3().apply)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_preprocess():
+    return jax.jit(inception.preprocess, static_argnames=('quantize', 'resolution'))
 
 
 class FeatureExtractor:
@@ -84,9 +96,8 @@ class FeatureExtractor:
         self.batch_size = int(batch_size)
         self.quantize = quantize
         self.variables = inception.load_inception_params(weights, cache=cache)
-        model = inception.InceptionV3()
-        self._net = jax.jit(model.apply)
-        self._prep = jax.jit(inception.preprocess, static_argnames=('quantize',))
+        self._net = _jitted_network()
+        self._prep = _jitted_preprocess()
 
     def _run(self, x) -> jax.Array:
         """``x``: ``[k <= batch_size, 299, 299, 3]`` network input -> ``[k, 2048]`` (async)."""
@@ -201,9 +212,35 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = 'eigh') -> float:
 fid_from_stats = frechet_distance
 
 
-def fid_from_features(features1, features2, method: str = 'eigh') -> float:
-    """FID between two ``[n, d]`` feature sets."""
-    return frechet_distance(*statistics(features1), *statistics(features2), method=method)
+def fid_from_features(features1, features2, method: str = 'auto') -> float:
+    """FID between two ``[n, d]`` feature sets (the same number as from their statistics).
+
+    ``method='auto'`` uses the exact low-rank formula when both sets have at most ``d``
+    rows: with centred features ``A``, ``B`` the covariances are ``A^T A / (n1-1)`` and
+    ``B^T B / (n2-1)``, so ``tr((S1 S2)^(1/2))`` is the sum of the singular values of
+    ``A B^T`` over ``sqrt((n1-1)(n2-1))`` -- an ``n1 x n2`` problem instead of two
+    ``d x d`` eigendecompositions.  Otherwise (or with ``'eigh'`` / ``'sqrtm'``) it goes
+    through :func:`statistics` and :func:`frechet_distance`.
+    """
+    f1 = np.asarray(features1, np.float64)
+    f2 = np.asarray(features2, np.float64)
+    if method == 'auto':
+        if f1.ndim == 2 and f2.ndim == 2 and max(f1.shape[0], f2.shape[0]) <= f1.shape[1]:
+            return _fid_low_rank(f1, f2)
+        method = 'eigh'
+    return frechet_distance(*statistics(f1), *statistics(f2), method=method)
+
+
+def _fid_low_rank(f1: np.ndarray, f2: np.ndarray) -> float:
+    if f1.shape[1] != f2.shape[1] or min(f1.shape[0], f2.shape[0]) < 2:
+        raise ValueError(f'need [n >= 2, d] features of equal d, got {f1.shape}, {f2.shape}')
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    a, b = f1 - mu1, f2 - mu2
+    c1, c2 = f1.shape[0] - 1, f2.shape[0] - 1
+    diff = mu1 - mu2
+    tr1, tr2 = np.sum(a * a) / c1, np.sum(b * b) / c2
+    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(c1 * c2)
+    return float(diff.dot(diff) + tr1 + tr2 - 2.0 * nuclear)
 
 
 def _polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
