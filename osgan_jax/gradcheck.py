@@ -166,9 +166,10 @@ def problem(loss, disc, *, seed=0, dtype=jnp.float32, logits='normal', batch=8):
 
 def rel_err(a, b) -> float:
   """Relative L2 error of pytree a against pytree b."""
-  num = sum(float(jnp.sum(jnp.square(x.astype(jnp.float64) - y.astype(jnp.float64))))
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  den = sum(float(jnp.sum(jnp.square(y.astype(jnp.float64)))) for y in jax.tree.leaves(b))
+  pairs = [(np.asarray(x, np.float64), np.asarray(y, np.float64))
+           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+  num = sum(float(np.sum(np.square(x - y))) for x, y in pairs)
+  den = sum(float(np.sum(np.square(y))) for _, y in pairs)
   if den == 0.0:
     return 0.0 if num == 0.0 else float('inf')
   return float(np.sqrt(num / den))
@@ -198,6 +199,7 @@ def finite_difference_error(prob, num_directions=3, seed=0) -> float:
   rng = np.random.default_rng(seed)
   worst = 0.0
   for objective, params, grads in objectives:
+    objective = jax.jit(objective)
     for _ in range(num_directions):
       v = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
       v_norm = np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(v)))

@@ -105,25 +105,24 @@ def project(d, g, axes):
   """Least-squares gamma with g ~ gamma * d over ``axes``, and whether it is exact.
 
   Returns ``(gamma, exact)``. ``exact`` is false where d is zero or so small that a
-  backward pass scaled by it would underflow, or where g is not parallel to d to
-  within ``rtol``; gamma is 0 there (never inf or NaN).
+  backward pass scaled by it would underflow (or gamma would exceed 1e15), or where g
+  is not parallel to d to within ``rtol``; gamma is 0 there (never inf or NaN). Both
+  vectors are divided by the same scale, so g = -d gives gamma = -1 exactly.
   """
   rtol = 1e-6
   floor = float(np.sqrt(np.finfo(np.dtype(d.dtype)).tiny))
   d_scale = jnp.max(jnp.abs(d), axis=axes)
   g_scale = jnp.max(jnp.abs(g), axis=axes)
-  usable = d_scale > floor
-  d_unit = d / jnp.expand_dims(jnp.where(usable, d_scale, 1.0), axes)
-  gamma_scaled = jnp.sum(g * d_unit, axis=axes) / jnp.maximum(
-      jnp.sum(d_unit * d_unit, axis=axes), floor)
-  gamma = jnp.where(usable, gamma_scaled / jnp.where(usable, d_scale, 1.0), 0.0)
-  # Residual of the fit, measured relative to g (normalised so squares cannot underflow).
-  g_unit_scale = jnp.expand_dims(jnp.where(g_scale > 0, g_scale, 1.0), axes)
-  residual = (g - jnp.expand_dims(gamma, axes) * d) / g_unit_scale
-  exact = jnp.sum(jnp.square(residual), axis=axes) <= rtol**2 * jnp.sum(
-      jnp.square(g / g_unit_scale), axis=axes)
-  exact = exact | (g_scale == 0)
-  return gamma, exact
+  usable = (d_scale > floor) & (g_scale <= 1e15 * d_scale)
+  scale = jnp.expand_dims(jnp.where(usable, d_scale, 1.0), axes)
+  d_unit = d / scale
+  g_unit = jnp.where(jnp.expand_dims(usable, axes), g / scale, 0.0)
+  gamma = jnp.where(usable, jnp.sum(g_unit * d_unit, axis=axes) / jnp.maximum(
+      jnp.sum(d_unit * d_unit, axis=axes), 1.0), 0.0)
+  residual = g_unit - jnp.expand_dims(gamma, axes) * d_unit
+  exact = usable & (jnp.sum(jnp.square(residual), axis=axes)
+                    <= rtol**2 * jnp.sum(jnp.square(g_unit), axis=axes))
+  return gamma, exact | (g_scale == 0)
 
 
 def samples_independent(discriminate: Callable, params_d: PyTree, images: PyTree, *,

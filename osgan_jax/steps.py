@@ -1,0 +1,222 @@
+"""Train steps over one state pytree: one-stage, honest two-stage, official two-stage.
+
+Every step has the signature ``step(gan, state, batch, rng) -> (state, metrics)``, is
+pure, and is meant to be jitted with ``gan`` static and ``state`` donated
+(``jit_step``). The RNG is passed in (the loop derives it with ``fold_in(step)``), so a
+resumed run draws the same latents as an uninterrupted one.
+
+* ``one_stage_step``: ``one_stage_grads`` (one forward, one backward, exact by default)
+  and both optimisers applied at once: simultaneous gradient descent on the same z.
+* ``two_stage_step``: the honest baseline. D's update on real and fake with G frozen,
+  then G's update against the *updated* D with a fresh z; it computes no gradient it
+  does not use (no D parameter gradients in the G step).
+* ``official_two_stage_step``: what the official PyTorch code does: as two-stage, but the
+  G step's backward also computes D's parameter gradients and throws them away (they
+  are kept alive as the ``wasted_d_grad_norm`` metric so XLA cannot prune them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from osgan_jax import losses as losses_lib
+from osgan_jax import one_stage
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a plain pytree (no static fields)."""
+  step: jax.Array
+  params_g: PyTree
+  params_d: PyTree
+  opt_state_g: PyTree
+  opt_state_d: PyTree
+  model_state_g: PyTree   # non-differentiated model state, e.g. BatchNorm statistics
+  model_state_d: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class GAN:
+  """A GAN as pure functions; the steps know nothing else about the models.
+
+  Attributes:
+    generate: ``(params_g, model_state_g, z, rng) -> (fake_batch, model_state_g)``;
+      ``fake_batch`` is a dict with the keys ``batch_keys`` (e.g. ``{'image': x}``, plus
+      ``'label'`` for a conditional GAN).
+    discriminate: ``(params_d, model_state_d, batch, rng) -> (logits, model_state_d)``.
+    sample_latent: ``(rng, batch_size) -> z`` (any pytree ``generate`` accepts).
+    loss: a registered loss name or ``losses.Loss``.
+    optimizer_g, optimizer_d: optax transformations (weight clipping: ``clip_params``).
+    batch_keys: the keys of the real batch that D sees.
+    mode: ``one_stage_grads``' mode, ``'exact'`` or ``'approx'``.
+    per_sample: whether D treats samples independently; ``None`` probes it at trace
+      time (see ``probe_per_sample`` to settle it once with concrete values).
+  """
+  generate: Callable
+  discriminate: Callable
+  sample_latent: Callable
+  loss: Any
+  optimizer_g: optax.GradientTransformation
+  optimizer_d: optax.GradientTransformation
+  batch_keys: tuple[str, ...] = ('image',)
+  mode: str = 'exact'
+  per_sample: bool | None = None
+
+
+def init_state(gan: GAN, params_g, params_d, model_state_g=None,
+               model_state_d=None) -> TrainState:
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params_g=params_g, params_d=params_d,
+      opt_state_g=gan.optimizer_g.init(params_g),
+      opt_state_d=gan.optimizer_d.init(params_d),
+      model_state_g={} if model_state_g is None else model_state_g,
+      model_state_d={} if model_state_d is None else model_state_d)
+
+
+def probe_per_sample(gan: GAN, state: TrainState, batch) -> GAN:
+  """Settles ``gan.per_sample`` with concrete values, so the jitted step need not."""
+  if gan.per_sample is not None:
+    return gan
+  independent = one_stage.samples_independent(
+      lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)),
+      state.params_d, _real(gan, batch), has_aux=True)
+  return dataclasses.replace(gan, per_sample=independent)
+
+
+def clip_params(limit: float) -> optax.GradientTransformation:
+  """Keeps every parameter in [-limit, limit] after the update (WGAN weight clipping).
+
+  Exact up to one rounding: optax adds the returned update to the parameters.
+
+  Chain it last: ``optax.chain(optax.adam(...), clip_params(0.01))``.
+  """
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError('clip_params needs params; call update(grads, state, params)')
+    clipped = jax.tree.map(lambda u, p: jnp.clip(p + u, -limit, limit) - p,
+                           updates, params)
+    return clipped, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _real(gan: GAN, batch):
+  return {k: batch[k] for k in gan.batch_keys}
+
+
+def _apply(optimizer, grads, opt_state, params):
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def one_stage_step(gan: GAN, state: TrainState, batch, rng):
+  """One forward, one backward, both players updated from the same z."""
+  real = _real(gan, batch)
+  rng_z, rng_g, rng_d = jax.random.split(rng, 3)
+  z = gan.sample_latent(rng_z, jax.tree.leaves(real)[0].shape[0])
+  grads_g, grads_d, aux = one_stage.one_stage_grads(
+      lambda p, z: gan.generate(p, state.model_state_g, z, rng_g),
+      lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
+      state.params_g, state.params_d, z, real, gan.loss,
+      mode=gan.mode, per_sample=gan.per_sample, g_has_aux=True, d_has_aux=True)
+  params_g, opt_state_g = _apply(gan.optimizer_g, grads_g, state.opt_state_g,
+                                 state.params_g)
+  params_d, opt_state_d = _apply(gan.optimizer_d, grads_d, state.opt_state_d,
+                                 state.params_d)
+  state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
+                        opt_state_g=opt_state_g, opt_state_d=opt_state_d,
+                        model_state_g=aux['g_aux'], model_state_d=aux['d_aux'])
+  metrics = {k: _f32(aux[k]) for k in
+             ('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact')}
+  return state, metrics
+
+
+def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
+  loss = losses_lib.get(gan.loss)
+  real = _real(gan, batch)
+  batch_size = jax.tree.leaves(real)[0].shape[0]
+  rng_z1, rng_z2, rng_g1, rng_g2, rng_d1, rng_d2 = jax.random.split(rng, 6)
+
+  # Stage 1: D on real and fake, G frozen (forward only).
+  fake, _ = gan.generate(state.params_g, state.model_state_g,
+                         gan.sample_latent(rng_z1, batch_size), rng_g1)
+  fake = jax.lax.stop_gradient(fake)
+
+  def d_objective(params_d):
+    real_logits, _ = gan.discriminate(params_d, state.model_state_d, real, rng_d1)
+    fake_logits, model_state_d = gan.discriminate(params_d, state.model_state_d, fake,
+                                                  rng_d1)
+    return loss.d_loss(_f32(real_logits), _f32(fake_logits)), model_state_d
+
+  (loss_d, model_state_d), grads_d = jax.value_and_grad(d_objective, has_aux=True)(
+      state.params_d)
+  params_d, opt_state_d = _apply(gan.optimizer_d, grads_d, state.opt_state_d,
+                                 state.params_d)
+
+  # Stage 2: G against the updated D, fresh z.
+  z2 = gan.sample_latent(rng_z2, batch_size)
+
+  def g_objective(params_g, params_d):
+    fake, model_state_g = gan.generate(params_g, state.model_state_g, z2, rng_g2)
+    real_logits, _ = gan.discriminate(params_d, model_state_d, real, rng_d2)
+    fake_logits, _ = gan.discriminate(params_d, model_state_d, fake, rng_d2)
+    return loss.g_loss(_f32(real_logits), _f32(fake_logits)), model_state_g
+
+  metrics = {}
+  if official:
+    (loss_g, model_state_g), (grads_g, wasted) = jax.value_and_grad(
+        g_objective, argnums=(0, 1), has_aux=True)(state.params_g, params_d)
+    metrics['wasted_d_grad_norm'] = _f32(optax.global_norm(wasted))
+  else:
+    (loss_g, model_state_g), grads_g = jax.value_and_grad(g_objective, has_aux=True)(
+        state.params_g, params_d)
+  params_g, opt_state_g = _apply(gan.optimizer_g, grads_g, state.opt_state_g,
+                                 state.params_g)
+  state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
+                        opt_state_g=opt_state_g, opt_state_d=opt_state_d,
+                        model_state_g=model_state_g, model_state_d=model_state_d)
+  metrics.update(loss_d=_f32(loss_d), loss_g=_f32(loss_g))
+  return state, metrics
+
+
+def two_stage_step(gan: GAN, state: TrainState, batch, rng):
+  """The honest two-stage baseline (no gradient computed that is not used)."""
+  return _two_stage(gan, state, batch, rng, official=False)
+
+
+def official_two_stage_step(gan: GAN, state: TrainState, batch, rng):
+  """Two-stage as the official code runs it (D's gradients computed in the G step)."""
+  return _two_stage(gan, state, batch, rng, official=True)
+
+
+STEPS = {'one': one_stage_step, 'two': two_stage_step,
+         'official_two': official_two_stage_step}
+
+
+def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_sharding=None):
+  """``jax.jit`` of a step with ``gan`` bound and the state donated.
+
+  With shardings (see ``parallel``), the batch is split over the mesh and the state
+  replicated; XLA inserts the gradient all-reduce.
+  """
+  if stage not in STEPS:
+    raise ValueError(f'unknown stage {stage!r}; valid: {", ".join(STEPS)}')
+  step = functools.partial(STEPS[stage], gan)
+  if state_sharding is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(state_sharding, batch_sharding, None),
+                 out_shardings=(state_sharding, None))

@@ -1,0 +1,231 @@
+"""one_stage_grads against reference_grads, and reference_grads against finite differences.
+
+Every registered loss x every discriminator kind, with normal logits and in the regimes
+where the paper's decomposition breaks (the official code's crashes and silent errors).
+"""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from osgan_jax import gradcheck, losses, one_stage
+
+LOSSES = ('minimax', 'non_saturating', 'wgan', 'lsgan', 'hinge', 'relativistic',
+          'relativistic_average', 'bgan')
+KINDS = gradcheck.DISC_KINDS
+TOL = 1e-5
+
+
+def _both(prob, **options):
+  """One jit computing one-stage and reference gradients at the same point."""
+  fixed = {k: v for k, v in prob.items() if k not in ('params_g', 'params_d')}
+
+  @jax.jit
+  def run(params_g, params_d):
+    ours = one_stage.one_stage_grads(params_g=params_g, params_d=params_d, **fixed,
+                                     **options)
+    ref = one_stage.reference_grads(params_g=params_g, params_d=params_d, **fixed)
+    return ours, ref
+
+  return run(prob['params_g'], prob['params_d'])
+
+
+def _assert_exact(ours, ref, tol=TOL):
+  grads_g, grads_d, aux = ours
+  ref_g, ref_d, ref_aux = ref
+  for tree in (grads_g, grads_d):
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+  assert gradcheck.rel_err(grads_g, ref_g) <= tol
+  assert gradcheck.rel_err(grads_d, ref_d) <= tol
+  np.testing.assert_allclose(aux['loss_d'], ref_aux['loss_d'], rtol=1e-5)
+  np.testing.assert_allclose(aux['loss_g'], ref_aux['loss_g'], rtol=1e-5, atol=1e-6)
+  return aux
+
+
+def _both_losses(kind, regime, names, seed, **options):
+  """``_both`` for several losses in one jit (they share G, D and the point)."""
+  prob = gradcheck.problem(names[0], kind, seed=seed, logits=regime)
+  fixed = {k: v for k, v in prob.items() if k not in ('params_g', 'params_d', 'loss')}
+
+  @jax.jit
+  def run(params_g, params_d):
+    return {name: (one_stage.one_stage_grads(params_g=params_g, params_d=params_d,
+                                             loss=name, **fixed, **options),
+                   one_stage.reference_grads(params_g=params_g, params_d=params_d,
+                                             loss=name, **fixed))
+            for name in names}
+
+  return run(prob['params_g'], prob['params_d'])
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_exact_for_every_loss_and_discriminator(kind):
+  for loss, (ours, ref) in _both_losses(kind, 'normal', LOSSES, seed=1).items():
+    aux = _assert_exact(ours, ref)
+    if losses.is_symmetric(loss):
+      assert int(aux['n_exact']) == 0  # symmetric: one backward, gamma = -1 everywhere
+      assert float(aux['gamma_min']) == -1.0 and float(aux['gamma_max']) == -1.0
+
+
+# The official code's failure cases: singular or underflowing coefficients (hinge fake
+# logits below -1, non-saturating sigmoid underflow at +-100 and +-1e4, LSGAN at 0).
+EXTREME = [(kind, 'extreme', LOSSES) for kind in KINDS] + [
+    (kind, 'huge', ('non_saturating', 'hinge', 'lsgan')) for kind in KINDS] + [
+    (kind, 'zero', ('lsgan',)) for kind in ('mlp', 'conv', 'patch')]
+
+
+@pytest.mark.parametrize('kind,regime,names', EXTREME)
+def test_exact_and_finite_where_the_decomposition_breaks(kind, regime, names):
+  for ours, ref in _both_losses(kind, regime, names, seed=2).values():
+    _assert_exact(ours, ref)
+
+
+def test_singular_samples_take_the_exact_path():
+  # hinge: fake logits below -1 have dL_D/dl = 0 but dL_G/dl = -1.
+  prob = gradcheck.problem('hinge', 'mlp', seed=2, logits='extreme')
+  (_, _, aux), _ = _both(prob)
+  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  fake_logits = prob['discriminate'](prob['params_d'], x_fake)
+  assert int(aux['n_exact']) == int(jnp.sum(fake_logits < -1)) > 0
+  # LSGAN at D(fake) = 0 exactly.
+  prob = gradcheck.problem('lsgan', 'conv', seed=0, logits='zero')
+  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  assert float(prob['discriminate'](prob['params_d'], x_fake)[0]) == 0.0
+  (_, _, aux), _ = _both(prob)
+  assert int(aux['n_exact']) == 1
+
+
+@pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
+def test_approx_mode_is_exact_where_theory_says(kind):
+  # Symmetric losses with a per-sample D: gamma = -1, the paper's trick is exact.
+  _assert_exact(*_both(gradcheck.problem('minimax', kind, seed=3), mode='approx'))
+  if kind != 'patch':  # scalar logits: any loss, as long as gamma is defined
+    _assert_exact(*_both(gradcheck.problem('non_saturating', kind, seed=3),
+                         mode='approx'))
+
+
+@pytest.mark.parametrize('kind', ['batchnorm', 'mbstd'])
+def test_approx_mode_is_wrong_for_coupled_discriminators_and_says_so(kind):
+  prob = gradcheck.problem('non_saturating', kind, seed=3)
+  (grads_g, _, aux), (ref_g, ref_d, _) = _both(prob, mode='approx', measure_error=True)
+  err = gradcheck.rel_err(grads_g, ref_g)
+  assert err > 1e-3
+  assert int(aux['n_exact']) == prob['z'].shape[0]
+  assert float(aux['approx_rel_err']) > 1e-3
+  # ...while the exact default is exact on the same problem.
+  _assert_exact(*_both(prob))
+
+
+def test_approx_mode_is_wrong_for_asymmetric_patch_losses_and_finite_when_singular():
+  prob = gradcheck.problem('non_saturating', 'patch', seed=3)
+  (grads_g, _, aux), (ref_g, _, _) = _both(prob, mode='approx', measure_error=True)
+  assert gradcheck.rel_err(grads_g, ref_g) > 1e-3
+  assert float(aux['approx_rel_err']) > 1e-3
+  prob = gradcheck.problem('hinge', 'mlp', seed=2, logits='extreme')
+  (grads_g, _, aux), _ = _both(prob, mode='approx', measure_error=True)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads_g))
+  assert int(aux['n_exact']) > 0 and float(aux['approx_rel_err']) > 1e-3
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_reference_grads_match_finite_differences(kind):
+  with jax.enable_x64(True):
+    for loss in ('non_saturating', 'hinge') if kind != 'mlp' else LOSSES:
+      prob = gradcheck.problem(loss, kind, seed=4)
+      assert gradcheck.finite_difference_error(prob) <= gradcheck.FD_TOLERANCE
+
+
+def test_float64_exactness():
+  with jax.enable_x64(True):
+    prob = gradcheck.problem('non_saturating', 'patch', seed=5, dtype=jnp.float64)
+    _assert_exact(*_both(prob), tol=1e-12)
+
+
+def test_probe_tells_coupled_discriminators_apart():
+  for kind in KINDS:
+    prob = gradcheck.problem('minimax', kind)
+    expected = kind not in ('batchnorm', 'mbstd')
+    assert one_stage.samples_independent(prob['discriminate'], prob['params_d'],
+                                         prob['x_real'],
+                                         has_aux=prob['d_has_aux']) == expected
+    # Under jit the probe runs on stand-ins of the traced values.
+    traced = jax.jit(lambda p, x, d=prob['discriminate'], a=prob['d_has_aux']:
+                     jnp.asarray(one_stage.samples_independent(d, p, x, has_aux=a)))
+    assert bool(traced(prob['params_d'], prob['x_real'])) == expected
+
+
+def test_explicit_per_sample_false_is_exact_for_independent_discriminators():
+  prob = gradcheck.problem('lsgan', 'conv', seed=6)
+  _assert_exact(*_both(prob, per_sample=False))
+
+
+def test_discriminator_aux_is_returned():
+  prob = gradcheck.problem('non_saturating', 'batchnorm', seed=0)
+  (_, _, aux), _ = _both(prob)
+  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  _, stats = prob['discriminate'](prob['params_d'], x_fake)
+  np.testing.assert_allclose(aux['d_aux']['mean'], stats['mean'], rtol=1e-5, atol=1e-6)
+
+
+def test_conditional_pytree_inputs_with_integer_labels():
+  """Images may be pytrees (CGAN: image and label); integer leaves get no gradient."""
+  base = gradcheck.problem('non_saturating', 'conv', seed=7)
+  labels_real = jnp.arange(8) % 3
+  labels_fake = (jnp.arange(8) + 1) % 3
+  embed = jax.random.normal(jax.random.PRNGKey(1), (3, 8 * 8 * 2)) * 0.1
+
+  def generate(params, z):
+    return {'image': gradcheck.generate(params, z['z']), 'label': z['label']}
+
+  def discriminate(params, batch):
+    shift = embed[batch['label']].reshape(batch['image'].shape)
+    return base['discriminate'](params, batch['image'] + shift)
+
+  prob = dict(base, generate=generate, discriminate=discriminate,
+              z={'z': base['z'], 'label': labels_fake},
+              x_real={'image': base['x_real'], 'label': labels_real})
+  _assert_exact(*_both(prob))
+
+
+def test_user_registered_loss_needs_no_engine_change():
+  name = 'test_softplus_wgan_mix'
+  if name not in losses.names():
+    losses.register(name,
+                    d_loss=lambda r, f: jnp.mean(jax.nn.softplus(-r)) + jnp.mean(f ** 2),
+                    g_loss=lambda r, f: -jnp.mean(jnp.tanh(f)))
+  for kind in ('conv', 'mbstd'):
+    _assert_exact(*_both(gradcheck.problem(name, kind, seed=8)))
+
+
+def test_bad_mode_is_rejected():
+  prob = gradcheck.problem('wgan', 'mlp')
+  with pytest.raises(ValueError, match="mode must be one of"):
+    one_stage.one_stage_grads(**prob, mode='fast')
+
+
+def _gradcheck_cli(*args):
+  return subprocess.run([sys.executable, '-m', 'osgan_jax.gradcheck', *args],
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_gradcheck_command_reports_json_and_exit_status():
+  ok = _gradcheck_cli('--loss', 'hinge', '--disc', 'mbstd', '--logits', 'extreme')
+  assert ok.returncode == 0, ok.stderr
+  report = json.loads(ok.stdout.strip().splitlines()[-1])
+  assert {'loss', 'disc', 'mode', 'rel_err_g', 'rel_err_d', 'fd_rel_err',
+          'finite'} <= set(report)
+  assert report['finite'] is True and report['rel_err_g'] <= TOL
+  wrong = _gradcheck_cli('--loss', 'non_saturating', '--disc', 'batchnorm',
+                         '--mode', 'approx')
+  assert wrong.returncode == 1
+  assert json.loads(wrong.stdout.strip().splitlines()[-1])['rel_err_g'] > 1e-3
+  bad = _gradcheck_cli('--loss', 'nope', '--disc', 'mlp')
+  assert bad.returncode == 2 and 'valid: ' in bad.stderr and 'hinge' in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+  bad = _gradcheck_cli('--loss', 'hinge', '--disc', 'resnet')
+  assert bad.returncode == 2 and 'batchnorm' in bad.stderr
