@@ -21,7 +21,7 @@ import flax.linen as nn
 _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     'dcgan': ('osgan_jax.models.dcgan', 'Generator', 'Discriminator'),
     # Further architectures register here, one line each, once their file exists, e.g.
-    # 'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
+    'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
 }
 
 
