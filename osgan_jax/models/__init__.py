@@ -20,7 +20,7 @@ import flax.linen as nn
 # name -> (module path, generator class name, discriminator class name)
 _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     'dcgan': ('osgan_jax.models.dcgan', 'Generator', 'Discriminator'),
-    # Further architectures register here, one line each, once their file exists, e.g.
+    # Further architectures register here, one line each.
     'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
 }
 
