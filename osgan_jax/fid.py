@@ -191,9 +191,12 @@ def run(argv: Optional[List[str]] = None) -> dict:
             print('warning: KID needs features; a statistics file without them gives null',
                   file=sys.stderr)
         else:
-            result['kid_mean'], result['kid_std'] = M.kid(
-                real.features, fake.features, num_subsets=args.kid_subsets,
-                subset_size=args.kid_subset_size)
+            try:
+                result['kid_mean'], result['kid_std'] = M.kid(
+                    real.features, fake.features, num_subsets=args.kid_subsets,
+                    subset_size=args.kid_subset_size)
+            except ValueError as e:
+                raise CliError(f'KID: {e}') from None
     return result
 
 

