@@ -1,0 +1,438 @@
+"""StyleGAN2 regularisation and generator EMA, as NVlabs' stylegan2-ada-pytorch does them.
+
+Faithful to ``training/loss.py`` (``StyleGAN2Loss``) and ``training/training_loop.py``
+(lazy regularisation, the EMA generator). Everything here is a pure function and jits
+with fixed pytree structures, so the training loop can call the regularisation steps at
+their intervals without ever retracing the main step or themselves.
+
+Penalties
+---------
+* ``r1_penalty``: ``E_i ||d(sum_j D(x_j)) / d x_i||^2``, the official
+  ``autograd.grad(real_logits.sum(), real_img)``, squared and summed over each sample's
+  pixels, averaged over the batch. With a discriminator that couples samples
+  (minibatch standard deviation) the gradient of the *sum* of the logits w.r.t. x_i also
+  carries the other samples' logits' dependence on x_i (through the group statistics);
+  the official code regularises exactly that quantity and so does this one (it is not
+  the per-sample ``||d D(x_i) / d x_i||^2``; the two agree for a per-sample D).
+* ``path_length_penalty``: ``pl_noise = N(0, 1) / sqrt(H * W)``,
+  ``g = d sum(img * pl_noise) / d ws``, ``len = sqrt(mean_k sum_c g[:, k, c]^2)``,
+  ``pl_mean <- lerp(pl_mean, mean(len), pl_decay)``, penalty ``mean((len - pl_mean)^2)``.
+  As in the official code (and the original TensorFlow StyleGAN2) the freshly lerped
+  ``pl_mean`` inside the penalty is *not* detached: the gradient also flows through its
+  ``pl_decay * mean(len)`` term; only the stored value is detached.
+
+Lazy regularisation
+-------------------
+The official loop runs 'Dreg' every ``D_reg_interval`` (16) iterations and 'Greg' every
+``G_reg_interval`` (4), sharing each network's Adam with its main phase, with the loss
+multiplied by the interval (``gain=phase.interval``), and corrects the optimiser for the
+extra steps: ``mb_ratio = interval / (interval + 1)``, ``lr *= mb_ratio``,
+``betas = [beta ** mb_ratio]`` (``lazy_adam``). ``r1_step`` and ``path_length_step``
+are those phases over ``steps.TrainState``: they update only D's (resp. G's) parameters
+and optimiser state with the *same* optimiser as the main step (``gan.optimizer_d`` /
+``gan.optimizer_g``) and leave ``state.step`` alone (it counts main iterations, the
+official ``batch_idx``).
+
+EMA
+---
+``ema_beta`` is the official half-life formula with the optional ramp-up;
+``ema_update`` lerps parameters (``p.lerp(p_ema, beta)``) and the EMA generator takes
+G's non-trained state (w_avg, noise buffers) as is, as the official code copies buffers.
+
+What the training loop does per iteration ``i`` (``i = state.step`` before the main
+step, i.e. the official ``batch_idx``; ``cur_nimg = i * batch_size``)::
+
+  state, m = main_step(state, batch, rng)                             # one-stage
+  if pl_weight and i % pl_interval == 0:
+    state, pl_mean, m_pl = pl_step(state, fold_in(rng, 1), pl_mean)   # 'Greg'
+  if r1_gamma and i % r1_interval == 0:
+    state, m_r1 = r1_step(state, batch, fold_in(rng, 2))              # 'Dreg'
+  ema_params, ema_state, beta = ema_step(ema_params, state.params_g,
+                                         state.model_state_g, i * batch_size)
+
+With ``interval=1`` a regularisation step is still a separate optimiser step after the
+main one; the official non-lazy mode ('Gboth'/'Dboth': main and regularisation losses
+summed into one Adam step, no correction) has no equivalent here, since the main step
+is one-stage.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+# Official defaults (training/loss.py, training/training_loop.py, train.py cfg 'stylegan2').
+R1_GAMMA = 10.0
+R1_INTERVAL = 16
+PL_WEIGHT = 2.0
+PL_INTERVAL = 4
+PL_DECAY = 0.01
+PL_BATCH_SHRINK = 2
+EMA_KIMG = 10.0
+
+
+# ----------------------------------------------------------------------------- penalties
+
+def _call(fn, has_aux, *args):
+  out = fn(*args)
+  return out if has_aux else (out, None)
+
+
+def _at_least_f32(x):
+  """float32 for bfloat16/float16/float32 values, float64 stays float64."""
+  return jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
+
+
+def r1_penalty(discriminate: Callable, params_d: PyTree, x_real: jax.Array, *,
+               has_aux: bool = False):
+  """R1: ``mean_i sum_pixels (d sum_j D(x_j) / d x_i)^2`` (official ``r1_penalty``).
+
+  Args:
+    discriminate: ``discriminate(params_d, images) -> logits [B]`` (or
+      ``(logits, aux)`` with ``has_aux``).
+    params_d: D's parameters; differentiate the result w.r.t. them for the R1 loss.
+    x_real: real images ``[B, ...]`` (the batch axis first).
+    has_aux: ``discriminate`` returns ``(logits, aux)``.
+
+  Returns:
+    ``(penalty, logits)`` (``(penalty, (logits, aux))`` with ``has_aux``); ``penalty``
+    is the batch mean of the per-sample squared gradient norms, in float32 (float64
+    for float64 inputs). The loss
+    the official code minimises is ``penalty * r1_gamma / 2`` (times the lazy interval).
+
+  The gradient is that of the *sum* of the logits, exactly as the official code
+  (``autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp])``): for a
+  discriminator that couples samples (minibatch std) it includes the cross-sample
+  terms; for a per-sample discriminator it is the per-sample input gradient.
+  """
+  def summed(x):
+    logits, aux = _call(discriminate, has_aux, params_d, x)
+    return jnp.sum(_at_least_f32(logits)), (logits, aux)
+
+  grads, (logits, aux) = jax.grad(summed, has_aux=True)(x_real)
+  g = _at_least_f32(grads)
+  per_sample = jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim)))
+  penalty = jnp.mean(per_sample)
+  return (penalty, (logits, aux)) if has_aux else (penalty, logits)
+
+
+def path_lengths(synthesize: Callable, params_g: PyTree, ws: jax.Array, rng) -> jax.Array:
+  """Per-sample path lengths ``sqrt(mean_k sum_c (d sum(img * pl_noise) / d ws)^2)``.
+
+  ``synthesize(params_g, ws) -> images [B, H, W, C]`` (NHWC); ``ws [B, num_ws, w_dim]``
+  (or ``[B, w_dim]``). ``pl_noise = normal(rng, images.shape) / sqrt(H * W)``, drawn
+  in the images' dtype promoted to at least float32 (official ``randn_like(img)``).
+  Differentiable w.r.t. ``params_g`` and ``ws`` (the gradient is built with
+  ``create_graph`` semantics: it is an ordinary JAX value).
+  """
+  img, vjp = jax.vjp(lambda w: synthesize(params_g, w), ws)
+  h, w = img.shape[1], img.shape[2]
+  dtype = jnp.promote_types(img.dtype, jnp.float32)
+  pl_noise = jax.random.normal(rng, img.shape, dtype) / np.sqrt(h * w)
+  (pl_grads,) = vjp(pl_noise.astype(img.dtype))
+  sq = jnp.square(_at_least_f32(pl_grads))
+  sq = jnp.sum(sq, axis=-1)                                  # .square().sum(2)
+  if sq.ndim > 1:
+    sq = jnp.mean(sq, axis=tuple(range(1, sq.ndim)))         # .mean(1)
+  return jnp.sqrt(sq)                                        # .sqrt()
+
+
+def _pl_penalty(lengths, pl_mean, pl_decay):
+  """Official: ``pl_mean = self.pl_mean.lerp(pl_lengths.mean(), pl_decay)`` (not
+  detached inside the penalty), ``(pl_lengths - pl_mean).square()``, batch mean."""
+  pl_mean_old = jax.lax.stop_gradient(_at_least_f32(pl_mean))
+  new_mean = pl_mean_old + pl_decay * (jnp.mean(lengths) - pl_mean_old)
+  penalty = jnp.mean(jnp.square(lengths - new_mean))
+  stored = jax.lax.stop_gradient(new_mean).astype(jnp.result_type(pl_mean))
+  return penalty, stored
+
+
+def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, rng,
+                        pl_mean, *, pl_decay: float = PL_DECAY):
+  """Path-length penalty and the updated running mean (official ``Gpl``).
+
+  Args:
+    synthesize: ``synthesize(params_g, ws) -> images [B, H, W, C]``.
+    params_g: G's parameters (differentiate the penalty w.r.t. them; compute ``ws``
+      from them inside the differentiated function so the mapping network gets its
+      gradient too, as in the official code).
+    ws: ``[B, num_ws, w_dim]`` (the official ``gen_ws``, style mixing included).
+    rng: key for ``pl_noise``.
+    pl_mean: the running mean of the path lengths (scalar; ``init_pl_mean()``).
+    pl_decay: the lerp weight (official 0.01).
+
+  Returns:
+    ``(penalty, new_pl_mean)``: ``penalty = mean_i (len_i - new_pl_mean)^2`` (multiply
+    by ``pl_weight`` and the lazy interval for the loss) and the detached new mean.
+  """
+  lengths = path_lengths(synthesize, params_g, ws, rng)
+  return _pl_penalty(lengths, pl_mean, pl_decay)
+
+
+def init_pl_mean() -> jax.Array:
+  """The initial path-length mean (official ``torch.zeros([])``): float32 scalar 0.
+
+  Keep it a strongly typed float32 array (not a Python float) so the jitted
+  ``path_length_step`` sees the same input type on every call.
+  """
+  return jnp.zeros((), jnp.float32)
+
+
+# ------------------------------------------------------------------ lazy regularisation
+
+def lazy_hparams(lr: float, betas: Sequence[float], interval: Optional[int]):
+  """The official lazy-regularisation correction: ``(lr, betas)`` for ``interval``.
+
+  ``mb_ratio = interval / (interval + 1)``; ``lr * mb_ratio``, ``beta ** mb_ratio``.
+  ``interval=None`` (lazy regularisation disabled) returns them unchanged.
+  """
+  betas = tuple(float(b) for b in betas)
+  if interval is None:
+    return float(lr), betas
+  if interval < 1:
+    raise ValueError(f'interval must be >= 1 or None, got {interval}')
+  mb_ratio = interval / (interval + 1)
+  return float(lr) * mb_ratio, tuple(b ** mb_ratio for b in betas)
+
+
+def lazy_adam(lr: float = 0.002, betas: Sequence[float] = (0.0, 0.99), eps: float = 1e-8,
+              interval: Optional[int] = None) -> optax.GradientTransformation:
+  """``optax.adam`` with the official lazy-regularisation correction for ``interval``.
+
+  Official (``training_loop.py``): for a network regularised every ``interval`` steps,
+  ``torch.optim.Adam(lr=lr * mb_ratio, betas=[b ** mb_ratio for b in betas], eps=eps)``
+  with ``mb_ratio = interval / (interval + 1)``; the same optimiser then runs both the
+  main and the regularisation phase. optax's Adam is torch's (bias-corrected moments,
+  ``eps`` added to ``sqrt(v_hat)``). Defaults: the 'stylegan2' preset (lr 0.002,
+  betas (0, 0.99), eps 1e-8); ``interval`` 16 for D, 4 for G.
+  """
+  lr, (b1, b2) = lazy_hparams(lr, betas, interval)
+  return optax.adam(lr, b1=b1, b2=b2, eps=eps)
+
+
+def nan_to_num_grads(nan: float = 0.0, posinf: float = 1e5,
+                     neginf: float = -1e5) -> optax.GradientTransformation:
+  """The official loop's gradient sanitising before every ``opt.step()``
+  (``misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5)``).
+
+  Chain it first: ``optax.chain(nan_to_num_grads(), lazy_adam(...))``.
+  """
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(
+        lambda g: jnp.nan_to_num(g, nan=nan, posinf=posinf, neginf=neginf), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+def ema_beta(batch_size: int, cur_nimg, *, half_life_kimg: float = EMA_KIMG,
+             rampup: Optional[float] = None):
+  """The official EMA decay for one iteration of ``batch_size`` images.
+
+  ``ema_nimg = half_life_kimg * 1000``; with ``rampup``,
+  ``ema_nimg = min(ema_nimg, cur_nimg * rampup)``;
+  ``beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))``: after ``ema_nimg`` images the
+  old weights count one half. ``cur_nimg`` is the number of images seen *before* this
+  iteration (the official loop updates G_ema before ``cur_nimg += batch_size``); it may
+  be a traced value (returns a float32 array then), otherwise a Python float is returned.
+  ``rampup=None`` is the official default and the 'stylegan2' preset; the 'auto' and
+  'cifar' presets use 0.05.
+  """
+  ema_nimg = half_life_kimg * 1000
+  if isinstance(cur_nimg, (int, float, np.integer, np.floating)):
+    if rampup is not None:
+      ema_nimg = min(ema_nimg, float(cur_nimg) * rampup)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+  ema_nimg = jnp.asarray(ema_nimg, jnp.float32)
+  if rampup is not None:
+    ema_nimg = jnp.minimum(ema_nimg, jnp.asarray(cur_nimg, jnp.float32) * rampup)
+  return jnp.power(jnp.float32(0.5),
+                   jnp.asarray(batch_size, jnp.float32) / jnp.maximum(ema_nimg, 1e-8))
+
+
+def ema_update(ema_params: PyTree, params: PyTree, beta) -> PyTree:
+  """``p_ema <- p.lerp(p_ema, beta) = beta * p_ema + (1 - beta) * p`` (official G_ema)."""
+  new = optax.incremental_update(params, ema_params, step_size=1.0 - beta)
+  return jax.tree.map(lambda n, old: n.astype(jnp.result_type(old)), new, ema_params)
+
+
+def ema_step(ema_params: PyTree, params_g: PyTree, model_state_g: PyTree, cur_nimg, *,
+             batch_size: int, half_life_kimg: float = EMA_KIMG,
+             rampup: Optional[float] = None):
+  """One official G_ema update: ``(ema_params, ema_model_state, beta)``.
+
+  Parameters are lerped with ``ema_beta(batch_size, cur_nimg, ...)``; the EMA
+  generator's non-trained state (``w_avg``, noise buffers) is G's, copied, as the
+  official loop copies buffers. Jit it with ``cur_nimg`` as an argument (traced). The
+  state is an explicit copy (``jnp.copy``), so it can never alias the train state's
+  buffers, which the main step donates.
+  """
+  beta = ema_beta(batch_size, cur_nimg, half_life_kimg=half_life_kimg, rampup=rampup)
+  return (ema_update(ema_params, params_g, beta), jax.tree.map(jnp.copy, model_state_g),
+          jnp.asarray(beta, jnp.float32))
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _apply(optimizer, grads, opt_state, params):
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _check_structure(name, new, old):
+  if jax.tree.structure(new) != jax.tree.structure(old):
+    raise ValueError(f'{name} changed its pytree structure ({jax.tree.structure(old)} '
+                     f'-> {jax.tree.structure(new)}); the jitted steps would retrace')
+
+
+def r1_step(gan, state, batch, rng, *, r1_gamma: float = R1_GAMMA, interval: int = 1,
+            image_key: str = 'image'):
+  """The official 'Dreg' phase: D's update with ``interval * r1_gamma / 2 * R1``.
+
+  Args:
+    gan: ``steps.GAN`` (uses ``discriminate``, ``optimizer_d``, ``batch_keys``).
+    state: ``steps.TrainState``; only ``params_d``, ``opt_state_d`` and
+      ``model_state_d`` change (``step`` counts main iterations and is left alone).
+    batch: the real batch (the one the main step used, as the official loop does).
+    rng: passed to ``discriminate``.
+    r1_gamma: the R1 weight (official 10 for FFHQ 1024 config-f).
+    interval: the lazy interval; the loss is multiplied by it (official ``gain``).
+      Use the same interval in ``lazy_adam`` for ``gan.optimizer_d``.
+    image_key: the batch entry differentiated (labels, if any, are passed as is).
+
+  Returns:
+    ``(state, metrics)``; metrics ``r1_penalty`` (batch mean of the squared norms) and
+    ``loss_d_reg`` (``r1_penalty * r1_gamma / 2``, without the interval gain; the
+    official ``Loss/D/reg``).
+  """
+  real = {k: batch[k] for k in gan.batch_keys}
+
+  def objective(params_d):
+    def disc(p, x):
+      return gan.discriminate(p, state.model_state_d, {**real, image_key: x}, rng)
+
+    penalty, (logits, model_state_d) = r1_penalty(disc, params_d, real[image_key],
+                                                  has_aux=True)
+    loss = penalty * (r1_gamma / 2)
+    return loss * interval, (penalty, loss, model_state_d)
+
+  (_, (penalty, loss, model_state_d)), grads = jax.value_and_grad(
+      objective, has_aux=True)(state.params_d)
+  _check_structure('discriminate (model_state_d)', model_state_d, state.model_state_d)
+  params_d, opt_state_d = _apply(gan.optimizer_d, grads, state.opt_state_d,
+                                 state.params_d)
+  state = state.replace(params_d=params_d, opt_state_d=opt_state_d,
+                        model_state_d=model_state_d)
+  return state, {'r1_penalty': penalty.astype(jnp.float32),
+                 'loss_d_reg': loss.astype(jnp.float32)}
+
+
+def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng, pl_mean,
+                     *, batch_size: int, pl_weight: float = PL_WEIGHT,
+                     interval: int = 1, pl_batch_shrink: int = PL_BATCH_SHRINK,
+                     pl_decay: float = PL_DECAY, map_has_aux: bool = False):
+  """The official 'Greg' phase: G's update with ``interval * pl_weight * PL``.
+
+  Args:
+    gan: ``steps.GAN`` (uses ``sample_latent`` and ``optimizer_g``).
+    map_fn: ``map_fn(params_g, model_state_g, z, rng) -> ws [B, num_ws, w_dim]``
+      (style mixing included, as the official ``run_G``), or ``-> (ws, model_state_g)``
+      with ``map_has_aux`` (e.g. to update ``w_avg`` as the official mapping does in
+      every training-mode call).
+    synthesize_fn: ``synthesize_fn(params_g, model_state_g, ws, rng) -> images``
+      (NHWC).
+    state: ``steps.TrainState``; only ``params_g``, ``opt_state_g`` (and with
+      ``map_has_aux`` ``model_state_g``) change.
+    rng: split into latents, mapping, synthesis and ``pl_noise`` keys (in that order,
+      ``jax.random.split(rng, 4)``).
+    pl_mean: the running path-length mean (``init_pl_mean()``).
+    batch_size: the main batch size; the penalty uses ``batch_size // pl_batch_shrink``
+      fresh latents (official ``pl_batch_shrink=2``).
+    pl_weight: official 2. interval: the lazy interval (official 4), multiplies the
+      loss; use the same interval in ``lazy_adam`` for ``gan.optimizer_g``.
+    pl_decay: official 0.01.
+
+  Returns:
+    ``(state, new_pl_mean, metrics)``; metrics ``pl_penalty``, ``loss_g_reg``
+    (``pl_penalty * pl_weight``, the official ``Loss/G/reg``), ``pl_length`` (mean) and
+    ``pl_mean``.
+  """
+  n = batch_size // pl_batch_shrink
+  if n < 1:
+    raise ValueError(f'batch_size // pl_batch_shrink must be >= 1 '
+                     f'({batch_size} // {pl_batch_shrink})')
+  rng_z, rng_map, rng_syn, rng_noise = jax.random.split(rng, 4)
+  z = gan.sample_latent(rng_z, n)
+
+  def objective(params_g):
+    ws, model_state_g = _call(map_fn, map_has_aux, params_g, state.model_state_g, z,
+                              rng_map)
+    if not map_has_aux:
+      model_state_g = state.model_state_g
+    lengths = path_lengths(
+        lambda p, w: synthesize_fn(p, state.model_state_g, w, rng_syn), params_g, ws,
+        rng_noise)
+    penalty, new_mean = _pl_penalty(lengths, pl_mean, pl_decay)
+    loss = penalty * pl_weight
+    return loss * interval, (penalty, loss, new_mean, jnp.mean(lengths), model_state_g)
+
+  (_, (penalty, loss, new_mean, mean_len, model_state_g)), grads = jax.value_and_grad(
+      objective, has_aux=True)(state.params_g)
+  _check_structure('map_fn (model_state_g)', model_state_g, state.model_state_g)
+  params_g, opt_state_g = _apply(gan.optimizer_g, grads, state.opt_state_g,
+                                 state.params_g)
+  state = state.replace(params_g=params_g, opt_state_g=opt_state_g,
+                        model_state_g=model_state_g)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return state, new_mean, {'pl_penalty': f32(penalty), 'loss_g_reg': f32(loss),
+                           'pl_length': f32(mean_len), 'pl_mean': f32(new_mean)}
+
+
+# ----------------------------------------------------------------------------- jitting
+
+def jit_r1_step(gan, *, r1_gamma: float = R1_GAMMA, interval: int = R1_INTERVAL,
+                image_key: str = 'image', state_sharding=None, batch_sharding=None):
+  """``jax.jit`` of ``r1_step`` with its options bound, the state donated:
+  ``(state, batch, rng) -> (state, metrics)``; shardings as ``steps.jit_step``."""
+  fn = functools.partial(r1_step, gan, r1_gamma=r1_gamma, interval=interval,
+                         image_key=image_key)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, donate_argnums=0,
+                 in_shardings=(state_sharding, batch_sharding, None),
+                 out_shardings=(state_sharding, None))
+
+
+def jit_path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, *,
+                         batch_size: int, pl_weight: float = PL_WEIGHT,
+                         interval: int = PL_INTERVAL,
+                         pl_batch_shrink: int = PL_BATCH_SHRINK,
+                         pl_decay: float = PL_DECAY, map_has_aux: bool = False,
+                         state_sharding=None):
+  """``jax.jit`` of ``path_length_step`` with its options bound, the state donated:
+  ``(state, rng, pl_mean) -> (state, pl_mean, metrics)``."""
+  fn = functools.partial(path_length_step, gan, map_fn, synthesize_fn,
+                         batch_size=batch_size, pl_weight=pl_weight, interval=interval,
+                         pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay,
+                         map_has_aux=map_has_aux)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None, None),
+                 out_shardings=(state_sharding, None, None))
+
+
+def jit_ema_step(*, batch_size: int, half_life_kimg: float = EMA_KIMG,
+                 rampup: Optional[float] = None):
+  """``jax.jit`` of ``ema_step``: ``(ema_params, params_g, model_state_g, cur_nimg) ->
+  (ema_params, ema_model_state, beta)``, the EMA parameters donated."""
+  return jax.jit(functools.partial(ema_step, batch_size=batch_size,
+                                   half_life_kimg=half_life_kimg, rampup=rampup),
+                 donate_argnums=0)
