@@ -87,9 +87,11 @@ def probe_per_sample(gan: GAN, state: TrainState, batch) -> GAN:
   """Settles ``gan.per_sample`` with concrete values, so the jitted step need not."""
   if gan.per_sample is not None:
     return gan
+  # Jitted, so the eager probe compiles D once instead of op by op.
+  discriminate = jax.jit(
+      lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)))
   independent = one_stage.samples_independent(
-      lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)),
-      state.params_d, _real(gan, batch), has_aux=True)
+      discriminate, state.params_d, _real(gan, batch), has_aux=True)
   return dataclasses.replace(gan, per_sample=independent)
 
 
