@@ -1,0 +1,139 @@
+"""Defaults shared by every training config (``configs/*.py``), and their meaning.
+
+A config file is ``get_config()`` returning ``get_base_config()`` with the settings of
+one experiment changed. Every key a run can use is defined here, so the command-line
+overrides ``--config.KEY=VALUE`` of a locked config can set any of them and a
+misspelled key is an error.
+
+Keys (the names are an interface: tools outside the package set them):
+
+- ``stage``: ``'one'`` (one-stage, default), ``'two'`` (honest two-stage baseline) or
+  ``'official_two'`` (two-stage as the official code runs it).
+- ``one_stage_mode``: ``'exact'`` (default) or ``'approx'`` (the paper's per-sample
+  scaling, see ``osgan_jax.one_stage``).
+- ``loss``: a name from ``osgan_jax.losses.names()``.
+- ``seed``: model init, latents (``fold_in(key, step)``) and the data order.
+- ``batch_size``: the global batch (split over devices and hosts).
+- ``num_train_steps``, ``log_every_steps``, ``checkpoint_every_steps``,
+  ``sample_every_steps``: in steps; checkpoints and samples are also written at the end.
+- ``keep_checkpoints``: how many recent checkpoints to keep.
+- ``num_samples``: images in the sample grid (fixed z; fixed labels for a CGAN).
+- ``z_dim``; ``num_classes`` (0: unconditional; > 0: class-conditional G and D).
+- ``data.*``: see ``osgan_jax.data`` (``name``, ``path``, ``resolution``, ``channels``,
+  ``split``, ``source``, ``center_crop``, ``interpolation``, ``shuffle``,
+  ``num_threads``, ``prefetch``, ``num_workers``, ``download``).
+- ``model.name``: an architecture of ``osgan_jax.models`` (``'dcgan'``);
+  ``model.generator`` / ``model.discriminator``: keyword arguments of its constructors
+  (``resolution``, ``channels``, ``z_dim`` and ``num_classes`` come from the keys above).
+- ``optimizer``: Adam for both players: ``g_lr``, ``d_lr``, ``b1``, ``b2``;
+  ``lr_milestones`` (steps at which both learning rates are multiplied by
+  ``lr_decay``, PyTorch's ``MultiStepLR``; ``()`` for none); ``weight_clip`` (> 0:
+  clip D's weights to [-c, c] after every update, WGAN).
+- ``multihost``: call ``jax.distributed.initialize()`` (also ``$OSGAN_MULTIHOST=1``).
+- ``num_devices``: 0 = all devices, else the first n (a smaller mesh).
+- ``progress_bar``: the tqdm bar on process 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+STAGES = ('one', 'two', 'official_two')
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = 'one'
+  c.one_stage_mode = 'exact'
+  c.loss = 'non_saturating'
+  c.seed = 0
+  c.batch_size = 128
+  c.num_train_steps = 10_000
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  c.sample_every_steps = 1_000
+  c.keep_checkpoints = 3
+  c.num_samples = 64
+  c.z_dim = 100
+  c.num_classes = 0
+  c.multihost = False
+  c.num_devices = 0
+  c.progress_bar = True
+
+  c.data = ml_collections.ConfigDict(dict(
+      name='fashion_mnist', path='', resolution=64, channels=1, split='train',
+      source='auto', center_crop=-1, interpolation='', shuffle=True, num_threads=4,
+      prefetch=8, num_workers=0, download=False))
+
+  # DCGAN as the official OSGAN networks: d = 128, biases on every conv.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'dcgan'
+  c.model.generator = ml_collections.ConfigDict(dict(
+      width=128, norm='batch', use_bias=True, embed_dim=0))
+  c.model.discriminator = ml_collections.ConfigDict(dict(
+      width=128, norm='batch', num_groups=32, spectral_norm=False, patch=False,
+      use_bias=True, embed_dim=0))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, weight_clip=0.0,
+      lr_milestones=(), lr_decay=0.1))
+  return c
+
+
+def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file, locked, with dotted-key ``overrides`` applied.
+
+  The programmatic twin of ``--config=PATH --config.KEY=VALUE``: an unknown key raises
+  ``KeyError`` and a value of the wrong type ``TypeError``, as on the command line.
+  """
+  import importlib.util
+  import os
+
+  name = 'osgan_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'no config file at {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f'unknown config key {key!r} (the config is locked)')
+    node[leaf] = value
+  return config
+
+
+def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
+  """Steps that cover ``epochs`` passes over ``num_examples`` (rounded up)."""
+  return int(math.ceil(epochs * num_examples / batch_size))
+
+
+# Training-split sizes, to express the official epoch counts in steps.
+NUM_EXAMPLES = {
+    'mnist': 60_000,
+    'fashion_mnist': 60_000,
+    'celeb_a': 162_770,        # tfds celeb_a 'train'
+    'lsun_church': 126_227,    # tfds lsun/church_outdoor 'train'
+}
+
+
+def official_dcgan_config(data_name: str, epochs: float) -> ml_collections.ConfigDict:
+  """The base config with the official OSGAN DCGAN setup for ``data_name``.
+
+  64x64 images (1 channel for the MNIST sets, 3 otherwise), batch 128, ``epochs``
+  passes over the training split, Adam(0.5, 0.999).
+  """
+  c = get_base_config()
+  c.batch_size = 128
+  c.num_train_steps = epochs_to_steps(epochs, NUM_EXAMPLES[data_name], c.batch_size)
+  c.data.name = data_name
+  c.data.resolution = 64
+  c.data.channels = 1 if data_name in ('mnist', 'fashion_mnist') else 3
+  return c

@@ -1,0 +1,90 @@
+"""Trains a GAN: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR``.
+
+Any config key can be overridden on the command line, e.g.
+``--config.stage=two --config.batch_size=64 --config.data.path=/data/celeba``. The
+config is locked: a key that the config file does not define is an error. Rerunning
+the same command resumes from the latest checkpoint in ``--workdir``. SIGTERM/SIGINT
+save a checkpoint at the next step boundary and exit with status 0.
+
+Data and config errors are reported as one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config file (configs/*.py); override keys with '
+    '--config.KEY=VALUE.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
+                               'TensorBoard events and samples.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _config_overrides(argv) -> list[str]:
+  return [a.split('=', 1)[0][2:] for a in argv if re.match(r'--config\.[\w.]+', a)]
+
+
+def _fail(message: str, status: int) -> None:
+  print(f'osgan_jax.main: error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl's parser, with a clear one-line error for an unknown config key."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}\nPass --helpshort to see the flags.', 2)
+  except (AttributeError, KeyError) as e:
+    # ml_collections: a locked ConfigDict has no such field. The message is the quoted
+    # key name, possibly followed by a "Did you mean" line.
+    cause = e
+    while isinstance(cause, BaseException) and cause.args:  # AttributeError(KeyError(msg))
+      cause = cause.args[0]
+    text = str(cause)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = lines[0].strip('\'"') if lines else '?'
+    hint = ' ' + ' '.join(lines[1:]) if len(lines) > 1 else ''
+    culprits = [o for o in _config_overrides(argv) if o.split('.')[-1] == key
+                or f'.{key}.' in f'{o}.']
+    where = f' in --{culprits[0]}' if culprits else ''
+    _fail(f'unknown config key {key!r}{where}: the config file defines no such key '
+          f'(the config is locked).{hint}', 2)
+
+
+def _quiet_orbax(record) -> bool:
+  """Drops orbax's per-save INFO chatter (dozens of lines per checkpoint)."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  # Imported here so that flag errors are reported without loading JAX.
+  from osgan_jax import data
+  from osgan_jax import train
+
+  logging.info('Config:\n%s', _CONFIG.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except data.DataError as e:
+    _fail(f'data: {e}', 1)
+  except train.ConfigError as e:
+    _fail(f'config: {e}', 1)
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

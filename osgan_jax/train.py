@@ -1,0 +1,559 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, one loop for every config.
+
+It composes the pieces and knows nothing specific about any of them: the data iterator
+(``osgan_jax.data``), the networks (looked up by ``config.model.name`` in
+``osgan_jax.models``), the one- or two-stage step (``osgan_jax.steps``, chosen by
+``config.stage``) and the device mesh (``osgan_jax.parallel``).
+
+What a run leaves in ``workdir``:
+
+* ``checkpoints/<step>/``: orbax checkpoints of the whole ``TrainState`` (parameters,
+  optimiser states, BatchNorm / spectral-norm state, step) every
+  ``checkpoint_every_steps``, at the end, and when SIGTERM or SIGINT arrives (the loop
+  finishes the current step, saves, and returns normally). The last
+  ``keep_checkpoints`` are kept.
+* ``metrics.jsonl``: one JSON object per line every ``log_every_steps``: ``step``,
+  ``loss_d``, ``loss_g``, the one-stage decomposition statistics (``gamma_mean``,
+  ``gamma_min``, ``gamma_max``: over the interval's steps, mean/min/max; ``n_exact``:
+  mean number of samples per step that took the exact path), ``steps_per_sec``,
+  ``images_per_sec`` and ``data_skipped_images`` (unreadable images skipped so far).
+* TensorBoard event files (the same scalars, and the sample grids).
+* ``samples/step_000100.png``: a grid of images generated from a fixed z (and fixed
+  labels ``i % num_classes`` for a conditional GAN, one class per column) every
+  ``sample_every_steps`` and at the end, with G in inference mode (BatchNorm running
+  averages).
+* ``config.json``: the config of the run.
+
+Only process 0 writes logs and samples; every process takes part in checkpoints.
+
+Resuming: rerunning the same command restores the latest checkpoint and continues. The
+step's randomness is ``fold_in(key, step)`` and the data iterator restarts at
+``start_step=step`` (batch k is a pure function of (seed, k)), so on CPU an interrupted
+and resumed run reaches bit-identical parameters to an uninterrupted one.
+
+Data parallelism: the global batch is split over the ``'data'`` axis of a mesh of all
+devices and the state is replicated (see ``osgan_jax.parallel``). BatchNorm statistics
+are over the global batch, identical to one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from absl import logging
+
+from osgan_jax import config_base
+from osgan_jax import data as data_lib
+from osgan_jax import losses as losses_lib
+from osgan_jax import models
+from osgan_jax import one_stage
+from osgan_jax import parallel
+from osgan_jax import steps
+
+__all__ = ['ConfigError', 'create_models', 'image_grid', 'make_gan', 'make_optimizers',
+           'restore_checkpoint', 'train_and_evaluate']
+
+# Model constructor arguments that come from top-level config keys.
+_G_FROM_CONFIG = {'resolution': 'data.resolution', 'channels': 'data.channels',
+                  'z_dim': 'z_dim', 'num_classes': 'num_classes'}
+_D_FROM_CONFIG = {'resolution': 'data.resolution', 'channels': 'data.channels',
+                  'num_classes': 'num_classes'}
+
+
+class ConfigError(ValueError):
+  """An invalid combination of config values; the message is one line for the user."""
+
+
+# ------------------------------------------------------------------------ models
+
+def _lookup(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def _model_kwargs(config, section: str, from_config: dict) -> dict:
+  kwargs = dict(_lookup(config, section).to_dict())
+  for name, key in from_config.items():
+    value = _lookup(config, key)
+    if name in kwargs and kwargs[name] != value:
+      raise ConfigError(f'config.{section}.{name}={kwargs[name]!r} conflicts with '
+                        f'config.{key}={value!r}; set config.{key} only')
+    kwargs[name] = value
+  return kwargs
+
+
+def create_models(config):
+  """``(generator, discriminator)`` Flax modules of ``config.model``."""
+  try:
+    g_cls, d_cls = models.get(config.model.name)
+  except ValueError as e:
+    raise ConfigError(f'config.model.name: {e}') from None
+  g_kwargs = _model_kwargs(config, 'model.generator', _G_FROM_CONFIG)
+  d_kwargs = _model_kwargs(config, 'model.discriminator', _D_FROM_CONFIG)
+  try:
+    return g_cls(**g_kwargs), d_cls(**d_kwargs)
+  except TypeError as e:
+    raise ConfigError(f'config.model: {e}') from None
+
+
+def _apply(module, params, model_state, x, labels, train: bool):
+  """``module.apply`` with the non-parameter collections threaded through."""
+  variables = {'params': params, **model_state}
+  if train and model_state:
+    out, new_state = module.apply(variables, x, labels, train=True,
+                                  mutable=list(model_state))
+    return out, dict(new_state)
+  return module.apply(variables, x, labels, train=train), model_state
+
+
+def make_gan(config, generator, discriminator) -> steps.GAN:
+  """Wraps two Flax modules into the pure functions of ``steps.GAN``.
+
+  ``generate`` returns ``{'image': x}`` (plus ``'label'`` for a conditional GAN, whose
+  latent is ``{'z': z, 'label': y}``); the model state is every variable collection
+  but ``'params'`` (BatchNorm statistics, spectral-norm vectors), updated in training
+  mode. ``generate`` and ``discriminate`` take an extra ``train`` argument (default
+  True) that the steps never pass.
+  """
+  conditional = config.num_classes > 0
+  z_dim, num_classes = int(config.z_dim), int(config.num_classes)
+
+  def generate(params, model_state, z, rng, train=True):
+    del rng  # the DCGAN family is deterministic given z
+    z_arr, labels = (z['z'], z['label']) if conditional else (z, None)
+    image, model_state = _apply(generator, params, model_state, z_arr, labels, train)
+    fake = {'image': image}
+    if conditional:
+      fake['label'] = labels
+    return fake, model_state
+
+  def discriminate(params, model_state, batch, rng, train=True):
+    del rng
+    labels = batch['label'] if conditional else None
+    return _apply(discriminator, params, model_state, batch['image'], labels, train)
+
+  def sample_latent(rng, n):
+    if not conditional:
+      return jax.random.normal(rng, (n, z_dim))
+    rng_z, rng_y = jax.random.split(rng)
+    return {'z': jax.random.normal(rng_z, (n, z_dim)),
+            'label': jax.random.randint(rng_y, (n,), 0, num_classes, jnp.int32)}
+
+  optimizer_g, optimizer_d = make_optimizers(config)
+  return steps.GAN(
+      generate=generate, discriminate=discriminate, sample_latent=sample_latent,
+      loss=config.loss, optimizer_g=optimizer_g, optimizer_d=optimizer_d,
+      batch_keys=('image', 'label') if conditional else ('image',),
+      mode=config.one_stage_mode)
+
+
+def make_optimizers(config):
+  """Adam for G and D (``config.optimizer``), D's chained with weight clipping."""
+  opt = config.optimizer
+  milestones = sorted(int(m) for m in opt.lr_milestones)
+
+  def lr(base):
+    if not milestones:
+      return base
+    return optax.piecewise_constant_schedule(
+        base, {m: float(opt.lr_decay) for m in milestones})
+
+  optimizer_g = optax.adam(lr(opt.g_lr), b1=opt.b1, b2=opt.b2)
+  optimizer_d = optax.adam(lr(opt.d_lr), b1=opt.b1, b2=opt.b2)
+  if opt.weight_clip > 0:
+    optimizer_d = optax.chain(optimizer_d, steps.clip_params(float(opt.weight_clip)))
+  return optimizer_g, optimizer_d
+
+
+def _make_init(config, gan: steps.GAN, generator, discriminator):
+  """``init(key) -> TrainState`` (traceable; jitted with the state's sharding)."""
+  res, ch = int(config.data.resolution), int(config.data.channels)
+
+  def init(key):
+    key_g, key_d = jax.random.split(key)
+    z = gan.sample_latent(jax.random.PRNGKey(0), 2)
+    z_arr, labels = (z['z'], z['label']) if config.num_classes > 0 else (z, None)
+    g_vars = dict(generator.init(key_g, z_arr, labels, train=False))
+    d_vars = dict(discriminator.init(key_d, jnp.zeros((2, res, res, ch)), labels,
+                                     train=False))
+    params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
+    return steps.init_state(gan, params_g, params_d, g_vars, d_vars)
+
+  return init
+
+
+# ------------------------------------------------------------------------ samples
+
+def image_grid(images, ncol: int | None = None, pad: int = 2,
+               pad_value: int = 128) -> np.ndarray:
+  """[N, H, W, C] images in [-1, 1] -> one uint8 [H', W', C] grid, ``ncol`` per row."""
+  x = np.asarray(images, np.float32)
+  x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  n, h, w, c = x.shape
+  ncol = ncol or int(math.ceil(math.sqrt(n)))
+  nrow = int(math.ceil(n / ncol))
+  grid = np.full((pad + nrow * (h + pad), pad + ncol * (w + pad), c), pad_value,
+                 np.uint8)
+  for i in range(n):
+    r, q = divmod(i, ncol)
+    top, left = pad + r * (h + pad), pad + q * (w + pad)
+    grid[top:top + h, left:left + w] = x[i]
+  return grid
+
+
+def _save_png(grid: np.ndarray, path: str) -> None:
+  from PIL import Image
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  tmp = path + '.tmp'
+  image.save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+def _make_sampler(config, gan: steps.GAN, sharding):
+  """Jitted ``(params_g, model_state_g) -> images`` of the fixed sample latents."""
+  n = int(config.num_samples)
+  key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2)
+
+  def sample(params_g, model_state_g):
+    z = gan.sample_latent(key, n)
+    if config.num_classes > 0:
+      z['label'] = jnp.arange(n, dtype=jnp.int32) % int(config.num_classes)
+    fake, _ = gan.generate(params_g, model_state_g, z, None, train=False)
+    return fake['image']
+
+  return jax.jit(sample, out_shardings=sharding)
+
+
+# ------------------------------------------------------------------------ logging
+
+class _MetricWriter:
+  """metrics.jsonl + TensorBoard on process 0; a no-op elsewhere."""
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool):
+    self.enabled = enabled
+    self.writer = None
+    if not enabled:
+      return
+    self.jsonl = os.path.join(workdir, 'metrics.jsonl')
+    self._truncate(start_step)
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(logdir=workdir, purge_step=start_step or None,
+                                flush_secs=30)
+
+  def _truncate(self, start_step: int) -> None:
+    """Drops lines logged after the checkpoint we resume from (a crash's leftovers)."""
+    if not os.path.exists(self.jsonl):
+      return
+    with open(self.jsonl) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line)['step'] <= start_step:
+          keep.append(line)
+      except (ValueError, KeyError, TypeError):
+        pass  # a partly written last line
+    if len(keep) != len(lines):
+      with open(self.jsonl, 'w') as f:
+        f.writelines(keep)
+
+  def scalars(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in values.items()}}
+    with open(self.jsonl, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for k, v in values.items():
+      self.writer.add_scalar(k, float(v), step)
+
+  def image(self, step: int, tag: str, grid: np.ndarray) -> None:
+    if not self.enabled:
+      return
+    rgb = np.repeat(grid, 3, axis=-1) if grid.shape[-1] == 1 else grid
+    self.writer.add_image(tag, rgb, step, dataformats='HWC')
+
+  def text(self, tag: str, text: str) -> None:
+    if self.enabled:
+      self.writer.add_text(tag, text, 0)
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _reduce_metrics(history: list) -> dict:
+  """Per-step metric dicts -> one dict (min/max for gamma_min/max, else mean)."""
+  history = jax.device_get(history)
+  out = {}
+  for k in history[-1]:
+    values = np.asarray([h[k] for h in history], np.float64)
+    if k == 'gamma_min':
+      out[k] = values.min()
+    elif k == 'gamma_max':
+      out[k] = values.max()
+    else:
+      out[k] = values.mean()
+  return out
+
+
+# ------------------------------------------------------------------------ signals
+
+class _StopOnSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
+
+  A second SIGINT while the flag is set raises KeyboardInterrupt (Ctrl-C twice aborts
+  without saving). Handlers are only installed from the main thread and are restored
+  on exit.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+    # No logging here (its locks are not reentrant): a plain write is signal-safe.
+    os.write(2, f'\n{self.received} received: saving a checkpoint after this step, '
+                'then stopping\n'.encode())
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)))
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state, step=None):
+  """``(state, meta)`` of checkpoint ``step`` (default: latest); shardings from
+  ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with ``sharding``)."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  return restored.state, dict(restored.meta or {})
+
+
+# ------------------------------------------------------------------------ the loop
+
+def _validate(config) -> None:
+  if config.stage not in config_base.STAGES:
+    raise ConfigError(f'config.stage={config.stage!r} is not one of '
+                      f'{", ".join(config_base.STAGES)}')
+  if config.one_stage_mode not in one_stage.MODES:
+    raise ConfigError(f'config.one_stage_mode={config.one_stage_mode!r} is not one of '
+                      f'{", ".join(one_stage.MODES)}')
+  try:
+    losses_lib.get(config.loss)
+  except ValueError as e:
+    raise ConfigError(f'config.loss: {e}') from None
+  for key in ('batch_size', 'num_train_steps', 'log_every_steps',
+              'checkpoint_every_steps', 'sample_every_steps', 'num_samples'):
+    if int(config[key]) <= 0:
+      raise ConfigError(f'config.{key} must be positive, got {config[key]}')
+  if config.num_classes < 0:
+    raise ConfigError(f'config.num_classes must be >= 0, got {config.num_classes}')
+
+
+def _every(step: int, period: int, last: int) -> bool:
+  return step % period == 0 or step == last
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint, if any).
+
+  Returns the final ``steps.TrainState`` (replicated over the mesh). Raises
+  ``data.DataError`` for missing or unusable data and ``ConfigError`` for invalid
+  settings, both before anything is compiled.
+  """
+  parallel.initialize(config.multihost)
+  _validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  is_main = parallel.is_main_process()
+  num_steps = int(config.num_train_steps)
+  batch_size = int(config.batch_size)
+
+  mesh = parallel.make_mesh(int(config.num_devices))
+  if batch_size % mesh.size or batch_size % jax.process_count():
+    raise ConfigError(f'config.batch_size={batch_size} must be a multiple of the '
+                      f'{mesh.size} devices and {jax.process_count()} processes')
+  state_sharding = parallel.replicated(mesh)
+  batch_sharding = parallel.data_sharding(mesh)
+
+  info = data_lib.dataset_info(config.data)  # DataError early, before any compile
+  if config.num_classes > 0:
+    if info['num_classes'] > config.num_classes:
+      raise ConfigError(f'the data has {info["num_classes"]} classes but '
+                        f'config.num_classes={config.num_classes}')
+    if info['num_classes'] == 0:
+      logging.warning('config.num_classes=%d but the data set has no labels: every '
+                      'real image has label 0', config.num_classes)
+
+  generator, discriminator = create_models(config)
+  gan = make_gan(config, generator, discriminator)
+  root = jax.random.PRNGKey(int(config.seed))
+  init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+  init = jax.jit(_make_init(config, gan, generator, discriminator),
+                 out_shardings=state_sharding)
+
+  if is_main:
+    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+  with contextlib.ExitStack() as cleanup:
+    # From here on SIGTERM/SIGINT only set a flag: a signal during setup or compilation
+    # stops the run after its first step, with a checkpoint.
+    stop = cleanup.enter_context(_StopOnSignal())
+    manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+    cleanup.callback(manager.close)
+    latest = manager.latest_step()
+    meta = {'skipped_images': 0}
+    if latest is None:
+      state = init(init_key)
+      start_step = 0
+    else:
+      abstract = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding),
+          jax.eval_shape(init, init_key))
+      state, meta = restore_checkpoint(manager, abstract, latest)
+      start_step = int(jax.device_get(state.step))
+      logging.info('Resumed from the checkpoint at step %d in %s', start_step, workdir)
+    if start_step >= num_steps:
+      logging.info('Nothing to do: the checkpoint is at step %d and num_train_steps=%d',
+                   start_step, num_steps)
+      return state
+    last_saved = None if latest is None else start_step
+
+    data_iter = data_lib.make_iterator(
+        config.data, batch_size, seed=int(config.seed), start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    cleanup.callback(data_iter.close)
+    skipped_before = int(meta.get('skipped_images', 0))
+
+    def skipped_images():
+      return skipped_before + parallel.sum_over_processes(data_iter.skipped)
+
+    writer = _MetricWriter(workdir, start_step, is_main)
+    cleanup.callback(writer.close)
+    sampler = _make_sampler(config, gan, state_sharding)
+
+    first = next(data_iter)
+    probe = {k: np.asarray(first[k][:min(4, len(first[k]))]) for k in gan.batch_keys}
+    gan = steps.probe_per_sample(gan, state, probe)
+    train_step = steps.jit_step(gan, config.stage, state_sharding=state_sharding,
+                                batch_sharding=batch_sharding)
+    n_params = sum(x.size for x in jax.tree.leaves((state.params_g, state.params_d)))
+    logging.info('%s-stage %s (%s loss), %d parameters, %d devices, batch %d, data %s '
+                 '(%d images); D treats samples %s', config.stage, config.model.name,
+                 config.loss, n_params, mesh.size, batch_size, config.data.name,
+                 info['num_examples'],
+                 'independently' if gan.per_sample else 'jointly (coupled)')
+    writer.text('config', '```\n' + str(config) + '\n```')
+
+    pbar = cleanup.enter_context(tqdm.tqdm(
+        total=num_steps, initial=start_step, unit='step', dynamic_ncols=True,
+        smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30,
+        disable=not (is_main and config.progress_bar)))
+    history = []
+    timer_start, timer_steps = time.perf_counter(), 0
+    stopped_by = None
+    local = first
+    for step in range(start_step, num_steps):
+      if local is None:
+        local = next(data_iter)
+      batch = parallel.global_batch({k: local[k] for k in gan.batch_keys},
+                                    batch_sharding)
+      local = None
+      rng = np.asarray(jax.random.fold_in(step_key, step))
+      state, metrics = train_step(state, batch, rng)
+      history.append(metrics)
+      done = step + 1
+      timer_steps += 1
+      pbar.update(1)
+      if step == start_step:  # exclude compilation from the throughput
+        jax.block_until_ready(state)
+        logging.info('First step (with compilation) took %.1f s',
+                     time.perf_counter() - timer_start)
+        timer_start, timer_steps = time.perf_counter(), 0
+
+      if _every(done, config.log_every_steps, num_steps):
+        values = _reduce_metrics(history)
+        history = []
+        if timer_steps:
+          values['steps_per_sec'] = timer_steps / max(time.perf_counter() - timer_start,
+                                                      1e-9)
+          values['images_per_sec'] = values['steps_per_sec'] * batch_size
+        values['data_skipped_images'] = skipped_images()
+        writer.scalars(done, values)
+        pbar.set_postfix({k: f'{values[k]:.3g}' for k in
+                          ('images_per_sec', 'loss_d', 'loss_g') if k in values},
+                         refresh=False)
+        timer_start, timer_steps = time.perf_counter(), 0
+
+      if _every(done, config.sample_every_steps, num_steps):
+        images = jax.device_get(sampler(state.params_g, state.model_state_g))
+        if is_main:
+          grid = image_grid(images, ncol=int(config.num_classes) or None)
+          _save_png(grid, os.path.join(workdir, 'samples', f'step_{done:06d}.png'))
+          writer.image(done, 'samples', grid)
+
+      # Multi-host: every process must agree to stop at the same step (a collective,
+      # so only at log boundaries); one process checks its own flag every step.
+      if (jax.process_count() == 1 or done % config.log_every_steps == 0
+          or done == num_steps):
+        if parallel.any_process(stop.received is not None):
+          stopped_by = stop.received or 'a signal to another process'
+      if (_every(done, config.checkpoint_every_steps, num_steps)
+          or stopped_by is not None) and last_saved != done:
+        _save(manager, done, state, {'skipped_images': skipped_images()})
+        last_saved = done
+      if stopped_by is not None:
+        break
+
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if stopped_by is not None and done < num_steps:
+    logging.warning('Stopped by %s at step %d; checkpoint saved in %s. Run the same '
+                    'command again to resume.', stopped_by, done, checkpoints)
+  else:
+    logging.info('Finished %d steps; checkpoint at step %d in %s', done, last_saved,
+                 checkpoints)
+  return state
