@@ -1,0 +1,27 @@
+"""DCGAN (non-saturating loss) on CelebA at 64x64, the official asymmetric config.
+
+Official ``cfgs/dcgan/dcgan_asymmetric_one_stage_celeba.yml``: d = 128, z = 128, batch
+128, Adam(0.5, 0.999), G lr 2e-4, D lr 1e-4, GroupNorm D (32 groups; a BatchNorm D
+would couple the samples), 30 epochs.
+
+Data: tfds ``celeb_a`` prepared as array_record in DIR
+(``tfds build celeb_a --file_format=array_record --data_dir=DIR``), or a folder of
+aligned CelebA images with ``--config.data.name=folder --config.data.path=/data/img_align_celeba
+--config.data.center_crop=108``. Images: 108x108 center crop resized to 64.
+
+  python -m osgan_jax.main --config=configs/dcgan_celeba.py --workdir=/tmp/osgan_dcgan_celeba --config.data.path=DIR
+
+Two-stage baseline: add ``--config.stage=two``.
+"""
+
+from osgan_jax import config_base
+
+
+def get_config():
+  c = config_base.official_dcgan_config('celeb_a', epochs=30)
+  c.loss = 'non_saturating'
+  c.z_dim = 128
+  c.model.discriminator.norm = 'group'
+  c.optimizer.g_lr = 2e-4
+  c.optimizer.d_lr = 1e-4
+  return c

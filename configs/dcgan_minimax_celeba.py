@@ -1,0 +1,31 @@
+"""DCGAN with the minimax loss (symmetric) on CelebA at 64x64, the official symmetric config.
+
+Official ``cfgs/dcgan/dcgan_symmetric_one_stage_celeba.yml``: d = 128, z = 100, batch
+128, Adam(0.5, 0.999), G lr 2e-4, D lr 4e-5, both divided by 10 after epochs 10 and 15
+(MultiStepLR), BatchNorm D (symmetric loss: gamma = -1 is exact even though BatchNorm
+couples the samples), 30 epochs.
+
+Data: tfds ``celeb_a`` prepared as array_record in DIR
+(``tfds build celeb_a --file_format=array_record --data_dir=DIR``), or a folder of
+aligned CelebA images with ``--config.data.name=folder --config.data.path=/data/img_align_celeba
+--config.data.center_crop=108``. Images: 108x108 center crop resized to 64.
+
+  python -m osgan_jax.main --config=configs/dcgan_minimax_celeba.py --workdir=/tmp/osgan_minimax_celeba --config.data.path=DIR
+
+Two-stage baseline: add ``--config.stage=two``.
+"""
+
+from osgan_jax import config_base
+
+
+def get_config():
+  c = config_base.official_dcgan_config('celeb_a', epochs=30)
+  c.loss = 'minimax'
+  c.z_dim = 100
+  c.model.discriminator.norm = 'batch'
+  c.optimizer.g_lr = 2e-4
+  c.optimizer.d_lr = 4e-5
+  steps_per_epoch = c.num_train_steps / 30
+  c.optimizer.lr_milestones = (round(10 * steps_per_epoch), round(15 * steps_per_epoch))
+  c.optimizer.lr_decay = 0.1
+  return c
