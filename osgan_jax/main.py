@@ -37,10 +37,16 @@ def _fail(message: str, status: int) -> None:
   sys.exit(status)
 
 
+def _one_line(error: Exception) -> str:
+  return ' '.join(str(error).split())
+
+
 def parse_flags(argv):
   """absl's parser, with a clear one-line error for an unknown config key."""
   try:
     return flags.FLAGS(argv)
+  except OSError as e:  # the config file is missing or failed to load
+    _fail(_one_line(e), 2)
   except flags.Error as e:
     _fail(f'{e}\nPass --helpshort to see the flags.', 2)
   except (AttributeError, KeyError) as e:
@@ -69,13 +75,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  config = _CONFIG.value
+  try:
+    config.get('stage')  # config_flags defers a config file's load error to first use
+  except OSError as e:
+    _fail(_one_line(e), 2)
   # Imported here so that flag errors are reported without loading JAX.
   from osgan_jax import data
   from osgan_jax import train
 
-  logging.info('Config:\n%s', _CONFIG.value)
+  logging.info('Config:\n%s', config)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except data.DataError as e:
     _fail(f'data: {e}', 1)
   except train.ConfigError as e:

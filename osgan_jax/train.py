@@ -477,7 +477,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     sampler = _make_sampler(config, gan, state_sharding)
 
     first = next(data_iter)
-    probe = {k: np.asarray(first[k][:min(4, len(first[k]))]) for k in gan.batch_keys}
+    # A few samples settle whether D couples them (at least 2, tiled if need be).
+    probe = {k: np.resize(np.asarray(first[k][:4]), (max(min(len(first[k]), 4), 2),)
+                          + first[k].shape[1:]) for k in gan.batch_keys}
     gan = steps.probe_per_sample(gan, state, probe)
     train_step = steps.jit_step(gan, config.stage, state_sharding=state_sharding,
                                 batch_sharding=batch_sharding)

@@ -107,3 +107,13 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
   errors = [l for l in result.stderr.splitlines() if l.startswith('osgan_jax.main:')]
   assert errors == [f'osgan_jax.main: error: data: image folder {missing} does not exist '
                     'or is not a directory (set data.path)']
+
+
+def test_main_reports_a_missing_config_file_in_one_line(tmp_path):
+  cmd = [sys.executable, '-m', 'osgan_jax.main', '--config=configs/no_such_config.py',
+         f'--workdir={tmp_path}']
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith('osgan_jax.main:')]
+  assert 'configs/no_such_config.py' in line and 'No such file' in line
