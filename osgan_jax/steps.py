@@ -181,7 +181,7 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   if official:
     (loss_g, model_state_g), (grads_g, wasted) = jax.value_and_grad(
         g_objective, argnums=(0, 1), has_aux=True)(state.params_g, params_d)
-    metrics['wasted_d_grad_norm'] = _f32(optax.global_norm(wasted))
+    metrics['wasted_d_grad_norm'] = _f32(optax.tree.norm(wasted))
   else:
     (loss_g, model_state_g), grads_g = jax.value_and_grad(g_objective, has_aux=True)(
         state.params_g, params_d)
