@@ -97,6 +97,8 @@ never decodes pixels.
 
 from __future__ import annotations
 
+import abc
+
 import concurrent.futures
 import functools
 import gzip
@@ -360,18 +362,19 @@ class _ArraySource:
         return images, self.labels[indices], 0
 
 
-class _LazySource:
+class _LazySource(abc.ABC):
     """Base for sources decoded one example at a time, with skip-and-replace."""
 
     resolution: int
     channels: int
 
+    @abc.abstractmethod
     def __len__(self):
-        raise NotImplementedError
+        """Number of examples."""
 
+    @abc.abstractmethod
     def load(self, index: int):
         """(uint8 [R, R, C], label) or None if the example is unreadable."""
-        raise NotImplementedError
 
     def load_batch(self, indices: np.ndarray):
         n = len(self)
