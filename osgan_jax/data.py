@@ -98,7 +98,6 @@ never decodes pixels.
 from __future__ import annotations
 
 import abc
-
 import concurrent.futures
 import functools
 import gzip
