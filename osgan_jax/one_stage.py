@@ -94,7 +94,8 @@ def _sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(l.astype(jnp.float32))) for l in leaves)
 
 
-def _call(fn, has_aux, *args):
+def call_with_aux(fn, has_aux, *args):
+  """fn(*args) as (output, aux); aux is None when fn has none."""
   out = fn(*args)
   return out if has_aux else (out, None)
 
@@ -149,7 +150,7 @@ def samples_independent(discriminate: Callable, params_d: PyTree, images: PyTree
           lambda l: (jax.random.normal(key, l.shape, l.dtype).at[1:].set(0)
                      if _is_float(l) else np.zeros(l.shape, jax.dtypes.float0)),
           images)
-      _, t_out = jax.jvp(lambda x: _call(discriminate, has_aux, params_d, x)[0],
+      _, t_out = jax.jvp(lambda x: call_with_aux(discriminate, has_aux, params_d, x)[0],
                          (images,), (tangent,))
       moved = jnp.any(jnp.abs(t_out[1:]) > 0) | ~jnp.all(jnp.isfinite(t_out[1:]))
       return not bool(moved)
@@ -212,7 +213,7 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   if mode not in MODES:
     raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
 
-  x_fake, vjp_g, g_aux = jax.vjp(lambda p: _call(generate, g_has_aux, p, z), params_g,
+  x_fake, vjp_g, g_aux = jax.vjp(lambda p: call_with_aux(generate, g_has_aux, p, z), params_g,
                                  has_aux=True)
   batch = _batch_size(x_fake)
   if per_sample is None:
@@ -220,12 +221,12 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
 
   if per_sample:
     def forward(p, xf):
-      logits, aux = _call(discriminate, d_has_aux, p, _concat(x_real, xf))
+      logits, aux = call_with_aux(discriminate, d_has_aux, p, _concat(x_real, xf))
       return (logits[:batch], logits[batch:]), aux
   else:
     def forward(p, xf):
-      real_logits, _ = _call(discriminate, d_has_aux, p, x_real)
-      fake_logits, aux = _call(discriminate, d_has_aux, p, xf)
+      real_logits, _ = call_with_aux(discriminate, d_has_aux, p, x_real)
+      fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
       return (real_logits, fake_logits), aux
   (real_logits, fake_logits), vjp_d, d_aux = jax.vjp(forward, params_d, x_fake,
                                                      has_aux=True)
@@ -317,10 +318,10 @@ def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   loss = losses_lib.get(loss)
 
   def disc(p, x):
-    return _call(discriminate, d_has_aux, p, x)[0].astype(jnp.float32)
+    return call_with_aux(discriminate, d_has_aux, p, x)[0].astype(jnp.float32)
 
   def gen(p):
-    return _call(generate, g_has_aux, p, z)[0]
+    return call_with_aux(generate, g_has_aux, p, z)[0]
 
   x_fake = gen(params_g)
   loss_d, grads_d = jax.value_and_grad(

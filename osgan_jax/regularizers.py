@@ -66,6 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from osgan_jax.one_stage import call_with_aux
+from osgan_jax.steps import apply_optimizer
+
 PyTree = Any
 
 # Official defaults (training/loss.py, training/training_loop.py, train.py cfg 'stylegan2').
@@ -79,11 +82,6 @@ EMA_KIMG = 10.0
 
 
 # ----------------------------------------------------------------------------- penalties
-
-def _call(fn, has_aux, *args):
-  out = fn(*args)
-  return out if has_aux else (out, None)
-
 
 def _at_least_f32(x):
   """float32 for bfloat16/float16/float32 values, float64 stays float64."""
@@ -113,7 +111,7 @@ def r1_penalty(discriminate: Callable, params_d: PyTree, x_real: jax.Array, *,
   terms; for a per-sample discriminator it is the per-sample input gradient.
   """
   def summed(x):
-    logits, aux = _call(discriminate, has_aux, params_d, x)
+    logits, aux = call_with_aux(discriminate, has_aux, params_d, x)
     return jnp.sum(_at_least_f32(logits)), (logits, aux)
 
   grads, (logits, aux) = jax.grad(summed, has_aux=True)(x_real)
@@ -282,11 +280,6 @@ def ema_step(ema_params: PyTree, params_g: PyTree, model_state_g: PyTree, cur_ni
 
 # ----------------------------------------------------------------------------- steps
 
-def _apply(optimizer, grads, opt_state, params):
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
-
-
 def _check_structure(name, new, old):
   if jax.tree.structure(new) != jax.tree.structure(old):
     raise ValueError(f'{name} changed its pytree structure ({jax.tree.structure(old)} '
@@ -327,7 +320,7 @@ def r1_step(gan, state, batch, rng, *, r1_gamma: float = R1_GAMMA, interval: int
   (_, (penalty, loss, model_state_d)), grads = jax.value_and_grad(
       objective, has_aux=True)(state.params_d)
   _check_structure('discriminate (model_state_d)', model_state_d, state.model_state_d)
-  params_d, opt_state_d = _apply(gan.optimizer_d, grads, state.opt_state_d,
+  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads, state.opt_state_d,
                                  state.params_d)
   state = state.replace(params_d=params_d, opt_state_d=opt_state_d,
                         model_state_d=model_state_d)
@@ -373,7 +366,7 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
   z = gan.sample_latent(rng_z, n)
 
   def objective(params_g):
-    ws, model_state_g = _call(map_fn, map_has_aux, params_g, state.model_state_g, z,
+    ws, model_state_g = call_with_aux(map_fn, map_has_aux, params_g, state.model_state_g, z,
                               rng_map)
     if not map_has_aux:
       model_state_g = state.model_state_g
@@ -387,7 +380,7 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
   (_, (penalty, loss, new_mean, mean_len, model_state_g)), grads = jax.value_and_grad(
       objective, has_aux=True)(state.params_g)
   _check_structure('map_fn (model_state_g)', model_state_g, state.model_state_g)
-  params_g, opt_state_g = _apply(gan.optimizer_g, grads, state.opt_state_g,
+  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads, state.opt_state_g,
                                  state.params_g)
   state = state.replace(params_g=params_g, opt_state_g=opt_state_g,
                         model_state_g=model_state_g)

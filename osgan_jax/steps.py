@@ -115,7 +115,8 @@ def _real(gan: GAN, batch):
   return {k: batch[k] for k in gan.batch_keys}
 
 
-def _apply(optimizer, grads, opt_state, params):
+def apply_optimizer(optimizer, grads, opt_state, params):
+  """One optax update; returns (params, opt_state)."""
   updates, opt_state = optimizer.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
 
@@ -134,9 +135,9 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
       lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
       state.params_g, state.params_d, z, real, gan.loss,
       mode=gan.mode, per_sample=gan.per_sample, g_has_aux=True, d_has_aux=True)
-  params_g, opt_state_g = _apply(gan.optimizer_g, grads_g, state.opt_state_g,
+  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads_g, state.opt_state_g,
                                  state.params_g)
-  params_d, opt_state_d = _apply(gan.optimizer_d, grads_d, state.opt_state_d,
+  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
                                  state.params_d)
   state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
                         opt_state_g=opt_state_g, opt_state_d=opt_state_d,
@@ -165,7 +166,7 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
 
   (loss_d, model_state_d), grads_d = jax.value_and_grad(d_objective, has_aux=True)(
       state.params_d)
-  params_d, opt_state_d = _apply(gan.optimizer_d, grads_d, state.opt_state_d,
+  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
                                  state.params_d)
 
   # Stage 2: G against the updated D, fresh z.
@@ -185,7 +186,7 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   else:
     (loss_g, model_state_g), grads_g = jax.value_and_grad(g_objective, has_aux=True)(
         state.params_g, params_d)
-  params_g, opt_state_g = _apply(gan.optimizer_g, grads_g, state.opt_state_g,
+  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads_g, state.opt_state_g,
                                  state.params_g)
   state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
                         opt_state_g=opt_state_g, opt_state_d=opt_state_d,
