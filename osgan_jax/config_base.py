@@ -22,13 +22,29 @@ Keys (the names are an interface: tools outside the package set them):
 - ``data.*``: see ``osgan_jax.data`` (``name``, ``path``, ``resolution``, ``channels``,
   ``split``, ``source``, ``center_crop``, ``interpolation``, ``shuffle``,
   ``num_threads``, ``prefetch``, ``num_workers``, ``download``).
-- ``model.name``: an architecture of ``osgan_jax.models`` (``'dcgan'``);
-  ``model.generator`` / ``model.discriminator``: keyword arguments of its constructors
-  (``resolution``, ``channels``, ``z_dim`` and ``num_classes`` come from the keys above).
-- ``optimizer``: Adam for both players: ``g_lr``, ``d_lr``, ``b1``, ``b2``;
+- ``model.name``: an architecture of ``osgan_jax.models`` (``'dcgan'``,
+  ``'stylegan2'``); ``model.generator`` / ``model.discriminator``: keyword arguments of
+  its constructors (the resolution, image channels, ``z_dim`` and ``num_classes`` come
+  from the keys above, under the names the architecture uses: ``channels`` or
+  ``img_channels``, ``num_classes`` or ``c_dim``).
+- ``optimizer``: Adam for both players: ``g_lr``, ``d_lr``, ``b1``, ``b2``, ``eps``;
   ``lr_milestones`` (steps at which both learning rates are multiplied by
   ``lr_decay``, PyTorch's ``MultiStepLR``; ``()`` for none); ``weight_clip`` (> 0:
-  clip D's weights to [-c, c] after every update, WGAN).
+  clip D's weights to [-c, c] after every update, WGAN); ``nan_to_num`` (replace
+  NaN/inf gradients by 0/+-1e5 before the update, as the official StyleGAN2 loop).
+  With lazy regularisation (``reg``) a player's Adam gets the official correction for
+  its interval: ``lr * k/(k+1)``, ``beta ** (k/(k+1))``.
+- ``reg.*``: StyleGAN2 regularisation (``osgan_jax.regularizers``), run as separate
+  jitted steps after the main step (which never recompiles): ``r1_gamma`` (> 0: R1 on
+  reals every ``r1_interval`` steps), ``pl_weight`` (> 0: path-length regularisation
+  every ``pl_interval`` steps on ``batch_size // pl_batch_shrink`` latents, running
+  mean decay ``pl_decay``; needs a generator with ``map`` and ``synthesize`` methods).
+- ``ema.*``: ``half_life_kimg`` (> 0: keep an exponential moving average of G's
+  parameters with this half-life in thousands of images; the sample grids and FID use
+  it); ``rampup`` (> 0: the official ramp-up, the half-life is at most ``rampup`` times
+  the images seen so far; 0: none).
+- ``sample_truncation_psi``: the truncation trick for the sample grids and FID of a
+  generator that supports it (StyleGAN2's ``truncation_psi``; 1 = off).
 - ``multihost``: call ``jax.distributed.initialize()`` (also ``$OSGAN_MULTIHOST=1``).
 - ``num_devices``: 0 = all devices, else the first n (a smaller mesh).
 - ``progress_bar``: the tqdm bar on process 0.
@@ -89,8 +105,13 @@ def get_base_config() -> ml_collections.ConfigDict:
       use_bias=True, embed_dim=0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
-      g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, weight_clip=0.0,
-      lr_milestones=(), lr_decay=0.1))
+      g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, eps=1e-8, weight_clip=0.0,
+      lr_milestones=(), lr_decay=0.1, nan_to_num=False))
+  c.reg = ml_collections.ConfigDict(dict(
+      r1_gamma=0.0, r1_interval=16, pl_weight=0.0, pl_interval=4, pl_decay=0.01,
+      pl_batch_shrink=2))
+  c.ema = ml_collections.ConfigDict(dict(half_life_kimg=0.0, rampup=0.0))
+  c.sample_truncation_psi = 1.0
   return c
 
 
@@ -148,4 +169,49 @@ def official_dcgan_config(data_name: str, epochs: float) -> ml_collections.Confi
   c.data.name = data_name
   c.data.resolution = 64
   c.data.channels = 1 if data_name in ('mnist', 'fashion_mnist') else 3
+  return c
+
+
+def official_stylegan2_config() -> ml_collections.ConfigDict:
+  """The base config with the official StyleGAN2 'stylegan2' (config-f) preset.
+
+  Networks: ``channel_base=32768, channel_max=512``, 512-d z and w, 8 mapping layers
+  (lr multiplier 0.01), style mixing 0.9, minibatch std group 4, no mixed precision
+  (``num_fp16_res``, ``conv_clamp`` to set it). Training: non-saturating loss, batch
+  32, Adam(0.002, betas (0, 0.99), eps 1e-8) with NaN-safe gradients, lazy R1 (gamma
+  10 every 16 steps) and path length (weight 2 every 4 steps), G EMA with a 10 kimg
+  half-life, 25000 kimg. The data keys are the caller's.
+  """
+  c = get_base_config()
+  c.loss = 'non_saturating'
+  c.batch_size = 32
+  c.num_train_steps = 25_000_000 // 32        # 25000 kimg
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 6_250             # 200 kimg, the official snapshot period
+  c.sample_every_steps = 1_250
+  c.num_samples = 32
+  c.z_dim = 512
+  no_clamp = lambda: ml_collections.FieldReference(None, field_type=float)
+  c.model.name = 'stylegan2'
+  c.model.generator = ml_collections.ConfigDict(dict(
+      w_dim=512, channel_base=32768, channel_max=512, mapping_layers=8,
+      mapping_lr_multiplier=0.01, style_mixing_prob=0.9, num_fp16_res=0,
+      conv_clamp=no_clamp()))
+  c.model.discriminator = ml_collections.ConfigDict(dict(
+      channel_base=32768, channel_max=512, mbstd_group_size=4, num_fp16_res=0,
+      conv_clamp=no_clamp()))
+  c.optimizer.g_lr = 0.002
+  c.optimizer.d_lr = 0.002
+  c.optimizer.b1 = 0.0
+  c.optimizer.b2 = 0.99
+  c.optimizer.eps = 1e-8
+  c.optimizer.nan_to_num = True
+  c.reg.r1_gamma = 10.0
+  c.reg.r1_interval = 16
+  c.reg.pl_weight = 2.0
+  c.reg.pl_interval = 4
+  c.reg.pl_decay = 0.01
+  c.reg.pl_batch_shrink = 2
+  c.ema.half_life_kimg = 10.0
+  c.ema.rampup = 0.0
   return c

@@ -39,16 +39,17 @@ EMA
 ``ema_update`` lerps parameters (``p.lerp(p_ema, beta)``) and the EMA generator takes
 G's non-trained state (w_avg, noise buffers) as is, as the official code copies buffers.
 
-What the training loop does per iteration ``i`` (``i = state.step`` before the main
-step, i.e. the official ``batch_idx``; ``cur_nimg = i * batch_size``)::
+What the training loop (``osgan_jax.train``) does per iteration ``i`` (``i =
+state.step`` before the main step, i.e. the official ``batch_idx``; ``cur_nimg = i *
+batch_size``); ``pl_mean`` and the EMA parameters live in the ``TrainState``, so a
+checkpoint holds them::
 
   state, m = main_step(state, batch, rng)                             # one-stage
   if pl_weight and i % pl_interval == 0:
-    state, pl_mean, m_pl = pl_step(state, fold_in(rng, 1), pl_mean)   # 'Greg'
+    state, m_pl = pl_step(state, fold_in(rng, 1))                     # 'Greg'
   if r1_gamma and i % r1_interval == 0:
     state, m_r1 = r1_step(state, batch, fold_in(rng, 2))              # 'Dreg'
-  ema_params, ema_state, beta = ema_step(ema_params, state.params_g,
-                                         state.model_state_g, i * batch_size)
+  state, m_ema = ema_step(state, i * batch_size)                      # G_ema
 
 With ``interval=1`` a regularisation step is still a separate optimiser step after the
 main one; the official non-lazy mode ('Gboth'/'Dboth': main and regularisation losses
@@ -163,7 +164,7 @@ def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, r
       gradient too, as in the official code).
     ws: ``[B, num_ws, w_dim]`` (the official ``gen_ws``, style mixing included).
     rng: key for ``pl_noise``.
-    pl_mean: the running mean of the path lengths (scalar; ``init_pl_mean()``).
+    pl_mean: the running mean of the path lengths (a float32 scalar, 0 at first).
     pl_decay: the lerp weight (official 0.01).
 
   Returns:
@@ -172,15 +173,6 @@ def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, r
   """
   lengths = path_lengths(synthesize, params_g, ws, rng)
   return _pl_penalty(lengths, pl_mean, pl_decay)
-
-
-def init_pl_mean() -> jax.Array:
-  """The initial path-length mean (official ``torch.zeros([])``): float32 scalar 0.
-
-  Keep it a strongly typed float32 array (not a Python float) so the jitted
-  ``path_length_step`` sees the same input type on every call.
-  """
-  return jnp.zeros((), jnp.float32)
 
 
 # ------------------------------------------------------------------ lazy regularisation
@@ -262,20 +254,23 @@ def ema_update(ema_params: PyTree, params: PyTree, beta) -> PyTree:
   return jax.tree.map(lambda n, old: n.astype(jnp.result_type(old)), new, ema_params)
 
 
-def ema_step(ema_params: PyTree, params_g: PyTree, model_state_g: PyTree, cur_nimg, *,
-             batch_size: int, half_life_kimg: float = EMA_KIMG,
+def ema_step(state, cur_nimg, *, batch_size: int, half_life_kimg: float = EMA_KIMG,
              rampup: Optional[float] = None):
-  """One official G_ema update: ``(ema_params, ema_model_state, beta)``.
+  """One official G_ema update of ``state.ema_params_g``: ``(state, {'ema_beta'})``.
 
-  Parameters are lerped with ``ema_beta(batch_size, cur_nimg, ...)``; the EMA
-  generator's non-trained state (``w_avg``, noise buffers) is G's, copied, as the
-  official loop copies buffers. Jit it with ``cur_nimg`` as an argument (traced). The
-  state is an explicit copy (``jnp.copy``), so it can never alias the train state's
-  buffers, which the main step donates.
+  Parameters are lerped towards ``state.params_g`` with ``ema_beta(batch_size,
+  cur_nimg, ...)``; ``cur_nimg`` is the number of images seen before this iteration
+  (pass it traced, e.g. ``jnp.int32(i * batch_size)``, so the jitted step traces once).
+  The EMA generator's non-trained state (``w_avg``, noise buffers) is G's own
+  ``state.model_state_g``: the official loop copies G's buffers into G_ema every
+  iteration, so a separate copy would always be equal to it.
   """
+  if state.ema_params_g is None:
+    raise ValueError('ema_step needs a state with ema_params_g: '
+                     'steps.init_state(..., ema=True)')
   beta = ema_beta(batch_size, cur_nimg, half_life_kimg=half_life_kimg, rampup=rampup)
-  return (ema_update(ema_params, params_g, beta), jax.tree.map(jnp.copy, model_state_g),
-          jnp.asarray(beta, jnp.float32))
+  state = state.replace(ema_params_g=ema_update(state.ema_params_g, state.params_g, beta))
+  return state, {'ema_beta': jnp.asarray(beta, jnp.float32)}
 
 
 # ----------------------------------------------------------------------------- steps
@@ -328,7 +323,7 @@ def r1_step(gan, state, batch, rng, *, r1_gamma: float = R1_GAMMA, interval: int
                  'loss_d_reg': loss.astype(jnp.float32)}
 
 
-def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng, pl_mean,
+def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
                      *, batch_size: int, pl_weight: float = PL_WEIGHT,
                      interval: int = 1, pl_batch_shrink: int = PL_BATCH_SHRINK,
                      pl_decay: float = PL_DECAY, map_has_aux: bool = False):
@@ -342,11 +337,11 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
       every training-mode call).
     synthesize_fn: ``synthesize_fn(params_g, model_state_g, ws, rng) -> images``
       (NHWC).
-    state: ``steps.TrainState``; only ``params_g``, ``opt_state_g`` (and with
+    state: ``steps.TrainState`` with a ``pl_mean`` (``init_state(...,
+      path_length=True)``); only ``params_g``, ``opt_state_g``, ``pl_mean`` (and with
       ``map_has_aux`` ``model_state_g``) change.
     rng: split into latents, mapping, synthesis and ``pl_noise`` keys (in that order,
       ``jax.random.split(rng, 4)``).
-    pl_mean: the running path-length mean (``init_pl_mean()``).
     batch_size: the main batch size; the penalty uses ``batch_size // pl_batch_shrink``
       fresh latents (official ``pl_batch_shrink=2``).
     pl_weight: official 2. interval: the lazy interval (official 4), multiplies the
@@ -354,10 +349,14 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
     pl_decay: official 0.01.
 
   Returns:
-    ``(state, new_pl_mean, metrics)``; metrics ``pl_penalty``, ``loss_g_reg``
+    ``(state, metrics)``; metrics ``pl_penalty``, ``loss_g_reg``
     (``pl_penalty * pl_weight``, the official ``Loss/G/reg``), ``pl_length`` (mean) and
-    ``pl_mean``.
+    ``pl_mean`` (the new running mean, also in ``state.pl_mean``).
   """
+  if state.pl_mean is None:
+    raise ValueError('path_length_step needs a state with a pl_mean: '
+                     'steps.init_state(..., path_length=True)')
+  pl_mean = state.pl_mean
   n = batch_size // pl_batch_shrink
   if n < 1:
     raise ValueError(f'batch_size // pl_batch_shrink must be >= 1 '
@@ -383,10 +382,10 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
   params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads, state.opt_state_g,
                                  state.params_g)
   state = state.replace(params_g=params_g, opt_state_g=opt_state_g,
-                        model_state_g=model_state_g)
+                        model_state_g=model_state_g, pl_mean=new_mean)
   f32 = lambda x: jnp.asarray(x, jnp.float32)
-  return state, new_mean, {'pl_penalty': f32(penalty), 'loss_g_reg': f32(loss),
-                           'pl_length': f32(mean_len), 'pl_mean': f32(new_mean)}
+  return state, {'pl_penalty': f32(penalty), 'loss_g_reg': f32(loss),
+                 'pl_length': f32(mean_len), 'pl_mean': f32(new_mean)}
 
 
 # ----------------------------------------------------------------------------- jitting
@@ -411,21 +410,24 @@ def jit_path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, *,
                          pl_decay: float = PL_DECAY, map_has_aux: bool = False,
                          state_sharding=None):
   """``jax.jit`` of ``path_length_step`` with its options bound, the state donated:
-  ``(state, rng, pl_mean) -> (state, pl_mean, metrics)``."""
+  ``(state, rng) -> (state, metrics)``."""
   fn = functools.partial(path_length_step, gan, map_fn, synthesize_fn,
                          batch_size=batch_size, pl_weight=pl_weight, interval=interval,
                          pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay,
                          map_has_aux=map_has_aux)
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None, None),
-                 out_shardings=(state_sharding, None, None))
+  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None),
+                 out_shardings=(state_sharding, None))
 
 
 def jit_ema_step(*, batch_size: int, half_life_kimg: float = EMA_KIMG,
-                 rampup: Optional[float] = None):
-  """``jax.jit`` of ``ema_step``: ``(ema_params, params_g, model_state_g, cur_nimg) ->
-  (ema_params, ema_model_state, beta)``, the EMA parameters donated."""
-  return jax.jit(functools.partial(ema_step, batch_size=batch_size,
-                                   half_life_kimg=half_life_kimg, rampup=rampup),
-                 donate_argnums=0)
+                 rampup: Optional[float] = None, state_sharding=None):
+  """``jax.jit`` of ``ema_step``: ``(state, cur_nimg) -> (state, metrics)``, the state
+  donated."""
+  fn = functools.partial(ema_step, batch_size=batch_size,
+                         half_life_kimg=half_life_kimg, rampup=rampup)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None),
+                 out_shardings=(state_sharding, None))

@@ -34,7 +34,12 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that changes during training; a plain pytree (no static fields)."""
+  """Everything that changes during training; a plain pytree (no static fields).
+
+  ``ema_params_g`` (an exponential moving average of G's parameters) and ``pl_mean``
+  (the running path-length mean) are ``None`` unless the run uses them
+  (``osgan_jax.regularizers``); the main steps pass them through untouched.
+  """
   step: jax.Array
   params_g: PyTree
   params_d: PyTree
@@ -42,6 +47,8 @@ class TrainState:
   opt_state_d: PyTree
   model_state_g: PyTree   # non-differentiated model state, e.g. BatchNorm statistics
   model_state_d: PyTree
+  ema_params_g: PyTree = None
+  pl_mean: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,14 +80,19 @@ class GAN:
 
 
 def init_state(gan: GAN, params_g, params_d, model_state_g=None,
-               model_state_d=None) -> TrainState:
+               model_state_d=None, *, ema: bool = False,
+               path_length: bool = False) -> TrainState:
+  """The state at step 0; ``ema`` adds ``ema_params_g`` (a copy of ``params_g``) and
+  ``path_length`` a float32 ``pl_mean`` of 0 (the official initial value)."""
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params_g=params_g, params_d=params_d,
       opt_state_g=gan.optimizer_g.init(params_g),
       opt_state_d=gan.optimizer_d.init(params_d),
       model_state_g={} if model_state_g is None else model_state_g,
-      model_state_d={} if model_state_d is None else model_state_d)
+      model_state_d={} if model_state_d is None else model_state_d,
+      ema_params_g=jax.tree.map(jnp.copy, params_g) if ema else None,
+      pl_mean=jnp.zeros((), jnp.float32) if path_length else None)
 
 
 def probe_per_sample(gan: GAN, state: TrainState, batch) -> GAN:

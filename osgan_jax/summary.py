@@ -1,30 +1,25 @@
-"""Parameter tables of a model's generator and discriminator, with no real memory.
+"""Parameter tables of a config's generator and discriminator, with no real memory.
 
-    python -m osgan_jax.summary --model stylegan2 --resolution 1024
-    python -m osgan_jax.summary --model stylegan2 --resolution 256 --num-fp16-res 4
-    python -m osgan_jax.summary --model stylegan2_tiny --resolution 32 --img-channels 1
-    python -m osgan_jax.summary --model dcgan --resolution 64 --img-channels 3
+    python -m osgan_jax.summary --config=configs/stylegan2_ffhq.py
+    python -m osgan_jax.summary --config=configs/stylegan2_ffhq.py --config.data.resolution=256
+    python -m osgan_jax.summary --config=configs/dcgan_celeba.py --verbose
 
-Everything is built with ``jax.eval_shape`` (``init`` and one forward pass with
-``capture_intermediates``), so even the 1024x1024 StyleGAN2 costs only tracing time.
-For each network it prints one row per submodule (StyleGAN2: the mapping layers and
-the synthesis / discriminator resolution blocks; ``--depth`` changes the level) with
-its trainable parameter count, non-trainable buffer count (other collections, e.g.
-``w_avg`` and ``noise_const``), parameter tensor count, output shapes and dtypes, then
-totals; ``--verbose`` also lists every parameter with its shape. The last line of the
-output is one JSON object ``{"G": n, "G_mapping": n, "G_synthesis": n, "D": n}``
-(``G_mapping`` / ``G_synthesis`` only where the generator has such submodules).
-
-Models: ``stylegan2`` (config-f defaults, official channel formula),
-``stylegan2_tiny`` (the small CPU variant), and any other architecture registered in
-``osgan_jax.models`` (e.g. ``dcgan``) whose ``Generator`` / ``Discriminator`` take
-``resolution`` and ``channels`` / ``img_channels`` fields and whose generator has a
-``z_dim``; model-specific options that a class lacks are ignored for it.
+The networks are the ones ``python -m osgan_jax.main`` would train with the same
+config and overrides (``osgan_jax.train.create_models``). Everything is built with
+``jax.eval_shape`` (``init`` and one forward pass with ``capture_intermediates``), so
+even the 1024x1024 StyleGAN2 costs only tracing time. For each network it prints one
+row per submodule (StyleGAN2: the mapping layers and the synthesis / discriminator
+resolution blocks; ``--g_depth`` / ``--d_depth`` change the level) with its trainable
+parameter count, non-trainable buffer count (other collections, e.g. ``w_avg``,
+``noise_const``, BatchNorm statistics), parameter tensor count, output shapes and
+dtypes, then totals; ``--verbose`` also lists every parameter with its shape. The last
+line of the output is one JSON object ``{"G": n, "G_mapping": n, "G_synthesis": n,
+"D": n}`` (``G_mapping`` / ``G_synthesis`` only where the generator has such
+submodules).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,14 +29,9 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-# Options forwarded to the model constructors when set (CLI name -> field name).
-_MODEL_OPTIONS = (
-    ('channel_base', int), ('channel_max', int), ('z_dim', int), ('w_dim', int),
-    ('mapping_layers', int), ('c_dim', int), ('num_fp16_res', int),
-    ('conv_clamp', float), ('architecture', str), ('width', int),
-)
-
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 def _count(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
@@ -53,30 +43,6 @@ def _num_leaves(tree) -> int:
 
 def _fields(cls) -> set:
   return set(getattr(cls, '__dataclass_fields__', {}))
-
-
-def _filter_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-  fields = _fields(cls)
-  out = {k: v for k, v in kwargs.items() if k in fields}
-  # image channels: StyleGAN2 says img_channels, DCGAN says channels.
-  if 'img_channels' in kwargs:
-    if 'img_channels' not in fields and 'channels' in fields:
-      out['channels'] = kwargs['img_channels']
-  return out
-
-
-def build_models(model: str, resolution: int, **options) -> Tuple[Any, Any]:
-  """``(generator, discriminator)`` module instances for a model name and options."""
-  options = {k: v for k, v in options.items() if v is not None}
-  if model in ('stylegan2', 'stylegan2_tiny'):
-    from osgan_jax.models import stylegan2 as sg
-    maker = sg.config_f if model == 'stylegan2' else sg.tiny
-    known = _fields(sg.Generator) | _fields(sg.Discriminator)
-    return maker(resolution=resolution, **{k: v for k, v in options.items() if k in known})
-  from osgan_jax import models as registry
-  g_cls, d_cls = registry.get(model)
-  kwargs = dict(options, resolution=resolution)
-  return g_cls(**_filter_kwargs(g_cls, kwargs)), d_cls(**_filter_kwargs(d_cls, kwargs))
 
 
 def _img_channels(module) -> int:
@@ -199,8 +165,10 @@ def format_table(title: str, rows: Sequence[Dict[str, Any]], total_params: int,
 
 def summarize(generator, discriminator, batch_size: int = 4,
               g_depth: Optional[int] = None, d_depth: Optional[int] = None,
-              verbose: bool = False, out=None) -> Dict[str, int]:
-  """Prints the tables of ``generator`` / ``discriminator``; returns the JSON totals."""
+              verbose: bool = False, out=None, num_classes: int = 0) -> Dict[str, int]:
+  """Prints the tables of ``generator`` / ``discriminator``; returns the JSON totals.
+
+  ``num_classes > 0``: both networks are conditional and get integer labels."""
   out = out or sys.stdout
   z_dim = int(getattr(generator, 'z_dim'))
   resolution = int(getattr(generator, 'resolution'))
@@ -208,8 +176,10 @@ def summarize(generator, discriminator, batch_size: int = 4,
   z = jax.ShapeDtypeStruct((batch_size, z_dim), jnp.float32)
   images = jax.ShapeDtypeStruct((batch_size, resolution, resolution, channels), jnp.float32)
 
-  g_vars, g_calls = abstract_variables(generator, z, train=False)
-  d_vars, d_calls = abstract_variables(discriminator, images, train=False)
+  labels = ((jax.ShapeDtypeStruct((batch_size,), jnp.int32),) if num_classes > 0
+            else ())
+  g_vars, g_calls = abstract_variables(generator, z, *labels, train=False)
+  d_vars, d_calls = abstract_variables(discriminator, images, *labels, train=False)
   g_params = g_vars.get('params', {})
   g_top = set(g_params)
   nested = {'mapping', 'synthesis'} & g_top
@@ -247,32 +217,35 @@ def summarize(generator, discriminator, batch_size: int = 4,
   return totals
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m osgan_jax.summary', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--model', default='stylegan2',
-                 help='stylegan2, stylegan2_tiny, or a name registered in osgan_jax.models')
-  p.add_argument('--resolution', type=int, default=1024)
-  p.add_argument('--img-channels', type=int, default=None,
-                 help='image channels (default: the model default, 3 / tiny: 1)')
-  for name, typ in _MODEL_OPTIONS:
-    p.add_argument('--' + name.replace('_', '-'), type=typ, default=None)
-  p.add_argument('--batch-size', type=int, default=4)
-  p.add_argument('--g-depth', type=int, default=None,
-                 help='module depth of the G rows (default: 2 if G has mapping/synthesis)')
-  p.add_argument('--d-depth', type=int, default=None, help='module depth of the D rows')
-  p.add_argument('--verbose', action='store_true', help='list every parameter tensor')
-  return p.parse_args(argv)
+def summarize_config(config, batch_size: int = 4, g_depth: Optional[int] = None,
+                     d_depth: Optional[int] = None, verbose: bool = False,
+                     out=None) -> Dict[str, int]:
+  """``summarize`` of the networks ``config`` trains (``train.create_models``)."""
+  from osgan_jax import train
+  generator, discriminator = train.create_models(config)
+  return summarize(generator, discriminator, batch_size=batch_size, g_depth=g_depth,
+                   d_depth=d_depth, verbose=verbose, out=out,
+                   num_classes=int(config.num_classes))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
-  args = parse_args(argv)
-  options = {name: getattr(args, name) for name, _ in _MODEL_OPTIONS}
-  options['img_channels'] = args.img_channels
-  g, d = build_models(args.model, args.resolution, **options)
-  return summarize(g, d, batch_size=args.batch_size, g_depth=args.g_depth,
-                   d_depth=args.d_depth, verbose=args.verbose)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config file (configs/*.py); override keys with '
+    '--config.KEY=VALUE.', lock_config=True)
+_BATCH = flags.DEFINE_integer('batch_size', 4, 'Batch of the traced forward passes '
+                              '(only the printed output shapes depend on it).')
+_G_DEPTH = flags.DEFINE_integer('g_depth', None, 'Module depth of the G rows '
+                                '(default: 2 if G has mapping/synthesis, else 1).')
+_D_DEPTH = flags.DEFINE_integer('d_depth', None, 'Module depth of the D rows.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'List every parameter tensor.')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  summarize_config(_CONFIG.value, batch_size=_BATCH.value, g_depth=_G_DEPTH.value,
+                   d_depth=_D_DEPTH.value, verbose=_VERBOSE.value)
 
 
 if __name__ == '__main__':
-  main()
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

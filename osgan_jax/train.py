@@ -19,9 +19,9 @@ What a run leaves in ``workdir``:
   ``images_per_sec`` and ``data_skipped_images`` (unreadable images skipped so far).
 * TensorBoard event files (the same scalars, and the sample grids).
 * ``samples/step_000100.png``: a grid of images generated from a fixed z (and fixed
-  labels ``i % num_classes`` for a conditional GAN, one class per column) every
-  ``sample_every_steps`` and at the end, with G in inference mode (BatchNorm running
-  averages).
+  labels ``i % num_classes`` for a conditional GAN, one class per column; fixed noise
+  for StyleGAN2) every ``sample_every_steps`` and at the end, with G in inference mode
+  (BatchNorm running averages) and its EMA parameters where the run keeps them.
 * ``config.json``: the config of the run.
 * With ``fid.every_steps > 0`` (see ``config_base``), every that many steps and at the
   end: ``fid`` (and ``kid_mean``, ``kid_std`` with ``fid.kid``) in ``metrics.jsonl`` and
@@ -37,6 +37,13 @@ What a run leaves in ``workdir``:
 
 Only process 0 writes logs and samples; every process takes part in checkpoints.
 
+Regularisation and EMA (``config.reg``, ``config.ema``; StyleGAN2): after the main
+step of iteration ``i``, lazy path length every ``reg.pl_interval`` and lazy R1 every
+``reg.r1_interval`` iterations, then the G EMA, each its own jitted step over the same
+state (``osgan_jax.regularizers``); ``pl_mean`` and ``ema_params_g`` are part of the
+state and its checkpoints. Their metrics (``r1_penalty``, ``pl_penalty``,
+``pl_length``, ``ema_beta``, ...) are averaged over the steps that ran them.
+
 Resuming: rerunning the same command restores the latest checkpoint and continues. The
 step's randomness is ``fold_in(key, step)`` and the data iterator restarts at
 ``start_step=step`` (batch k is a pure function of (seed, k)), so on CPU an interrupted
@@ -50,6 +57,7 @@ are over the global batch, identical to one device.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -73,16 +81,20 @@ from osgan_jax import losses as losses_lib
 from osgan_jax import models
 from osgan_jax import one_stage
 from osgan_jax import parallel
+from osgan_jax import regularizers
 from osgan_jax import steps
 
 __all__ = ['ConfigError', 'create_models', 'image_grid', 'make_gan', 'make_optimizers',
            'restore_checkpoint', 'train_and_evaluate']
 
-# Model constructor arguments that come from top-level config keys.
-_G_FROM_CONFIG = {'resolution': 'data.resolution', 'channels': 'data.channels',
-                  'z_dim': 'z_dim', 'num_classes': 'num_classes'}
-_D_FROM_CONFIG = {'resolution': 'data.resolution', 'channels': 'data.channels',
-                  'num_classes': 'num_classes'}
+# Model constructor arguments that come from top-level config keys: config key -> the
+# names an architecture may give that argument (the first one its class has is used).
+_G_FROM_CONFIG = {'data.resolution': ('resolution',),
+                  'data.channels': ('channels', 'img_channels'),
+                  'z_dim': ('z_dim',), 'num_classes': ('num_classes', 'c_dim')}
+_D_FROM_CONFIG = {'data.resolution': ('resolution',),
+                  'data.channels': ('channels', 'img_channels'),
+                  'num_classes': ('num_classes', 'c_dim')}
 
 
 class ConfigError(ValueError):
@@ -98,9 +110,14 @@ def _lookup(config, dotted: str):
   return value
 
 
-def _model_kwargs(config, section: str, from_config: dict) -> dict:
+def _model_kwargs(config, section: str, cls, from_config: dict) -> dict:
   kwargs = dict(_lookup(config, section).to_dict())
-  for name, key in from_config.items():
+  fields = getattr(cls, '__dataclass_fields__', {})
+  for key, names in from_config.items():
+    name = next((n for n in names if n in fields), None)
+    if name is None:
+      raise ConfigError(f'config.model.name={config.model.name!r}: {cls.__name__} takes '
+                        f'none of {", ".join(names)} (for config.{key})')
     value = _lookup(config, key)
     if name in kwargs and kwargs[name] != value:
       raise ConfigError(f'config.{section}.{name}={kwargs[name]!r} conflicts with '
@@ -115,22 +132,40 @@ def create_models(config):
     g_cls, d_cls = models.get(config.model.name)
   except ValueError as e:
     raise ConfigError(f'config.model.name: {e}') from None
-  g_kwargs = _model_kwargs(config, 'model.generator', _G_FROM_CONFIG)
-  d_kwargs = _model_kwargs(config, 'model.discriminator', _D_FROM_CONFIG)
+  g_kwargs = _model_kwargs(config, 'model.generator', g_cls, _G_FROM_CONFIG)
+  d_kwargs = _model_kwargs(config, 'model.discriminator', d_cls, _D_FROM_CONFIG)
   try:
     return g_cls(**g_kwargs), d_cls(**d_kwargs)
   except TypeError as e:
     raise ConfigError(f'config.model: {e}') from None
 
 
-def _apply(module, params, model_state, x, labels, train: bool):
-  """``module.apply`` with the non-parameter collections threaded through."""
+def rng_streams(module) -> tuple[str, ...]:
+  """The Flax RNG streams a module draws from when applied (its ``RNG_STREAMS``;
+  e.g. StyleGAN2's ``'noise'`` and ``'mixing'``), besides ``'params'`` at init."""
+  return tuple(getattr(module, 'RNG_STREAMS', ()))
+
+
+def _rngs(module, rng) -> dict:
+  streams = rng_streams(module)
+  if not streams:
+    return {}
+  if rng is None:
+    raise ValueError(f'{type(module).__name__} needs an rng for {streams}')
+  return dict(zip(streams, jax.random.split(rng, len(streams))))
+
+
+def _apply(module, params, model_state, x, labels, train: bool, rng=None,
+           method=None, **kwargs):
+  """``module.apply`` with the non-parameter collections and RNG streams threaded
+  through; returns ``(output, model_state)``."""
   variables = {'params': params, **model_state}
+  kwargs.update(train=train, rngs=_rngs(module, rng), method=method)
   if train and model_state:
-    out, new_state = module.apply(variables, x, labels, train=True,
-                                  mutable=list(model_state))
-    return out, dict(new_state)
-  return module.apply(variables, x, labels, train=train), model_state
+    out, new_state = module.apply(variables, x, labels, mutable=list(model_state),
+                                  **kwargs)
+    return out, {**model_state, **new_state}
+  return module.apply(variables, x, labels, **kwargs), model_state
 
 
 def make_gan(config, generator, discriminator) -> steps.GAN:
@@ -138,26 +173,29 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
 
   ``generate`` returns ``{'image': x}`` (plus ``'label'`` for a conditional GAN, whose
   latent is ``{'z': z, 'label': y}``); the model state is every variable collection
-  but ``'params'`` (BatchNorm statistics, spectral-norm vectors), updated in training
-  mode. ``generate`` and ``discriminate`` take an extra ``train`` argument (default
-  True) that the steps never pass.
+  but ``'params'`` (BatchNorm statistics, spectral-norm vectors, StyleGAN2's ``w_avg``
+  and noise buffers), updated in training mode. ``rng`` is split over the module's
+  ``RNG_STREAMS`` (none for DCGAN). ``generate`` and ``discriminate`` take an extra
+  ``train`` argument (default True) that the steps never pass; ``generate`` also takes
+  ``truncation_psi`` (for sampling; only architectures that support it).
   """
   conditional = config.num_classes > 0
   z_dim, num_classes = int(config.z_dim), int(config.num_classes)
 
-  def generate(params, model_state, z, rng, train=True):
-    del rng  # the DCGAN family is deterministic given z
+  def generate(params, model_state, z, rng, train=True, truncation_psi=1.0):
     z_arr, labels = (z['z'], z['label']) if conditional else (z, None)
-    image, model_state = _apply(generator, params, model_state, z_arr, labels, train)
+    kwargs = {} if truncation_psi == 1.0 else {'truncation_psi': truncation_psi}
+    image, model_state = _apply(generator, params, model_state, z_arr, labels, train,
+                                rng, **kwargs)
     fake = {'image': image}
     if conditional:
       fake['label'] = labels
     return fake, model_state
 
   def discriminate(params, model_state, batch, rng, train=True):
-    del rng
     labels = batch['label'] if conditional else None
-    return _apply(discriminator, params, model_state, batch['image'], labels, train)
+    return _apply(discriminator, params, model_state, batch['image'], labels, train,
+                  rng)
 
   def sample_latent(rng, n):
     if not conditional:
@@ -175,36 +213,70 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
 
 
 def make_optimizers(config):
-  """Adam for G and D (``config.optimizer``), D's chained with weight clipping."""
-  opt = config.optimizer
+  """Adam for G and D (``config.optimizer``), corrected for lazy regularisation
+  (``config.reg``), D's chained with weight clipping."""
+  opt, reg = config.optimizer, config.reg
   milestones = sorted(int(m) for m in opt.lr_milestones)
 
-  def lr(base):
-    if not milestones:
-      return base
-    return optax.piecewise_constant_schedule(
-        base, {m: float(opt.lr_decay) for m in milestones})
+  def adam(base_lr, interval):
+    base_lr, (b1, b2) = regularizers.lazy_hparams(base_lr, (opt.b1, opt.b2), interval)
+    lr = base_lr
+    if milestones:
+      lr = optax.piecewise_constant_schedule(
+          base_lr, {m: float(opt.lr_decay) for m in milestones})
+    adam = optax.adam(lr, b1=b1, b2=b2, eps=float(opt.eps))
+    return optax.chain(regularizers.nan_to_num_grads(), adam) if opt.nan_to_num else adam
 
-  optimizer_g = optax.adam(lr(opt.g_lr), b1=opt.b1, b2=opt.b2)
-  optimizer_d = optax.adam(lr(opt.d_lr), b1=opt.b1, b2=opt.b2)
+  optimizer_g = adam(opt.g_lr, int(reg.pl_interval) if reg.pl_weight > 0 else None)
+  optimizer_d = adam(opt.d_lr, int(reg.r1_interval) if reg.r1_gamma > 0 else None)
   if opt.weight_clip > 0:
     optimizer_d = optax.chain(optimizer_d, steps.clip_params(float(opt.weight_clip)))
   return optimizer_g, optimizer_d
+
+
+def _path_length_fns(config, generator):
+  """``(map_fn, synthesize_fn)`` of ``regularizers.path_length_step`` for a generator
+  with ``map`` (z -> ws, style mixing, tracks ``w_avg`` in training mode) and
+  ``synthesize`` (ws -> images) methods, as StyleGAN2's."""
+  if not (hasattr(generator, 'map') and hasattr(generator, 'synthesize')):
+    raise ConfigError(f'config.reg.pl_weight={config.reg.pl_weight} needs a generator '
+                      f'with map and synthesize methods (StyleGAN2); '
+                      f'{config.model.name!r} has none')
+  conditional = config.num_classes > 0
+
+  def map_fn(params, model_state, z, rng):
+    z_arr, labels = (z['z'], z['label']) if conditional else (z, None)
+    return _apply(generator, params, model_state, z_arr, labels, True, rng,
+                  method='map')
+
+  def synthesize_fn(params, model_state, ws, rng):
+    variables = {'params': params, **model_state}
+    return generator.apply(variables, ws, method='synthesize',
+                           rngs=_rngs(generator, rng))
+
+  return map_fn, synthesize_fn
 
 
 def _make_init(config, gan: steps.GAN, generator, discriminator):
   """``init(key) -> TrainState`` (traceable; jitted with the state's sharding)."""
   res, ch = int(config.data.resolution), int(config.data.channels)
 
+  # Minibatch std needs a batch its group size divides; 4 fits both architectures.
+  n = 4
+
   def init(key):
-    key_g, key_d = jax.random.split(key)
-    z = gan.sample_latent(jax.random.PRNGKey(0), 2)
+    key_g, key_d, key_g_rngs, key_d_rngs = jax.random.split(key, 4)
+    z = gan.sample_latent(jax.random.PRNGKey(0), n)
     z_arr, labels = (z['z'], z['label']) if config.num_classes > 0 else (z, None)
-    g_vars = dict(generator.init(key_g, z_arr, labels, train=False))
-    d_vars = dict(discriminator.init(key_d, jnp.zeros((2, res, res, ch)), labels,
-                                     train=False))
+    g_vars = dict(generator.init({'params': key_g, **_rngs(generator, key_g_rngs)},
+                                 z_arr, labels, train=False))
+    d_vars = dict(discriminator.init(
+        {'params': key_d, **_rngs(discriminator, key_d_rngs)},
+        jnp.zeros((n, res, res, ch)), labels, train=False))
     params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
-    return steps.init_state(gan, params_g, params_d, g_vars, d_vars)
+    return steps.init_state(gan, params_g, params_d, g_vars, d_vars,
+                            ema=config.ema.half_life_kimg > 0,
+                            path_length=config.reg.pl_weight > 0)
 
   return init
 
@@ -237,15 +309,18 @@ def _save_png(grid: np.ndarray, path: str) -> None:
 
 
 def _make_sampler(config, gan: steps.GAN, sharding):
-  """Jitted ``(params_g, model_state_g) -> images`` of the fixed sample latents."""
+  """Jitted ``(params_g, model_state_g) -> images`` of the fixed sample latents (and
+  fixed noise, for a generator with noise inputs)."""
   n = int(config.num_samples)
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2)
+  key_z, key_noise = jax.random.split(key)
 
   def sample(params_g, model_state_g):
-    z = gan.sample_latent(key, n)
+    z = gan.sample_latent(key_z, n)
     if config.num_classes > 0:
       z['label'] = jnp.arange(n, dtype=jnp.int32) % int(config.num_classes)
-    fake, _ = gan.generate(params_g, model_state_g, z, None, train=False)
+    fake, _ = gan.generate(params_g, model_state_g, z, key_noise, train=False,
+                           truncation_psi=float(config.sample_truncation_psi))
     return fake['image']
 
   return jax.jit(sample, out_shardings=sharding)
@@ -259,16 +334,9 @@ BEST_FILE = 'best_fid.json'
 # Up to this many samples per set FID is computed from the features with an exact
 # n1 x n2 SVD (``fid_from_features``) instead of two 2048 x 2048 eigendecompositions.
 _LOW_RANK_MAX = 2048
-# Names under which a state may hold an exponential moving average of G's parameters.
-_EMA_FIELDS = ('ema_params_g', 'params_g_ema', 'ema_g')
-
-
 def _eval_params_g(state):
-  for name in _EMA_FIELDS:
-    ema = getattr(state, name, None)
-    if ema is not None:
-      return ema
-  return state.params_g
+  """G's parameters for samples and FID: the EMA ones where the run keeps them."""
+  return state.params_g if state.ema_params_g is None else state.ema_params_g
 
 
 class _FidEvaluator:
@@ -300,8 +368,10 @@ class _FidEvaluator:
     n = self.batch_size
 
     def generate(params_g, model_state_g, index):
-      z = gan.sample_latent(jax.random.fold_in(key, index), n)
-      fake, _ = gan.generate(params_g, model_state_g, z, None, train=False)
+      key_z, key_noise = jax.random.split(jax.random.fold_in(key, index))
+      fake, _ = gan.generate(params_g, model_state_g, gan.sample_latent(key_z, n),
+                             key_noise, train=False,
+                             truncation_psi=float(config.sample_truncation_psi))
       return fake['image']
 
     self._generate = jax.jit(generate, out_shardings=sharding)
@@ -469,11 +539,12 @@ class _MetricWriter:
 
 
 def _reduce_metrics(history: list) -> dict:
-  """Per-step metric dicts -> one dict (min/max for gamma_min/max, else mean)."""
+  """Per-step metric dicts -> one dict (min/max for gamma_min/max, else mean); a key
+  only some steps log (the lazy regularisers') is reduced over those steps."""
   history = jax.device_get(history)
   out = {}
-  for k in history[-1]:
-    values = np.asarray([h[k] for h in history], np.float64)
+  for k in dict.fromkeys(k for h in history for k in h):
+    values = np.asarray([h[k] for h in history if k in h], np.float64)
     if k == 'gamma_min':
       out[k] = values.min()
     elif k == 'gamma_max':
@@ -575,6 +646,57 @@ def _validate(config) -> None:
                         f'{fid.num_real}')
     if int(fid.batch_size) <= 0:
       raise ConfigError(f'config.fid.batch_size must be positive, got {fid.batch_size}')
+  reg, ema = config.reg, config.ema
+  for key in ('r1_gamma', 'pl_weight', 'pl_decay'):
+    if reg[key] < 0:
+      raise ConfigError(f'config.reg.{key} must be >= 0, got {reg[key]}')
+  for key in ('r1_interval', 'pl_interval', 'pl_batch_shrink'):
+    if int(reg[key]) < 1:
+      raise ConfigError(f'config.reg.{key} must be >= 1, got {reg[key]}')
+  if reg.pl_weight > 0 and int(config.batch_size) // int(reg.pl_batch_shrink) < 1:
+    raise ConfigError(f'config.batch_size // config.reg.pl_batch_shrink must be >= 1')
+  for key in ('half_life_kimg', 'rampup'):
+    if ema[key] < 0:
+      raise ConfigError(f'config.ema.{key} must be >= 0, got {ema[key]}')
+
+
+def _make_reg_steps(config, gan: steps.GAN, path_length_fns, state_sharding,
+                    batch_sharding):
+  """``(state, metrics, batch, rng, i) -> (state, metrics)``: the lazy regularisation
+  and EMA steps of iteration ``i``, after its main step (see ``regularizers``).
+
+  Each is its own jitted program over the same state pytree, so taking or skipping one
+  at an iteration never retraces anything; their metrics join the main step's.
+  """
+  reg, batch_size = config.reg, int(config.batch_size)
+  pl_step = r1_step = ema_step = None
+  if reg.pl_weight > 0:
+    pl_step = regularizers.jit_path_length_step(
+        gan, *path_length_fns, batch_size=batch_size, pl_weight=float(reg.pl_weight),
+        interval=int(reg.pl_interval), pl_batch_shrink=int(reg.pl_batch_shrink),
+        pl_decay=float(reg.pl_decay), map_has_aux=True, state_sharding=state_sharding)
+  if reg.r1_gamma > 0:
+    r1_step = regularizers.jit_r1_step(
+        gan, r1_gamma=float(reg.r1_gamma), interval=int(reg.r1_interval),
+        state_sharding=state_sharding, batch_sharding=batch_sharding)
+  if config.ema.half_life_kimg > 0:
+    ema_step = regularizers.jit_ema_step(
+        batch_size=batch_size, half_life_kimg=float(config.ema.half_life_kimg),
+        rampup=float(config.ema.rampup) or None, state_sharding=state_sharding)
+
+  def run(state, metrics, batch, rng, i):
+    if pl_step is not None and i % int(reg.pl_interval) == 0:
+      state, m = pl_step(state, jax.random.fold_in(rng, 1))
+      metrics = {**metrics, **m}
+    if r1_step is not None and i % int(reg.r1_interval) == 0:
+      state, m = r1_step(state, batch, jax.random.fold_in(rng, 2))
+      metrics = {**metrics, **m}
+    if ema_step is not None:
+      state, m = ema_step(state, np.int32(min(i * batch_size, 2**31 - 1)))
+      metrics = {**metrics, **m}
+    return state, metrics
+
+  return run
 
 
 def _every(step: int, period: int, last: int) -> bool:
@@ -618,7 +740,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                         f'Inception weights: {inception.INSTALL_HINT}')
 
   generator, discriminator = create_models(config)
+  if (config.sample_truncation_psi != 1.0 and 'truncation_psi'
+      not in inspect.signature(type(generator).__call__).parameters):
+    raise ConfigError(f'config.sample_truncation_psi={config.sample_truncation_psi}: '
+                      f'the {config.model.name!r} generator has no truncation trick')
   gan = make_gan(config, generator, discriminator)
+  path_length_fns = (_path_length_fns(config, generator) if config.reg.pl_weight > 0
+                     else None)
   root = jax.random.PRNGKey(int(config.seed))
   init_key, step_key = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
   init = jax.jit(_make_init(config, gan, generator, discriminator),
@@ -682,6 +810,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     gan = steps.probe_per_sample(gan, state, probe)
     train_step = steps.jit_step(gan, config.stage, state_sharding=state_sharding,
                                 batch_sharding=batch_sharding)
+    reg_steps = _make_reg_steps(config, gan, path_length_fns, state_sharding,
+                                batch_sharding)
     n_params = sum(x.size for x in jax.tree.leaves((state.params_g, state.params_d)))
     logging.info('%s-stage %s (%s loss), %d parameters, %d devices, batch %d, data %s '
                  '(%d images); D treats samples %s', config.stage, config.model.name,
@@ -706,6 +836,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       local = None
       rng = np.asarray(jax.random.fold_in(step_key, step))
       state, metrics = train_step(state, batch, rng)
+      state, metrics = reg_steps(state, metrics, batch, rng, step)
       history.append(metrics)
       done = step + 1
       timer_steps += 1
@@ -731,7 +862,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         timer_start, timer_steps = time.perf_counter(), 0
 
       if _every(done, config.sample_every_steps, num_steps):
-        images = jax.device_get(sampler(state.params_g, state.model_state_g))
+        images = jax.device_get(sampler(_eval_params_g(state), state.model_state_g))
         if is_main:
           grid = image_grid(images, ncol=int(config.num_classes) or None)
           _save_png(grid, os.path.join(workdir, 'samples', f'step_{done:06d}.png'))

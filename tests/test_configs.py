@@ -15,7 +15,7 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIGS]
 EXPECTED = {'dcgan_fashion_mnist', 'dcgan_mnist', 'dcgan_celeba', 'dcgan_minimax_celeba',
             'wgan_celeba', 'lsgan_celeba', 'hinge_celeba', 'relgan_celeba', 'cgan_mnist',
-            'dcgan_lsun_church'}
+            'dcgan_lsun_church', 'stylegan2_ffhq', 'stylegan2_tiny'}
 COMMON_KEYS = ('stage', 'seed', 'batch_size', 'num_train_steps', 'log_every_steps',
                'checkpoint_every_steps', 'sample_every_steps', 'data.name', 'data.path',
                'data.resolution', 'data.channels', 'loss', 'one_stage_mode', 'model.name',
@@ -34,7 +34,15 @@ def test_all_expected_configs_exist():
   assert EXPECTED <= set(NAMES)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=NAMES)
+def _is_gan(path):
+  return config_base.load_config(path).get('task', 'gan') == 'gan'
+
+
+GAN_CONFIGS = [p for p in CONFIGS if _is_gan(p)]
+GAN_NAMES = [os.path.splitext(os.path.basename(p))[0] for p in GAN_CONFIGS]
+
+
+@pytest.mark.parametrize('path', GAN_CONFIGS, ids=GAN_NAMES)
 def test_config_has_common_keys_and_documents_its_command(path):
   config = config_base.load_config(path)
   for key in COMMON_KEYS:
@@ -66,6 +74,62 @@ def test_paper_settings():
   assert cfg['relgan_celeba'].loss.startswith('relativistic')
   assert cfg['cgan_mnist'].num_classes == 10 and cfg['cgan_mnist'].loss == 'minimax'
   assert cfg['dcgan_lsun_church'].data.name == 'lsun_church'
+  ffhq = cfg['stylegan2_ffhq']
+  assert (ffhq.model.name, ffhq.data.resolution, ffhq.batch_size, ffhq.loss) == (
+      'stylegan2', 1024, 32, 'non_saturating')
+  assert (ffhq.optimizer.g_lr, ffhq.optimizer.b1, ffhq.optimizer.b2,
+          ffhq.optimizer.eps) == (0.002, 0.0, 0.99, 1e-8)
+  assert (ffhq.reg.r1_gamma, ffhq.reg.r1_interval, ffhq.reg.pl_weight,
+          ffhq.reg.pl_interval, ffhq.reg.pl_decay) == (10.0, 16, 2.0, 4, 0.01)
+  assert ffhq.ema.half_life_kimg == 10.0 and ffhq.model.generator.style_mixing_prob == 0.9
+  tiny = cfg['stylegan2_tiny']
+  assert (tiny.data.name, tiny.data.resolution, tiny.data.channels) == (
+      'fashion_mnist', 32, 1)
+
+
+def test_lazy_regularisation_corrects_adam():
+  """The official mb_ratio correction: lr * k/(k+1), beta ** (k/(k+1)) per player."""
+  import jax.numpy as jnp
+  import numpy as np
+  from osgan_jax import train
+  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
+  opt_g, opt_d = train.make_optimizers(config)
+  params = {'w': jnp.zeros(3)}
+  grads = {'w': jnp.array([1.0, -2.0, float('nan')])}
+  for opt, k in ((opt_g, 4), (opt_d, 16)):
+    updates, _ = opt.update(grads, opt.init(params), params)
+    # Adam's first step is -lr * sign(g) (bias-corrected moments); NaN -> 0 first.
+    np.testing.assert_allclose(updates['w'], [-0.002 * k / (k + 1),
+                                              0.002 * k / (k + 1), 0.0], rtol=1e-5)
+  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
+                                   {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False})
+  opt_g, _ = train.make_optimizers(config)
+  updates, _ = opt_g.update(grads, opt_g.init(params), params)
+  np.testing.assert_allclose(updates['w'][:2], [-0.002, 0.002], rtol=1e-5)
+  assert np.isnan(updates['w'][2])
+
+
+@pytest.mark.parametrize('path', GAN_CONFIGS, ids=GAN_NAMES)
+def test_summary_of_every_config(path):
+  """``python -m osgan_jax.summary --config=...``'s totals are the parameter counts of
+  the networks training builds (via eval_shape: no memory even at 1024)."""
+  import contextlib
+  import io
+  import json
+  import jax
+  from osgan_jax import summary, train
+  config = config_base.load_config(path)
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    totals = summary.summarize_config(config)
+  assert json.loads(buf.getvalue().strip().splitlines()[-1]) == totals
+  init = train._make_init(config, train.make_gan(config, *train.create_models(config)),
+                          *train.create_models(config))
+  state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  count = lambda t: sum(x.size for x in jax.tree.leaves(t))
+  assert totals['G'] == count(state.params_g) and totals['D'] == count(state.params_d)
+  if config.model.name == 'stylegan2':
+    assert totals['G_mapping'] + totals['G_synthesis'] == totals['G']
 
 
 def test_load_config_rejects_unknown_keys_and_wrong_types():

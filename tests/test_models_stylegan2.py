@@ -531,10 +531,12 @@ def test_other_architectures_and_labels_shapes():
 
 # ------------------------------------------------------------------ summary CLI
 
-def test_summary_main_1024():
+def test_summary_of_the_ffhq_config_at_1024():
+  from osgan_jax import config_base
+  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
-    totals = summary.main(['--model', 'stylegan2', '--resolution', '1024'])
+    totals = summary.summarize_config(config)
   text = buf.getvalue()
   last = json.loads(text.strip().splitlines()[-1])
   assert last == totals == {'G': 30_370_060, 'G_mapping': 2_101_248,
@@ -545,12 +547,16 @@ def test_summary_main_1024():
 
 
 def test_summary_cli_subprocess():
+  """``--config`` plus ``--config.x=y`` overrides, as the issue's command line."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
              JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-      [sys.executable, '-m', 'osgan_jax.summary', '--model', 'stylegan2_tiny',
-       '--resolution', '16', '--channel-base', '256', '--channel-max', '32',
-       '--z-dim', '32', '--w-dim', '32', '--img-channels', '1'],
+      [sys.executable, '-m', 'osgan_jax.summary', '--config=configs/stylegan2_tiny.py',
+       '--config.data.resolution=16', '--config.model.generator.channel_base=256',
+       '--config.model.generator.channel_max=32',
+       '--config.model.discriminator.channel_base=256',
+       '--config.model.discriminator.channel_max=32', '--config.z_dim=32',
+       '--config.model.generator.w_dim=32'],
       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr
   totals = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -216,8 +216,7 @@ def test_pl_mean_decay():
                                                pl_decay=decay), n=1))
   length = float(jnp.mean(jax.jit(reg.path_lengths, static_argnums=0)(
       _toy_synthesize, params, ws, rng)))
-  pl_mean = reg.init_pl_mean()
-  assert pl_mean.shape == () and pl_mean.dtype == jnp.float32
+  pl_mean = jnp.zeros((), jnp.float32)
   for k in range(1, 4):
     _, pl_mean = pen(pl_mean, 0.01)
     # lerp from 0 with weight 0.01, k times towards the same mean length
@@ -304,9 +303,11 @@ def test_r1_and_path_length_steps_match_official_pytorch_code():
     def run(state, x, rng, pl_mean):
       after_r1, m_r1 = reg.r1_step(gan, state, {'image': x}, rng, r1_gamma=r1_gamma,
                                    interval=r1_interval)
-      after_pl, pl_mean, m_pl = reg.path_length_step(
+      after_pl, m_pl = reg.path_length_step(
           gan, lambda p, ms, z, r: _toy_map(p, z), lambda p, ms, w, r: _toy_synthesize(p, w),
-          state, rng, pl_mean, batch_size=batch, pl_weight=pl_weight, interval=pl_interval)
+          state.replace(pl_mean=pl_mean), rng, batch_size=batch, pl_weight=pl_weight,
+          interval=pl_interval)
+      pl_mean = after_pl.pl_mean
       n = batch // 2
       noise = jax.random.normal(jax.random.split(rng, 4)[3], (n, H, W, C),
                                 jnp.float64) / np.sqrt(H * W)
@@ -465,12 +466,18 @@ def test_ema_update_is_the_official_lerp_and_copies_state():
   new = reg.ema_update(ema, params, beta)
   for k in ema:  # p.lerp(p_ema, beta) = p + beta * (p_ema - p)
     np.testing.assert_allclose(new[k], params[k] + beta * (ema[k] - params[k]), rtol=1e-6)
-  state = {'batch_stats': {'w_avg': jnp.array([0.5, 0.25])}}
-  new_params, new_state, b = reg.ema_step(ema, params, state, 0, batch_size=4,
-                                          rampup=0.05)
-  chex.assert_trees_all_close(new_params, params)               # beta 0 at cur_nimg 0
-  chex.assert_trees_all_close(new_state, state)
-  assert float(b) == 0.0
+  state = steps.TrainState(step=jnp.int32(0), params_g=params, params_d={},
+                           opt_state_g=(), opt_state_d=(), model_state_g={},
+                           model_state_d={}, ema_params_g=ema)
+  new_state, m = reg.ema_step(state, 0, batch_size=4, rampup=0.05)
+  chex.assert_trees_all_close(new_state.ema_params_g, params)   # beta 0 at cur_nimg 0
+  assert float(m['ema_beta']) == 0.0
+  new_state, m = reg.ema_step(state, 10**6, batch_size=4, half_life_kimg=10.0)
+  beta = 0.5 ** (4 / 10_000)
+  chex.assert_trees_all_close(new_state.ema_params_g, reg.ema_update(ema, params, beta))
+  np.testing.assert_allclose(m['ema_beta'], beta, rtol=1e-6)
+  with pytest.raises(ValueError, match='ema=True'):
+    reg.ema_step(state.replace(ema_params_g=None), 0, batch_size=4)
 
 
 # ------------------------------------------------------------------- tiny StyleGAN2
@@ -550,9 +557,9 @@ def stylegan():
 
     copy = lambda t: jax.tree.map(jnp.copy, t)
     state = steps.init_state(gan, copy(gv['params']), copy(dv['params']),
-                             model_state_g={'batch_stats': gv['batch_stats']})
+                             model_state_g={'batch_stats': gv['batch_stats']},
+                             ema=True, path_length=True)
     out['structure'] = jax.tree.structure(state)
-    ema_params, pl_mean = copy(state.params_g), reg.init_pl_mean()
     for i in range(ITERS):
       rng = jax.random.fold_in(fkey(7), i)
       batch = _real_batch(i)
@@ -564,22 +571,25 @@ def stylegan():
                             grads_d=_np(state.opt_state_d[0].grads))
       if i % PL_EVERY == 0:
         before = _np(state)
-        state, pl_mean, m_pl = pl(state, jax.random.fold_in(rng, 1), pl_mean)
-        out['pl'].append((before, _np(state), _np(m_pl), float(pl_mean)))
+        state, m_pl = pl(state, jax.random.fold_in(rng, 1))
+        out['pl'].append((before, _np(state), _np(m_pl), float(state.pl_mean)))
       if i % R1_EVERY == 0:
         before = _np(state)
         state, m_r1 = r1(state, batch, jax.random.fold_in(rng, 2))
         out['r1'].append((before, _np(state), _np(m_r1)))
-      ema_params, ema_state, beta = ema(ema_params, state.params_g, state.model_state_g,
-                                        jnp.int32(i * B))
+      before = _np(state)
+      state, m_ema = ema(state, jnp.int32(i * B))
+      beta = float(m_ema['ema_beta'])
+      chex.assert_trees_all_close(  # the official lerp, p + beta * (p_ema - p)
+          state.ema_params_g, jax.tree.map(lambda e, p: p + beta * (e - p),
+                                           before.ema_params_g, before.params_g),
+          rtol=1e-5, atol=1e-7)
       assert jax.tree.structure(state) == out['structure']
       assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(
-          (state, metrics, ema_params, ema_state, beta)))
-    # the EMA state is a copy: it survives the next main step donating the train state
+          (state, metrics)))
     state, _ = main(state, _real_batch(ITERS), fkey(8))
-    out['ema_w_avg'] = np.asarray(ema_state['batch_stats']['mapping']['w_avg'])
     out['cache_sizes'] = [f._cache_size() for f in (main, r1, pl, ema)]
-  out.update(g=g, d=d, gan=gan, final=_np(state), beta=float(beta))
+  out.update(g=g, d=d, gan=gan, final=_np(state), beta=beta)
   return out
 
 
@@ -615,8 +625,9 @@ def test_stylegan2_lazy_regularisation_steps_trace_once_and_update_one_player(st
     np.testing.assert_allclose(m['loss_g_reg'], 2.0 * m['pl_penalty'], rtol=1e-6)
     pl_means.append(pl_mean)
   assert 0 < pl_means[0] < pl_means[1] < pl_means[2]    # lerping up from 0
-  assert np.all(np.isfinite(stylegan['ema_w_avg']))
+  # ema_params_g and pl_mean ride along the main and regularisation steps untouched
   assert 0 < stylegan['beta'] < 1
+  assert float(final.pl_mean) == pytest.approx(pl_means[-1])
 
 
 def test_stylegan2_one_stage_gradients_equal_reference(stylegan):

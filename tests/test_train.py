@@ -23,8 +23,6 @@ from PIL import Image
 from osgan_jax import config_base, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_NAMES = sorted(os.path.splitext(os.path.basename(p))[0]
-                      for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 
 
@@ -32,15 +30,32 @@ def config_path(name):
   return os.path.join(REPO, 'configs', f'{name}.py')
 
 
+# The configs this loop trains (the others, e.g. data-free distillation's, set a task).
+CONFIG_NAMES = sorted(
+    n for n in (os.path.splitext(os.path.basename(p))[0]
+                for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
+    if config_base.load_config(config_path(n)).get('task', 'gan') == 'gan')
+
+# Per architecture: the overrides that make its networks tiny.
+TINY_MODEL = {
+    'dcgan': {'model.generator.width': 8, 'model.discriminator.width': 8},
+    'stylegan2': {'z_dim': 16, 'model.generator.w_dim': 16,
+                  'model.generator.mapping_layers': 2,
+                  'model.generator.channel_base': 64, 'model.generator.channel_max': 16,
+                  'model.discriminator.channel_base': 64,
+                  'model.discriminator.channel_max': 16},
+}
+
+
 def tiny_overrides(name, folder, **extra):
   """Overrides that make any config a few-second run on CPU."""
+  base = config_base.load_config(config_path(name))
   overrides = {
       'batch_size': 8, 'num_train_steps': 2, 'log_every_steps': 1,
       'sample_every_steps': 2, 'checkpoint_every_steps': 1000, 'num_samples': 4,
       'progress_bar': False, 'data.resolution': 16, 'data.num_threads': 0,
-      'model.generator.width': 8, 'model.discriminator.width': 8,
+      **TINY_MODEL[base.model.name],
   }
-  base = config_base.load_config(config_path(name))
   if base.num_classes:
     overrides['num_samples'] = 2 * base.num_classes
   if base.num_classes and os.path.exists(FASHION_MNIST):
@@ -107,8 +122,10 @@ def corrupt_folder(folder, tmp_path_factory):
 
 # ----------------------------------------------------------------------- every config
 
-@pytest.mark.parametrize('stage', ['one', 'two'])
-@pytest.mark.parametrize('name', CONFIG_NAMES)
+# The StyleGAN2 configs differ only in sizes that tiny_overrides replaces; the tiny
+# one runs both stages (and test_stylegan2_regularisers_ema_and_exact_resume more).
+@pytest.mark.parametrize('name,stage', [(n, s) for n in CONFIG_NAMES for s in ('one', 'two')
+                                        if (n, s) != ('stylegan2_ffhq', 'two')])
 def test_every_config_trains(name, stage, folder, tmp_path):
   config = tiny_config(name, folder, stage=stage)
   state = train.train_and_evaluate(config, str(tmp_path))
@@ -128,7 +145,7 @@ def test_every_config_trains(name, stage, folder, tmp_path):
   if base.optimizer.weight_clip > 0:  # WGAN: every D weight clipped
     for leaf in jax.tree.leaves(state.params_d):
       assert np.max(np.abs(np.asarray(leaf))) <= base.optimizer.weight_clip
-  if base.model.discriminator.spectral_norm:  # SN vectors are state, updated
+  if base.model.discriminator.get('spectral_norm'):  # SN vectors are state, updated
     init = jax.jit(train._make_init(config, *_gan_and_models(config)))(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
@@ -226,6 +243,59 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
   # Running the finished command again does nothing.
   again = train.train_and_evaluate(config, str(workdir))
   assert_trees_equal(jax.device_get(again), straight_state)
+
+
+# ----------------------------------------------------------------------------- StyleGAN2
+
+def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
+  """The tiny StyleGAN2 config on Fashion-MNIST with lazy R1 every 2 and path length
+  every 3 steps, and the EMA: the regularisers run at their intervals and update their
+  player only, the EMA and pl_mean are in the state, the samples use the EMA, and a
+  run resumed from its step-3 checkpoint equals the uninterrupted one bit for bit."""
+  if not os.path.exists(FASHION_MNIST):
+    pytest.skip('needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)')
+  overrides = tiny_overrides('stylegan2_tiny', None, num_train_steps=6,
+                             checkpoint_every_steps=3, keep_checkpoints=5,
+                             sample_every_steps=6, **{
+                                 'data.name': 'fashion_mnist', 'data.path': '',
+                                 'reg.r1_interval': 2, 'reg.pl_interval': 3,
+                                 'reg.r1_gamma': 1.0, 'ema.half_life_kimg': 0.05,
+                                 'ema.rampup': 0.0})
+  config = config_base.load_config(config_path('stylegan2_tiny'), overrides)
+  straight = tmp_path / 'straight'
+  state = jax.device_get(train.train_and_evaluate(config, str(straight)))
+  assert int(state.step) == 6
+  records = read_metrics(straight)
+  r1_steps = [r['step'] for r in records if 'r1_penalty' in r]
+  pl_steps = [r['step'] for r in records if 'pl_penalty' in r]
+  assert r1_steps == [1, 3, 5] and pl_steps == [1, 4]      # iterations 0, 2, 4 / 0, 3
+  # A half-life of 50 images at batch 8 (no ramp-up).
+  np.testing.assert_allclose([r['ema_beta'] for r in records], 0.5 ** (8 / 50), rtol=1e-6)
+  assert float(state.pl_mean) > 0
+  assert int(optax_count(state.opt_state_g)) == 6 + 2      # main steps + 'Greg' steps
+  assert int(optax_count(state.opt_state_d)) == 6 + 3      # main steps + 'Dreg' steps
+  ema = jax.tree.leaves(state.ema_params_g)
+  assert any(not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params_g)))
+  # The sample grid is drawn with the EMA parameters.
+  generator, discriminator = train.create_models(config)
+  gan = train.make_gan(config, generator, discriminator)
+  sample = train._make_sampler(config, gan, None)
+  grid = lambda p: train.image_grid(np.asarray(sample(p, state.model_state_g)))[..., 0]
+  saved = np.asarray(Image.open(straight / 'samples' / 'step_000006.png'), np.int32)
+  assert np.abs(saved - grid(state.ema_params_g)).max() <= 1     # a rounding apart
+  assert np.abs(saved - grid(state.params_g)).max() > 8
+
+  import shutil
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '6')
+  again = train.train_and_evaluate(config, str(resumed))
+  assert_trees_equal(jax.device_get(again), state)
+
+
+def optax_count(opt_state):
+  import optax
+  return optax.tree_utils.tree_get(opt_state, 'count')
 
 
 # ------------------------------------------------------------------------------ SIGTERM

@@ -492,6 +492,9 @@ class Generator(nn.Module):
   style_mixing_prob: float = 0.9
   fused_modconv: bool = False
 
+  # The RNG streams ``apply`` draws from (a class attribute, not a module field).
+  RNG_STREAMS = (NOISE_RNG, MIXING_RNG)
+
   @property
   def num_ws(self) -> int:
     return synthesis_num_ws(self.resolution, self.architecture)
