@@ -122,12 +122,18 @@ def corrupt_folder(folder, tmp_path_factory):
 
 # ----------------------------------------------------------------------- every config
 
-# The StyleGAN2 configs differ only in sizes that tiny_overrides replaces; the tiny
-# one runs both stages (and test_stylegan2_regularisers_ema_and_exact_resume more).
+# The StyleGAN2 configs differ only in sizes that tiny_overrides replaces: the tiny
+# one runs both stages (and test_stylegan2_regularisers_ema_and_exact_resume more), the
+# FFHQ one runs one-stage in mixed precision (bfloat16 in the top two resolutions).
+EXTRA = {'stylegan2_ffhq': {
+    'model.generator.num_fp16_res': 2, 'model.discriminator.num_fp16_res': 2,
+    'model.generator.conv_clamp': 256.0, 'model.discriminator.conv_clamp': 256.0}}
+
+
 @pytest.mark.parametrize('name,stage', [(n, s) for n in CONFIG_NAMES for s in ('one', 'two')
                                         if (n, s) != ('stylegan2_ffhq', 'two')])
 def test_every_config_trains(name, stage, folder, tmp_path):
-  config = tiny_config(name, folder, stage=stage)
+  config = tiny_config(name, folder, stage=stage, **EXTRA.get(name, {}))
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
   for leaf in jax.tree.leaves(state):
