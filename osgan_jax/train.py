@@ -265,7 +265,8 @@ def _make_init(config, gan: steps.GAN, generator, discriminator):
   n = 4
 
   def init(key):
-    key_g, key_d, key_g_rngs, key_d_rngs = jax.random.split(key, 4)
+    key_g, key_d = jax.random.split(key)
+    key_g_rngs, key_d_rngs = jax.random.split(jax.random.fold_in(key, 1))
     z = gan.sample_latent(jax.random.PRNGKey(0), n)
     z_arr, labels = (z['z'], z['label']) if config.num_classes > 0 else (z, None)
     g_vars = dict(generator.init({'params': key_g, **_rngs(generator, key_g_rngs)},
