@@ -1,0 +1,187 @@
+"""Tests of the issue 6 measurement scripts (experiments/), without real training."""
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'experiments'))
+
+import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
+import compare_quality as quality  # noqa: E402  pylint: disable=import-error
+
+# A DCGAN small enough to compile four steps in seconds, built through a real config.
+TINY = bench.RowSpec('configs/dcgan_fashion_mnist.py', {
+    'data.resolution': 16, 'batch_size': 4, 'z_dim': 8,
+    'model.generator.width': 4, 'model.discriminator.width': 4,
+    'model.discriminator.norm': 'none'})
+
+
+# ------------------------------------------------------------------ speed
+
+def test_run_interleaved_rotates_order_and_times_every_round():
+  calls = []
+  now = [0.0]
+  cost = {'a': 1.0, 'b': 2.0, 'c': 4.0}
+
+  def clock():
+    return now[0]
+
+  def make(name):
+    def fn():
+      calls.append(name)
+      now[0] += cost[name]
+    return fn
+
+  times = bench.run_interleaved({n: make(n) for n in cost}, rounds=4, warmup=1,
+                                clock=clock)
+  assert calls[:3] == ['a', 'b', 'c']  # warm-up
+  assert calls[3:] == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b', 'a', 'b', 'c']
+  assert times == {'a': [1.0] * 4, 'b': [2.0] * 4, 'c': [4.0] * 4}
+
+
+def test_ratio_summary_uses_per_round_ratios():
+  # Round 2 is slow for everyone (machine load): per-round ratios ignore it.
+  times = {'one_stage': [1.0, 1.0, 3.0, 1.0, 1.0],
+           'two_stage': [1.5, 1.2, 4.5, 1.4, 1.3]}
+  s = bench.ratio_summary(times)
+  assert s['one_stage']['ratio_to_one_stage_median'] == 1.0
+  assert s['one_stage']['ratio_to_one_stage_min'] == 1.0
+  assert s['two_stage']['ratio_to_one_stage_median'] == pytest.approx(1.4)
+  assert s['two_stage']['ratio_to_one_stage_min'] == pytest.approx(1.2)
+  assert s['two_stage']['ratio_to_one_stage_max'] == pytest.approx(1.5)
+  assert s['two_stage']['step_ms_median'] == pytest.approx(1400.0)
+  with pytest.raises(ValueError):
+    bench.ratio_summary({'one_stage': [1.0, 1.0], 'two_stage': [1.0]})
+
+
+@pytest.fixture(scope='module')
+def tiny_row():
+  return bench.compile_row('tiny', TINY, log=lambda s: None)
+
+
+def test_measure_row_fields_and_ratios(tiny_row, tmp_path):
+  rows = bench.time_row(tiny_row, rounds=2, log=lambda s: None)
+  by_variant = {r['variant']: r for r in rows}
+  assert set(by_variant) == set(bench.VARIANTS)
+  for r in rows:
+    for field in bench.REQUIRED_FIELDS:
+      assert field in r, field
+    assert r['mode'] == 'timed'
+    assert r['flops'] > 0
+    assert r['peak_bytes'] > 0
+    assert r['step_ms_median'] > 0 and r['images_per_s'] > 0
+    assert r['ratio_to_one_stage_min'] <= r['ratio_to_one_stage_median'] <= (
+        r['ratio_to_one_stage_max'])
+    assert r['images_per_s'] == pytest.approx(4 / (r['step_ms_median'] / 1e3))
+  one = by_variant['one_stage']
+  assert one['ratio_to_one_stage_median'] == one['flop_ratio'] == 1.0
+  # The honest two-stage step executes more FLOPs than the one-stage step (without
+  # the exact path's conditional branch), the official one more than the honest one.
+  assert by_variant['two_stage']['flop_ratio_executed'] > 1.2
+  assert by_variant['official_two_stage']['flops'] > by_variant['two_stage']['flops']
+  assert one['per_sample_d'] is True
+
+  out = str(tmp_path / 'speed' / 'r.json')
+  csv_path = bench.write_results(rows, out)
+  assert json.load(open(out))[0]['model'] == 'tiny'
+  with open(csv_path) as f:
+    assert len(list(csv.DictReader(f))) == len(rows)
+  assert '| tiny | one_stage |' in bench.table(rows)
+
+
+def test_measure_row_over_threshold_reports_flops_only(tiny_row):
+  rows = bench.time_row(tiny_row, rounds=20, max_step_gflop=0.0, log=lambda s: None)
+  for r in rows:
+    assert r['mode'] == 'too_slow'
+    assert r['flops'] > 0 and r['peak_bytes'] > 0
+    assert r['step_ms_median'] is None and r['ratio_to_one_stage_median'] is None
+    assert r['images_per_s'] is None
+
+
+def test_speed_rows_are_built_from_existing_configs():
+  repo = os.path.dirname(bench.__file__)
+  for name in ('dcgan32', 'dcgan64', 'dcgan64_b128', 'wgan64', 'lsgan64', 'hinge64'):
+    spec = bench.ROWS[name]
+    assert os.path.exists(os.path.join(repo, '..', spec.config)), name
+  assert bench.ROWS['dcgan64'].overrides['model.generator.width'] == 64
+  assert bench.ROWS['dcgan64_b128'].overrides['batch_size'] == 128
+
+
+# ------------------------------------------------------------------ quality
+
+def _write_metrics(path, records):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    for r in records:
+      f.write(json.dumps(r) + '\n')
+    f.write('{"step": 9')  # a partly written last line is ignored
+
+
+def test_train_seconds_from_metrics_jsonl(tmp_path):
+  path = str(tmp_path / 'run' / 'metrics.jsonl')
+  _write_metrics(path, [
+      {'step': 50, 'loss_d': 1.0, 'steps_per_sec': 5.0},
+      {'step': 100, 'steps_per_sec': 2.5},
+      {'step': 100, 'fid': 300.0},          # FID-only line: no time
+      {'step': 120, 'steps_per_sec': 10.0}])
+  records = quality.read_metrics(path)
+  assert len(records) == 4
+  assert quality.train_seconds(records) == pytest.approx(10 + 20 + 2)
+  assert quality.train_seconds(records, up_to_step=100) == pytest.approx(30)
+
+
+def test_value_at_time_interpolates():
+  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 25) == pytest.approx(150)
+  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 5) is None
+  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 99) == 100
+
+
+def _synthetic_points():
+  """Two stages x 3 seeds x 3 evaluation points; two-stage is 1.5x slower per step."""
+  rng = np.random.RandomState(0)
+  points = []
+  for loss in ('non_saturating', 'minimax'):
+    for stage, sec_per_step in (('one', 0.2), ('two', 0.3)):
+      for seed in range(3):
+        for step in (100, 200, 300):
+          points.append({'loss': loss, 'stage': stage, 'seed': seed, 'step': step,
+                         'images': step * 64,
+                         'wall_s': step * sec_per_step * (1 + 0.05 * seed),
+                         'fid': 400 - step * 0.5 + rng.uniform(-5, 5),
+                         'kid_mean': 0.4 - step * 1e-3, 'kid_std': 0.01})
+  return points
+
+
+def test_quality_outputs_tables_and_plots(tmp_path):
+  points = _synthetic_points()
+  curves = quality.aggregate(points)
+  c = curves[('minimax', 'two')]
+  assert c['step'] == [100, 200, 300] and c['n_seeds'] == [3, 3, 3]
+  assert c['fid_min'][0] <= c['fid_mean'][0] <= c['fid_max'][0]
+
+  rows = {(r['loss'], r['stage']): r for r in quality.summarize(points)}
+  one, two = rows[('minimax', 'one')], rows[('minimax', 'two')]
+  # The budget is the faster (one-stage) variant's final time; two-stage has not
+  # reached step 300 by then, so its FID there is worse (higher) than its final FID.
+  assert one['budget_s'] == pytest.approx(one['wall_s_mean'])
+  assert one['fid_at_budget_mean'] == pytest.approx(one['fid_final_mean'], abs=6)
+  assert two['fid_at_budget_mean'] > two['fid_final_mean'] + 20
+  assert two['wall_s_mean'] > one['wall_s_mean']
+
+  out = str(tmp_path / 'quality')
+  paths = quality.write_outputs(points, out, {'command': 'test'})
+  for name in ('fid_minimax.png', 'fid_non_saturating.png'):
+    path = os.path.join(out, name)
+    assert path in paths['plots']
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  table = open(os.path.join(out, 'summary.md')).read()
+  assert '| minimax | one-stage | 3 | 300 |' in table
+  assert len(json.load(open(os.path.join(out, 'quality.json')))['points']) == len(points)
+  with open(os.path.join(out, 'quality.csv')) as f:
+    assert len(list(csv.DictReader(f))) == len(points)
