@@ -164,11 +164,12 @@ def xla_memory(compiled) -> dict:
     return {'peak_bytes': None}
   args, outs = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
   alias, temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
-  peak = int(getattr(m, 'peak_memory_in_bytes', 0) or 0)
-  if peak <= 0:  # not reported by this backend: live arguments + outputs + temporaries
-    peak = args + outs - alias + temp
-  return {'peak_bytes': peak, 'argument_bytes': args, 'output_bytes': outs,
-          'alias_bytes': alias, 'temp_bytes': temp}
+  # The CPU backend's peak_memory_in_bytes is only the arguments' size here, so the
+  # peak is bounded as XLA's buffer assignment lays it out: arguments, outputs not
+  # aliased to (donated) arguments, and the temporaries.
+  return {'peak_bytes': args + outs - alias + temp, 'argument_bytes': args,
+          'output_bytes': outs, 'alias_bytes': alias, 'temp_bytes': temp,
+          'xla_peak_memory_in_bytes': int(getattr(m, 'peak_memory_in_bytes', 0) or 0)}
 
 
 def _proc_status_bytes(field: str):
@@ -425,10 +426,25 @@ def write_results(rows: Sequence[dict], out: str) -> str:
   return csv_path
 
 
+def git_state() -> dict:
+  """The commit measured and the library/config files that differ from it."""
+  import subprocess
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'osgan_jax',
+                            'configs'], cwd=REPO, check=True, capture_output=True,
+                           text=True).stdout.split('\n')
+    return {'git_commit': commit,
+            'git_modified': sorted(line[3:] for line in dirty if line.strip())}
+  except (OSError, subprocess.CalledProcessError):
+    return {'git_commit': None, 'git_modified': None}
+
+
 def machine() -> dict:
   return {'platform': platform.platform(), 'python': platform.python_version(),
           'jax': jax.__version__, 'backend': jax.default_backend(),
-          'cpu_count': os.cpu_count(),
+          'cpu_count': os.cpu_count(), **git_state(),
           'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
               timespec='seconds')}
 

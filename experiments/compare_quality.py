@@ -328,9 +328,9 @@ def main(argv=None) -> int:
   p.add_argument('--stages', default='one,two')
   p.add_argument('--seeds', default='0,1,2')
   p.add_argument('--steps', type=int, default=300, help='training steps of every run')
-  p.add_argument('--eval-every', type=int, default=100,
+  p.add_argument('--eval-every', type=int, default=150,
                  help='steps per chunk; FID/KID after every chunk')
-  p.add_argument('--fid-samples', type=int, default=96, help='generated images per FID')
+  p.add_argument('--fid-samples', type=int, default=64, help='generated images per FID')
   p.add_argument('--fid-real', type=int, default=480, help='test images (reference)')
   p.add_argument('--quick', action='store_true',
                  help='1 seed, 40 steps, FID every 20 steps on 16 vs 32 images')
@@ -365,6 +365,9 @@ def main(argv=None) -> int:
           'eval_every': args.eval_every, 'fid_samples': args.fid_samples,
           'fid_real': args.fid_real, 'reference': 'fashion_mnist test split',
           'config': os.path.relpath(CONFIG, REPO)}
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import benchmark_speed  # pylint: disable=import-error
+  meta.update(benchmark_speed.git_state())
   print(f'workdirs under {root}', flush=True)
   evaluate = Evaluator(args.fid_real, args.fid_samples, root)
   sampler = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -56,6 +57,7 @@ def op_kind(name: str) -> str | None:
 def summarize_trace(events, num_steps: int) -> dict:
   """Per-step op time (ms) by kind, wall time and busy/wall from trace events."""
   by_kind = collections.Counter()
+  counts = collections.Counter()
   waits = []
   top = collections.Counter()
   for e in events:
@@ -67,10 +69,13 @@ def summarize_trace(events, num_steps: int) -> dict:
     kind = op_kind(name)
     if kind is not None:
       by_kind[kind] += e.get('dur', 0)
+      counts[kind] += 1
       top[name] += e.get('dur', 0)
   busy = sum(by_kind.values())
   wall = sum(waits) if waits else None
   out = {f'{k}_ms': by_kind[k] / 1e3 / num_steps for k in KINDS}
+  out.update({f'{k}_ops': counts[k] / num_steps for k in KINDS})
+  out['ops'] = sum(counts.values()) / num_steps
   out['busy_ms'] = busy / 1e3 / num_steps
   out['wall_ms'] = None if wall is None else wall / 1e3 / num_steps
   out['busy_over_wall'] = None if not wall else busy / wall
@@ -86,7 +91,6 @@ def profile_row(name: str, num_steps: int, workdir: str) -> dict:
   gan = steps.probe_per_sample(gan, state, {k: v[:4] for k, v in batch.items()})
   rng = np.asarray(jax.random.PRNGKey(1))
   out = {}
-  import dataclasses
   for variant, (stage, mode) in bench.VARIANTS.items():
     variant_gan = gan if mode is None else dataclasses.replace(gan, mode=mode)
     step = steps.jit_step(variant_gan, stage)
@@ -109,11 +113,13 @@ def profile_row(name: str, num_steps: int, workdir: str) -> dict:
 
 
 def table(name: str, summary: dict) -> str:
-  head = ('variant', 'wall ms', 'busy ms', 'busy/wall') + tuple(f'{k} ms' for k in KINDS)
+  head = ('variant', 'wall ms', 'busy ms', 'busy/wall', 'ops') + tuple(
+      f'{k} ms (ops)' for k in KINDS)
   lines = [f'**{name}**', '', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for variant, s in summary.items():
     cells = [variant, f'{s["wall_ms"]:.1f}', f'{s["busy_ms"]:.1f}',
-             f'{s["busy_over_wall"]:.2f}'] + [f'{s[k + "_ms"]:.1f}' for k in KINDS]
+             f'{s["busy_over_wall"]:.2f}', f'{s["ops"]:.0f}'] + [
+                 f'{s[k + "_ms"]:.1f} ({s[k + "_ops"]:.0f})' for k in KINDS]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
