@@ -143,6 +143,14 @@ def _rasgan_g(r, f):
 register('relativistic_average', d_loss=_rasgan_d, g_loss=_rasgan_g,
          description='relativistic average standard GAN (asymmetric)')
 
+# Data-free adversarial distillation (DFAD, Fang et al. 2019): the "logits" are a
+# per-sample teacher-student discrepancy on generated inputs; the student (D) minimises
+# it and the generator maximises it. There is no real term (no real data). Symmetric.
+register('dfad',
+         d_loss=lambda r, f: _mean(f),
+         g_loss=lambda r, f: -_mean(f),
+         description='data-free distillation: discrepancy on fakes only (symmetric)')
+
 # Boundary-seeking GAN: G minimises 0.5 (log D - log(1 - D))^2 = 0.5 l^2.
 register('bgan',
          d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),

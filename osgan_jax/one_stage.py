@@ -94,6 +94,11 @@ def _sq_norm(tree) -> jax.Array:
   return sum(jnp.sum(jnp.square(l.astype(jnp.float32))) for l in leaves)
 
 
+def _has_real(x_real) -> bool:
+  """False for a data-free game: ``x_real`` is None or has no leaves."""
+  return bool(jax.tree.leaves(x_real))
+
+
 def call_with_aux(fn, has_aux, *args):
   """fn(*args) as (output, aux); aux is None when fn has none."""
   out = fn(*args)
@@ -191,7 +196,10 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
       ``lambda p, x: model.apply({'params': p, **state}, x, mutable=['batch_stats'])``
       with ``d_has_aux=True``.
     z: the latent batch (any pytree) passed to ``generate``.
-    x_real: a batch of real images, same structure as ``generate``'s output.
+    x_real: a batch of real images, same structure as ``generate``'s output, or
+      ``None`` (or a pytree without leaves, e.g. ``{}``) for a game without real data
+      (data-free distillation): D then runs on the fake batch only and the loss gets
+      an empty ``[0, ...]`` array as its real logits, so it must not use them.
     loss: a registered loss name or ``losses.Loss``.
     mode: ``'exact'`` (default; equals ``reference_grads``) or ``'approx'`` (the
       paper's per-sample scaling, see the module docstring).
@@ -216,10 +224,16 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   x_fake, vjp_g, g_aux = jax.vjp(lambda p: call_with_aux(generate, g_has_aux, p, z), params_g,
                                  has_aux=True)
   batch = _batch_size(x_fake)
+  has_real = _has_real(x_real)
   if per_sample is None:
-    per_sample = samples_independent(discriminate, params_d, x_real, has_aux=d_has_aux)
+    per_sample = samples_independent(discriminate, params_d,
+                                     x_real if has_real else x_fake, has_aux=d_has_aux)
 
-  if per_sample:
+  if not has_real:
+    def forward(p, xf):
+      fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
+      return (fake_logits[:0], fake_logits), aux
+  elif per_sample:
     def forward(p, xf):
       logits, aux = call_with_aux(discriminate, d_has_aux, p, _concat(x_real, xf))
       return (logits[:batch], logits[batch:]), aux
@@ -323,9 +337,18 @@ def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   def gen(p):
     return call_with_aux(generate, g_has_aux, p, z)[0]
 
+  def real(pd, fake_logits):
+    return disc(pd, x_real) if _has_real(x_real) else fake_logits[:0]
+
+  def d_objective(pd):
+    fake_logits = disc(pd, x_fake)
+    return loss.d_loss(real(pd, fake_logits), fake_logits)
+
+  def g_objective(pg):
+    fake_logits = disc(params_d, gen(pg))
+    return loss.g_loss(real(params_d, fake_logits), fake_logits)
+
   x_fake = gen(params_g)
-  loss_d, grads_d = jax.value_and_grad(
-      lambda pd: loss.d_loss(disc(pd, x_real), disc(pd, x_fake)))(params_d)
-  loss_g, grads_g = jax.value_and_grad(
-      lambda pg: loss.g_loss(disc(params_d, x_real), disc(params_d, gen(pg))))(params_g)
+  loss_d, grads_d = jax.value_and_grad(d_objective)(params_d)
+  loss_g, grads_g = jax.value_and_grad(g_objective)(params_g)
   return grads_g, grads_d, {'loss_d': loss_d, 'loss_g': loss_g}

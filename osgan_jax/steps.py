@@ -63,7 +63,9 @@ class GAN:
     sample_latent: ``(rng, batch_size) -> z`` (any pytree ``generate`` accepts).
     loss: a registered loss name or ``losses.Loss``.
     optimizer_g, optimizer_d: optax transformations (weight clipping: ``clip_params``).
-    batch_keys: the keys of the real batch that D sees.
+    batch_keys: the keys of the real batch that D sees; ``()`` for a game without
+      real data (data-free distillation), where the steps take ``batch={}`` and D
+      sees fake samples only (see ``one_stage_grads``' ``x_real``).
     mode: ``one_stage_grads``' mode, ``'exact'`` or ``'approx'``.
     per_sample: whether D treats samples independently; ``None`` probes it at trace
       time (see ``probe_per_sample`` to settle it once with concrete values).
@@ -77,6 +79,7 @@ class GAN:
   batch_keys: tuple[str, ...] = ('image',)
   mode: str = 'exact'
   per_sample: bool | None = None
+  fake_batch_size: int = 0   # samples per step when there is no real batch
 
 
 def init_state(gan: GAN, params_g, params_d, model_state_g=None,
@@ -102,8 +105,13 @@ def probe_per_sample(gan: GAN, state: TrainState, batch) -> GAN:
   # Jitted, so the eager probe compiles D once instead of op by op.
   discriminate = jax.jit(
       lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)))
+  images = _real(gan, batch)
+  if not jax.tree.leaves(images):  # data-free: probe on generated samples
+    key = jax.random.PRNGKey(0)
+    images = jax.jit(lambda p, s: gan.generate(p, s, gan.sample_latent(key, 4), key)[0])(
+        state.params_g, state.model_state_g)
   independent = one_stage.samples_independent(
-      discriminate, state.params_d, _real(gan, batch), has_aux=True)
+      discriminate, state.params_d, images, has_aux=True)
   return dataclasses.replace(gan, per_sample=independent)
 
 
@@ -127,6 +135,22 @@ def _real(gan: GAN, batch):
   return {k: batch[k] for k in gan.batch_keys}
 
 
+def _batch_size(gan: GAN, real) -> int:
+  leaves = jax.tree.leaves(real)
+  if leaves:
+    return leaves[0].shape[0]
+  if gan.fake_batch_size <= 0:
+    raise ValueError('a GAN without real data (batch_keys=()) needs fake_batch_size > 0')
+  return gan.fake_batch_size
+
+
+def _real_logits(gan: GAN, params_d, model_state_d, real, rng, fake_logits):
+  """D's logits on the real batch; an empty [0, ...] array when there is none."""
+  if not jax.tree.leaves(real):
+    return fake_logits[:0]
+  return gan.discriminate(params_d, model_state_d, real, rng)[0]
+
+
 def apply_optimizer(optimizer, grads, opt_state, params):
   """One optax update; returns (params, opt_state)."""
   updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -141,7 +165,7 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
   """One forward, one backward, both players updated from the same z."""
   real = _real(gan, batch)
   rng_z, rng_g, rng_d = jax.random.split(rng, 3)
-  z = gan.sample_latent(rng_z, jax.tree.leaves(real)[0].shape[0])
+  z = gan.sample_latent(rng_z, _batch_size(gan, real))
   grads_g, grads_d, aux = one_stage.one_stage_grads(
       lambda p, z: gan.generate(p, state.model_state_g, z, rng_g),
       lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
@@ -162,7 +186,7 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
 def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   loss = losses_lib.get(gan.loss)
   real = _real(gan, batch)
-  batch_size = jax.tree.leaves(real)[0].shape[0]
+  batch_size = _batch_size(gan, real)
   rng_z1, rng_z2, rng_g1, rng_g2, rng_d1, rng_d2 = jax.random.split(rng, 6)
 
   # Stage 1: D on real and fake, G frozen (forward only).
@@ -171,9 +195,10 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   fake = jax.lax.stop_gradient(fake)
 
   def d_objective(params_d):
-    real_logits, _ = gan.discriminate(params_d, state.model_state_d, real, rng_d1)
     fake_logits, model_state_d = gan.discriminate(params_d, state.model_state_d, fake,
                                                   rng_d1)
+    real_logits = _real_logits(gan, params_d, state.model_state_d, real, rng_d1,
+                               fake_logits)
     return loss.d_loss(_f32(real_logits), _f32(fake_logits)), model_state_d
 
   (loss_d, model_state_d), grads_d = jax.value_and_grad(d_objective, has_aux=True)(
@@ -186,8 +211,8 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
 
   def g_objective(params_g, params_d):
     fake, model_state_g = gan.generate(params_g, state.model_state_g, z2, rng_g2)
-    real_logits, _ = gan.discriminate(params_d, model_state_d, real, rng_d2)
     fake_logits, _ = gan.discriminate(params_d, model_state_d, fake, rng_d2)
+    real_logits = _real_logits(gan, params_d, model_state_d, real, rng_d2, fake_logits)
     return loss.g_loss(_f32(real_logits), _f32(fake_logits)), model_state_g
 
   metrics = {}
