@@ -22,6 +22,8 @@ _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     'dcgan': ('osgan_jax.models.dcgan', 'Generator', 'Discriminator'),
     # Further architectures register here, one line each.
     'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
+    # Data-free distillation: DFAD's generator, and the student classifier as D.
+    'dfad': ('osgan_jax.models.classifiers', 'Generator', 'Classifier'),
 }
 
 

@@ -1,0 +1,158 @@
+"""Classifiers and the DFAD generator, for data-free adversarial distillation.
+
+Following the DFAD code (Fang et al. 2019, github.com/VainF/Data-Free-Adversarial-
+Distillation, ``network/lenet.py``, ``network/resnet_8x.py``, ``network/gan.py``):
+
+* ``Classifier(arch='lenet5')``: LeNet-5, conv 5x5 (6) -> max-pool -> conv 5x5 (16) ->
+  max-pool -> fc 120 -> fc 84 -> fc ``num_outputs``, ReLU, no normalisation. ``width``
+  is the first conv's channels and scales every layer: 6 is LeNet-5, 3 is DFAD's
+  LeNet-5-half student (3, 8, 60, 42). DFAD's third layer is a 5x5 conv over the 5x5
+  map of a 32x32 input, i.e. a dense layer; it is written as one here, so 28x28 (and
+  16x16) inputs work too.
+* ``Classifier(arch='resnet18' | 'resnet34')``: CIFAR-style ResNets (3x3 stem, no
+  max-pool, BasicBlocks of widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, global
+  average pool, fc), BatchNorm, Kaiming-normal (fan-out) conv init; ``width`` 64 is the
+  DFAD / ResNet-18 of CIFAR papers.
+* ``Generator``: DFAD's ``GeneratorA``: z -> fc to ``2w x R/4 x R/4`` -> BatchNorm ->
+  2x nearest up-sampling -> conv 3x3 (2w), BatchNorm, LeakyReLU(0.2) -> 2x up-sampling
+  -> conv 3x3 (w), BatchNorm, LeakyReLU(0.2) -> conv 3x3 (C) -> tanh -> BatchNorm
+  without scale and offset. The last BatchNorm standardises the images per channel, as
+  the teacher's (normalised) training data are.
+
+Every module is called as ``module.apply(variables, x_or_z, labels=None, train=True)``
+(the signature of ``osgan_jax.models``' registry, under the name ``'dfad'``: the
+generator is G and the student classifier plays D). BatchNorm keeps running averages in
+``'batch_stats'`` (momentum 0.9 = PyTorch's 0.1); ``train=True`` normalises with the
+batch's statistics, so a ResNet student in training mode couples the samples of a
+batch (the one-stage engine detects this and stays exact). ``num_classes`` is the GAN
+loop's class-conditioning key and must be 0: these networks are unconditional.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ARCHS = ('lenet5', 'resnet18', 'resnet34')
+_RESNET_BLOCKS = {'resnet18': (2, 2, 2, 2), 'resnet34': (3, 4, 6, 3)}
+_DEFAULT_WIDTH = {'lenet5': 6, 'resnet18': 64, 'resnet34': 64}
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _batch_norm(train: bool, **kwargs):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      **kwargs)
+
+
+def _unconditional(num_classes: int, labels) -> None:
+  if num_classes or labels is not None:
+    raise ValueError('the DFAD networks are unconditional: num_classes must be 0 and '
+                     'labels None')
+
+
+class _Layers(nn.Module):
+  """Base with a spectral-norm switch for every conv and dense layer."""
+
+  spectral_norm: bool = False
+
+  def _layer(self, layer: nn.Module, x, train: bool):
+    if self.spectral_norm:
+      return nn.SpectralNorm(layer)(x, update_stats=train)
+    return layer(x)
+
+
+class _BasicBlock(_Layers):
+  planes: int = 64
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init)
+    y = self._layer(conv(self.planes, (3, 3), self.stride, padding=1), x, train)
+    y = nn.relu(_batch_norm(train)(y))
+    y = self._layer(conv(self.planes, (3, 3), padding=1), y, train)
+    y = _batch_norm(train)(y)
+    if self.stride != 1 or x.shape[-1] != self.planes:
+      x = self._layer(conv(self.planes, (1, 1), self.stride), x, train)
+      x = _batch_norm(train)(x)
+    return nn.relu(y + x)
+
+
+class Classifier(_Layers):
+  """LeNet-5 or a CIFAR-style ResNet; ``[B, R, R, C]`` -> logits ``[B, num_outputs]``.
+
+  ``resolution`` and ``channels`` are checked against the input; ``width`` 0 means the
+  architecture's standard width (6 for LeNet-5, 64 for the ResNets).
+  """
+
+  arch: str = 'lenet5'
+  width: int = 0
+  num_outputs: int = 10
+  resolution: int = 32
+  channels: int = 1
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x, labels=None, train: bool = True):
+    _unconditional(self.num_classes, labels)
+    if self.arch not in ARCHS:
+      raise ValueError(f'unknown classifier arch {self.arch!r}; valid: {", ".join(ARCHS)}')
+    expected = (self.resolution, self.resolution, self.channels)
+    if tuple(x.shape[1:]) != expected:
+      raise ValueError(f'{self.arch} expects [B, {", ".join(map(str, expected))}] inputs, '
+                       f'got {tuple(x.shape)}')
+    width = self.width or _DEFAULT_WIDTH[self.arch]
+    if self.arch == 'lenet5':
+      return self._lenet(x, width, train)
+    return self._resnet(x, width, _RESNET_BLOCKS[self.arch], train)
+
+  def _lenet(self, x, w: int, train: bool):
+    def scaled(n):
+      return max(1, round(n * w / 6))
+
+    x = nn.relu(self._layer(nn.Conv(w, (5, 5), padding='VALID'), x, train))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.relu(self._layer(nn.Conv(scaled(16), (5, 5), padding='VALID'), x, train))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(self._layer(nn.Dense(scaled(120)), x, train))
+    x = nn.relu(self._layer(nn.Dense(scaled(84)), x, train))
+    return self._layer(nn.Dense(self.num_outputs), x, train)
+
+  def _resnet(self, x, w: int, blocks, train: bool):
+    x = self._layer(nn.Conv(w, (3, 3), padding=1, use_bias=False,
+                            kernel_init=_conv_init), x, train)
+    x = nn.relu(_batch_norm(train)(x))
+    for stage, n in enumerate(blocks):
+      for i in range(n):
+        x = _BasicBlock(spectral_norm=self.spectral_norm, planes=w * 2**stage,
+                        stride=2 if stage and not i else 1)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return self._layer(nn.Dense(self.num_outputs), x, train)
+
+
+class Generator(nn.Module):
+  """DFAD's GeneratorA: z ``[B, z_dim]`` -> standardised images ``[B, R, R, C]``."""
+
+  z_dim: int = 100
+  width: int = 64
+  resolution: int = 32
+  channels: int = 1
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z, labels=None, train: bool = True):
+    _unconditional(self.num_classes, labels)
+    if self.resolution % 4:
+      raise ValueError(f'resolution must be a multiple of 4, got {self.resolution}')
+    s, w = self.resolution // 4, self.width
+    x = nn.Dense(2 * w * s * s)(z.reshape(z.shape[0], -1))
+    x = _batch_norm(train)(x.reshape(-1, s, s, 2 * w))
+    for features in (2 * w, w):
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest, as F.interpolate
+      x = nn.Conv(features, (3, 3), padding=1)(x)
+      x = nn.leaky_relu(_batch_norm(train)(x), 0.2)
+    x = jnp.tanh(nn.Conv(self.channels, (3, 3), padding=1)(x))
+    return _batch_norm(train, use_scale=False, use_bias=False)(x)
