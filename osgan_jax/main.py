@@ -1,5 +1,8 @@
 """Trains a GAN: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR``.
 
+``config.task`` (absent: ``'gan'``) picks the loop: ``'teacher'`` and ``'dfad'`` are
+data-free distillation's two tasks (``osgan_jax.dfad``).
+
 Any config key can be overridden on the command line, e.g.
 ``--config.stage=two --config.batch_size=64 --config.data.path=/data/celeba``. The
 config is locked: a key that the config file does not define is an error. Rerunning
@@ -86,7 +89,11 @@ def main(argv):
 
   logging.info('Config:\n%s', config)
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    if config.get('task', 'gan') == 'gan':
+      train.train_and_evaluate(config, _WORKDIR.value)
+    else:  # data-free distillation: its teacher, or the distillation itself
+      from osgan_jax import dfad
+      dfad.run(config, _WORKDIR.value)
   except data.DataError as e:
     _fail(f'data: {e}', 1)
   except train.ConfigError as e:

@@ -1,0 +1,16 @@
+"""DFAD teacher: LeNet-5 trained on Fashion-MNIST (32x32), the first of two commands.
+
+Supervised, Adam (lr 1e-3), batch 128, 2,000 steps (about 4 epochs; ~89% test
+accuracy, a few minutes on a CPU). The checkpoint lands where
+``configs/dfad_fashion_mnist.py`` looks for it (``dfad.teacher_workdir``):
+
+  python -m osgan_jax.main --config=configs/dfad_teacher_fashion_mnist.py --workdir=/tmp/dfad_teacher_fmnist
+
+Then distil it without data: see ``configs/dfad_fashion_mnist.py``.
+"""
+
+from osgan_jax import dfad
+
+
+def get_config():
+  return dfad.get_config('teacher')
