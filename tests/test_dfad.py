@@ -290,7 +290,7 @@ def test_distillation_end_to_end_without_training_data(teacher_dir, tmp_path,
 def test_student_beats_chance_at_the_default_size(tmp_path):
   """The shipped configs, shortened: a 600-step teacher (~0.85), 200 one-stage steps.
 
-  About 5 minutes on 2 CPU cores; at the tiny size of the other tests the student stays
+  Several minutes on 2 CPU cores; at the tiny size of the other tests the student stays
   at chance for hundreds of steps. The code path is the one of the tests above.
   """
   teacher = str(tmp_path / 'teacher')
