@@ -59,6 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from osgan_jax.models import conv_ops
+
 Dtype = Any
 
 G_NORMS = ('batch', 'none')
@@ -138,6 +140,10 @@ class Generator(nn.Module):
     bn_momentum, epsilon: BatchNorm running-average decay (PyTorch momentum 0.1 ->
       0.9) and epsilon (PyTorch 1e-5).
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    conv_impl: how the (transposed) convolutions are computed, see
+      ``conv_ops``: ``'xla'`` (``nn.ConvTranspose``), ``'matmul'`` (sub-pixel and
+      matmul reformulations, several times faster on CPU) or ``'auto'`` (``'matmul'``
+      on CPU, ``'xla'`` on GPU/TPU). Same function and parameters either way.
   """
   resolution: int = 64
   channels: int = 3
@@ -151,6 +157,15 @@ class Generator(nn.Module):
   bn_momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
+
+  def _conv_t(self, h, features, kernel, strides, padding, name: str):
+    impl = conv_ops.resolve_impl(self.conv_impl)
+    kwargs = dict(strides=strides, padding=padding, use_bias=self.use_bias,
+                  kernel_init=conv_init, dtype=self.dtype, name=name)
+    if impl == 'xla':
+      return nn.ConvTranspose(features, kernel, **kwargs)(h)
+    return conv_ops.ConvTranspose(features, kernel, impl=impl, **kwargs)(h)
 
   def _norm(self, x, train: bool, name: str):
     if self.norm == 'batch':
@@ -177,21 +192,15 @@ class Generator(nn.Module):
     schedule = channel_schedule(self.resolution, self.width, self.max_mult)[::-1]
     s, ch = schedule[0]
     # 1x1 -> s x s: PyTorch ConvTranspose2d(k=s, stride=1, padding=0).
-    h = nn.ConvTranspose(ch, (s, s), strides=(1, 1), padding='VALID',
-                         use_bias=self.use_bias, kernel_init=conv_init,
-                         dtype=self.dtype, name='convT0')(h)
+    h = self._conv_t(h, ch, (s, s), (1, 1), 'VALID', 'convT0')
     h = nn.relu(self._norm(h, train, 'norm0'))
     # Doubling blocks: PyTorch ConvTranspose2d(k=4, stride=2, padding=1), which pads the
     # stride-dilated input by k - 1 - p = 2 on each side.
     pad = ((2, 2), (2, 2))
     for i, (_, ch) in enumerate(schedule[1:], start=1):
-      h = nn.ConvTranspose(ch, (4, 4), strides=(2, 2), padding=pad,
-                           use_bias=self.use_bias, kernel_init=conv_init,
-                           dtype=self.dtype, name=f'convT{i}')(h)
+      h = self._conv_t(h, ch, (4, 4), (2, 2), pad, f'convT{i}')
       h = nn.relu(self._norm(h, train, f'norm{i}'))
-    h = nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding=pad,
-                         use_bias=self.use_bias, kernel_init=conv_init,
-                         dtype=self.dtype, name=f'convT{len(schedule)}')(h)
+    h = self._conv_t(h, self.channels, (4, 4), (2, 2), pad, f'convT{len(schedule)}')
     return jnp.tanh(h)
 
 
@@ -217,8 +226,10 @@ class Discriminator(nn.Module):
     patch_kernel: 3 or 4.
     num_classes, embed_dim: conditioning (one-hot or learned label map concatenated
       to the input image as extra channels).
-    max_mult, use_bias, bn_momentum, epsilon, dtype: as ``Generator``. Logits are
-      returned in float32 whatever ``dtype``.
+    max_mult, use_bias, bn_momentum, epsilon, dtype, conv_impl: as ``Generator``
+      (``'xla'``: ``nn.Conv`` as is; otherwise ``nn.Conv`` with ``conv_ops``'
+      convolution, same parameters). Logits are returned in float32 whatever
+      ``dtype``.
   """
   resolution: int = 64
   channels: int = 3
@@ -237,10 +248,14 @@ class Discriminator(nn.Module):
   bn_momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   def _conv(self, h, features, kernel, strides, padding, train: bool, name: str):
+    impl = conv_ops.resolve_impl(self.conv_impl)
     conv = nn.Conv(features, kernel, strides=strides, padding=padding,
                    use_bias=self.use_bias, kernel_init=conv_init, dtype=self.dtype,
+                   conv_general_dilated=(None if impl == 'xla'
+                                         else conv_ops.conv_general_dilated(impl)),
                    name=name)
     if self.spectral_norm:
       return nn.SpectralNorm(conv, n_steps=self.sn_steps,

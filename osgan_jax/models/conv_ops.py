@@ -1,0 +1,394 @@
+"""Exact, CPU-fast reformulations of the DCGAN convolutions (issue 8).
+
+XLA:CPU runs a strided convolution's forward at matmul-like speed, but the
+derivatives of strided and transposed convolutions (weight gradients of a strided conv,
+anything with lhs dilation) several times slower; a DCGAN step spends most of its time
+there. The ``'matmul'`` implementation keeps the same function and parameters and
+changes only how XLA computes it:
+
+* strided conv (``k % s == 0``): space-to-depth by ``s`` turns it into a stride-1
+  conv with a ``k/s`` kernel on ``s*s*C`` channels;
+* transposed conv (``k % s == 0``): sub-pixel: ``s*s`` phase convolutions of stride 1
+  sharing one window set, interleaved by depth-to-space;
+* stride-1 conv: patches (im2col) and one matmul;
+* 1x1 input (the generator's first layer) or a kernel covering the whole input (the
+  discriminator's last layer): a single matmul.
+
+Convolutions are bilinear, so each op is a ``jax.custom_jvp`` whose primal is the
+fastest exact forward (often XLA's own conv) and whose tangent is the patch-matmul
+form; reverse mode transposes that tangent into matmuls and pad-adds (col2im). Forward
+mode (``samples_independent``'s probe) and higher derivatives work. Results equal
+``lax.conv_general_dilated`` / ``lax.conv_transpose`` up to float rounding
+(``tests/test_conv_ops.py``).
+
+Layout: NHWC inputs, HWIO kernels (Flax's). ``impl='auto'`` picks ``'matmul'`` on CPU
+and plain XLA (``'xla'``) on GPU/TPU, whose convolution kernels are already fast.
+Unsupported configurations (dilation, feature groups, other layouts) fall back to XLA.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = Any
+IMPLS = ('auto', 'xla', 'matmul')
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_impl(impl: str) -> str:
+  """``'auto'`` -> ``'matmul'`` on CPU, ``'xla'`` elsewhere; validates the name."""
+  if impl not in IMPLS:
+    raise ValueError(f'conv impl must be one of {IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def _pairs(padding, kernel_hw, strides, in_hw) -> tuple[tuple[int, int], ...]:
+  """Explicit (lo, hi) pads of a forward conv, as ``lax.conv_general_dilated``."""
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _bilinear(primal: Callable, tangent_x: Callable, tangent_w: Callable) -> Callable:
+  """``f(x, w)`` computed by ``primal``, differentiated through the tangent forms.
+
+  All three must be the same bilinear function of (x, w). The tangent is
+  ``tangent_x(dx, w) + tangent_w(x, dw)``; reverse mode transposes each part, so
+  ``tangent_x`` decides how the input cotangent is computed and ``tangent_w`` the
+  kernel cotangent.
+  """
+  f = jax.custom_jvp(primal)
+
+  @f.defjvp
+  def _jvp(primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    return primal(x, w), tangent_x(dx, w) + tangent_w(x, dw)
+
+  return f
+
+
+# Stride-1 VALID convs with at most this many output pixels use patches for everything;
+# larger ones XLA's conv for the forward and the input cotangent (a stride-1 conv,
+# which XLA:CPU runs at forward speed) and a matmul form for the kernel cotangent.
+_SMALL_OUTPUT = 100
+
+
+def _forms(x_shape, w_shape):
+  """``(primal, tangent_x, tangent_w)`` for a stride-1 VALID conv of these shapes.
+
+  Measured on the DCGAN layers (2-core CPU, ``experiments/cpu_throughput.py``):
+  patches win for small outputs; for large ones the kernel cotangent of XLA's conv is
+  3-5x slower than a matmul, and ``_shift_conv`` beats patches when the layer has
+  fewer output than input channels (its per-pixel intermediate is smaller).
+  """
+  kh, kw, c, o = w_shape
+  ho, wo = x_shape[1] - kh + 1, x_shape[2] - kw + 1
+  if ho * wo <= _SMALL_OUTPUT:
+    return _patch_conv, _patch_conv, _patch_conv
+  return _xla_valid, _xla_valid, (_shift_conv if o <= c else _patch_conv)
+
+
+# --------------------------------------------------------------------- building blocks
+
+def _patch_conv(x, w):
+  """Stride-1 VALID conv as im2col + one matmul."""
+  kh, kw, c, o = w.shape
+  b, h, wd, _ = x.shape
+  ho, wo = h - kh + 1, wd - kw + 1
+  if (kh, kw) == (1, 1):
+    p = x
+  else:
+    p = jnp.concatenate([x[:, u:u + ho, v:v + wo] for u in range(kh) for v in range(kw)],
+                        axis=-1)
+  y = jnp.dot(p.reshape(b * ho * wo, kh * kw * c), w.reshape(kh * kw * c, o))
+  return y.reshape(b, ho, wo, o)
+
+
+def _shift_conv(x, w):
+  """Stride-1 VALID conv as one matmul on every input pixel and a sum of shifted slices.
+
+  z = x @ [C, kh*kw*O] gives each pixel's contribution to every tap; output (i, j) sums
+  z[i+u, j+v, tap (u, v)]. No patches are materialised: reverse mode turns the shifted
+  sum into pads of the output cotangent (dz) and the matmul into dz @ w^T (the input
+  cotangent, directly) and x^T @ dz (the kernel cotangent). Costs (H W)/(Ho Wo) times
+  the conv's FLOPs, so it suits inputs larger than the kernel.
+  """
+  kh, kw, c, o = w.shape
+  b, h, wd, _ = x.shape
+  ho, wo = h - kh + 1, wd - kw + 1
+  z = jnp.dot(x.reshape(b * h * wd, c), w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
+  z = z.reshape(b, h, wd, kh * kw, o)
+  return sum(z[:, u:u + ho, v:v + wo, u * kw + v] for u in range(kh) for v in range(kw))
+
+
+def _xla_valid(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=_DN)
+
+
+def _full_window(x, w):
+  """VALID conv whose kernel covers the whole input: one matmul."""
+  b = x.shape[0]
+  return jnp.dot(x.reshape(b, -1), w.reshape(-1, w.shape[-1])).reshape(b, 1, 1, -1)
+
+
+def _space_to_depth(x, s: int):
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // s, w // s, s * s * c)
+
+
+def _kernel_to_depth(w, s: int):
+  """[k, k, C, O] -> [k/s, k/s, s*s*C, O] matching ``_space_to_depth``."""
+  kh, kw, c, o = w.shape
+  w = w.reshape(kh // s, s, kw // s, s, c, o).transpose(0, 2, 1, 3, 4, 5)
+  return w.reshape(kh // s, kw // s, s * s * c, o)
+
+
+def _conv_stride1(x, w, pads):
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  kh, kw = w.shape[:2]
+  if xp.shape[1:3] == (kh, kw):
+    return _full_window(xp, w)
+  return _bilinear(*_forms(xp.shape, w.shape))(xp, w)
+
+
+def _conv_strided(x, w, strides, pads):
+  """Strided conv: XLA's forward, space-to-depth patch-matmul derivatives."""
+  s = strides[0]
+  kh, kw = w.shape[:2]
+  b, h, wd, _ = x.shape
+  hp, wp = h + sum(pads[0]), wd + sum(pads[1])
+  ho, wo = (hp - kh) // s + 1, (wp - kw) // s + 1
+  # Extra zeros on the high side make the padded size a multiple of s; the outputs
+  # they add are cropped.
+  extra = ((-hp) % s, (-wp) % s)
+  full = ((pads[0][0], pads[0][1] + extra[0]), (pads[1][0], pads[1][1] + extra[1]))
+
+  s2d_shape = (b, (hp + extra[0]) // s, (wp + extra[1]) // s, s * s * x.shape[-1])
+  primal_s, tangent_x, tangent_w = _forms(s2d_shape, (kh // s, kw // s) + s2d_shape[-1:]
+                                          + w.shape[-1:])
+
+  def in_depth(form):
+    def f(x, w):
+      xs = _space_to_depth(jnp.pad(x, ((0, 0),) + full + ((0, 0),)), s)
+      return form(xs, _kernel_to_depth(w, s))[:, :ho, :wo]
+    return f
+
+  def strided(x, w):
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
+
+  # XLA's strided forward needs no space-to-depth copy; its derivatives are the slow
+  # part, so they always go through the stride-1 forms.
+  primal = strided if primal_s is _xla_valid else in_depth(primal_s)
+  return _bilinear(primal, in_depth(tangent_x), in_depth(tangent_w))(x, w)
+
+
+def _supported(x, w, strides) -> bool:
+  return (x.ndim == 4 and w.ndim == 4 and len(strides) == 2
+          and strides[0] == strides[1] and strides[0] >= 1
+          and w.shape[0] % strides[0] == 0 and w.shape[1] % strides[0] == 0)
+
+
+# --------------------------------------------------------------------------- public ops
+
+def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+           padding: str | Sequence[tuple[int, int]] = 'VALID',
+           impl: str = 'auto') -> Array:
+  """``lax.conv_general_dilated(x, kernel, strides, padding)`` in NHWC/HWIO."""
+  impl = resolve_impl(impl)
+  strides = tuple(int(s) for s in strides)
+  if impl == 'xla' or not _supported(x, kernel, strides):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  pads = _pairs(padding, kernel.shape[:2], strides, x.shape[1:3])
+  if any(lo < 0 or hi < 0 for lo, hi in pads):
+    return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN)
+  if strides == (1, 1):
+    return _conv_stride1(x, kernel, pads)
+  return _conv_strided(x, kernel, strides, pads)
+
+
+def conv_transpose2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                     padding: str | Sequence[tuple[int, int]] = 'VALID',
+                     impl: str = 'auto') -> Array:
+  """``lax.conv_transpose(x, kernel, strides, padding)`` (no kernel flip, as Flax's
+  ``nn.ConvTranspose``) in NHWC/HWIO."""
+  impl = resolve_impl(impl)
+  strides = tuple(int(s) for s in strides)
+
+  def reference(x, kernel):
+    return lax.conv_transpose(x, kernel, strides, padding, dimension_numbers=_DN)
+
+  if impl == 'xla' or not _supported(x, kernel, strides):
+    return reference(x, kernel)
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  s = strides[0]
+  k = kernel.shape[:2]
+  if isinstance(padding, str):
+    pads = tuple(lax_conv_transpose_padding(kk, s, padding) for kk in k)
+  else:
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if s == 1:
+    if x.shape[1:3] == (1, 1):
+      out = _one_pixel_transpose(x, kernel, pads)
+      if out is not None:
+        return out
+    # Stride 1: a plain conv on the (unflipped) kernel.
+    if all(lo >= 0 and hi >= 0 for lo, hi in pads):
+      return _conv_stride1(x, kernel, pads)
+    return reference(x, kernel)
+  return _subpixel(x, kernel, s, pads, reference)
+
+
+def lax_conv_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+  """The explicit pads ``lax.conv_transpose`` uses for 'SAME'/'VALID'."""
+  if padding == 'SAME':
+    pad_len = k + s - 2
+    pad_a = k - 1 if s > k - 1 else int(np.ceil(pad_len / 2))
+  elif padding == 'VALID':
+    pad_len = k + s - 2 + max(k - s, 0)
+    pad_a = k - 1
+  else:
+    raise ValueError(f'invalid padding {padding!r}')
+  return pad_a, pad_len - pad_a
+
+
+def _one_pixel_transpose(x, kernel, pads):
+  """1x1 input: out[i, j] = x @ kernel[lo_h - i, lo_w - j], one matmul (or None)."""
+  kh, kw, c, o = kernel.shape
+  (lh, hh), (lw, hw) = pads
+  ho, wo = lh + hh - kh + 2, lw + hw - kw + 2
+  if not (0 <= lh - (ho - 1) and lh < kh and 0 <= lw - (wo - 1) and lw < kw):
+    return None
+  # Rows lh, lh-1, ..., lh-ho+1 of the kernel, i.e. a flipped slice.
+  sub = kernel[lh - ho + 1:lh + 1, lw - wo + 1:lw + 1][::-1, ::-1]   # [ho, wo, C, O]
+  w = sub.transpose(2, 0, 1, 3).reshape(c, ho * wo * o)
+  b = x.shape[0]
+  return jnp.dot(x.reshape(b, c), w).reshape(b, ho, wo, o)
+
+
+def _subpixel(x, kernel, s, pads, reference):
+  """Stride-s transposed conv as s*s stride-1 phase convs and depth-to-space.
+
+  out[s*i + a] = sum_u x[i + off_a + u] kernel[k0_a + s*u] (per spatial axis), with
+  k0_a = (lo - a) mod s and off_a = (a + k0_a - lo) / s: every phase has k/s taps, so
+  one stride-1 conv over the windows of x (padded) computes all phases at once,
+  ``s*s*O`` output channels, and each phase is a shifted slice of it.
+  """
+  b, h, w, c = x.shape
+  kh, kw, _, o = kernel.shape
+  out_hw = [(n - 1) * s + 1 + lo + hi - kk + 1
+            for n, (lo, hi), kk in zip((h, w), pads, (kh, kw))]
+  if any(n != s * m for n, m in zip(out_hw, (h, w))) or any(lo < 0 or hi < 0
+                                                            for lo, hi in pads):
+    return reference(x, kernel)
+
+  def phases(lo, kk):
+    k0 = [(lo - a) % s for a in range(s)]
+    off = [(a + k0[a] - lo) // s for a in range(s)]
+    return k0, off
+
+  k0h, offh = phases(pads[0][0], kh)
+  k0w, offw = phases(pads[1][0], kw)
+  th, tw = kh // s, kw // s
+  # Windows start at i + off_a for i in [0, n): pad so that every start is >= 0 and
+  # every window ends inside.
+  plo_h, plo_w = max(0, -min(offh)), max(0, -min(offw))
+  nh = h + max(offh) - min(offh)   # window positions
+  nw = w + max(offw) - min(offw)
+  phi_h = max(0, min(offh) + plo_h + nh + th - 1 - (h + plo_h))
+  phi_w = max(0, min(offw) + plo_w + nw + tw - 1 - (w + plo_w))
+  base_h, base_w = min(offh) + plo_h, min(offw) + plo_w
+  # Phase kernels [th, tw, C, s, s, O]: kernel[k0_a + s*u, k0_b + s*v].
+  wp = jnp.stack([jnp.stack([kernel[k0h[a]::s, k0w[bb]::s][:th, :tw]
+                             for bb in range(s)], axis=3) for a in range(s)], axis=3)
+  wp = wp.reshape(th, tw, c, s * s * o)
+  xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
+  xp = xp[:, base_h:base_h + nh + th - 1, base_w:base_w + nw + tw - 1]
+  y = _bilinear(*_forms(xp.shape, wp.shape))(xp, wp).reshape(b, nh, nw, s, s, o)
+  rows = []
+  for a in range(s):
+    i0 = offh[a] - min(offh)
+    cols = [y[:, i0:i0 + h, offw[bb] - min(offw):offw[bb] - min(offw) + w, a, bb]
+            for bb in range(s)]
+    rows.append(jnp.stack(cols, axis=3))          # [B, H, W, s(b), O]
+  out = jnp.stack(rows, axis=2)                   # [B, H, s(a), W, s(b), O]
+  return out.reshape(b, s * h, s * w, o)
+
+
+def conv_general_dilated(impl: str = 'auto') -> Callable:
+  """A drop-in ``lax.conv_general_dilated`` for ``nn.Conv(conv_general_dilated=...)``.
+
+  Routes plain NHWC/HWIO convolutions through ``conv2d(impl=...)`` and anything else
+  (dilations, feature groups, other layouts) to XLA.
+  """
+  return functools.partial(_conv_general_dilated, impl=impl)
+
+
+def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                          rhs_dilation=None, dimension_numbers=None,
+                          feature_group_count=1, batch_group_count=1, precision=None,
+                          preferred_element_type=None, *, impl):
+  plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+           and all(d == 1 for d in (lhs_dilation or (1, 1)))
+           and all(d == 1 for d in (rhs_dilation or (1, 1)))
+           and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
+           and preferred_element_type is None)
+  if not plain or resolve_impl(impl) == 'xla':
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type)
+  return conv2d(lhs, rhs, window_strides, padding, impl=impl)
+
+
+def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
+  if dimension_numbers is None:
+    return False   # lax's default is NCHW / OIHW
+  dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  return dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _DN)
+
+
+# ------------------------------------------------------------------------ Flax layers
+
+class ConvTranspose(nn.Module):
+  """``nn.ConvTranspose`` (``transpose_kernel=False``, no dilation, no mask) with a
+  choice of implementation; its parameters (names, shapes, init, order) are those of
+  ``nn.ConvTranspose``, so checkpoints are interchangeable."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = 'SAME'
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = nn.linear.default_kernel_init
+  bias_init: Callable = nn.initializers.zeros_init()
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = tuple(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init,
+                        kernel_size + (inputs.shape[-1], self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    padding = self.padding
+    if not isinstance(padding, str):
+      padding = tuple(tuple(p) for p in padding)
+    y = conv_transpose2d(inputs, kernel, self.strides, padding, impl=self.impl)
+    if bias is not None:
+      y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+    return y
