@@ -33,8 +33,8 @@ deterministic whatever the number of threads or workers.
 Config keys (``data_config``, an ``ml_collections.ConfigDict``; missing keys
 take the default):
 
-- ``name``: ``fashion_mnist`` | ``mnist`` | ``celeb_a`` | ``lsun_church`` |
-  ``folder``. Required.
+- ``name``: ``fashion_mnist`` | ``mnist`` | ``cifar10`` | ``celeb_a`` |
+  ``lsun_church`` | ``folder``. Required.
 - ``path`` (``''``): IDX directory (``fashion_mnist``/``mnist``), tfds
   ``data_dir`` (tfds sets; ``''`` = tfds default), or image root (``folder``).
 - ``resolution`` (required): output height = width.
@@ -46,8 +46,9 @@ take the default):
 - ``source`` (``'auto'``): ``idx`` | ``tfds`` | ``auto``. For ``fashion_mnist``
   auto means ``idx`` (offline, no TensorFlow); for ``mnist`` auto means ``idx``
   if the IDX files exist in ``path`` (or ``/usr/share/datasets/mnist``), else
-  tfds. ``celeb_a`` and ``lsun_church`` (tfds ``lsun/church_outdoor``) are tfds
-  only.
+  tfds. ``cifar10`` (32x32 RGB, 10 labelled classes), ``celeb_a`` and
+  ``lsun_church`` (tfds ``lsun/church_outdoor``) are tfds only; images of any of
+  them exported to a directory also work as ``folder`` (without labels).
 - ``center_crop`` (``-1``): side of a centered square crop taken before
   resizing; 0 = none; -1 = per-dataset default: 108 for ``celeb_a`` (the
   DCGAN CelebA recipe: 108 center crop, then resize to 64), 0 otherwise. For
@@ -81,7 +82,7 @@ Sources:
   validated), resized once up front, held in memory; nothing cached on disk.
 - tfds: ``tfds.data_source`` (array_record random access, decoded with
   numpy/PIL, no TensorFlow needed at read time). Labels: the ``label`` feature
-  where there is one (mnist, fashion_mnist), else 0.
+  where there is one (mnist, fashion_mnist, cifar10), else 0.
 - ``folder``: every ``.png .jpg .jpeg .webp .bmp`` file (any letter case) below
   ``path``, recursively, in sorted relative-path order; label 0. Images are
   decoded lazily, per batch. An unreadable image is logged (once per path and
@@ -121,10 +122,11 @@ DEFAULT_IDX_DIRS = {
 TFDS_NAMES = {
     "mnist": "mnist",
     "fashion_mnist": "fashion_mnist",
+    "cifar10": "cifar10",
     "celeb_a": "celeb_a",
     "lsun_church": "lsun/church_outdoor",
 }
-_NAMES = ("fashion_mnist", "mnist", "celeb_a", "lsun_church", "folder")
+_NAMES = ("fashion_mnist", "mnist", "cifar10", "celeb_a", "lsun_church", "folder")
 _RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,

@@ -401,6 +401,26 @@ def test_tfds_celeb_a_mock_center_crop(tmp_path):
     np.testing.assert_array_equal(b["label"], 0)
 
 
+def test_tfds_cifar10_mock_rgb_with_labels(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    cfg = _cfg(name="cifar10", path=str(tmp_path), resolution=32, channels=3, split="test")
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        assert data.dataset_info(cfg) == {"num_examples": 12, "resolution": 32, "channels": 3,
+                                          "num_classes": 10, "source": "tfds"}
+        b = _take(data.make_iterator(cfg, 8, seed=0), 1)[0]
+        gray = _take(data.make_iterator(_cfg(**{**cfg.to_dict(), "channels": 1}), 8, seed=0), 1)[0]
+        src = tfds.data_source("cifar10", split="test")
+        idx = data.batch_indices(12, 0, 0, 8, 0, 8)
+        raw = np.stack([src[int(i)]["image"] for i in idx])
+        labels = np.asarray([src[int(i)]["label"] for i in idx])
+    # 32x32 RGB is read as is (no resampling), with its own labels
+    np.testing.assert_allclose(b["image"], raw.astype(np.float32) / 127.5 - 1, atol=1e-6)
+    np.testing.assert_array_equal(b["label"], labels)
+    luma = np.stack([np.asarray(Image.fromarray(r).convert("L")) for r in raw])[..., None]
+    np.testing.assert_allclose(gray["image"], luma.astype(np.float32) / 127.5 - 1, atol=1e-6)
+    assert "tensorflow" not in sys.modules
+
+
 def test_tfds_missing_data_is_a_data_error(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match="tfds build celeb_a --file_format=array_record") as e:
