@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from typing import Callable, Sequence
@@ -195,13 +194,14 @@ def _reset_peak_rss() -> bool:
 
 # ------------------------------------------------------------------ rows
 
-def build(name: str, spec: RowSpec, *, seed: int = 0, overrides: dict | None = None):
+def build(spec: RowSpec, *, seed: int = 0, overrides: dict | None = None):
   """``(config, gan, init_fn, batch)`` of a row, built as the training loop does."""
   config = config_base.load_config(os.path.join(REPO, spec.config),
                                    {**spec.overrides, **(overrides or {})})
   generator, discriminator = train.create_models(config)
   gan = train.make_gan(config, generator, discriminator)
-  init = jax.jit(train._make_init(config, gan, generator, discriminator))  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  init = jax.jit(train._make_init(config, gan, generator, discriminator))
   res, ch, bs = (int(config.data.resolution), int(config.data.channels),
                  int(config.batch_size))
   key = jax.random.PRNGKey(seed)
@@ -210,7 +210,6 @@ def build(name: str, spec: RowSpec, *, seed: int = 0, overrides: dict | None = N
   if int(config.num_classes) > 0:
     batch['label'] = jax.random.randint(jax.random.fold_in(key, 2), (bs,), 0,
                                         int(config.num_classes), jnp.int32)
-  del name
   return config, gan, init, batch
 
 
@@ -228,7 +227,7 @@ class CompiledRow:
 def compile_row(name: str, spec: RowSpec, *, overrides: dict | None = None,
                 log=print) -> CompiledRow:
   """Builds a row as training does and compiles every variant (FLOPs and memory)."""
-  config, gan, init, batch = build(name, spec, overrides=overrides)
+  config, gan, init, batch = build(spec, overrides=overrides)
   batch_size = int(config.batch_size)
   state = init(jax.random.PRNGKey(0))
   probe = {k: v[:max(2, min(4, v.shape[0]))] for k, v in batch.items()}
@@ -392,7 +391,8 @@ def _fmt(value, digits=3):
 
 def table(rows: Sequence[dict]) -> str:
   """A markdown table of the rows (what the script prints)."""
-  head = ('model', 'variant', 'GFLOP', 'FLOP ratio', 'ms/step (median)',
+  head = ('model', 'variant', 'GFLOP', 'FLOP ratio', 'executed FLOP ratio',
+          'ms/step (median)',
           'time ratio median [min, max]', 'img/s', 'XLA peak MiB', 'RSS peak MiB')
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for r in rows:
@@ -402,7 +402,8 @@ def table(rows: Sequence[dict]) -> str:
                f'[{r["ratio_to_one_stage_min"]:.2f}, {r["ratio_to_one_stage_max"]:.2f}]')
     flops = r.get('flops')
     cells = (r['model'], r['variant'], _fmt(None if flops is None else flops / 1e9, 4),
-             _fmt(r.get('flop_ratio'), 4), _fmt(r.get('step_ms_median'), 4), ratio,
+             _fmt(r.get('flop_ratio'), 4), _fmt(r.get('flop_ratio_executed'), 4),
+             _fmt(r.get('step_ms_median'), 4), ratio,
              _fmt(r.get('images_per_s'), 4),
              _fmt(None if r.get('peak_bytes') is None else r['peak_bytes'] / 2**20, 4),
              _fmt(None if r.get('rss_peak_bytes') is None
@@ -467,7 +468,13 @@ def main(argv=None) -> int:
                  help='skip the optional PyTorch reference rows')
   p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'speed',
                                                'results.json'))
+  p.add_argument('--render', default='',
+                 help='print the table of an existing results JSON and exit')
   args = p.parse_args(argv)
+  if args.render:
+    with open(args.render) as f:
+      print(table(json.load(f)))
+    return 0
   names = [n for n in args.models.split(',') if n]
   unknown = [n for n in names if n not in ROWS]
   if unknown:

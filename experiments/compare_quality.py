@@ -33,7 +33,6 @@ import argparse
 import csv
 import datetime
 import json
-import math
 import os
 import sys
 import tempfile
@@ -174,7 +173,7 @@ def summarize(points: list) -> list:
 
 def summary_markdown(rows: list) -> str:
   head = ('loss', 'stage', 'seeds', 'steps', 'train s (mean)', 'FID final',
-          'KID final', 'budget s', 'FID at budget')
+          'KID final', 'budget s', 'FID at budget (seeds there)')
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for r in rows:
     at = r['fid_at_budget_mean']
@@ -183,7 +182,9 @@ def summary_markdown(rows: list) -> str:
         str(r['steps']), f'{r["wall_s_mean"]:.0f}',
         f'{r["fid_final_mean"]:.1f} ± {r["fid_final_std"]:.1f}',
         f'{r["kid_final_mean"]:.3f} ± {r["kid_final_std"]:.3f}',
-        f'{r["budget_s"]:.0f}', '-' if at is None else f'{at:.1f}')) + ' |')
+        f'{r["budget_s"]:.0f}',
+        '-' if at is None else f'{at:.1f} ({r["fid_at_budget_seeds"]}/{r["seeds"]} seeds)'
+    )) + ' |')
   return '\n'.join(lines)
 
 
@@ -337,7 +338,15 @@ def main(argv=None) -> int:
   p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'quality'))
   p.add_argument('--workdir', default='',
                  help='root of the training workdirs (default: a new temporary dir)')
+  p.add_argument('--render', action='store_true',
+                 help='rewrite the tables and plots from OUT/quality.json and exit')
   args = p.parse_args(argv)
+  if args.render:
+    with open(os.path.join(args.out, 'quality.json')) as f:
+      saved = json.load(f)
+    write_outputs(saved['points'], args.out, saved['meta'])
+    print(summary_markdown(summarize(saved['points'])))
+    return 0
   if args.quick:
     args.seeds, args.steps, args.eval_every = '0', 40, 20
     args.fid_samples, args.fid_real = 16, 32

@@ -85,7 +85,7 @@ def summarize_trace(events, num_steps: int) -> dict:
 
 def profile_row(name: str, num_steps: int, workdir: str) -> dict:
   """variant -> ``summarize_trace`` of ``num_steps`` profiled steps (after 2 warm-up)."""
-  config, gan, init, batch = bench.build(name, bench.ROWS[name])
+  config, gan, init, batch = bench.build(bench.ROWS[name])
   del config
   state = init(jax.random.PRNGKey(0))
   gan = steps.probe_per_sample(gan, state, {k: v[:4] for k, v in batch.items()})

@@ -185,3 +185,6 @@ def test_quality_outputs_tables_and_plots(tmp_path):
   assert len(json.load(open(os.path.join(out, 'quality.json')))['points']) == len(points)
   with open(os.path.join(out, 'quality.csv')) as f:
     assert len(list(csv.DictReader(f))) == len(points)
+  os.remove(os.path.join(out, 'fid_minimax.png'))
+  assert quality.main(['--render', '--out', out]) == 0  # tables and plots again
+  assert os.path.exists(os.path.join(out, 'fid_minimax.png'))
