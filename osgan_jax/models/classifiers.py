@@ -84,11 +84,14 @@ class Classifier(_Layers):
   """LeNet-5 or a CIFAR-style ResNet; ``[B, R, R, C]`` -> logits ``[B, num_outputs]``.
 
   ``resolution`` and ``channels`` are checked against the input; ``width`` 0 means the
-  architecture's standard width (6 for LeNet-5, 64 for the ResNets).
+  architecture's standard width (6 for LeNet-5, 64 for the ResNets). ``blocks``
+  (ResNets only) overrides the BasicBlocks per stage, e.g. ``(1, 1)``: the same
+  network, shallower, for tests and CPU runs; ``()`` is the architecture's.
   """
 
   arch: str = 'lenet5'
   width: int = 0
+  blocks: tuple = ()
   num_outputs: int = 10
   resolution: int = 32
   channels: int = 1
@@ -105,8 +108,13 @@ class Classifier(_Layers):
                        f'got {tuple(x.shape)}')
     width = self.width or _DEFAULT_WIDTH[self.arch]
     if self.arch == 'lenet5':
+      if self.blocks:
+        raise ValueError('blocks applies to the ResNets, not lenet5')
       return self._lenet(x, width, train)
-    return self._resnet(x, width, _RESNET_BLOCKS[self.arch], train)
+    blocks = tuple(int(n) for n in self.blocks) or _RESNET_BLOCKS[self.arch]
+    if min(blocks) < 1:
+      raise ValueError(f'blocks must be positive, got {self.blocks}')
+    return self._resnet(x, width, blocks, train)
 
   def _lenet(self, x, w: int, train: bool):
     def scaled(n):
