@@ -14,9 +14,11 @@ least-squares projection of g_i on c_i, so patch logits ``[B, H, W]`` are handle
 The decomposition is only used where it is exact. A sample takes the *exact path* when
 c_i is zero or too small to carry its gradient (hinge with f < -1, LSGAN at D = 0,
 non-saturating logits far below 0), or when g_i is not parallel to c_i (patch logits of
-an asymmetric loss). The exact path is an input-only backward of D with cotangent g over
-the same vjp (no second forward), run under ``lax.cond`` only when some sample needs
-it. A discriminator that couples samples (BatchNorm in training mode, minibatch
+an asymmetric loss). The exact path is an input-only backward of D with cotangent g,
+run under ``lax.cond`` only when some sample needs it; with a per-sample D it re-runs
+D's forward on the fakes inside the branch, so that steps which do not need it pay
+nothing (reusing the main vjp's intermediates made XLA pass them all into the branch,
+10-12% of a DCGAN step on CPU, taken or not). A discriminator that couples samples (BatchNorm in training mode, minibatch
 standard deviation) makes J_fake^T non-diagonal over samples: then only a single global
 gamma can be exact (symmetric losses); otherwise the step runs D's parameter backward
 with c and an input-only backward with g.
@@ -24,9 +26,9 @@ with c and an input-only backward with g.
 Cost, counting forward, input-gradient and parameter-gradient passes as one unit each:
 
   * decomposable (the paper's case): 3 T_G + 6 T_D, against 4 T_G + 8 T_D two-stage.
-  * exact path for k of B samples: + k/B of an input-only backward of D on the fake half
-    (up to + 1 T_D; with per-sample D the masked samples cost as much as the whole batch
-    on dense hardware, the cond only skips it when no sample needs it).
+  * exact path, on a step where some sample needs it: + 2 T_D (a forward and an
+    input-only backward of D on the fake half; the masked samples cost as much as the
+    whole batch on dense hardware); + 0 on the other steps.
   * coupled D, asymmetric loss: 3 T_G + 7 T_D (param backward with c, input backward
     with g). Still cheaper than two-stage.
 
@@ -258,6 +260,16 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
     """Input-only backward of D with G's cotangent (D's parameter grads unused)."""
     return backward(jnp.zeros_like(c_real), g_cot_fake)[1]
 
+  def fake_image_cotangent(g_cot_fake):
+    """The same from a fresh forward of D on the fakes alone (valid since D's fake call
+    never sees the reals: per-sample D, or separate calls when D couples samples).
+    For use under ``lax.cond``: it keeps the main backward's intermediates out of the
+    branch, which XLA would otherwise materialise as branch operands on every step,
+    taken or not."""
+    _, vjp_x = jax.vjp(
+        lambda xf: call_with_aux(discriminate, d_has_aux, params_d, xf)[0], x_fake)
+    return vjp_x(g_cot_fake.astype(fake_logits.dtype))[0]
+
   aux = {}
   if per_sample or mode == 'approx':
     grads_d, x_bar = backward(c_real, c_fake)
@@ -267,7 +279,7 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
 
       def fix(g_cot):
         only_needed = jnp.where(_per_sample(decomposable, g_fake), 0.0, g_fake)
-        return _select(decomposable, g_cot, exact_image_cotangent(only_needed))
+        return _select(decomposable, g_cot, fake_image_cotangent(only_needed))
 
       g_cot = jax.lax.cond(n_exact > 0, fix, lambda c: c, g_cot)
     else:
@@ -287,17 +299,23 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
             _sq_norm(exact), np.finfo(np.float32).tiny))
   else:
     # Coupled D, exact: one global gamma is exact (symmetric losses) or nothing is.
+    # The loss decides the path statically, so D's backward never sits inside a
+    # lax.cond (XLA:CPU compiles convolutions in a conditional without its fast
+    # paths: a tiny StyleGAN2 step was 10x slower that way).
     global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
-
-    def shared(_):
+    with jax.ensure_compile_time_eval():
+      symmetric = losses_lib.is_symmetric(loss)
+    if symmetric:
       grads_d, x_bar = backward(c_real, c_fake)
-      return grads_d, _scale(jnp.full((batch,), global_gamma), x_bar)
-
-    def split(_):
-      return backward(c_real, c_fake)[0], exact_image_cotangent(g_fake)
-
-    grads_d, g_cot = jax.lax.cond(global_ok, shared, split, None)
-    n_exact = jnp.where(global_ok, 0, batch)
+      g_cot = _scale(jnp.full((batch,), global_gamma), x_bar)
+      # Where the logits leave no global gamma (e.g. every coefficient zero).
+      g_cot = jax.lax.cond(global_ok, lambda c: c,
+                           lambda c: fake_image_cotangent(g_fake), g_cot)
+      n_exact = jnp.where(global_ok, 0, batch)
+    else:
+      grads_d = backward(c_real, c_fake)[0]
+      g_cot = exact_image_cotangent(g_fake)
+      n_exact = jnp.asarray(batch)
 
   (grads_g,) = vjp_g(g_cot)
 
