@@ -69,6 +69,7 @@ import optax
 
 from osgan_jax.one_stage import call_with_aux
 from osgan_jax.steps import apply_optimizer
+from osgan_jax.steps import jit_state_step
 
 PyTree = Any
 
@@ -396,11 +397,8 @@ def jit_r1_step(gan, *, r1_gamma: float = R1_GAMMA, interval: int = R1_INTERVAL,
   ``(state, batch, rng) -> (state, metrics)``; shardings as ``steps.jit_step``."""
   fn = functools.partial(r1_step, gan, r1_gamma=r1_gamma, interval=interval,
                          image_key=image_key)
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, donate_argnums=0,
-                 in_shardings=(state_sharding, batch_sharding, None),
-                 out_shardings=(state_sharding, None))
+  return jit_state_step(fn, state_sharding=state_sharding,
+                        arg_shardings=(batch_sharding, None))
 
 
 def jit_path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, *,
@@ -415,10 +413,7 @@ def jit_path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, *,
                          batch_size=batch_size, pl_weight=pl_weight, interval=interval,
                          pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay,
                          map_has_aux=map_has_aux)
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None),
-                 out_shardings=(state_sharding, None))
+  return jit_state_step(fn, state_sharding=state_sharding)
 
 
 def jit_ema_step(*, batch_size: int, half_life_kimg: float = EMA_KIMG,
@@ -427,7 +422,4 @@ def jit_ema_step(*, batch_size: int, half_life_kimg: float = EMA_KIMG,
   donated."""
   fn = functools.partial(ema_step, batch_size=batch_size,
                          half_life_kimg=half_life_kimg, rampup=rampup)
-  if state_sharding is None:
-    return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, None),
-                 out_shardings=(state_sharding, None))
+  return jit_state_step(fn, state_sharding=state_sharding)

@@ -246,6 +246,19 @@ STEPS = {'one': one_stage_step, 'two': two_stage_step,
          'official_two': official_two_stage_step}
 
 
+def jit_state_step(fn, *, state_sharding=None, arg_shardings=(None,)):
+  """``jax.jit`` of ``fn(state, *args) -> (state, metrics)`` with the state donated.
+
+  With ``state_sharding`` the state keeps it in and out, ``args`` take
+  ``arg_shardings`` and the metrics are left to XLA; without, nothing is pinned.
+  Every train-state step (main, regularisation, EMA) is jitted through here.
+  """
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=0)
+  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, *arg_shardings),
+                 out_shardings=(state_sharding, None))
+
+
 def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_sharding=None):
   """``jax.jit`` of a step with ``gan`` bound and the state donated.
 
@@ -254,9 +267,6 @@ def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_shardin
   """
   if stage not in STEPS:
     raise ValueError(f'unknown stage {stage!r}; valid: {", ".join(STEPS)}')
-  step = functools.partial(STEPS[stage], gan)
-  if state_sharding is None:
-    return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(state_sharding, batch_sharding, None),
-                 out_shardings=(state_sharding, None))
+  return jit_state_step(functools.partial(STEPS[stage], gan),
+                        state_sharding=state_sharding,
+                        arg_shardings=(batch_sharding, None))
