@@ -77,41 +77,69 @@ def _bilinear(primal: Callable, tangent_x: Callable, tangent_w: Callable) -> Cal
   return f
 
 
-# Stride-1 VALID convs with at most this many output pixels use patches for everything;
-# larger ones XLA's conv for the forward and the input cotangent (a stride-1 conv,
-# which XLA:CPU runs at forward speed) and a matmul form for the kernel cotangent.
+# Stride-1 VALID convs with at most this many output pixels, or with at most this many
+# inputs per output (kh * kw * C), use patches for everything: their patch matrices are
+# small next to the matmul. Larger ones use XLA's conv for the forward and the input
+# cotangent (a stride-1 conv, which XLA:CPU runs at forward speed) and a matmul form for
+# the kernel cotangent.
 _SMALL_OUTPUT = 100
+_SMALL_WINDOW = 64
+# XLA:CPU's conv is slow with few output channels (DCGAN's RGB layer: 20 ms where the
+# shifted matmul takes 4 ms); such forwards use ``_shift_conv``.
+_FEW_OUTPUTS = 16
 
 
 def _forms(x_shape, w_shape):
   """``(primal, tangent_x, tangent_w)`` for a stride-1 VALID conv of these shapes.
 
-  Measured on the DCGAN layers (2-core CPU, ``experiments/cpu_throughput.py``):
-  patches win for small outputs; for large ones the kernel cotangent of XLA's conv is
-  3-5x slower than a matmul, and ``_shift_conv`` beats patches when the layer has
-  fewer output than input channels (its per-pixel intermediate is smaller).
+  Measured on the DCGAN layers (2-core CPU, no page faults, each form and role timed
+  alone by ``experiments/cpu_throughput.py``'s method): patches win for small outputs
+  and small windows; for large ones the kernel cotangent of XLA's conv is 2-6x slower
+  than a matmul, and ``_shift_conv`` beats patches when the layer has fewer output than
+  input channels (its per-pixel intermediate is smaller).
   """
   kh, kw, c, o = w_shape
   ho, wo = x_shape[1] - kh + 1, x_shape[2] - kw + 1
-  if ho * wo <= _SMALL_OUTPUT:
+  if kh * kw * c <= _SMALL_WINDOW:
     return _patch_conv, _patch_conv, _patch_conv
-  return _xla_valid, _xla_valid, (_shift_conv if o <= c else _patch_conv)
+  if ho * wo <= _SMALL_OUTPUT:
+    return _patch_conv, _patch_conv, _patch_conv_kernel_tangent
+  return (_shift_conv if o <= _FEW_OUTPUTS else _xla_valid, _xla_valid,
+          _shift_conv if o <= c else _patch_conv_kernel_tangent)
 
 
 # --------------------------------------------------------------------- building blocks
 
-def _patch_conv(x, w):
-  """Stride-1 VALID conv as im2col + one matmul."""
-  kh, kw, c, o = w.shape
-  b, h, wd, _ = x.shape
+def _patches(x, kh, kw):
+  """im2col: [B*Ho*Wo, kh*kw*C], taps major, channels minor (a reshaped HWIO kernel)."""
+  b, h, wd, c = x.shape
   ho, wo = h - kh + 1, wd - kw + 1
   if (kh, kw) == (1, 1):
     p = x
   else:
     p = jnp.concatenate([x[:, u:u + ho, v:v + wo] for u in range(kh) for v in range(kw)],
                         axis=-1)
-  y = jnp.dot(p.reshape(b * ho * wo, kh * kw * c), w.reshape(kh * kw * c, o))
-  return y.reshape(b, ho, wo, o)
+  return p.reshape(b * ho * wo, kh * kw * c)
+
+
+def _patch_conv(x, w):
+  """Stride-1 VALID conv as im2col + one matmul."""
+  kh, kw, c, o = w.shape
+  b, h, wd, _ = x.shape
+  y = jnp.dot(_patches(x, kh, kw), w.reshape(kh * kw * c, o))
+  return y.reshape(b, h - kh + 1, wd - kw + 1, o)
+
+
+def _patch_conv_kernel_tangent(x, w):
+  """``_patch_conv`` for the kernel tangent: its transpose, the kernel cotangent
+  ``P^T @ dy``, runs as ``(P^T) @ dy`` on an explicitly transposed patch matrix, a plain
+  matmul that XLA:CPU runs 5-25% faster than the transposed-operand dot it would
+  otherwise fold the transpose into (the barrier keeps it from folding)."""
+  kh, kw, c, o = w.shape
+  b, h, wd, _ = x.shape
+  p_t = lax.optimization_barrier(_patches(x, kh, kw).T)      # [kh*kw*C, B*Ho*Wo]
+  y = jnp.dot(p_t.T, w.reshape(kh * kw * c, o))
+  return y.reshape(b, h - kh + 1, wd - kw + 1, o)
 
 
 def _shift_conv(x, w):
@@ -277,13 +305,24 @@ def _one_pixel_transpose(x, kernel, pads):
   return jnp.dot(x.reshape(b, c), w).reshape(b, ho, wo, o)
 
 
+# A transposed conv whose phases' shared window set is at least this many times each
+# phase's own (DCGAN: 1.56 at a 4x4 input, 1.27 at 8x8) runs one conv per phase.
+# Measured on the DCGAN layers (2-core CPU, zero page faults): per phase 36 + 70 ms vs
+# shared 45 + 91 ms (forward + backward) at 4x4 -> 8x8, but 40 + 96 vs 46 + 81 at
+# 8x8 -> 16x16 and slower still at larger inputs, where the four smaller convs and
+# their col2im additions cost more than the extra windows.
+_PER_PHASE_WASTE = 1.4
+
+
 def _subpixel(x, kernel, s, pads, reference):
   """Stride-s transposed conv as s*s stride-1 phase convs and depth-to-space.
 
   out[s*i + a] = sum_u x[i + off_a + u] kernel[k0_a + s*u] (per spatial axis), with
-  k0_a = (lo - a) mod s and off_a = (a + k0_a - lo) / s: every phase has k/s taps, so
-  one stride-1 conv over the windows of x (padded) computes all phases at once,
-  ``s*s*O`` output channels, and each phase is a shifted slice of it.
+  k0_a = (lo - a) mod s and off_a = (a + k0_a - lo) / s: every phase is a stride-1 conv
+  with k/s taps. Either one conv over the union of the phases' windows computes all
+  phases at once (``s*s*O`` output channels; each phase is a shifted slice of it), or,
+  when that union is much larger than H x W (small inputs), each phase multiplies
+  exactly its own H x W patches, all phases in one batched matmul.
   """
   b, h, w, c = x.shape
   kh, kw, _, o = kernel.shape
@@ -293,36 +332,54 @@ def _subpixel(x, kernel, s, pads, reference):
                                                             for lo, hi in pads):
     return reference(x, kernel)
 
-  def phases(lo, kk):
+  def phases(lo):
     k0 = [(lo - a) % s for a in range(s)]
     off = [(a + k0[a] - lo) // s for a in range(s)]
     return k0, off
 
-  k0h, offh = phases(pads[0][0], kh)
-  k0w, offw = phases(pads[1][0], kw)
+  k0h, offh = phases(pads[0][0])
+  k0w, offw = phases(pads[1][0])
   th, tw = kh // s, kw // s
-  # Windows start at i + off_a for i in [0, n): pad so that every start is >= 0 and
-  # every window ends inside.
+  # Window positions of the union: i + off_a for i in [0, H) and every phase a.
+  nh, nw = h + max(offh) - min(offh), w + max(offw) - min(offw)
+  # Pad so that every window (rows i + off_a .. i + off_a + th - 1) lies inside.
   plo_h, plo_w = max(0, -min(offh)), max(0, -min(offw))
-  nh = h + max(offh) - min(offh)   # window positions
-  nw = w + max(offw) - min(offw)
-  phi_h = max(0, min(offh) + plo_h + nh + th - 1 - (h + plo_h))
-  phi_w = max(0, min(offw) + plo_w + nw + tw - 1 - (w + plo_w))
-  base_h, base_w = min(offh) + plo_h, min(offw) + plo_w
-  # Phase kernels [th, tw, C, s, s, O]: kernel[k0_a + s*u, k0_b + s*v].
-  wp = jnp.stack([jnp.stack([kernel[k0h[a]::s, k0w[bb]::s][:th, :tw]
-                             for bb in range(s)], axis=3) for a in range(s)], axis=3)
-  wp = wp.reshape(th, tw, c, s * s * o)
-  xp = jnp.pad(x, ((0, 0), (plo_h, phi_h), (plo_w, phi_w), (0, 0)))
-  xp = xp[:, base_h:base_h + nh + th - 1, base_w:base_w + nw + tw - 1]
-  y = _bilinear(*_forms(xp.shape, wp.shape))(xp, wp).reshape(b, nh, nw, s, s, o)
-  rows = []
-  for a in range(s):
-    i0 = offh[a] - min(offh)
-    cols = [y[:, i0:i0 + h, offw[bb] - min(offw):offw[bb] - min(offw) + w, a, bb]
-            for bb in range(s)]
-    rows.append(jnp.stack(cols, axis=3))          # [B, H, W, s(b), O]
-  out = jnp.stack(rows, axis=2)                   # [B, H, s(a), W, s(b), O]
+  xp = jnp.pad(x, ((0, 0), (plo_h, max(0, max(offh) + th - 1)),
+                   (plo_w, max(0, max(offw) + tw - 1)), (0, 0)))
+
+  def conv(x, w):
+    return _bilinear(*_forms(x.shape, w.shape))(x, w)
+
+  def phase_kernel(a, bb):
+    return kernel[k0h[a]::s, k0w[bb]::s][:th, :tw]   # [th, tw, C, O]
+
+  if nh * nw >= _PER_PHASE_WASTE * h * w:
+    # Small inputs: every phase's patches, one batched matmul over the phases (faster
+    # than s*s small matmuls: GT1's forward 25 vs 42 ms).
+    keys = [(a, bb) for a in range(s) for bb in range(s)]
+    patches = jnp.stack([
+        _patches(xp[:, offh[a] + plo_h:offh[a] + plo_h + h + th - 1,
+                    offw[bb] + plo_w:offw[bb] + plo_w + w + tw - 1], th, tw)
+        for a, bb in keys])                                    # [s*s, B*H*W, th*tw*C]
+    kernels = jnp.stack([phase_kernel(a, bb).reshape(th * tw * c, o) for a, bb in keys])
+    y = jnp.einsum('pmk,pko->pmo', patches, kernels).reshape(s, s, b, h, w, o)
+
+    def phase(a, bb):
+      return y[a, bb]
+  else:
+    base_h, base_w = min(offh) + plo_h, min(offw) + plo_w
+    wp = jnp.stack([jnp.stack([phase_kernel(a, bb) for bb in range(s)], axis=3)
+                    for a in range(s)], axis=3).reshape(th, tw, c, s * s * o)
+    y = conv(xp[:, base_h:base_h + nh + th - 1, base_w:base_w + nw + tw - 1], wp)
+    y = y.reshape(b, nh, nw, s, s, o)
+
+    def phase(a, bb):
+      i0, j0 = offh[a] - min(offh), offw[bb] - min(offw)
+      return y[:, i0:i0 + h, j0:j0 + w, a, bb]
+
+  rows = [jnp.stack([phase(a, bb) for bb in range(s)], axis=3)   # [B, H, W, s(b), O]
+          for a in range(s)]
+  out = jnp.stack(rows, axis=2)                                  # [B, H, s(a), W, s(b), O]
   return out.reshape(b, s * h, s * w, o)
 
 
