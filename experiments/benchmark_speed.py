@@ -46,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osgan_jax import config_base  # noqa: E402
+from osgan_jax import host_memory  # noqa: E402
 from osgan_jax import steps  # noqa: E402
 from osgan_jax import train  # noqa: E402
 
@@ -464,6 +465,9 @@ def main(argv=None) -> int:
   p.add_argument('--max-row-seconds', type=float, default=200.0,
                  help='rows whose timed rounds would take longer (estimated from the '
                       'first step of each variant) report FLOPs and memory only')
+  p.add_argument('--malloc', choices=('keep', 'default'), default='keep',
+                 help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
+                 "python -m osgan_jax.main does; 'default': glibc's defaults")
   p.add_argument('--no-torch', action='store_true',
                  help='skip the optional PyTorch reference rows')
   p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'speed',
@@ -482,7 +486,8 @@ def main(argv=None) -> int:
   compile_only = set(n for n in args.compile_only.split(',') if n)
 
   t0 = time.perf_counter()
-  info = machine()
+  malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
+  info = dict(machine(), malloc_kept=malloc_kept)
   print(f'# {info["date"]}  jax {info["jax"]} on {info["backend"]}, '
         f'{info["cpu_count"]} CPUs; {args.rounds} interleaved rounds', flush=True)
   rows = []

@@ -11,6 +11,11 @@ Adam(2e-4, 0.5, 0.999)):
 * ``torch`` (when importable): the official code's steps, written here in PyTorch
   (``torch_dcgan_steps``), ``torch.set_num_threads(2)``.
 
+By default the process first calls ``osgan_jax.host_memory.keep_freed_memory()`` (as
+``python -m osgan_jax.main`` does), which stops XLA:CPU's buffers from being
+page-faulted afresh every step; it is process-wide, so the PyTorch row runs with it
+too (``--malloc default`` measures glibc's defaults).
+
 Every round runs one step of every variant, interleaved (A B C ... A B C ...), so a
 shared, noisy CPU slows all variants alike; the table gives medians over rounds and
 the two/one ratio as the median (min-max) of per-round ratios.
@@ -400,6 +405,10 @@ def main(argv=None):
   p.add_argument('--hugetlb', action='store_true',
                  help='re-run this command with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
                  '(transparent huge pages for large allocations, for torch and JAX alike)')
+  p.add_argument('--malloc', choices=('keep', 'default'), default='keep',
+                 help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
+                 "python -m osgan_jax.main does (process-wide: torch runs with it too); "
+                 "'default': glibc's defaults")
   p.add_argument('--out', default='')
   args = p.parse_args(argv)
   tunable = 'glibc.malloc.hugetlb=1'
@@ -408,6 +417,8 @@ def main(argv=None):
         t for t in (os.environ.get('GLIBC_TUNABLES', ''), tunable) if t))
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
+  from osgan_jax import host_memory
+  malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
   import jax
   wanted = [v.strip() for v in args.variants.split(',') if v.strip()]
   variants, flops, compile_s, matmul_flops = {}, {}, {}, {}
@@ -445,7 +456,8 @@ def main(argv=None):
       'platform': dict(machine=platform.machine(), cpus=os.cpu_count(),
                        jax=jax.__version__, backend=jax.default_backend(),
                        xla_flags=os.environ.get('XLA_FLAGS', ''),
-                       glibc_tunables=os.environ.get('GLIBC_TUNABLES', '')),
+                       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+                       malloc_kept=malloc_kept),
       'compile_s': compile_s,
       'rows': rows,
   }

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 
 import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
 import compare_quality as quality  # noqa: E402  pylint: disable=import-error
+import cpu_throughput as throughput  # noqa: E402  pylint: disable=import-error
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
 TINY = bench.RowSpec('configs/dcgan_fashion_mnist.py', {
@@ -120,6 +121,29 @@ def _write_metrics(path, records):
     for r in records:
       f.write(json.dumps(r) + '\n')
     f.write('{"step": 9')  # a partly written last line is ignored
+
+
+def test_cpu_throughput_rows_side_by_side(tmp_path):
+  """Issue 8's script at a tiny size: both conv implementations, both stages,
+  interleaved, with XLA's FLOPs; one-stage does less matmul work than two-stage."""
+  out = tmp_path / 'throughput.json'
+  result = throughput.main(['--width', '8', '--resolution', '16', '--batch', '4',
+                            '--rounds', '2', '--variants', 'jax-matmul,jax-xla',
+                            '--malloc', 'default', '--out', str(out)])
+  saved = json.loads(out.read_text())['rows']
+  assert saved.keys() == result['rows'].keys() == {'jax-matmul', 'jax-xla'}
+  assert result['platform']['malloc_kept'] is False   # --malloc default
+  for name in ('jax-matmul', 'jax-xla'):
+    row = result['rows'][name]
+    for stage in ('one', 'two'):
+      assert len(row[stage]['seconds']) == 2
+      assert saved[name][stage]['seconds'] == row[stage]['seconds']
+      assert row[stage]['ms_per_step'] > 0
+      assert row[stage]['images_per_s'] == pytest.approx(
+          4 / np.median(row[stage]['seconds']))
+    assert row['one']['hlo_gflop'] < row['two']['hlo_gflop']
+    ratios = np.asarray(row['two']['seconds']) / np.asarray(row['one']['seconds'])
+    assert row['two_over_one']['median'] == pytest.approx(np.median(ratios))
 
 
 def test_train_seconds_from_metrics_jsonl(tmp_path):
