@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from osgan_jax.models import conv_ops
+from osgan_jax.models import norms
 
 Dtype = Any
 
@@ -270,8 +271,8 @@ class Discriminator(nn.Module):
                           dtype=self.dtype, name=name)(h)
     if self.norm == 'group':
       groups = math.gcd(self.num_groups, h.shape[-1])
-      return nn.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
-                          name=name)(h)
+      return norms.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
+                             name=name)(h)
     if self.norm == 'layer':
       return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=(-3, -2, -1),
                           feature_axes=-1, dtype=self.dtype, name=name)(h)
