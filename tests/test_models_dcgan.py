@@ -12,6 +12,7 @@ import pytest
 
 from osgan_jax import models
 from osgan_jax.models import dcgan
+from osgan_jax.models import norms
 from osgan_jax.models.dcgan import Discriminator, Generator
 
 KEY = jax.random.PRNGKey(0)
@@ -305,7 +306,7 @@ def test_group_norm_groups():
     out = {}
 
     def interceptor(next_fun, args, kwargs, context):
-      if isinstance(context.module, nn.GroupNorm):
+      if isinstance(context.module, norms.GroupNorm):
         out[context.module.name] = context.module.num_groups
       return next_fun(*args, **kwargs)
 
