@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 
 import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
 import compare_quality as quality  # noqa: E402  pylint: disable=import-error
+import ablate_cpu_step as ablate  # noqa: E402  pylint: disable=import-error
 import cpu_throughput as throughput  # noqa: E402  pylint: disable=import-error
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
@@ -144,6 +145,27 @@ def test_cpu_throughput_rows_side_by_side(tmp_path):
     assert row['one']['hlo_gflop'] < row['two']['hlo_gflop']
     ratios = np.asarray(row['two']['seconds']) / np.asarray(row['one']['seconds'])
     assert row['two_over_one']['median'] == pytest.approx(np.median(ratios))
+
+
+def test_ablations_undo_their_change(tmp_path):
+  """Each ablation builds a different step: undoing the exact transposed-conv phases
+  adds FLOPs (a 4x4 input's shared windows are 1.56x), the others keep them; the
+  patched module attributes are restored afterwards."""
+  from osgan_jax.models import conv_ops, norms
+  before = (conv_ops._PER_PHASE_WASTE, conv_ops._patch_conv_kernel_tangent,
+            norms.GroupNorm)
+  result = ablate.main(['--width', '8', '--resolution', '16', '--batch', '4',
+                        '--rounds', '1', '--malloc', 'default',
+                        '--out', str(tmp_path / 'ablate.json')])
+  rows = result['rows']
+  assert set(rows) == set(ablate.ABLATIONS)
+  assert rows['shared_phases']['gflop_undone'] > rows['shared_phases']['gflop_current']
+  for name in ('kernel_tangent', 'flax_group_norm'):
+    assert rows[name]['gflop_undone'] == pytest.approx(rows[name]['gflop_current'])
+  assert before == (conv_ops._PER_PHASE_WASTE, conv_ops._patch_conv_kernel_tangent,
+                    norms.GroupNorm)
+  with pytest.raises(ValueError, match='unknown ablation'):
+    ablate.main(['--ablations', 'nope'])
 
 
 def test_train_seconds_from_metrics_jsonl(tmp_path):

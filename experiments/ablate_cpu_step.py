@@ -1,0 +1,120 @@
+"""What each CPU-speed change of issue 8 is worth: the one-stage DCGAN step with one
+change undone, side by side with the current step in one process.
+
+Each ablation rebuilds ``cpu_throughput.jax_dcgan_steps`` (``conv_impl='matmul'``)
+with one knob turned back while it traces, then every round runs the current step (A)
+and the ablated one (B), interleaved; the table gives the median B/A of per-round
+ratios (above 1: the change helps) and both steps' dot/conv GFLOPs.
+
+* ``shared_phases``: every stride-2 transposed conv runs one conv over the union of
+  its phases' windows (``conv_ops._PER_PHASE_WASTE = inf``), as before the change;
+* ``kernel_tangent``: kernel cotangents of patch convs as XLA's transposed-operand dot
+  (``_patch_conv`` instead of ``_patch_conv_kernel_tangent``);
+* ``flax_group_norm``: ``flax.linen.GroupNorm`` instead of ``models.norms.GroupNorm``.
+
+The malloc setting (``osgan_jax.host_memory``) is process-wide and cannot be undone
+inside one process: compare ``cpu_throughput.py --malloc default`` with the default.
+
+  python experiments/ablate_cpu_step.py --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+  old = getattr(obj, name)
+  setattr(obj, name, value)
+  try:
+    yield
+  finally:
+    setattr(obj, name, old)
+
+
+def ablation(name: str):
+  """A context manager that undoes one change while a step is traced."""
+  import flax.linen as nn
+  from osgan_jax.models import conv_ops, norms
+  if name == 'shared_phases':
+    return _patched(conv_ops, '_PER_PHASE_WASTE', float('inf'))
+  if name == 'kernel_tangent':
+    return _patched(conv_ops, '_patch_conv_kernel_tangent', conv_ops._patch_conv)
+  if name == 'flax_group_norm':
+    return _patched(norms, 'GroupNorm', nn.GroupNorm)
+  raise ValueError(f'unknown ablation {name!r}; valid: {", ".join(ABLATIONS)}')
+
+
+ABLATIONS = ('shared_phases', 'kernel_tangent', 'flax_group_norm')
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--ablations', default=','.join(ABLATIONS))
+  p.add_argument('--rounds', type=int, default=10)
+  p.add_argument('--width', type=int, default=64)
+  p.add_argument('--resolution', type=int, default=64)
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--malloc', choices=('keep', 'default'), default='keep',
+                 help="as in cpu_throughput.py")
+  p.add_argument('--out', default='')
+  args = p.parse_args(argv)
+  from osgan_jax import host_memory
+  malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
+  import cpu_throughput  # pylint: disable=import-error
+
+  def build():
+    out = cpu_throughput.jax_dcgan_steps(args.width, args.resolution, args.batch,
+                                         conv_impl='matmul', stages=('one',))
+    return out['one'], out['matmul_flops']['one'][0] / 1e9
+
+  names = [n for n in args.ablations.split(',') if n]
+  for n in names:
+    ablation(n)   # validates the names before anything is compiled
+  current, current_gflop = build()
+  ablated = {}
+  for n in names:
+    with ablation(n):
+      ablated[n] = build()
+  times = {n: [] for n in ['current'] + names}
+  for r in range(args.rounds + 1):
+    for n, step in [('current', current)] + [(n, ablated[n][0]) for n in names]:
+      t0 = time.perf_counter()
+      step()
+      if r:
+        times[n].append(time.perf_counter() - t0)
+  rows = {}
+  print('| undone | ms/step current / undone | undone / current (median, min-max) | '
+        'dot+conv GFLOP current / undone |')
+  print('| --- | --- | --- | --- |')
+  for n in names:
+    ratio = np.asarray(times[n]) / np.asarray(times['current'])
+    rows[n] = {'ms_current': 1e3 * float(np.median(times['current'])),
+               'ms_undone': 1e3 * float(np.median(times[n])),
+               'ratio_median': float(np.median(ratio)), 'ratio_min': float(ratio.min()),
+               'ratio_max': float(ratio.max()), 'gflop_current': current_gflop,
+               'gflop_undone': ablated[n][1]}
+    r = rows[n]
+    print(f'| {n} | {r["ms_current"]:.0f} / {r["ms_undone"]:.0f} | '
+          f'{r["ratio_median"]:.3f} ({r["ratio_min"]:.3f}-{r["ratio_max"]:.3f}) | '
+          f'{current_gflop:.1f} / {ablated[n][1]:.1f} |', flush=True)
+  result = {'config': vars(args), 'malloc_kept': malloc_kept, 'rows': rows}
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+if __name__ == '__main__':
+  main()
