@@ -349,7 +349,8 @@ def measure(variants: dict[str, dict], rounds: int, warmup: int = 1):
 
 
 def _ratio(two, one) -> dict:
-  r = np.asarray(two) / np.asarray(one)
+  with np.errstate(divide='ignore', invalid='ignore'):   # CPU time can round to 0
+    r = np.asarray(two) / np.asarray(one)
   return {'median': float(np.median(r)), 'min': float(r.min()), 'max': float(r.max())}
 
 
