@@ -70,6 +70,9 @@ def keep_freed_memory() -> bool:
     return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
-  if not ok:
+  if ok:
+    logging.info('host_memory: freed memory stays mapped (one malloc arena, no mmap, '
+                 'no trimming)')
+  else:
     logging.warning('host_memory: glibc rejected a malloc setting')
   return ok
