@@ -11,16 +11,21 @@ heap that is never trimmed: after the first steps the pages stay mapped and are 
 The process keeps its peak heap size until it exits, which is what a training job
 needs anyway. It must run before JAX starts its CPU client: threads that already own a
 malloc arena would go on with ``mmap``, so it refuses (and says so) afterwards.
-``python -m osgan_jax.main`` calls it unless ``--notune_malloc``; scripts that use the
-library directly can call it first thing, or set the same options in the environment
-(``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``).
+``python -m osgan_jax.main`` calls it when JAX will run on the CPU only
+(``--tune_malloc=auto``, see ``cpu_only()``; ``on``/``off`` force it): with an
+accelerator the host does little of the work, and one malloc arena could slow an input
+pipeline's threads. Scripts that use the library directly can call it first thing, or
+set the same options in the environment (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=<large>``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.util
 import logging
+import os
 import sys
 
 # mallopt parameters (glibc's malloc.h).
@@ -43,6 +48,23 @@ def _glibc():
   if not (hasattr(libc, 'mallopt') and hasattr(libc, 'gnu_get_libc_version')):
     return None
   return libc
+
+
+# Packages that give JAX a GPU or TPU backend.
+_ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                        'jax_rocm7_plugin', 'libtpu', 'libtpu_nightly')
+
+
+def cpu_only() -> bool:
+  """Whether JAX will run on the CPU only, decided without starting JAX: from
+  ``JAX_PLATFORMS`` (or ``jax.config.jax_platforms``) when set, else from whether a
+  GPU/TPU plugin package is installed."""
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if not platforms and 'jax' in sys.modules:
+    platforms = sys.modules['jax'].config.jax_platforms or ''
+  if platforms:
+    return {p.strip() for p in platforms.split(',') if p.strip()} <= {'cpu'}
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
 
 
 def jax_backends_started() -> bool:

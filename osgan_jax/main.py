@@ -28,10 +28,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     '--config.KEY=VALUE.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
                                'TensorBoard events and samples.')
-_TUNE_MALLOC = flags.DEFINE_bool(
-    'tune_malloc', True, 'Keep freed host memory mapped (glibc mallopt, before JAX '
-    'starts) so that XLA:CPU steps do not page-fault their buffers afresh every step; '
-    'see osgan_jax/host_memory.py.')
+_TUNE_MALLOC = flags.DEFINE_enum(
+    'tune_malloc', 'auto', ['auto', 'on', 'off'], 'Keep freed host memory mapped '
+    '(glibc mallopt, before JAX starts) so that XLA:CPU steps do not page-fault their '
+    'buffers afresh every step. auto: when JAX runs on the CPU only; see '
+    'osgan_jax/host_memory.py.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -87,8 +88,9 @@ def main(argv):
     config.get('stage')  # config_flags defers a config file's load error to first use
   except OSError as e:
     _fail(_one_line(e), 2)
-  if _TUNE_MALLOC.value:
-    from osgan_jax import host_memory
+  from osgan_jax import host_memory
+  if _TUNE_MALLOC.value == 'on' or (_TUNE_MALLOC.value == 'auto' and
+                                    host_memory.cpu_only()):
     host_memory.keep_freed_memory()
   # Imported here so that flag errors are reported without loading JAX.
   from osgan_jax import data

@@ -171,11 +171,12 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
   errors = [l for l in result.stderr.splitlines() if l.startswith('osgan_jax.main:')]
   assert errors == [f'osgan_jax.main: error: data: image folder {missing} does not exist '
                     'or is not a directory (set data.path)']
-  # main applied the malloc settings, before JAX had started (else it would refuse).
+  # On this CPU-only install main applied the malloc settings, before JAX had started
+  # (else it would refuse).
   assert 'host_memory: freed memory stays mapped' in result.stderr
   assert 'already started' not in result.stderr
   result = _main(f'--workdir={tmp_path / "run"}', '--config.data.name=folder',
-                 f'--config.data.path={missing}', '--notune_malloc')
+                 f'--config.data.path={missing}', '--tune_malloc=off')
   assert result.returncode == 1
   assert 'host_memory' not in result.stderr
 

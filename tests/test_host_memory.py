@@ -65,3 +65,17 @@ def test_refuses_once_jax_has_started(caplog):
   assert not applied
   if host_memory._glibc() is not None:
     assert 'before the first JAX computation' in caplog.text
+
+
+def test_cpu_only_from_platforms_and_plugins(monkeypatch):
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert host_memory.cpu_only()
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert not host_memory.cpu_only()
+  monkeypatch.delenv('JAX_PLATFORMS')
+  if jax.config.jax_platforms:
+    pytest.skip('jax_platforms is set in this process')
+  monkeypatch.setattr(host_memory, '_ACCELERATOR_PLUGINS', ('json',))  # "installed"
+  assert not host_memory.cpu_only()
+  monkeypatch.setattr(host_memory, '_ACCELERATOR_PLUGINS', ('no_such_plugin_xyz',))
+  assert host_memory.cpu_only()
