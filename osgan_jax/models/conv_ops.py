@@ -92,8 +92,8 @@ _FEW_OUTPUTS = 16
 def _forms(x_shape, w_shape):
   """``(primal, tangent_x, tangent_w)`` for a stride-1 VALID conv of these shapes.
 
-  Measured on the DCGAN layers (2-core CPU, no page faults, each form and role timed
-  alone by ``experiments/cpu_throughput.py``'s method): patches win for small outputs
+  Measured on the DCGAN layers (2-core CPU, no page faults, each form's forward,
+  input cotangent and kernel cotangent timed alone): patches win for small outputs
   and small windows; for large ones the kernel cotangent of XLA's conv is 2-6x slower
   than a matmul, and ``_shift_conv`` beats patches when the layer has fewer output than
   input channels (its per-pixel intermediate is smaller).
@@ -306,11 +306,11 @@ def _one_pixel_transpose(x, kernel, pads):
 
 
 # A transposed conv whose phases' shared window set is at least this many times each
-# phase's own (DCGAN: 1.56 at a 4x4 input, 1.27 at 8x8) runs one conv per phase.
-# Measured on the DCGAN layers (2-core CPU, zero page faults): per phase 36 + 70 ms vs
-# shared 45 + 91 ms (forward + backward) at 4x4 -> 8x8, but 40 + 96 vs 46 + 81 at
-# 8x8 -> 16x16 and slower still at larger inputs, where the four smaller convs and
-# their col2im additions cost more than the extra windows.
+# phase's own (DCGAN: 1.56 at a 4x4 input, 1.27 at 8x8) multiplies each phase's own
+# patches instead. Measured on the one-stage DCGAN 64x64 step (2 cores, no page faults,
+# side by side, experiments/ablate_cpu_step.py): 2.5% faster with G's 4x4 -> 8x8 layer
+# per phase, 2.3% slower with its 8x8 -> 16x16 layer too, where the four phases' patch
+# matrices and col2im additions cost more than the extra windows.
 _PER_PHASE_WASTE = 1.4
 
 
