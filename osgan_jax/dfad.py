@@ -68,7 +68,6 @@ from absl import logging
 from osgan_jax import config_base
 from osgan_jax import data as data_lib
 from osgan_jax import losses as losses_lib
-from osgan_jax import one_stage
 from osgan_jax import steps
 from osgan_jax import train as train_lib
 from osgan_jax.models import classifiers
@@ -206,16 +205,10 @@ def _validate(config, task: str) -> None:
     if config.stage not in STAGES:
       raise ConfigError(f'config.stage={config.stage!r}: distillation runs '
                         f'{" or ".join(STAGES)}')
-    if config.one_stage_mode not in one_stage.MODES:
-      raise ConfigError(f'config.one_stage_mode={config.one_stage_mode!r} is not one '
-                        f'of {", ".join(one_stage.MODES)}')
+    train_lib.validate_method(config)
     if int(config.dfad.student_steps) < 1:
       raise ConfigError(f'config.dfad.student_steps must be >= 1, got '
                         f'{config.dfad.student_steps}')
-    try:
-      losses_lib.get(config.loss)
-    except ValueError as e:
-      raise ConfigError(f'config.loss: {e}') from None
     if int(config.num_classes):
       raise ConfigError('config.num_classes must be 0: distillation is unconditional')
   if int(config.fid.every_steps):

@@ -618,10 +618,9 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state, step=None
 
 # ------------------------------------------------------------------------ the loop
 
-def _validate(config) -> None:
-  if config.stage not in config_base.STAGES:
-    raise ConfigError(f'config.stage={config.stage!r} is not one of '
-                      f'{", ".join(config_base.STAGES)}')
+def validate_method(config) -> None:
+  """``config.one_stage_mode`` and ``config.loss`` name a known mode and loss (the
+  GAN loop's and distillation's shared checks)."""
   if config.one_stage_mode not in one_stage.MODES:
     raise ConfigError(f'config.one_stage_mode={config.one_stage_mode!r} is not one of '
                       f'{", ".join(one_stage.MODES)}')
@@ -629,6 +628,13 @@ def _validate(config) -> None:
     losses_lib.get(config.loss)
   except ValueError as e:
     raise ConfigError(f'config.loss: {e}') from None
+
+
+def _validate(config) -> None:
+  if config.stage not in config_base.STAGES:
+    raise ConfigError(f'config.stage={config.stage!r} is not one of '
+                      f'{", ".join(config_base.STAGES)}')
+  validate_method(config)
   for key in ('batch_size', 'num_train_steps', 'log_every_steps',
               'checkpoint_every_steps', 'sample_every_steps', 'num_samples'):
     if int(config[key]) <= 0:
