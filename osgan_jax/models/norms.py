@@ -36,7 +36,7 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float):
   if bias is not None:
     add = add + bias.astype(jnp.float32)
   shape = (b,) + (1,) * (x.ndim - 2) + (c,)
-  return x.astype(jnp.float32) * mul.reshape(shape) + add.reshape(shape)
+  return xf.reshape(x.shape) * mul.reshape(shape) + add.reshape(shape)
 
 
 class GroupNorm(nn.Module):
