@@ -1,13 +1,15 @@
-"""What each CPU-speed change of issue 8 is worth: the one-stage DCGAN step with one
-change undone, side by side with the current step in one process.
+"""What each CPU-speed choice of issue 8 is worth: the one-stage DCGAN step with one
+choice undone or replaced by the alternative it beat, side by side with the current
+step in one process.
 
 Each ablation rebuilds ``cpu_throughput.jax_dcgan_steps`` (``conv_impl='matmul'``)
 with one knob turned back while it traces, then every round runs the current step (A)
 and the ablated one (B), interleaved; the table gives the median B/A of per-round
 ratios (above 1: the change helps) and both steps' dot/conv GFLOPs.
 
-* ``shared_phases``: every stride-2 transposed conv runs one conv over the union of
-  its phases' windows (``conv_ops._PER_PHASE_WASTE = inf``), as before the change;
+* ``scatter_derivatives``: stride-2 transposed convs differentiate their scatter-form
+  forward directly (gathering every tap of the cotangent) instead of going through
+  the strided conv they are the adjoint of (``conv_ops._transposed_strided``);
 * ``kernel_tangent``: kernel cotangents of patch convs as XLA's transposed-operand dot
   (``_patch_conv`` instead of ``_patch_conv_kernel_tangent``);
 * ``flax_group_norm``: ``flax.linen.GroupNorm`` instead of ``models.norms.GroupNorm``.
@@ -47,8 +49,10 @@ def ablation(name: str):
   """A context manager that undoes one change while a step is traced."""
   import flax.linen as nn
   from osgan_jax.models import conv_ops, norms
-  if name == 'shared_phases':
-    return _patched(conv_ops, '_PER_PHASE_WASTE', float('inf'))
+  if name == 'scatter_derivatives':
+    return _patched(conv_ops, '_transposed_strided',
+                    lambda x, kernel, s, pads, reference:
+                    conv_ops._scatter_transpose(x, kernel, s, pads))
   if name == 'kernel_tangent':
     return _patched(conv_ops, '_patch_conv_kernel_tangent', conv_ops._patch_conv)
   if name == 'flax_group_norm':
@@ -56,7 +60,7 @@ def ablation(name: str):
   raise ValueError(f'unknown ablation {name!r}; valid: {", ".join(ABLATIONS)}')
 
 
-ABLATIONS = ('shared_phases', 'kernel_tangent', 'flax_group_norm')
+ABLATIONS = ('scatter_derivatives', 'kernel_tangent', 'flax_group_norm')
 
 
 def main(argv=None) -> dict:
@@ -77,12 +81,13 @@ def main(argv=None) -> dict:
   def build():
     out = cpu_throughput.jax_dcgan_steps(args.width, args.resolution, args.batch,
                                          conv_impl='matmul', stages=('one',))
-    return out['one'], out['matmul_flops']['one'][0] / 1e9
+    return (out['one'], out['matmul_flops']['one'][0] / 1e9,
+            out['compiled']['one'].as_text())
 
   names = [n for n in args.ablations.split(',') if n]
   for n in names:
     ablation(n)   # validates the names before anything is compiled
-  current, current_gflop = build()
+  current, current_gflop, current_hlo = build()
   ablated = {}
   for n in names:
     with ablation(n):
@@ -104,7 +109,7 @@ def main(argv=None) -> dict:
                'ms_undone': 1e3 * float(np.median(times[n])),
                'ratio_median': float(np.median(ratio)), 'ratio_min': float(ratio.min()),
                'ratio_max': float(ratio.max()), 'gflop_current': current_gflop,
-               'gflop_undone': ablated[n][1]}
+               'gflop_undone': ablated[n][1], 'same_hlo': ablated[n][2] == current_hlo}
     r = rows[n]
     print(f'| {n} | {r["ms_current"]:.0f} / {r["ms_undone"]:.0f} | '
           f'{r["ratio_median"]:.3f} ({r["ratio_min"]:.3f}-{r["ratio_max"]:.3f}) | '

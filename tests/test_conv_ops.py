@@ -2,6 +2,9 @@
 kernel gradients, forward-mode tangents) for every configuration DCGAN uses, and the
 DCGAN modules give the same outputs and gradients with conv_impl='xla' and 'matmul'."""
 
+import pathlib
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -111,8 +114,18 @@ def test_float64_agrees_to_rounding():
            x, w, rtol=1e-12)
 
 
-def test_second_order_gradient():
-  """Gradient penalties differentiate the input gradient again (reverse over reverse)."""
+@pytest.mark.parametrize('conv,ref', [
+    (lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)), impl='matmul'),
+     lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                           dimension_numbers=DN)),
+    (lambda x, w: conv_ops.conv_transpose2d(x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)),
+                                            impl='matmul'),
+     lambda x, w: lax.conv_transpose(x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)),
+                                     dimension_numbers=DN)),
+], ids=['conv', 'transpose'])
+def test_second_order_gradient(conv, ref):
+  """Gradient penalties differentiate the input gradient again (reverse over reverse);
+  the transposed conv's derivatives are themselves transposes of conv2d."""
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, 26, 26, 3)), 0.3 * _rand(rng, (4, 4, 3, 5))
 
@@ -122,10 +135,31 @@ def test_second_order_gradient():
       return jnp.sum(grad_x ** 2)
     return jax.grad(f)(w)
 
-  _close(penalty(lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)),
-                                              impl='matmul')),
-         penalty(lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
-                                                       dimension_numbers=DN)), 1e-4)
+  _close(penalty(conv), penalty(ref), 1e-4)
+
+
+def test_transposed_conv_work_is_exact():
+  """Forward + both cotangents of a stride-2 transposed conv cost exactly three times
+  its forward in matmul FLOPs (no zeros multiplied: no lhs dilation, no extra windows),
+  where plain XLA dilates the input with zeros."""
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'experiments'))
+  from cpu_throughput import hlo_matmul_flops  # pylint: disable=import-error
+  rng = np.random.default_rng(0)
+  x, w = _rand(rng, (2, 8, 8, 6)), _rand(rng, (4, 4, 6, 5))
+  ct = _rand(rng, (2, 16, 16, 5))
+  exact = 2 * 2 * 8 * 8 * 4 * 4 * 6 * 5
+
+  def step(impl):
+    def f(x, w, ct):
+      y, vjp = jax.vjp(lambda x, w: conv_ops.conv_transpose2d(
+          x, w, (2, 2), ((2, 2), (2, 2)), impl=impl), x, w)
+      return y, vjp(ct)
+    return jax.jit(f).lower(x, w, ct).compile().as_text()
+
+  hlo = step('matmul')
+  assert hlo_matmul_flops(hlo) == (3 * exact, 0)
+  assert 'lhs_dilate' not in hlo
+  assert 'lhs_dilate' in step('xla')
 
 
 def test_impl_names():

@@ -8,8 +8,8 @@ changes only how XLA computes it:
 
 * strided conv (``k % s == 0``): space-to-depth by ``s`` turns it into a stride-1
   conv with a ``k/s`` kernel on ``s*s*C`` channels;
-* transposed conv (``k % s == 0``): sub-pixel: ``s*s`` phase convolutions of stride 1
-  sharing one window set, interleaved by depth-to-space;
+* transposed conv (``k % s == 0``): forward as one matmul per input pixel and an
+  overlap-add; derivatives as those of the strided conv it is the adjoint of;
 * stride-1 conv: patches (im2col) and one matmul;
 * 1x1 input (the generator's first layer) or a kernel covering the whole input (the
   discriminator's last layer): a single matmul.
@@ -275,7 +275,7 @@ def conv_transpose2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
     if all(lo >= 0 and hi >= 0 for lo, hi in pads):
       return _conv_stride1(x, kernel, pads)
     return reference(x, kernel)
-  return _subpixel(x, kernel, s, pads, reference)
+  return _transposed_strided(x, kernel, s, pads, reference)
 
 
 def lax_conv_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
@@ -305,77 +305,74 @@ def _one_pixel_transpose(x, kernel, pads):
   return jnp.dot(x.reshape(b, c), w).reshape(b, ho, wo, o)
 
 
-# A transposed conv whose phases' shared window set is at least this many times each
-# phase's own (DCGAN: 1.56 at a 4x4 input, 1.27 at 8x8) multiplies each phase's own
-# patches instead. Measured on the one-stage DCGAN 64x64 step (2 cores, no page faults,
-# side by side, experiments/ablate_cpu_step.py): 2.5% faster with G's 4x4 -> 8x8 layer
-# per phase, 2.3% slower with its 8x8 -> 16x16 layer too, where the four phases' patch
-# matrices and col2im additions cost more than the extra windows.
-_PER_PHASE_WASTE = 1.4
+def _transposed_strided(x, kernel, s, pads, reference):
+  """Stride-s transposed conv: scatter-form forward, strided-conv derivatives.
+
+  A transposed conv is the adjoint, in its input, of the strided conv
+  ``S(y) = conv2d(y, K, stride s, pads (k-1-lo, k-1-hi))`` whose kernel K is this
+  kernel flipped in space with its channel axes swapped. So its derivatives are S's:
+  the input cotangent is S's forward applied to the output cotangent, and the kernel
+  cotangent is S's kernel cotangent (at the output cotangent, with this conv's input as
+  S's output cotangent), flipped back. Both come from ``conv2d``'s space-to-depth forms
+  (exact FLOPs, no extra windows): the tangents are ``jax.linear_transpose``s of
+  ``conv2d``, which reverse mode transposes back. The forward is
+  ``_scatter_transpose``, whose own derivatives would gather k*k taps of the cotangent
+  per input pixel.
+  """
+  b, h, w, _ = x.shape
+  kh, kw, c, o = kernel.shape
+  out_hw = [(n - 1) * s + 1 + lo + hi - kk + 1
+            for n, (lo, hi), kk in zip((h, w), pads, (kh, kw))]
+  s_pads = tuple((kk - 1 - lo, kk - 1 - hi) for (lo, hi), kk in zip(pads, (kh, kw)))
+  if (any(n != s * m for n, m in zip(out_hw, (h, w)))
+      or any(lo < 0 or hi < 0 for p in (pads, s_pads) for lo, hi in p)):
+    return reference(x, kernel)
+
+  def flip_swap(k):   # [kh, kw, A, B] -> [kh, kw, B, A], reversed in space
+    return k[::-1, ::-1].transpose(0, 1, 3, 2)
+
+  def strided(y, k_s):   # S: [B, sH, sW, O] -> [B, H, W, C]
+    return conv2d(y, k_s, (s, s), s_pads, impl='matmul')
+
+  def tangent_x(dx, kernel):
+    y = jax.ShapeDtypeStruct((b, s * h, s * w, o), dx.dtype)
+    return jax.linear_transpose(lambda y: strided(y, flip_swap(kernel)), y)(dx)[0]
+
+  def tangent_w(x, dkernel):
+    y = jax.ShapeDtypeStruct((b, s * h, s * w, o), x.dtype)
+
+    def kernel_cotangent(y):   # S's kernel cotangent, as this conv's kernel
+      k_s = jnp.zeros((kh, kw, o, c), x.dtype)
+      return flip_swap(jax.vjp(lambda k_s: strided(y, k_s), k_s)[1](x)[0])
+    return jax.linear_transpose(kernel_cotangent, y)(dkernel)[0]
+
+  primal = functools.partial(_scatter_transpose, s=s, pads=pads)
+  return _bilinear(primal, tangent_x, tangent_w)(x, kernel)
 
 
-def _subpixel(x, kernel, s, pads, reference):
-  """Stride-s transposed conv as s*s stride-1 phase convs and depth-to-space.
+def _scatter_transpose(x, kernel, s, pads):
+  """Transposed conv as one matmul on every input pixel, overlap-added.
 
-  out[s*i + a] = sum_u x[i + off_a + u] kernel[k0_a + s*u] (per spatial axis), with
-  k0_a = (lo - a) mod s and off_a = (a + k0_a - lo) / s: every phase is a stride-1 conv
-  with k/s taps. Either one conv over the union of the phases' windows computes all
-  phases at once (``s*s*O`` output channels; each phase is a shifted slice of it), or,
-  when that union is much larger than H x W (small inputs), each phase multiplies
-  exactly its own H x W patches, all phases in one batched matmul.
+  With lax's pads (lo, hi), input i and tap u land on output s*i + lo - u (per axis):
+  z = x @ [C, kh*kw*O] holds every (pixel, tap) product, and output phase a sums the
+  z of the taps u = lo - a (mod s), shifted by (u - lo + a) / s pixels, then the phases
+  interleave (depth-to-space). Exact FLOPs, no patches. Needs an output of exactly s
+  times the input and k % s == 0 (every phase has k / s taps).
   """
   b, h, w, c = x.shape
   kh, kw, _, o = kernel.shape
-  out_hw = [(n - 1) * s + 1 + lo + hi - kk + 1
-            for n, (lo, hi), kk in zip((h, w), pads, (kh, kw))]
-  if any(n != s * m for n, m in zip(out_hw, (h, w))) or any(lo < 0 or hi < 0
-                                                            for lo, hi in pads):
-    return reference(x, kernel)
+  (lo_h, _), (lo_w, _) = pads
+  z = jnp.dot(x.reshape(b * h * w, c), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
+  z = z.reshape(b, h, w, kh, kw, o)
+  zero = jnp.zeros((), z.dtype)
 
-  def phases(lo):
-    k0 = [(lo - a) % s for a in range(s)]
-    off = [(a + k0[a] - lo) // s for a in range(s)]
-    return k0, off
+  def taps(k, lo, a):   # (tap, shift) pairs of phase a
+    return [(u, (u - lo + a) // s) for u in range(k) if (u - lo + a) % s == 0]
 
-  k0h, offh = phases(pads[0][0])
-  k0w, offw = phases(pads[1][0])
-  th, tw = kh // s, kw // s
-  # Window positions of the union: i + off_a for i in [0, H) and every phase a.
-  nh, nw = h + max(offh) - min(offh), w + max(offw) - min(offw)
-  # Pad so that every window (rows i + off_a .. i + off_a + th - 1) lies inside.
-  plo_h, plo_w = max(0, -min(offh)), max(0, -min(offw))
-  xp = jnp.pad(x, ((0, 0), (plo_h, max(0, max(offh) + th - 1)),
-                   (plo_w, max(0, max(offw) + tw - 1)), (0, 0)))
-
-  def conv(x, w):
-    return _bilinear(*_forms(x.shape, w.shape))(x, w)
-
-  def phase_kernel(a, bb):
-    return kernel[k0h[a]::s, k0w[bb]::s][:th, :tw]   # [th, tw, C, O]
-
-  if nh * nw >= _PER_PHASE_WASTE * h * w:
-    # Small inputs: every phase's patches, one batched matmul over the phases (faster
-    # than s*s small matmuls: GT1's forward 25 vs 42 ms).
-    keys = [(a, bb) for a in range(s) for bb in range(s)]
-    patches = jnp.stack([
-        _patches(xp[:, offh[a] + plo_h:offh[a] + plo_h + h + th - 1,
-                    offw[bb] + plo_w:offw[bb] + plo_w + w + tw - 1], th, tw)
-        for a, bb in keys])                                    # [s*s, B*H*W, th*tw*C]
-    kernels = jnp.stack([phase_kernel(a, bb).reshape(th * tw * c, o) for a, bb in keys])
-    y = jnp.einsum('pmk,pko->pmo', patches, kernels).reshape(s, s, b, h, w, o)
-
-    def phase(a, bb):
-      return y[a, bb]
-  else:
-    base_h, base_w = min(offh) + plo_h, min(offw) + plo_w
-    wp = jnp.stack([jnp.stack([phase_kernel(a, bb) for bb in range(s)], axis=3)
-                    for a in range(s)], axis=3).reshape(th, tw, c, s * s * o)
-    y = conv(xp[:, base_h:base_h + nh + th - 1, base_w:base_w + nw + tw - 1], wp)
-    y = y.reshape(b, nh, nw, s, s, o)
-
-    def phase(a, bb):
-      i0, j0 = offh[a] - min(offh), offw[bb] - min(offw)
-      return y[:, i0:i0 + h, j0:j0 + w, a, bb]
+  def phase(a, bb):
+    return sum(lax.pad(z[:, :, :, u, v], zero,
+                       ((0, 0, 0), (-dh, dh, 0), (-dw, dw, 0), (0, 0, 0)))
+               for u, dh in taps(kh, lo_h, a) for v, dw in taps(kw, lo_w, bb))
 
   rows = [jnp.stack([phase(a, bb) for bb in range(s)], axis=3)   # [B, H, W, s(b), O]
           for a in range(s)]

@@ -142,7 +142,7 @@ class Generator(nn.Module):
       0.9) and epsilon (PyTorch 1e-5).
     dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     conv_impl: how the (transposed) convolutions are computed, see
-      ``conv_ops``: ``'xla'`` (``nn.ConvTranspose``), ``'matmul'`` (sub-pixel and
+      ``conv_ops``: ``'xla'`` (``nn.ConvTranspose``), ``'matmul'`` (space-to-depth and
       matmul reformulations, several times faster on CPU) or ``'auto'`` (``'matmul'``
       on CPU, ``'xla'`` on GPU/TPU). Same function and parameters either way.
   """
