@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
 import compare_quality as quality  # noqa: E402  pylint: disable=import-error
 import ablate_cpu_step as ablate  # noqa: E402  pylint: disable=import-error
+import cpu_layers  # noqa: E402  pylint: disable=import-error
 import cpu_throughput as throughput  # noqa: E402  pylint: disable=import-error
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
@@ -145,6 +146,32 @@ def test_cpu_throughput_rows_side_by_side(tmp_path):
     assert row['one']['hlo_gflop'] < row['two']['hlo_gflop']
     ratios = np.asarray(row['two']['seconds']) / np.asarray(row['one']['seconds'])
     assert row['two_over_one']['median'] == pytest.approx(np.median(ratios))
+
+
+def test_cpu_layers_times_every_dcgan_conv(tmp_path):
+  """The per-layer script covers every stride-2 conv of the step at its shape, with
+  exact FLOPs, both JAX implementations agreeing, and a row per variant present."""
+  layers = cpu_layers.dcgan_layers(width=8, resolution=16, batch=4)
+  assert [(l['name'], l['batch'], l['size'], l['c_in'], l['c_out']) for l in layers] == [
+      ('D conv0', 8, 16, 3, 8), ('D conv1', 8, 8, 8, 16),
+      ('G convT1', 4, 4, 16, 8), ('G convT2', 4, 8, 8, 3)]
+  # conv: output pixels x 16 taps x C_in x C_out; transposed: input pixels x ...
+  assert layers[1]['gflop'] == pytest.approx(2 * 8 * 4 * 4 * 16 * 8 * 16 / 1e9)
+  assert layers[2]['gflop'] == pytest.approx(2 * 4 * 4 * 4 * 16 * 16 * 8 / 1e9)
+  out = tmp_path / 'layers.json'
+  result = cpu_layers.main(['--width', '8', '--resolution', '16', '--batch', '4',
+                            '--rounds', '1', '--variants', 'jax-matmul,jax-xla,gemm',
+                            '--malloc', 'default', '--out', str(out)])
+  assert json.loads(out.read_text())['rows'] == result['rows']
+  assert result['variants'] == ['jax-matmul', 'jax-xla', 'gemm']
+  for row in result['rows']:
+    assert row['max_abs_diff'] < 1e-4
+    assert set(row['ms']) == {'jax-matmul', 'jax-xla', 'gemm'}
+    assert set(row['ms']['jax-matmul']) == {'forward', 'backward'}
+    assert set(row['ms']['gemm']) == {'forward'}
+    assert all(t > 0 for v in row['ms'].values() for t in v.values())
+  with pytest.raises(SystemExit, match='unknown variants'):
+    cpu_layers.main(['--variants', 'jax-matmul,nope'])
 
 
 def test_ablations_undo_their_change(tmp_path):
