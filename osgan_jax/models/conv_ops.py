@@ -16,8 +16,10 @@ changes only how XLA computes it:
 
 Convolutions are bilinear, so each op is a ``jax.custom_jvp`` whose primal is the
 fastest exact forward (often XLA's own conv) and whose tangent is the patch-matmul
-form; reverse mode transposes that tangent into matmuls and pad-adds (col2im). Forward
-mode (``samples_independent``'s probe) and higher derivatives work. Results equal
+form; reverse mode transposes that tangent into matmuls and pad-adds (col2im). A
+transposed conv's tangents are ``jax.linear_transpose``s of the strided conv it is the
+adjoint of, so its reverse mode runs that conv's forms. Forward mode
+(``samples_independent``'s probe) and higher derivatives work. Results equal
 ``lax.conv_general_dilated`` / ``lax.conv_transpose`` up to float rounding
 (``tests/test_conv_ops.py``).
 
