@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -114,10 +113,9 @@ def main(argv=None) -> dict:
     print(f'| {n} | {r["ms_current"]:.0f} / {r["ms_undone"]:.0f} | '
           f'{r["ratio_median"]:.3f} ({r["ratio_min"]:.3f}-{r["ratio_max"]:.3f}) | '
           f'{current_gflop:.1f} / {ablated[n][1]:.1f} |', flush=True)
-  result = {'config': vars(args), 'malloc_kept': malloc_kept, 'rows': rows}
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
+  result = {'config': vars(args), 'platform': cpu_throughput.platform_info(malloc_kept),
+            'rows': rows}
+  cpu_throughput.write_result(result, args.out)
   return result
 
 

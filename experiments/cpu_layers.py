@@ -24,7 +24,6 @@ function. The same malloc setting as ``cpu_throughput.py`` applies (``--malloc``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +34,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cpu_throughput  # noqa: E402  pylint: disable=import-error,wrong-import-position
+
 VARIANTS = ('jax-matmul', 'jax-xla', 'torch', 'gemm')
 
 
@@ -44,8 +45,7 @@ def dcgan_layers(width: int, resolution: int, batch: int, channels: int = 3) -> 
   Each: ``name``, ``kind`` ('conv' or 'transpose'), ``batch``, ``size`` (input H = W),
   ``c_in``, ``c_out``, ``gflop`` (forward, exact) and ``gemm`` (M, K, N).
   """
-  from cpu_throughput import _schedule  # pylint: disable=import-error
-  chans = _schedule(resolution, width)
+  chans = cpu_throughput._schedule(resolution, width)
   layers, size, c_in = [], resolution, channels
   for i, c_out in enumerate(chans):
     m = 2 * batch * (size // 2) ** 2
@@ -197,7 +197,6 @@ def main(argv=None) -> dict:
     raise SystemExit(f'unknown variants {sorted(unknown)}; valid: {", ".join(VARIANTS)}')
   from osgan_jax import host_memory
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
-  import jax
 
   layers = dcgan_layers(args.width, args.resolution, args.batch)
   runs, diffs = {}, {}
@@ -231,17 +230,9 @@ def main(argv=None) -> dict:
       row['max_abs_diff'] = diffs[layer['name']]
     rows.append(row)
   print(format_table(rows, present))
-  result = {'config': vars(args), 'variants': present, 'malloc_kept': malloc_kept,
-            'jax': jax.__version__, 'rows': rows}
-  try:
-    import torch
-    result['torch'] = torch.__version__
-  except ImportError:
-    pass
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
-    print(f'wrote {args.out}')
+  result = {'config': vars(args), 'variants': present,
+            'platform': cpu_throughput.platform_info(malloc_kept), 'rows': rows}
+  cpu_throughput.write_result(result, args.out)
   return result
 
 

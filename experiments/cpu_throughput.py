@@ -394,6 +394,31 @@ def format_table(rows: dict) -> str:
   return '\n'.join(lines)
 
 
+def platform_info(malloc_kept: bool) -> dict:
+  """What a CPU timing depends on besides the code: machine, JAX backend, XLA flags,
+  glibc tunables, the malloc setting, and torch's version and threads if importable.
+  Shared by the issue-8 benchmarks (``cpu_layers.py``, ``ablate_cpu_step.py``)."""
+  import jax
+  info = dict(machine=platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
+              backend=jax.default_backend(), xla_flags=os.environ.get('XLA_FLAGS', ''),
+              glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+              malloc_kept=malloc_kept)
+  try:
+    import torch
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+  except ImportError:
+    pass
+  return info
+
+
+def write_result(result: dict, path: str) -> None:
+  """Writes ``result`` as JSON to ``path`` (nothing when empty)."""
+  if path:
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=1)
+    print(f'wrote {path}')
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--rounds', type=int, default=8)
@@ -420,7 +445,6 @@ def main(argv=None):
 
   from osgan_jax import host_memory
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
-  import jax
   wanted = [v.strip() for v in args.variants.split(',') if v.strip()]
   variants, flops, compile_s, matmul_flops = {}, {}, {}, {}
   for name in wanted:
@@ -454,24 +478,11 @@ def main(argv=None):
       'command': ' '.join([os.path.basename(sys.argv[0])] + list(argv or sys.argv[1:])),
       'config': dict(width=args.width, resolution=args.resolution, batch=args.batch,
                      rounds=args.rounds),
-      'platform': dict(machine=platform.machine(), cpus=os.cpu_count(),
-                       jax=jax.__version__, backend=jax.default_backend(),
-                       xla_flags=os.environ.get('XLA_FLAGS', ''),
-                       glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
-                       malloc_kept=malloc_kept),
+      'platform': platform_info(malloc_kept),
       'compile_s': compile_s,
       'rows': rows,
   }
-  try:
-    import torch
-    result['platform']['torch'] = torch.__version__
-    result['platform']['torch_threads'] = torch.get_num_threads()
-  except ImportError:
-    pass
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
-    print(f'wrote {args.out}')
+  write_result(result, args.out)
   return result
 
 

@@ -164,6 +164,7 @@ def test_cpu_layers_times_every_dcgan_conv(tmp_path):
                             '--malloc', 'default', '--out', str(out)])
   assert json.loads(out.read_text())['rows'] == result['rows']
   assert result['variants'] == ['jax-matmul', 'jax-xla', 'gemm']
+  assert result['platform']['malloc_kept'] is False   # --malloc default
   for row in result['rows']:
     assert row['max_abs_diff'] < 1e-4
     assert set(row['ms']) == {'jax-matmul', 'jax-xla', 'gemm'}
@@ -185,6 +186,7 @@ def test_ablations_undo_their_change(tmp_path):
                         '--rounds', '1', '--malloc', 'default',
                         '--out', str(tmp_path / 'ablate.json')])
   rows = result['rows']
+  assert result['platform']['malloc_kept'] is False   # --malloc default
   assert set(rows) == set(ablate.ABLATIONS)
   for name, row in rows.items():
     assert row['same_hlo'] is False, name
