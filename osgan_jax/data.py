@@ -3,7 +3,9 @@
 Public API::
 
     make_iterator(data_config, batch_size, *, seed, start_step=0,
-                  process_index=0, process_count=1) -> BatchIterator
+                  process_index=0, process_count=1,
+                  image_dtype='float32') -> BatchIterator
+    to_float(batch) -> batch   # uint8 images -> float32 [-1, 1], on the device
     dataset_info(data_config) -> dict
     DataError   # one-line, user-facing error (missing/corrupt data, bad config)
 
@@ -12,7 +14,10 @@ resample)``, ``batch_indices(n, seed, step, global_batch, start, stop,
 shuffle)``, ``list_image_files(root)``.
 
 `make_iterator` yields ``{'image': float32 [b, H, W, C] in [-1, 1],
-'label': int32 [b]}`` forever, with ``b = batch_size // process_count``. The
+'label': int32 [b]}`` forever, with ``b = batch_size // process_count``. With
+``image_dtype='uint8'`` the images are the raw uint8 pixels instead (a quarter
+of the bytes, no per-pixel work on the host); ``jax.jit(to_float)`` then gives
+exactly the float32 batch on the device (``x * float32(1 / 127.5) - 1``). The
 returned `BatchIterator` also has ``.step`` (index of the next global batch) and
 ``.skipped`` (how many unreadable images it replaced in the batches yielded so
 far; only the ``folder`` source can have any), and ``.close()``.
@@ -34,15 +39,19 @@ Config keys (``data_config``, an ``ml_collections.ConfigDict``; missing keys
 take the default):
 
 - ``name``: ``fashion_mnist`` | ``mnist`` | ``cifar10`` | ``celeb_a`` |
-  ``lsun_church`` | ``folder``. Required.
+  ``lsun_church`` | ``folder`` | ``prepared``. Required.
 - ``path`` (``''``): IDX directory (``fashion_mnist``/``mnist``), tfds
-  ``data_dir`` (tfds sets; ``''`` = tfds default), or image root (``folder``).
-- ``resolution`` (required): output height = width.
+  ``data_dir`` (tfds sets; ``''`` = tfds default), image root (``folder``), or
+  the ``--out`` directory of ``osgan_jax.prepare_data`` (``prepared``).
+- ``resolution`` (required): output height = width. For ``prepared`` it must
+  equal the prepared resolution (so must ``channels``).
 - ``channels`` (required): 1 or 3. Grayscale is replicated to RGB, RGB goes to
   gray with PIL's ITU-R 601-2 luma; alpha is dropped (PIL ``convert``); palette
   images are expanded; 16/32-bit integer images are scaled to 8 bit.
 - ``split`` (``'train'``): ``train``/``test`` for IDX; any tfds split string
-  (e.g. ``'train[:90%]'``) for tfds sets. Ignored by ``folder``.
+  (e.g. ``'train[:90%]'``) for tfds sets. Ignored by ``folder`` and
+  ``prepared`` (as are ``source``, ``center_crop`` and ``interpolation``: a
+  prepared directory has them baked in).
 - ``source`` (``'auto'``): ``idx`` | ``tfds`` | ``auto``. For ``fashion_mnist``
   auto means ``idx`` (offline, no TensorFlow); for ``mnist`` auto means ``idx``
   if the IDX files exist in ``path`` (or ``/usr/share/datasets/mnist``), else
@@ -88,12 +97,21 @@ Sources:
   decoded lazily, per batch. An unreadable image is logged (once per path and
   process), counted in ``BatchIterator.skipped`` and replaced by the next
   readable index (wrapping around), so batch shapes never change.
+- ``prepared``: a directory written once by ``python -m osgan_jax.prepare_data
+  --source=... --resolution=R --channels=C --out=DIR`` from any source above:
+  ``images.u8`` (raw uint8 ``[N, R, R, C]``, memory-mapped), ``labels.i32``
+  (little-endian int32 ``[N]``) and ``meta.json`` (written last: its presence
+  marks a complete preparation). Its pixels are bit-identical to what the
+  decoding source yields (an unreadable folder image is stored as its
+  replacement), so batch ``k`` is the same batch, with no decoding at all.
+  Loading checks the file sizes and ``meta.json``'s checksum (header, first and
+  last image, labels); ``dataset_info`` reads only ``meta.json`` and the sizes.
 
 ``dataset_info`` returns ``{'num_examples', 'resolution', 'channels',
 'num_classes', 'source'}`` where ``resolution``/``channels`` describe the
 output (what the iterator yields) and ``num_classes`` is 0 for unlabeled data;
-it reads IDX headers, opens tfds array_record files, or lists a folder -- it
-never decodes pixels.
+it reads IDX headers, opens tfds array_record files, lists a folder, or reads a
+prepared directory's ``meta.json`` -- it never decodes pixels.
 """
 
 from __future__ import annotations
@@ -102,17 +120,21 @@ import abc
 import concurrent.futures
 import functools
 import gzip
+import hashlib
+import json
+import mmap
 import os
 import threading
 import zlib
+from collections.abc import Mapping
 from typing import Optional, Sequence
 
 import numpy as np
 from absl import logging
 from PIL import Image
 
-__all__ = ["DataError", "BatchIterator", "make_iterator", "dataset_info", "read_idx", "resize_uint8",
-           "batch_indices", "list_image_files"]
+__all__ = ["DataError", "BatchIterator", "make_iterator", "to_float", "dataset_info", "read_idx",
+           "resize_uint8", "batch_indices", "list_image_files"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_IDX_DIRS = {
@@ -126,7 +148,7 @@ TFDS_NAMES = {
     "celeb_a": "celeb_a",
     "lsun_church": "lsun/church_outdoor",
 }
-_NAMES = ("fashion_mnist", "mnist", "cifar10", "celeb_a", "lsun_church", "folder")
+_NAMES = ("fashion_mnist", "mnist", "cifar10", "celeb_a", "lsun_church", "folder", "prepared")
 _RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
@@ -150,6 +172,16 @@ def _get(cfg, key, default):
     return default if value is None else value
 
 
+def _default_center_crop(name: str) -> int:
+    """``center_crop=-1`` for dataset `name`: the DCGAN CelebA recipe crops 108 px."""
+    return 108 if name == "celeb_a" else 0
+
+
+def _default_interpolation(name: str) -> str:
+    """``interpolation=''`` for dataset `name`."""
+    return "bilinear" if name in ("mnist", "fashion_mnist") else "bicubic"
+
+
 class _Config:
     """Validated, defaulted view of ``data_config``."""
 
@@ -169,9 +201,8 @@ class _Config:
         if self.source not in ("auto", "idx", "tfds"):
             raise DataError(f"data.source must be 'auto', 'idx' or 'tfds', got {self.source!r}")
         center_crop = int(_get(cfg, "center_crop", -1))
-        self.center_crop = (108 if self.name == "celeb_a" else 0) if center_crop < 0 else center_crop
-        small = self.name in ("mnist", "fashion_mnist")
-        interp = str(_get(cfg, "interpolation", "")) or ("bilinear" if small else "bicubic")
+        self.center_crop = _default_center_crop(self.name) if center_crop < 0 else center_crop
+        interp = str(_get(cfg, "interpolation", "")) or _default_interpolation(self.name)
         if interp not in _RESAMPLE:
             raise DataError(f"data.interpolation must be one of {', '.join(_RESAMPLE)}, got {interp!r}")
         self.interpolation = interp
@@ -537,8 +568,157 @@ def _open_tfds(cfg: _Config):
     return ds, has_label, num_classes, f"tfds {name}[{cfg.split}]"
 
 
+# --------------------------------------------------------------------------- prepared
+
+_PREPARED_FORMAT = "osgan_jax.prepared"
+_PREPARED_VERSION = 1
+_PREPARED_META = "meta.json"
+_PREPARED_IMAGES = "images.u8"
+_PREPARED_LABELS = "labels.i32"
+_PREPARED_PROGRESS = "progress.json"
+_PREPARED_KEYS = {"format": str, "version": int, "num_examples": int, "resolution": int, "channels": int,
+                  "num_classes": int, "dtype": str, "label_dtype": str, "source": str, "spec": dict,
+                  "skipped": int, "checksum": str}
+
+
+def _prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) -> str:
+    """sha256 of the header fields (all but the checksum), the first and last image and all labels.
+
+    Cheap enough to check at every start, unlike hashing gigabytes of pixels; it
+    catches an edited header, a swapped or regenerated images file and changed
+    labels (a truncated file is caught by its size).
+    """
+    h = hashlib.sha256()
+    fields = {k: v for k, v in header.items() if k != "checksum"}
+    h.update(json.dumps(fields, sort_keys=True).encode())
+    for part in (first, last, labels):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return "sha256:" + h.hexdigest()
+
+
+def _prepare_command(spec: dict, out: str, resolution: int = 0, channels: int = 0) -> str:
+    """The prepare_data command that writes `spec` (at another size, if given) into `out`."""
+    import shlex
+
+    name = spec.get("name", "")
+    args = [f"--source={spec.get('source', 'SOURCE')}", f"--resolution={resolution or spec.get('resolution')}",
+            f"--channels={channels or spec.get('channels')}"]
+    if name != "folder" and spec.get("split", "train") != "train":
+        args.append(f"--split={spec['split']}")
+    if spec.get("center_crop", _default_center_crop(name)) != _default_center_crop(name):
+        args.append(f"--center_crop={spec['center_crop']}")
+    if spec.get("interpolation", _default_interpolation(name)) != _default_interpolation(name):
+        args.append(f"--interpolation={spec['interpolation']}")
+    if spec.get("data_dir"):
+        args.append(f"--data_dir={spec['data_dir']}")
+    args.append(f"--out={out}")
+    return "python -m osgan_jax.prepare_data " + " ".join(shlex.quote(a) for a in args)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    """The JSON object in `path`, or None if it is absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_prepared(cfg: _Config) -> dict:
+    """meta.json of the prepared directory ``data.path``, checked against the file sizes and the config."""
+    d = cfg.path
+    generic = (f"python -m osgan_jax.prepare_data --source=SOURCE --resolution={cfg.resolution} "
+               f"--channels={cfg.channels} --out={d or 'DIR'}")
+    if not d:
+        raise DataError(f"data.name='prepared' needs data.path, the --out directory of `{generic}`")
+    meta_path = os.path.join(d, _PREPARED_META)
+    if not os.path.isfile(meta_path):
+        if not os.path.isdir(d):
+            raise DataError(f"prepared data directory {d} does not exist; write it with `{generic}`")
+        progress = _read_json(os.path.join(d, _PREPARED_PROGRESS))
+        if progress is not None and isinstance(progress.get("spec"), dict):
+            raise DataError(f"the preparation of {d} is incomplete ({progress.get('done', 0)} of "
+                            f"{progress.get('num_examples', '?')} images, no {_PREPARED_META}); rerun "
+                            f"`{_prepare_command(progress['spec'], d)}` to finish it")
+        raise DataError(f"{d} holds no prepared data (no {_PREPARED_META}); write it with `{generic}`")
+    meta = _read_json(meta_path)
+    problem = "not a JSON object" if meta is None else None
+    if meta is not None:
+        wrong = [k for k, t in _PREPARED_KEYS.items() if not isinstance(meta.get(k), t)]
+        if wrong:
+            problem = f"missing or mistyped {', '.join(wrong)}"
+        elif (meta["format"], meta["version"]) != (_PREPARED_FORMAT, _PREPARED_VERSION):
+            problem = f"format {meta['format']!r} version {meta['version']}, expected {_PREPARED_FORMAT!r} version {_PREPARED_VERSION}"
+        elif (meta["dtype"], meta["label_dtype"]) != ("uint8", "<i4"):
+            problem = f"dtype {meta['dtype']!r} / label_dtype {meta['label_dtype']!r}, expected 'uint8' / '<i4'"
+        elif min(meta["num_examples"], meta["resolution"]) <= 0 or meta["channels"] not in (1, 3):
+            problem = "bad shape"
+    if problem:
+        raise DataError(f"{meta_path}: corrupt header ({problem}); delete {d} and write it again with `{generic}`")
+    n, r, c = meta["num_examples"], meta["resolution"], meta["channels"]
+    redo = _prepare_command(meta["spec"], d)
+    for name, expected in ((_PREPARED_IMAGES, n * r * r * c), (_PREPARED_LABELS, 4 * n)):
+        path = os.path.join(d, name)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size != expected:
+            have = "missing" if size is None else f"{size} bytes"
+            raise DataError(f"{path} is {have}, expected {expected} bytes for {n} images of {r}x{r}x{c} "
+                            f"(truncated or modified); delete {d} and write it again with `{redo}`")
+    if (r, c) != (cfg.resolution, cfg.channels):
+        raise DataError(f"{d} holds {r}x{r}x{c} images (resolution={r}, channels={c}, prepared from "
+                        f"{meta['source']}) but the config asks for data.resolution={cfg.resolution}, "
+                        f"data.channels={cfg.channels}: set data.resolution={r} data.channels={c}, or prepare "
+                        f"that size with `{_prepare_command(meta['spec'], 'NEW_DIR', cfg.resolution, cfg.channels)}`"
+                        f" and set data.path=NEW_DIR")
+    return meta
+
+
+class _PreparedSource:
+    """Memory-mapped uint8 [N, R, R, C] images of a prepared directory: a batch is one gather, no decoding."""
+
+    def __init__(self, directory: str, meta: dict):
+        self.directory = directory
+        self.meta = meta
+        self._map()
+
+    def _map(self):
+        n, r, c = self.meta["num_examples"], self.meta["resolution"], self.meta["channels"]
+        with open(os.path.join(self.directory, _PREPARED_IMAGES), "rb") as f:
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.images = np.frombuffer(buf, np.uint8).reshape(n, r, r, c)
+        self.labels = np.fromfile(os.path.join(self.directory, _PREPARED_LABELS), "<i4").astype(np.int32)
+
+    def __getstate__(self):  # grain worker processes map the file themselves rather than get a copy
+        return {"directory": self.directory, "meta": self.meta}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._map()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def verify(self) -> None:
+        """Checks meta.json's checksum against the mapped files."""
+        got = _prepared_checksum(self.meta, self.images[0].tobytes(), self.images[-1].tobytes(),
+                                 self.labels.astype("<i4").tobytes())
+        if got != self.meta["checksum"]:
+            raise DataError(f"{self.directory}: checksum mismatch between {_PREPARED_META} and the image/label "
+                            f"files (modified or corrupted); delete it and write it again with "
+                            f"`{_prepare_command(self.meta['spec'], self.directory)}`")
+
+    def load_batch(self, indices: np.ndarray):
+        return self.images[indices], self.labels[indices], 0
+
+
 def _make_source(cfg: _Config):
     """(source, source kind, num_classes)."""
+    if cfg.name == "prepared":
+        source = _PreparedSource(cfg.path, _read_prepared(cfg))
+        source.verify()
+        return source, "prepared", source.meta["num_classes"]
     if cfg.name == "folder":
         return _FolderSource(cfg.path, cfg, _folder_files(cfg)), "folder", 0
     directory = _use_idx(cfg)
@@ -554,6 +734,10 @@ def dataset_info(data_config) -> dict:
     """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'} without decoding pixels."""
     cfg = _Config(data_config)
     out = {"resolution": cfg.resolution, "channels": cfg.channels}
+    if cfg.name == "prepared":
+        meta = _read_prepared(cfg)
+        return {**out, "num_examples": meta["num_examples"], "num_classes": meta["num_classes"],
+                "source": "prepared"}
     if cfg.name == "folder":
         return {**out, "num_examples": len(_folder_files(cfg)), "num_classes": 0, "source": "folder"}
     directory = _use_idx(cfg)
@@ -597,19 +781,51 @@ def batch_indices(n: int, seed: int, step: int, global_batch: int, start: int, s
 class _MakeBatch:
     """step -> this host's batch (a picklable callable for grain workers)."""
 
-    def __init__(self, source, seed, global_batch, start, stop, shuffle):
+    def __init__(self, source, seed, global_batch, start, stop, shuffle, image_dtype="float32"):
         self.source = source
         self.seed = seed
         self.global_batch = global_batch
         self.start, self.stop = start, stop
         self.shuffle = shuffle
+        self.image_dtype = image_dtype
 
     def __call__(self, step: int) -> dict:
         idx = batch_indices(len(self.source), self.seed, int(step), self.global_batch,
                             self.start, self.stop, self.shuffle)
         images, labels, skipped = self.source.load_batch(idx)
-        images = images.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
-        return {"image": images, "label": labels.astype(np.int32), "skipped": np.int64(skipped)}
+        if self.image_dtype == "uint8":
+            images = np.ascontiguousarray(images, np.uint8)
+        else:
+            images = images.astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+        return {"image": images, "label": np.asarray(labels, np.int32), "skipped": np.int64(skipped)}
+
+
+# The host path's formula for each of the 256 pixel values. Looking them up keeps
+# the device result bit-identical to it: compiled, ``x * s - 1`` may become one
+# fused multiply-add that rounds once instead of twice (XLA:CPU does this; 255
+# then maps to 1.0000001).
+_UINT8_TO_FLOAT = np.arange(256, dtype=np.uint8).astype(np.float32) * np.float32(1.0 / 127.5) - np.float32(1.0)
+
+
+def to_float(batch: dict) -> dict:
+    """``batch`` with a uint8 ``'image'`` mapped to float32 in [-1, 1]; anything else unchanged.
+
+    For ``make_iterator(..., image_dtype='uint8')`` batches: under ``jax.jit`` the
+    conversion runs on the device and gives exactly the ``image_dtype='float32'``
+    batch, ``x.astype(float32) * float32(1 / 127.5) - float32(1)``, whatever the
+    backend fuses. The output keeps the image's sharding.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    image = batch.get("image") if isinstance(batch, Mapping) else None
+    if image is None or image.dtype != np.uint8:
+        return batch
+    out = dict(batch)
+    index = jnp.asarray(image).astype(jnp.int32)
+    out["image"] = jnp.asarray(_UINT8_TO_FLOAT).at[index].get(mode="promise_in_bounds",
+                                                            out_sharding=jax.typeof(index).sharding)
+    return out
 
 
 class BatchIterator:
@@ -642,9 +858,25 @@ class BatchIterator:
 _MAX_STEPS = 2**62
 
 
+def _ignore_sigint(worker_index: int, worker_count: int) -> None:
+    """Grain workers leave Ctrl-C to the main process, which stops them.
+
+    A terminal's Ctrl-C reaches the whole process group: workers killed by it
+    mid-batch would turn the main process's clean stop (a checkpoint, a resume
+    message) into a "worker terminated unexpectedly" crash.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_iterator(data_config, batch_size: int, *, seed: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> BatchIterator:
+                  process_index: int = 0, process_count: int = 1,
+                  image_dtype: str = "float32") -> BatchIterator:
     """Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} forever.
+
+    image_dtype='uint8' yields the raw uint8 pixels instead, for the training
+    loop to convert on the device with `to_float`.
 
     b = batch_size // process_count (this host's share: the contiguous slice
     process_index of the global batch). Deterministic in (seed, step): the
@@ -652,19 +884,28 @@ def make_iterator(data_config, batch_size: int, *, seed: int, start_step: int = 
     started at 0 yields from its k-th batch on. Raises DataError for missing or
     unusable data and ValueError for bad arguments.
     """
-    import grain
-
     if batch_size <= 0 or process_count <= 0 or batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of process_count={process_count}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
+    if image_dtype not in ("float32", "uint8"):
+        raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {image_dtype!r}")
     cfg = _Config(data_config)
     source, kind, num_classes = _make_source(cfg)
+    return _iterate(source, kind, num_classes, cfg, batch_size, seed, start_step, process_index,
+                    process_count, image_dtype)
+
+
+def _iterate(source, kind: str, num_classes: int, cfg: _Config, batch_size: int, seed: int, start_step: int,
+             process_index: int, process_count: int, image_dtype: str) -> BatchIterator:
+    """make_iterator over an opened source (prepare_data reuses the source for its last chunk)."""
+    import grain
+
     per_host = batch_size // process_count
     make_batch = _MakeBatch(source, int(seed) % 2**63, batch_size, process_index * per_host,
-                            (process_index + 1) * per_host, cfg.shuffle)
+                            (process_index + 1) * per_host, cfg.shuffle, image_dtype)
     ds = grain.MapDataset.range(start_step, _MAX_STEPS).map(make_batch)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(cfg.num_threads, 0),
                                               prefetch_buffer_size=max(cfg.prefetch, 1)))
@@ -674,7 +915,8 @@ def make_iterator(data_config, batch_size: int, *, seed: int, start_step: int = 
         if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside absl.app use defaults
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
-                                                         per_worker_buffer_size=max(cfg.prefetch // cfg.num_workers, 1)))
+                                                         per_worker_buffer_size=max(cfg.prefetch // cfg.num_workers, 1)),
+                            worker_init_fn=_ignore_sigint)
     info = {"num_examples": len(source), "resolution": cfg.resolution, "channels": cfg.channels,
             "num_classes": num_classes, "source": kind}
     return BatchIterator(ds, start_step, info)

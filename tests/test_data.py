@@ -219,6 +219,33 @@ def test_unshuffled_order(tmp_path):
     np.testing.assert_array_equal(idx, np.arange(60) % 50)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_uint8_batches_convert_on_device_to_the_float_batches(tmp_path, channels):
+    import jax
+
+    cfg = _cfg(path=_idx_dir(tmp_path, n=50), resolution=20, channels=channels)  # resized: every grey level
+    raw = _take(data.make_iterator(cfg, 16, seed=4, start_step=2, image_dtype="uint8"), 4)
+    ref = _take(data.make_iterator(cfg, 16, seed=4, start_step=2), 4)
+    to_float = jax.jit(data.to_float)
+    for a, b in zip(raw, ref):
+        assert a["image"].dtype == np.uint8 and a["image"].shape == (16, 20, 20, channels)
+        np.testing.assert_array_equal(a["label"], b["label"])
+        got = to_float(a)
+        assert got["image"].dtype == np.float32 and set(got) == {"image", "label"}
+        np.testing.assert_array_equal(np.asarray(got["image"]), b["image"])  # bit-identical
+    # all 256 levels, through jit, against the host formula
+    levels = {"image": np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)}
+    host = levels["image"].astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+    got = np.asarray(to_float(levels)["image"])
+    np.testing.assert_array_equal(got, host)
+    assert got[0, 0, 0, 0] == -1.0 and got[0, -1, -1, 0] == 1.0 and got.dtype == np.float32
+    # float images and dicts without images pass through
+    assert data.to_float(ref[0]) is ref[0]
+    assert data.to_float({"label": ref[0]["label"]})["label"] is ref[0]["label"]
+    with pytest.raises(ValueError, match="image_dtype"):
+        data.make_iterator(cfg, 16, seed=0, image_dtype="float16")
+
+
 # ----------------------------------------------------------------------------- folder
 
 COLORS = {  # file -> (mode, solid colour as RGB)
