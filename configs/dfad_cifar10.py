@@ -12,8 +12,8 @@ read (tfds ``cifar10``, ``--config.data.path`` = its data_dir). Needs the teache
   python -m osgan_jax.main --config=configs/dfad_cifar10.py --workdir=/tmp/dfad_cifar10
 """
 
-from osgan_jax import dfad
+from osgan_jax import config_base
 
 
 def get_config():
-  return dfad.get_cifar10_config('dfad')
+  return config_base.dfad_cifar10_config('dfad')

@@ -13,8 +13,8 @@ where ``configs/dfad_cifar10.py`` looks for it (``dfad.teacher_workdir``):
 Then distil it without data: see ``configs/dfad_cifar10.py``.
 """
 
-from osgan_jax import dfad
+from osgan_jax import config_base
 
 
 def get_config():
-  return dfad.get_cifar10_config('teacher')
+  return config_base.dfad_cifar10_config('teacher')

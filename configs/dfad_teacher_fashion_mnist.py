@@ -9,8 +9,8 @@ accuracy, 106 s of steps on a shared 2-core CPU). The checkpoint lands where
 Then distil it without data: see ``configs/dfad_fashion_mnist.py``.
 """
 
-from osgan_jax import dfad
+from osgan_jax import config_base
 
 
 def get_config():
-  return dfad.get_config('teacher')
+  return config_base.dfad_config('teacher')

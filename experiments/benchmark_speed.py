@@ -1,8 +1,8 @@
 """One-stage vs two-stage training steps: XLA FLOPs, interleaved wall time, memory.
 
 Issue 6. Every row is built from a config file plus overrides, exactly as training
-builds it (``config_base.load_config`` -> ``train.create_models`` -> ``train.make_gan``
--> ``train._make_init`` -> ``steps.probe_per_sample`` -> ``steps.jit_step``), with a
+builds it (``config_base.load_config`` -> ``gan.create_models`` -> ``gan.make_gan``
+-> ``gan.make_init`` -> ``steps.probe_per_sample`` -> ``steps.jit_step``), with a
 synthetic random batch (speed needs no data). For each row and each variant (one-stage,
 honest two-stage, official-style two-stage) it records:
 
@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from osgan_jax import config_base  # noqa: E402
 from osgan_jax import host_memory  # noqa: E402
 from osgan_jax import steps  # noqa: E402
-from osgan_jax import train  # noqa: E402
+from osgan_jax import gan as gan_lib  # noqa: E402
 
 # variant name in the results -> (stage name of steps.jit_step, one-stage mode or None)
 # one_stage_approx is the paper's approximate step: no lax.cond for the exact path,
@@ -199,10 +199,10 @@ def build(spec: RowSpec, *, seed: int = 0, overrides: dict | None = None):
   """``(config, gan, init_fn, batch)`` of a row, built as the training loop does."""
   config = config_base.load_config(os.path.join(REPO, spec.config),
                                    {**spec.overrides, **(overrides or {})})
-  generator, discriminator = train.create_models(config)
-  gan = train.make_gan(config, generator, discriminator)
+  generator, discriminator = gan_lib.create_models(config)
+  gan = gan_lib.make_gan(config, generator, discriminator)
   # pylint: disable-next=protected-access
-  init = jax.jit(train._make_init(config, gan, generator, discriminator))
+  init = jax.jit(gan_lib.make_init(config, gan, generator, discriminator))
   res, ch, bs = (int(config.data.resolution), int(config.data.channels),
                  int(config.batch_size))
   key = jax.random.PRNGKey(seed)

@@ -297,10 +297,10 @@ def make_sampler(config, num_samples: int):
   """Jitted ``(params_g, model_state_g) -> images`` of a fixed latent key (G in
   inference mode), the same for every run and seed."""
   import jax
-  from osgan_jax import train
+  from osgan_jax import gan as gan_lib
 
-  generator, discriminator = train.create_models(config)
-  gan = train.make_gan(config, generator, discriminator)
+  generator, discriminator = gan_lib.create_models(config)
+  gan = gan_lib.make_gan(config, generator, discriminator)
   key = jax.random.PRNGKey(1234)
 
   def sample(params_g, model_state_g):

@@ -191,8 +191,8 @@ def jax_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
                     stages: tuple[str, ...] = STAGES) -> dict:
   """``osgan_jax`` one- and two-stage DCGAN steps (``steps.jit_step``) as callables.
 
-  Models from ``train.create_models(jax_config(...))`` with ``conv_impl`` set, the GAN
-  from ``train.make_gan`` (D's per-sample property settled by ``probe_per_sample``),
+  Models from ``gan.create_models(jax_config(...))`` with ``conv_impl`` set, the GAN
+  from ``gan.make_gan`` (D's per-sample property settled by ``probe_per_sample``),
   compiled ahead of time; ``mode`` is the one-stage mode (``'exact'``, the default, or
   ``'approx'``, which for this per-sample D and loss gives the same gradients while
   every gamma is finite, without the exact path's ``lax.cond``). Returns
@@ -204,12 +204,12 @@ def jax_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
   """
   import jax
   import jax.numpy as jnp
-  from osgan_jax import steps, train
+  from osgan_jax import gan as gan_lib, steps
 
   config = jax_config(width, resolution, batch)
-  g, d = train.create_models(config)
+  g, d = gan_lib.create_models(config)
   g, d = g.clone(conv_impl=conv_impl), d.clone(conv_impl=conv_impl)
-  gan = dataclasses.replace(train.make_gan(config, g, d), mode=mode)
+  gan = dataclasses.replace(gan_lib.make_gan(config, g, d), mode=mode)
   z = jnp.zeros((batch, config.z_dim))
   x = jnp.asarray(np.random.default_rng(seed + 1).uniform(
       -1, 1, (batch, resolution, resolution, config.data.channels)), jnp.float32)

@@ -12,13 +12,14 @@ generator's output: ``steps.one_stage_step`` on a ``steps.GAN`` without real dat
 differentiated, returned unchanged), so they are jit arguments, not constants, and the
 checkpoint of a distillation run is self-contained.
 
-Two tasks, chosen by ``config.task`` (``osgan_jax.main`` dispatches):
+Two tasks of the one loop (``osgan_jax.loop``), chosen by ``config.task``
+(``osgan_jax.train`` dispatches):
 
-* ``'teacher'`` (``train_teacher``): supervised training on ``data.split`` (Adam or
+* ``'teacher'`` (``teacher_task``): supervised training on ``data.split`` (Adam or
   SGD), test accuracy on ``eval_split`` every ``eval_every_steps`` and at the end,
   orbax checkpoints in ``workdir/checkpoints`` (with the architecture and the test
   accuracy in the checkpoint's metadata).
-* ``'dfad'`` (``train_and_evaluate``): loads the teacher from
+* ``'dfad'`` (``distill_task``): loads the teacher from
   ``dfad.teacher_workdir`` and trains student and generator, ``stage='one'``
   (one-stage: one student and one generator update per step from one forward and one
   backward pass) or ``stage='two'`` (DFAD's schedule: ``dfad.student_steps`` student
@@ -48,12 +49,8 @@ for both (milestones in steps, i.e. generator updates).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
-import sys
-import time
 
 import flax
 import jax
@@ -61,133 +58,29 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-import tqdm
 from absl import logging
 
-from osgan_jax import config_base
+from osgan_jax import checkpoint
 from osgan_jax import data as data_lib
+from osgan_jax import evaluators
+from osgan_jax import gan as gan_lib
+from osgan_jax import loop
 from osgan_jax import losses as losses_lib
+from osgan_jax import models
+from osgan_jax import parallel
 from osgan_jax import steps
-from osgan_jax import train as train_lib
+from osgan_jax.config_base import ConfigError
 from osgan_jax.models import classifiers
 
 TASKS = ('teacher', 'dfad')
 STAGES = ('one', 'two')
-ConfigError = train_lib.ConfigError
-
-
-# ------------------------------------------------------------------------ config
-
-def get_config(task: str = 'dfad') -> ml_collections.ConfigDict:
-  """Fashion-MNIST at 32x32: LeNet-5 teacher, LeNet-5-half student, DFAD's generator.
-
-  The ``configs/dfad_*.py`` files start from this; both tasks of one experiment share
-  every key, so the distillation config knows the teacher it loads.
-  """
-  c = config_base.get_base_config()
-  c.task = task
-  c.loss = 'dfad'
-  c.z_dim = 100
-  c.num_classes = 0
-  c.data.name = 'fashion_mnist'
-  c.data.resolution = 32
-  c.data.channels = 1
-  c.data.split = 'train'
-  c.model.name = 'dfad'
-  # DFAD's generator has width 64 (1.05M parameters); 16 keeps a CPU step cheap.
-  c.model.generator = ml_collections.ConfigDict(dict(width=16))
-  c.model.discriminator = ml_collections.ConfigDict(dict(
-      arch='lenet5', width=3, blocks=(), spectral_norm=False))
-  # The generator's Adam (lr 1e-3, PyTorch's default betas) and the student's SGD (lr
-  # 0.01, momentum 0.9, weight decay 1e-4), DFAD's MNIST settings.
-  c.optimizer.g_lr = 1e-3
-  c.optimizer.d_lr = 0.01
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.eval_every_steps = 500
-  c.eval_batch_size = 1000
-  c.eval_split = 'test'
-  c.teacher = ml_collections.ConfigDict(dict(
-      arch='lenet5', width=6, blocks=(), optimizer='adam', lr=1e-3,
-      lr_schedule='constant', momentum=0.9, weight_decay=0.0))
-  c.dfad = ml_collections.ConfigDict(dict(
-      teacher_workdir='/tmp/dfad_teacher_fmnist',
-      teacher_config='configs/dfad_teacher_fashion_mnist.py',
-      student_steps=5, student_momentum=0.9, student_weight_decay=1e-4))
-  if task == 'teacher':
-    c.batch_size = 128
-    c.num_train_steps = 2_000
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 1_000
-  else:
-    c.batch_size = 128
-    c.num_train_steps = 2_000
-    c.log_every_steps = 50
-    c.checkpoint_every_steps = 500
-    c.sample_every_steps = 500
-  return c
-
-
-CIFAR10_TRAIN_EXAMPLES = 50_000
-
-
-def get_cifar10_config(task: str = 'dfad') -> ml_collections.ConfigDict:
-  """CIFAR-10 as in DFAD's code: ResNet-34 teacher, ResNet-18 student, GeneratorA.
-
-  DFAD's ``train_teacher.py`` and ``DFAD_cifar.py`` (github.com/VainF/Data-Free-
-  Adversarial-Distillation) and its README's commands: the teacher is trained with
-  SGD (lr 0.1, momentum 0.9, weight decay 5e-4), batch 128, 200 epochs; the student
-  with SGD (lr 0.1, momentum 0.9, weight decay 5e-4) against GeneratorA (nz 256,
-  width 64, Adam lr 1e-3) at batch 256, 500 "epochs" of 50 iterations, both learning
-  rates x0.1 after epochs 100 and 200 (``--scheduler``).
-  """
-  c = get_config(task)
-  c.data.name = 'cifar10'
-  c.data.resolution = 32
-  c.data.channels = 3
-  c.z_dim = 256
-  c.model.generator.width = 64
-  c.model.discriminator.arch = 'resnet18'
-  c.model.discriminator.width = 64
-  c.optimizer.d_lr = 0.1
-  c.optimizer.g_lr = 1e-3
-  iters_per_epoch = 50  # DFAD validates every 50 iterations and calls that an epoch
-  c.optimizer.lr_milestones = (100 * iters_per_epoch, 200 * iters_per_epoch)
-  c.optimizer.lr_decay = 0.1
-  # DFAD's step schedule (x0.1 every 80 epochs) is off in its README's command; a
-  # cosine decay over the 200 epochs is the usual CIFAR recipe and needs no tuning.
-  c.teacher = ml_collections.ConfigDict(dict(
-      arch='resnet34', width=64, blocks=(), optimizer='sgd', lr=0.1,
-      lr_schedule='cosine', momentum=0.9, weight_decay=5e-4))
-  c.dfad.teacher_workdir = '/tmp/dfad_teacher_cifar10'
-  c.dfad.teacher_config = 'configs/dfad_teacher_cifar10.py'
-  c.dfad.student_weight_decay = 5e-4
-  c.eval_batch_size = 500
-  if task == 'teacher':
-    c.batch_size = 128
-    steps_per_epoch = -(-CIFAR10_TRAIN_EXAMPLES // c.batch_size)
-    c.num_train_steps = config_base.epochs_to_steps(200, CIFAR10_TRAIN_EXAMPLES,
-                                                    c.batch_size)
-    c.eval_every_steps = 5 * steps_per_epoch
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 5 * steps_per_epoch
-  else:
-    c.batch_size = 256
-    c.num_train_steps = 500 * iters_per_epoch
-    c.eval_every_steps = iters_per_epoch
-    c.log_every_steps = iters_per_epoch
-    c.checkpoint_every_steps = 20 * iters_per_epoch
-    c.sample_every_steps = 20 * iters_per_epoch
-  return c
 
 
 def _validate(config, task: str) -> None:
   if config.get('task', 'gan') != task:
     raise ConfigError(f'config.task={config.get("task", "gan")!r}, expected {task!r}')
-  for key in ('batch_size', 'num_train_steps', 'log_every_steps',
-              'checkpoint_every_steps', 'sample_every_steps', 'num_samples',
-              'eval_every_steps', 'eval_batch_size'):
+  for key in ('sample_every_steps', 'num_samples', 'eval_every_steps',
+              'eval_batch_size'):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
   for name, arch in (('teacher.arch', config.teacher.arch),
@@ -205,7 +98,7 @@ def _validate(config, task: str) -> None:
     if config.stage not in STAGES:
       raise ConfigError(f'config.stage={config.stage!r}: distillation runs '
                         f'{" or ".join(STAGES)}')
-    train_lib.validate_method(config)
+    gan_lib.validate_method(config)
     if int(config.dfad.student_steps) < 1:
       raise ConfigError(f'config.dfad.student_steps must be >= 1, got '
                         f'{config.dfad.student_steps}')
@@ -214,8 +107,6 @@ def _validate(config, task: str) -> None:
   if int(config.fid.every_steps):
     raise ConfigError('config.fid.every_steps: FID is not computed for DFAD tasks; '
                       'leave it 0')
-  if jax.process_count() > 1:
-    raise ConfigError('DFAD tasks run on one process')
 
 
 def _data_config(config, split: str, shuffle: bool) -> ml_collections.ConfigDict:
@@ -243,16 +134,18 @@ def _init_classifier(model, key):
   return variables.pop('params'), variables
 
 
+@functools.lru_cache(maxsize=None)
 def _predict(model):
-  """Jitted ``(params, model_state, images) -> logits`` in inference mode."""
-  return jax.jit(lambda params, model_state, x: model.apply(
-      {'params': params, **model_state}, x, train=False))
+  """Jitted ``(params, model_state, images) -> classes`` in inference mode."""
+  return jax.jit(lambda params, model_state, x: jnp.argmax(
+      model.apply({'params': params, **model_state}, x, train=False), axis=-1))
 
 
-class _TestSet:
-  """The evaluation split in memory, in fixed-size batches (padding masked out)."""
+class TestAccuracy:
+  """Evaluator: accuracy of ``variables(state) -> (params, model_state)`` on the
+  evaluation split, held in memory in fixed-size batches (padding masked out)."""
 
-  def __init__(self, config):
+  def __init__(self, config, variables, model=None, extra: dict | None = None):
     data = _data_config(config, str(config.eval_split), shuffle=False)
     data.num_threads = 0
     info = data_lib.dataset_info(data)
@@ -261,6 +154,8 @@ class _TestSet:
                                'labels; accuracy needs a labelled test set')
     self.num_examples = n = int(info['num_examples'])
     self.num_classes = int(info['num_classes'])
+    self.every_steps = int(config.eval_every_steps)
+    self.variables, self.model, self.extra = variables, model, dict(extra or {})
     batch = int(config.eval_batch_size)
     num_batches = -(-n // batch)
     it = data_lib.make_iterator(data, batch, seed=0)
@@ -271,16 +166,19 @@ class _TestSet:
     images = np.concatenate([c['image'] for c in chunks])
     labels = np.concatenate([c['label'] for c in chunks])
     valid = np.arange(len(images)) < n  # the iterator wraps around past the end
-    shape = (num_batches, batch)
-    self.images = images.reshape(shape + images.shape[1:])
-    self.labels = np.where(valid, labels, -1).reshape(shape)
+    self.images = images.reshape((num_batches, batch) + images.shape[1:])
+    self.labels = np.where(valid, labels, -1).reshape((num_batches, batch))
 
-  def accuracy(self, predict, params, model_state) -> float:
-    correct = 0
+  def accuracy(self, params, model_state, model=None) -> float:
+    predict, correct = _predict(model or self.model), 0
     for x, y in zip(self.images, self.labels):
-      pred = np.asarray(jnp.argmax(predict(params, model_state, x), axis=-1))
+      pred = np.asarray(predict(params, model_state, x))
       correct += int(np.sum((pred == y) & (y >= 0)))
     return correct / self.num_examples
+
+  def __call__(self, state, step: int, writer) -> dict:
+    del step, writer
+    return {'test_accuracy': self.accuracy(*self.variables(state)), **self.extra}
 
 
 # ------------------------------------------------------------------------ teacher
@@ -306,10 +204,21 @@ def _teacher_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def _teacher_step(model, tx, state: TeacherState, batch):
+def _teacher_init(model, tx):
+  def init(key):
+    params, model_state = _init_classifier(model, key)
+    return TeacherState(step=jnp.zeros((), jnp.int32), params=params,
+                        model_state=model_state, opt_state=tx.init(params))
+  return init
+
+
+def _teacher_step(model, tx, state: TeacherState, batch, rng, i):
+  """One supervised step (cross-entropy on ``batch``); the loop's phase signature."""
+  del rng, i
+
   def objective(params):
-    logits, model_state = train_lib._apply(model, params, state.model_state,  # pylint: disable=protected-access
-                                           batch['image'], None, True)
+    logits, model_state = models.apply(model, params, state.model_state,
+                                       batch['image'], None, True)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return jnp.mean(loss), (logits, model_state)
 
@@ -330,42 +239,29 @@ def _teacher_meta(config, num_outputs: int) -> dict:
           'data': str(config.data.name), 'num_train_steps': int(config.num_train_steps)}
 
 
-def train_teacher(config, workdir: str) -> TeacherState:
-  """Trains the teacher on ``data.split`` (resuming from ``workdir``); returns its state."""
+def teacher_task(config, workdir: str) -> loop.Task:
+  """Supervised training of the teacher on ``data.split``, test accuracy on
+  ``eval_split``; its checkpoints' metadata name the architecture."""
+  del workdir
   _validate(config, 'teacher')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  train_info = data_lib.dataset_info(_data_config(config, config.data.split, True))
-  test_set = _TestSet(config)
-  model = create_teacher(config, test_set.num_classes)
+  train_data = _data_config(config, config.data.split, True)
+  data_lib.dataset_info(train_data)  # a DataError before anything is compiled
+  test = TestAccuracy(config, lambda s: (s.params, s.model_state))
+  model = create_teacher(config, test.num_classes)
+  test.model = model
   tx = _teacher_optimizer(config)
 
-  def init(key):
-    params, model_state = _init_classifier(model, key)
-    return TeacherState(step=jnp.zeros((), jnp.int32), params=params,
-                        model_state=model_state, opt_state=tx.init(params))
+  def batches(start_step, process_index, process_count):
+    return data_lib.make_iterator(
+        train_data, int(config.batch_size), seed=int(config.seed), start_step=start_step,
+        process_index=process_index, process_count=process_count, image_dtype='uint8')
 
-  predict = _predict(model)
-  step_fn = jax.jit(functools.partial(_teacher_step, model, tx), donate_argnums=0)
-  meta = _teacher_meta(config, test_set.num_classes)
-  logging.info('Teacher %s (width %d) on %s (%d images), batch %d, %d steps',
-               config.teacher.arch, config.teacher.width, config.data.name,
-               train_info['num_examples'], config.batch_size, config.num_train_steps)
-
-  def batches(start_step):
-    it = data_lib.make_iterator(_data_config(config, config.data.split, True),
-                                int(config.batch_size), seed=int(config.seed),
-                                start_step=start_step)
-    return it, lambda: next(it)
-
-  def evaluate(state):
-    return {'test_accuracy': test_set.accuracy(predict, state.params, state.model_state)}
-
-  return _loop(config, workdir, init=init, make_step=lambda state: step_fn,
-               batches=batches, evaluate=evaluate, meta=meta, desc='teacher')
-
-
-def _abstract(init, *args):
-  return jax.eval_shape(init, *args)
+  return loop.Task(
+      name='teacher', init=_teacher_init(model, tx),
+      make_phases=lambda state: [loop.Phase('main', functools.partial(
+          _teacher_step, model, tx))],
+      batches=batches, evaluators=[test],
+      meta=_teacher_meta(config, test.num_classes))
 
 
 def load_teacher(config, num_outputs: int):
@@ -383,20 +279,14 @@ def load_teacher(config, num_outputs: int):
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise missing
   model = create_teacher(config, num_outputs)
-  tx = _teacher_optimizer(config)
-
-  def init(key):
-    params, model_state = _init_classifier(model, key)
-    return TeacherState(step=jnp.zeros((), jnp.int32), params=params,
-                        model_state=model_state, opt_state=tx.init(params))
-
-  manager = train_lib._checkpoint_manager(workdir, 1 << 30)  # pylint: disable=protected-access
+  init = _teacher_init(model, _teacher_optimizer(config))
+  manager = checkpoint.manager(os.path.join(workdir, 'checkpoints'), 1 << 30,
+                               async_save=False)
   try:
     step = manager.latest_step()
     if step is None:
       raise missing
-    meta = manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta or {}
+    meta = checkpoint.restore_meta(manager, step)
     expected = _teacher_meta(config, num_outputs)
     for key in ('arch', 'width', 'blocks', 'resolution', 'channels', 'num_outputs'):
       if meta.get(key, [] if key == 'blocks' else None) != expected[key]:
@@ -405,8 +295,8 @@ def load_teacher(config, num_outputs: int):
             f'config expects {expected[key]!r} (config.teacher / config.data); retrain it '
             f'with {command}, or point config.dfad.teacher_workdir at a matching one')
     try:
-      state, meta = train_lib.restore_checkpoint(manager, _abstract(
-          init, jax.random.PRNGKey(0)), step)
+      state, meta = checkpoint.restore(
+          manager, jax.eval_shape(init, jax.random.PRNGKey(0)), step)
     except (ValueError, KeyError, TypeError) as e:
       raise ConfigError(f'cannot restore the teacher checkpoint {workdir} at step {step} '
                         f'with config.teacher ({type(e).__name__}: '
@@ -433,16 +323,15 @@ def make_gan(config, generator, student, teacher) -> steps.GAN:
 
   def generate(params, model_state, z, rng, train=True):
     del rng
-    image, model_state = train_lib._apply(generator, params, model_state, z, None,  # pylint: disable=protected-access
-                                          train)
+    image, model_state = models.apply(generator, params, model_state, z, None, train)
     return {'image': image}, model_state
 
   def discriminate(params, model_state, batch, rng, train=True):
     del rng
     x = batch['image']
     t = teacher.apply(model_state['teacher'], x, train=False)
-    s, student_state = train_lib._apply(student, params, model_state['student'], x,  # pylint: disable=protected-access
-                                        None, train)
+    s, student_state = models.apply(student, params, model_state['student'], x,
+                                     None, train)
     discrepancy = jnp.mean(jnp.abs(t.astype(jnp.float32) - s.astype(jnp.float32)), -1)
     return discrepancy, {'student': student_state, 'teacher': model_state['teacher']}
 
@@ -511,40 +400,28 @@ def two_stage_step(gan: steps.GAN, state: steps.TrainState, batch, rng, *,
   return steps.two_stage_step(gan, state, batch, keys[-1])
 
 
-def jit_step(gan: steps.GAN, stage: str, student_steps: int = 1):
-  """The jitted step of ``stage`` (state donated): ``step(state, batch, rng)``."""
-  if stage == 'one':
-    return steps.jit_step(gan, 'one')
-  if stage == 'two':
-    return jax.jit(functools.partial(two_stage_step, gan, student_steps=student_steps),
-                   donate_argnums=0)
-  raise ValueError(f'unknown stage {stage!r}; valid: {", ".join(STAGES)}')
-
-
-def _display(images) -> np.ndarray:
+def _display(images):
   """Per-image min-max scaling to [-1, 1] (the generator's output is standardised)."""
-  x = np.asarray(images, np.float32)
-  lo = x.min(axis=(1, 2, 3), keepdims=True)
-  hi = x.max(axis=(1, 2, 3), keepdims=True)
-  return 2.0 * (x - lo) / np.maximum(hi - lo, 1e-8) - 1.0
+  lo = jnp.min(images, axis=(1, 2, 3), keepdims=True)
+  hi = jnp.max(images, axis=(1, 2, 3), keepdims=True)
+  return 2.0 * (images - lo) / jnp.maximum(hi - lo, 1e-8) - 1.0
 
 
-def train_and_evaluate(config, workdir: str) -> steps.TrainState:
+def distill_task(config, workdir: str) -> loop.Task:
   """Distils the teacher of ``dfad.teacher_workdir`` into a student without data.
 
-  Resumes from ``workdir``'s latest checkpoint. Returns the final ``TrainState``
-  (``model_state_d['teacher']`` holds the teacher, unchanged). Raises ``ConfigError``
-  for invalid settings or a missing teacher and ``data.DataError`` for a missing test
-  set, before anything is trained.
+  ``model_state_d['teacher']`` of the state holds the teacher, unchanged. Raises
+  ``ConfigError`` for invalid settings or a missing teacher and ``data.DataError`` for
+  a missing test set, before anything is trained.
   """
   _validate(config, 'dfad')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  test_set = _TestSet(config)
-  teacher, teacher_vars, teacher_meta = load_teacher(config, test_set.num_classes)
-  generator, student = train_lib.create_models(config)
-  if student.num_outputs != test_set.num_classes:
+  generator, student = gan_lib.create_models(config)
+  test = TestAccuracy(config, lambda s: (s.params_d, s.model_state_d['student']),
+                      student)
+  teacher, teacher_vars, teacher_meta = load_teacher(config, test.num_classes)
+  if student.num_outputs != test.num_classes:
     raise ConfigError(f'the student has {student.num_outputs} outputs but the data has '
-                      f'{test_set.num_classes} classes')
+                      f'{test.num_classes} classes')
   gan = make_gan(config, generator, student, teacher)
 
   def init(key, teacher_vars):
@@ -557,183 +434,33 @@ def train_and_evaluate(config, workdir: str) -> steps.TrainState:
 
   teacher_accuracy = teacher_meta.get('test_accuracy')
   if teacher_accuracy is None:
-    teacher_accuracy = test_set.accuracy(_predict(teacher), teacher_vars['params'],
-                                         {k: v for k, v in teacher_vars.items()
-                                          if k != 'params'})
-  predict = _predict(student)
-  n = int(config.num_samples)
+    teacher_accuracy = test.accuracy(
+        teacher_vars['params'], {k: v for k, v in teacher_vars.items() if k != 'params'},
+        teacher)
+  test.extra['teacher_test_accuracy'] = float(teacher_accuracy)
   fixed_z = gan.sample_latent(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2),
-                              n)
-  sampler = jax.jit(lambda params_g, model_state_g: gan.generate(
-      params_g, model_state_g, fixed_z, None)[0]['image'])
+                              int(config.num_samples))
+  sampler = jax.jit(lambda params_g, model_state_g: _display(gan.generate(
+      params_g, model_state_g, fixed_z, None)[0]['image']))
   logging.info('DFAD %s-stage: teacher %s (test accuracy %.4f), student %s (width %d), '
                'batch %d', config.stage, config.teacher.arch, teacher_accuracy,
                student.arch, student.width, config.batch_size)
 
-  def evaluate(state):
-    student_state = state.model_state_d['student']
-    return {'test_accuracy': test_set.accuracy(predict, state.params_d, student_state),
-            'teacher_test_accuracy': float(teacher_accuracy)}
-
-  def sample(state):
-    return _display(jax.device_get(sampler(state.params_g, state.model_state_g)))
-
-  def batches(start_step):
-    del start_step
-    return None, lambda: {}
-
-  step_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 1)
-
-  def make_step(state):
-    probed = steps.probe_per_sample(gan, state, {})
+  def make_phases(state):
+    probed = steps.probe_per_sample(gan, state)
     logging.info('DFAD: the student treats samples %s',
                  'independently' if probed.per_sample else 'jointly (BatchNorm)')
-    step_fn = jit_step(probed, config.stage, int(config.dfad.student_steps))
-
-    def train_step(state, batch):
-      return step_fn(state, batch, jax.random.fold_in(step_key, state.step))
-
-    return train_step
-
-  return _loop(config, workdir, init=init, init_args=(teacher_vars,),
-               make_step=make_step, batches=batches, evaluate=evaluate, sample=sample,
-               meta={'teacher_workdir': os.path.abspath(config.dfad.teacher_workdir)},
-               desc=f'dfad {config.stage}-stage')
-
-
-# ------------------------------------------------------------------------ the loop
-
-def _every(step: int, period: int, last: int) -> bool:
-  return step % int(period) == 0 or step == last
-
-
-def _loop(config, workdir: str, *, init, make_step, batches, evaluate, meta: dict,
-          desc: str, init_args=(), sample=None):
-  """The training loop both tasks share: checkpoints, resume, signals, logging.
-
-  ``init(key, *init_args)`` makes the state at step 0 (jitted; ``init_args`` are
-  arguments, not constants); ``make_step(state)`` returns the (jitted, state-donating)
-  ``step(state, batch) -> (state, metrics)``; ``batches(start_step) -> (closeable or
-  None, next_batch)``; ``evaluate(state) -> dict`` (also kept in the checkpoint's
-  metadata) and ``sample(state)`` (images in [-1, 1]) run on the config's schedule.
-  """
-  num_steps = int(config.num_train_steps)
-  init_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 0)
-  os.makedirs(workdir, exist_ok=True)
-  if sample is not None:
-    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-
-  with contextlib.ExitStack() as cleanup:
-    stop = cleanup.enter_context(train_lib._StopOnSignal())  # pylint: disable=protected-access
-    manager = train_lib._checkpoint_manager(workdir, config.keep_checkpoints)  # pylint: disable=protected-access
-    cleanup.callback(manager.close)
-    latest = manager.latest_step()
-    train_seconds = 0.0
-    if latest is None:
-      state = jax.jit(init)(init_key, *init_args)
-      start_step = 0
+    if config.stage == 'one':
+      step = functools.partial(steps.one_stage_step, probed)
     else:
-      state, saved = train_lib.restore_checkpoint(
-          manager, _abstract(init, init_key, *init_args), latest)
-      start_step = int(jax.device_get(state.step))
-      train_seconds = float(saved.get('train_seconds', 0.0))
-      meta = {**saved, **meta}
-      logging.info('Resumed from the checkpoint at step %d in %s', start_step, workdir)
-    if start_step >= num_steps:
-      logging.info('Nothing to do: the checkpoint is at step %d and num_train_steps=%d',
-                   start_step, num_steps)
-      return state
-    last_saved = None if latest is None else start_step
-    step_fn = make_step(state)
-    closeable, next_batch = batches(start_step)
-    if closeable is not None:
-      cleanup.callback(closeable.close)
-    writer = train_lib._MetricWriter(workdir, start_step, True)  # pylint: disable=protected-access
-    cleanup.callback(writer.close)
-    writer.text('config', '```\n' + str(config) + '\n```')
-    pbar = cleanup.enter_context(tqdm.tqdm(
-        total=num_steps, initial=start_step, unit='step', dynamic_ncols=True,
-        smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30,
-        disable=not config.progress_bar, desc=desc))
+      step = functools.partial(two_stage_step, probed,
+                               student_steps=int(config.dfad.student_steps))
+    return [loop.Phase('main', lambda state, batch, rng, i: step(state, batch, rng))]
 
-    def save(done):
-      meta.update(train_seconds=train_seconds)
-      train_lib._save(manager, done, state, meta)  # pylint: disable=protected-access
-
-    history, timed_steps = [], 0
-    clock = time.perf_counter()
-    stopped_by, done = None, start_step
-    for step in range(start_step, num_steps):
-      state, metrics = step_fn(state, next_batch())
-      history.append(metrics)
-      done = step + 1
-      pbar.update(1)
-      if step == start_step:  # compilation is not training time
-        jax.block_until_ready(state)
-        logging.info('First step (with compilation) took %.1f s',
-                     time.perf_counter() - clock)
-        clock = time.perf_counter()
-      else:
-        timed_steps += 1
-      boundary = any(_every(done, p, num_steps) for p in (
-          config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps,
-          config.sample_every_steps)) or stop.received is not None
-      if not boundary:
-        continue
-      jax.block_until_ready(state)
-      elapsed = time.perf_counter() - clock
-      train_seconds += elapsed
-      values = {}
-      if _every(done, config.log_every_steps, num_steps):
-        values = train_lib._reduce_metrics(history)  # pylint: disable=protected-access
-        history = []
-        if timed_steps:
-          values['steps_per_sec'] = timed_steps / max(elapsed, 1e-9)
-        timed_steps = 0
-      elif timed_steps:
-        timed_steps = 0  # the next rate is over a fresh interval
-      if _every(done, config.eval_every_steps, num_steps):
-        evaluation = evaluate(state)
-        meta.update(evaluation)
-        values.update(evaluation)
-      if values:
-        values['train_seconds'] = train_seconds
-        writer.scalars(done, values)
-        pbar.set_postfix({k: f'{values[k]:.3g}' for k in
-                          ('loss_d', 'loss', 'test_accuracy') if k in values},
-                         refresh=False)
-      if sample is not None and _every(done, config.sample_every_steps, num_steps):
-        grid = train_lib.image_grid(sample(state))
-        train_lib._save_png(grid, os.path.join(workdir, 'samples',  # pylint: disable=protected-access
-                                               f'step_{done:06d}.png'))
-        writer.image(done, 'samples', grid)
-      if stop.received is not None:
-        stopped_by = stop.received
-      if (_every(done, config.checkpoint_every_steps, num_steps)
-          or stopped_by is not None) and last_saved != done:
-        save(done)
-        last_saved = done
-      if stopped_by is not None:
-        break
-      clock = time.perf_counter()
-
-  if stopped_by is not None and done < num_steps:
-    logging.warning('Stopped by %s at step %d; checkpoint saved in %s. Run the same '
-                    'command again to resume.', stopped_by, done,
-                    os.path.join(workdir, 'checkpoints'))
-  else:
-    logging.info('Finished %d steps in %s (%.1f s of training steps)', done, workdir,
-                 train_seconds)
-  return state
-
-
-def run(config, workdir: str):
-  """Runs ``config.task`` (``'teacher'`` or ``'dfad'``) in ``workdir``."""
-  task = config.get('task', 'gan')
-  if task == 'teacher':
-    return train_teacher(config, workdir)
-  if task == 'dfad':
-    return train_and_evaluate(config, workdir)
-  raise ConfigError(f"config.task={task!r} is not one of 'gan', {', '.join(map(repr, TASKS))}")
+  samples = evaluators.SampleGrid(
+      workdir, lambda s: sampler(s.params_g, s.model_state_g), config.sample_every_steps,
+      is_main=parallel.is_main_process())
+  return loop.Task(
+      name=f'dfad {config.stage}-stage', init=init, init_args=(teacher_vars,),
+      make_phases=make_phases, evaluators=[test, samples],
+      meta={'teacher_workdir': os.path.abspath(config.dfad.teacher_workdir)})

@@ -1,7 +1,7 @@
 """Trains a GAN: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR``.
 
-``config.task`` (absent: ``'gan'``) picks the loop: ``'teacher'`` and ``'dfad'`` are
-data-free distillation's two tasks (``osgan_jax.dfad``).
+``config.task`` (absent: ``'gan'``) picks the task of the one loop: ``'teacher'`` and
+``'dfad'`` are data-free distillation's two tasks (``osgan_jax.dfad``).
 
 Any config key can be overridden on the command line, e.g.
 ``--config.stage=two --config.batch_size=64 --config.data.path=/data/celeba``. The
@@ -95,17 +95,14 @@ def main(argv):
   # Imported here so that flag errors are reported without loading JAX.
   from osgan_jax import data
   from osgan_jax import train
+  from osgan_jax.config_base import ConfigError
 
   logging.info('Config:\n%s', config)
   try:
-    if config.get('task', 'gan') == 'gan':
-      train.train_and_evaluate(config, _WORKDIR.value)
-    else:  # data-free distillation: its teacher, or the distillation itself
-      from osgan_jax import dfad
-      dfad.run(config, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except data.DataError as e:
     _fail(f'data: {e}', 1)
-  except train.ConfigError as e:
+  except ConfigError as e:
     _fail(f'config: {e}', 1)
 
 

@@ -39,7 +39,7 @@ EMA
 ``ema_update`` lerps parameters (``p.lerp(p_ema, beta)``) and the EMA generator takes
 G's non-trained state (w_avg, noise buffers) as is, as the official code copies buffers.
 
-What the training loop (``osgan_jax.train``) does per iteration ``i`` (``i =
+What the training loop (``osgan_jax.gan``'s phases in ``osgan_jax.loop``) does per iteration ``i`` (``i =
 state.step`` before the main step, i.e. the official ``batch_idx``; ``cur_nimg = i *
 batch_size``); ``pl_mean`` and the EMA parameters live in the ``TrainState``, so a
 checkpoint holds them::
@@ -59,7 +59,6 @@ is one-stage.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -69,7 +68,6 @@ import optax
 
 from osgan_jax.one_stage import call_with_aux
 from osgan_jax.steps import apply_optimizer
-from osgan_jax.steps import jit_state_step
 
 PyTree = Any
 
@@ -387,39 +385,3 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return state, {'pl_penalty': f32(penalty), 'loss_g_reg': f32(loss),
                  'pl_length': f32(mean_len), 'pl_mean': f32(new_mean)}
-
-
-# ----------------------------------------------------------------------------- jitting
-
-def jit_r1_step(gan, *, r1_gamma: float = R1_GAMMA, interval: int = R1_INTERVAL,
-                image_key: str = 'image', state_sharding=None, batch_sharding=None):
-  """``jax.jit`` of ``r1_step`` with its options bound, the state donated:
-  ``(state, batch, rng) -> (state, metrics)``; shardings as ``steps.jit_step``."""
-  fn = functools.partial(r1_step, gan, r1_gamma=r1_gamma, interval=interval,
-                         image_key=image_key)
-  return jit_state_step(fn, state_sharding=state_sharding,
-                        arg_shardings=(batch_sharding, None))
-
-
-def jit_path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, *,
-                         batch_size: int, pl_weight: float = PL_WEIGHT,
-                         interval: int = PL_INTERVAL,
-                         pl_batch_shrink: int = PL_BATCH_SHRINK,
-                         pl_decay: float = PL_DECAY, map_has_aux: bool = False,
-                         state_sharding=None):
-  """``jax.jit`` of ``path_length_step`` with its options bound, the state donated:
-  ``(state, rng) -> (state, metrics)``."""
-  fn = functools.partial(path_length_step, gan, map_fn, synthesize_fn,
-                         batch_size=batch_size, pl_weight=pl_weight, interval=interval,
-                         pl_batch_shrink=pl_batch_shrink, pl_decay=pl_decay,
-                         map_has_aux=map_has_aux)
-  return jit_state_step(fn, state_sharding=state_sharding)
-
-
-def jit_ema_step(*, batch_size: int, half_life_kimg: float = EMA_KIMG,
-                 rampup: Optional[float] = None, state_sharding=None):
-  """``jax.jit`` of ``ema_step``: ``(state, cur_nimg) -> (state, metrics)``, the state
-  donated."""
-  fn = functools.partial(ema_step, batch_size=batch_size,
-                         half_life_kimg=half_life_kimg, rampup=rampup)
-  return jit_state_step(fn, state_sharding=state_sharding)

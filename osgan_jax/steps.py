@@ -98,15 +98,20 @@ def init_state(gan: GAN, params_g, params_d, model_state_g=None,
       pl_mean=jnp.zeros((), jnp.float32) if path_length else None)
 
 
-def probe_per_sample(gan: GAN, state: TrainState, batch) -> GAN:
-  """Settles ``gan.per_sample`` with concrete values, so the jitted step need not."""
+def probe_per_sample(gan: GAN, state: TrainState, batch=None) -> GAN:
+  """Settles ``gan.per_sample`` with concrete values, so the jitted step need not.
+
+  Probes D on ``batch`` (its ``batch_keys``), or, with ``batch=None`` or a game
+  without real data, on four samples of G: whether D couples samples depends on its
+  architecture, not on the images.
+  """
   if gan.per_sample is not None:
     return gan
   # Jitted, so the eager probe compiles D once instead of op by op.
   discriminate = jax.jit(
       lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)))
-  images = _real(gan, batch)
-  if not jax.tree.leaves(images):  # data-free: probe on generated samples
+  images = {} if batch is None else _real(gan, batch)
+  if not jax.tree.leaves(images):
     key = jax.random.PRNGKey(0)
     images = jax.jit(lambda p, s: gan.generate(p, s, gan.sample_latent(key, 4), key)[0])(
         state.params_g, state.model_state_g)

@@ -5,7 +5,7 @@
     python -m osgan_jax.summary --config=configs/dcgan_celeba.py --verbose
 
 The networks are the ones ``python -m osgan_jax.main`` would train with the same
-config and overrides (``osgan_jax.train.create_models``). Everything is built with
+config and overrides (``osgan_jax.gan.create_models``). Everything is built with
 ``jax.eval_shape`` (``init`` and one forward pass with ``capture_intermediates``), so
 even the 1024x1024 StyleGAN2 costs only tracing time. For each network it prints one
 row per submodule (StyleGAN2: the mapping layers and the synthesis / discriminator
@@ -220,9 +220,9 @@ def summarize(generator, discriminator, batch_size: int = 4,
 def summarize_config(config, batch_size: int = 4, g_depth: Optional[int] = None,
                      d_depth: Optional[int] = None, verbose: bool = False,
                      out=None) -> Dict[str, int]:
-  """``summarize`` of the networks ``config`` trains (``train.create_models``)."""
-  from osgan_jax import train
-  generator, discriminator = train.create_models(config)
+  """``summarize`` of the networks ``config`` trains (``gan.create_models``)."""
+  from osgan_jax import gan
+  generator, discriminator = gan.create_models(config)
   return summarize(generator, discriminator, batch_size=batch_size, g_depth=g_depth,
                    d_depth=d_depth, verbose=verbose, out=out,
                    num_classes=int(config.num_classes))

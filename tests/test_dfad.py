@@ -26,7 +26,9 @@ import pytest
 from PIL import Image
 
 from osgan_jax import config_base, data as data_lib, dfad, losses, one_stage, steps
+from osgan_jax import gan as gan_lib
 from osgan_jax import train as train_lib
+from osgan_jax.config_base import ConfigError
 from osgan_jax.models import classifiers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +216,7 @@ def test_two_stage_step_is_dfads_schedule():
                                  'dfad.student_weight_decay': 0.0,
                                  'optimizer.d_lr': lr, 'stage': 'two'})
   rng, k = jax.random.PRNGKey(11), 3
-  new_state, metrics = dfad.jit_step(gan, 'two', k)(
+  new_state, metrics = jax.jit(functools.partial(dfad.two_stage_step, gan, student_steps=k))(
       jax.tree.map(jnp.copy, state), {}, rng)
 
   @jax.jit
@@ -258,7 +260,7 @@ def teacher_dir(tmp_path_factory):
                        eval_every_steps=150, log_every_steps=50,
                        checkpoint_every_steps=150, keep_checkpoints=5,
                        **{'teacher.lr': 3e-3})
-  dfad.train_teacher(config, workdir)
+  train_lib.train_and_evaluate(config, workdir)
   return workdir
 
 
@@ -282,7 +284,7 @@ def test_teacher_learns_and_resumes_exactly(teacher_dir, tmp_path):
                        eval_every_steps=150, log_every_steps=50,
                        checkpoint_every_steps=150, keep_checkpoints=5,
                        **{'teacher.lr': 3e-3})
-  resumed = dfad.train_teacher(config, str(workdir))
+  resumed = train_lib.train_and_evaluate(config, str(workdir))
   _, variables, meta = dfad.load_teacher(distill_config(teacher_dir), 10)
   assert_trees_equal({'params': resumed.params, **resumed.model_state}, variables)
   assert meta['test_accuracy'] == accuracy[-1]
@@ -317,7 +319,7 @@ def test_distillation_without_training_data_beats_chance(teacher_dir, tmp_path,
                           log_every_steps=n // 2, sample_every_steps=n,
                           checkpoint_every_steps=n, **LEARNS)
   _, teacher_vars, meta = dfad.load_teacher(config, 10)
-  state = dfad.train_and_evaluate(config, str(tmp_path))
+  state = train_lib.train_and_evaluate(config, str(tmp_path))
   assert splits == ['test']  # the test set for evaluation; no training image
   assert int(state.step) == n
   assert_trees_equal(state.model_state_d['teacher'], teacher_vars)  # frozen
@@ -343,12 +345,12 @@ def test_student_beats_chance_at_the_default_size(tmp_path):
   shrinks to 16x16 and a 300-step teacher.
   """
   teacher = str(tmp_path / 'teacher')
-  dfad.train_teacher(config_base.load_config(TEACHER_CONFIG, {
+  train_lib.train_and_evaluate(config_base.load_config(TEACHER_CONFIG, {
       'num_train_steps': 600, 'progress_bar': False}), teacher)
   config = config_base.load_config(DFAD_CONFIG, {
       'dfad.teacher_workdir': teacher, 'num_train_steps': 200, 'eval_every_steps': 100,
       'progress_bar': False})
-  dfad.train_and_evaluate(config, str(tmp_path / 'student'))
+  train_lib.train_and_evaluate(config, str(tmp_path / 'student'))
   records = [r for r in read_metrics(tmp_path / 'student') if 'test_accuracy' in r]
   assert records[-1]['step'] == 200
   assert records[-1]['test_accuracy'] > 0.2, records  # chance is 0.1
@@ -359,11 +361,11 @@ def test_distillation_resumes_bit_identically(teacher_dir, tmp_path):
   """Two-stage (the loop and the RNG are the one-stage run's; the step is richer)."""
   config = distill_config(teacher_dir, stage='two', checkpoint_every_steps=2,
                           keep_checkpoints=5, batch_size=16, **{'dfad.student_steps': 2})
-  straight = jax.device_get(dfad.train_and_evaluate(config, str(tmp_path / 'a')))
+  straight = jax.device_get(train_lib.train_and_evaluate(config, str(tmp_path / 'a')))
   workdir = tmp_path / 'b'
   shutil.copytree(tmp_path / 'a', workdir)
   shutil.rmtree(workdir / 'checkpoints' / '4')
-  resumed = dfad.train_and_evaluate(config, str(workdir))
+  resumed = train_lib.train_and_evaluate(config, str(workdir))
   assert int(resumed.step) == 4
   assert_trees_equal(resumed, straight)
   assert [r['step'] for r in read_metrics(workdir)] == [1, 2, 3, 4]
@@ -372,17 +374,17 @@ def test_distillation_resumes_bit_identically(teacher_dir, tmp_path):
 @needs_data
 def test_wrong_teacher_is_a_clear_error(teacher_dir, tmp_path):
   config = distill_config(teacher_dir, **{'teacher.width': 4})
-  with pytest.raises(dfad.ConfigError, match='has width=6 but this config expects 4'):
-    dfad.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ConfigError, match='has width=6 but this config expects 4'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
 
 
 @needs_data
 def test_missing_teacher_is_a_one_line_error_from_main(tmp_path):
   missing = tmp_path / 'no_teacher'
   config = distill_config(str(missing))
-  with pytest.raises(dfad.ConfigError, match='train the teacher first: python -m '
+  with pytest.raises(ConfigError, match='train the teacher first: python -m '
                      'osgan_jax.main --config=configs/dfad_teacher_fashion_mnist.py'):
-    dfad.train_and_evaluate(config, str(tmp_path / 'run'))
+    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   result = subprocess.run(
       [sys.executable, '-m', 'osgan_jax.main', f'--config={DFAD_CONFIG}',
        f'--workdir={tmp_path / "run"}', f'--config.dfad.teacher_workdir={missing}',
@@ -425,7 +427,7 @@ def test_cifar10_configs_have_dfads_settings_and_commands():
       25_000, 50, 5)
   assert (tuple(config.optimizer.lr_milestones), config.optimizer.lr_decay) == (
       (5_000, 10_000), 0.1)
-  generator, student = train_lib.create_models(config)
+  generator, student = gan_lib.create_models(config)
   assert (student.arch, student.width, student.channels) == ('resnet18', 64, 3)
   assert (generator.z_dim, generator.width, generator.channels) == (256, 64, 3)
   model = dfad.create_teacher(teacher)
@@ -459,9 +461,9 @@ def test_cifar10_configs_run_at_tiny_sizes_on_mock_data(tmp_path):
           'dfad.teacher_workdir': str(tmp_path / 'teacher')}
   with tfds.testing.mock_data(num_examples=16,
                               policy=tfds.testing.MockPolicy.USE_CODE):
-    teacher = dfad.train_teacher(config_base.load_config(CIFAR_TEACHER_CONFIG, tiny),
+    teacher = train_lib.train_and_evaluate(config_base.load_config(CIFAR_TEACHER_CONFIG, tiny),
                                  str(tmp_path / 'teacher'))
-    state = dfad.train_and_evaluate(config_base.load_config(CIFAR_CONFIG, tiny),
+    state = train_lib.train_and_evaluate(config_base.load_config(CIFAR_CONFIG, tiny),
                                     str(tmp_path / 'student'))
   assert int(teacher.step) == int(state.step) == 2
   assert_trees_equal(state.model_state_d['teacher'],

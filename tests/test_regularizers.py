@@ -550,10 +550,14 @@ def stylegan():
     for name in ('r1_step', 'path_length_step', 'ema_step'):
       mp.setattr(reg, name, chex.assert_max_traces(getattr(reg, name), n=1))
     main = steps.jit_step(gan, 'one')
-    r1 = reg.jit_r1_step(gan, r1_gamma=1.0, interval=R1_EVERY)
-    pl = reg.jit_path_length_step(gan, map_fn, synthesize_fn, batch_size=B,
-                                  interval=PL_EVERY, map_has_aux=True)
-    ema = reg.jit_ema_step(batch_size=B, half_life_kimg=0.01, rampup=0.05)
+    # As the loop jits its phases: partials of the steps, the state donated.
+    r1 = steps.jit_state_step(functools.partial(
+        reg.r1_step, gan, r1_gamma=1.0, interval=R1_EVERY))
+    pl = steps.jit_state_step(functools.partial(
+        reg.path_length_step, gan, map_fn, synthesize_fn, batch_size=B,
+        interval=PL_EVERY, map_has_aux=True))
+    ema = steps.jit_state_step(functools.partial(
+        reg.ema_step, batch_size=B, half_life_kimg=0.01, rampup=0.05))
 
     copy = lambda t: jax.tree.map(jnp.copy, t)
     state = steps.init_state(gan, copy(gv['params']), copy(dv['params']),

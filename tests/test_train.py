@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osgan_jax import config_base, train
+from osgan_jax import checkpoint, config_base, evaluators, train
+from osgan_jax import gan as gan_lib
+from osgan_jax.config_base import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
@@ -152,7 +154,7 @@ def test_every_config_trains(name, stage, folder, tmp_path):
     for leaf in jax.tree.leaves(state.params_d):
       assert np.max(np.abs(np.asarray(leaf))) <= base.optimizer.weight_clip
   if base.model.discriminator.get('spectral_norm'):  # SN vectors are state, updated
-    init = jax.jit(train._make_init(config, *_gan_and_models(config)))(
+    init = jax.jit(gan_lib.make_init(config, *_gan_and_models(config)))(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
                            init.model_state_d, state.model_state_d)
@@ -162,8 +164,8 @@ def test_every_config_trains(name, stage, folder, tmp_path):
 
 
 def _gan_and_models(config):
-  g, d = train.create_models(config)
-  return train.make_gan(config, g, d), g, d
+  g, d = gan_lib.create_models(config)
+  return gan_lib.make_gan(config, g, d), g, d
 
 
 # ----------------------------------------------------- artifacts, resume, corrupt data
@@ -283,10 +285,10 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
   ema = jax.tree.leaves(state.ema_params_g)
   assert any(not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params_g)))
   # The sample grid is drawn with the EMA parameters.
-  generator, discriminator = train.create_models(config)
-  gan = train.make_gan(config, generator, discriminator)
-  sample = train._make_sampler(config, gan, None)
-  grid = lambda p: train.image_grid(np.asarray(sample(p, state.model_state_g)))[..., 0]
+  generator, discriminator = gan_lib.create_models(config)
+  gan = gan_lib.make_gan(config, generator, discriminator)
+  sample = gan_lib.make_sampler(config, gan, config.num_samples, 2)
+  grid = lambda p: evaluators.image_grid(np.asarray(sample(p, state.model_state_g, 0)))[..., 0]
   saved = np.asarray(Image.open(straight / 'samples' / 'step_000006.png'), np.int32)
   assert np.abs(saved - grid(state.ema_params_g)).max() <= 1     # a rounding apart
   assert np.abs(saved - grid(state.params_g)).max() > 8
@@ -397,7 +399,7 @@ def test_eight_devices_equal_one_device(folder, tmp_path):
 def test_optimizers_follow_milestones_and_clip_d():
   config = config_base.load_config(config_path('wgan_celeba'), {
       'optimizer.lr_milestones': (2, 4), 'optimizer.g_lr': 1e-3, 'optimizer.d_lr': 1.0})
-  opt_g, opt_d = train.make_optimizers(config)
+  opt_g, opt_d = gan_lib.make_optimizers(config)
 
   @jax.jit
   def run(params):
@@ -423,7 +425,7 @@ def test_optimizers_follow_milestones_and_clip_d():
 
 def test_image_grid_layout():
   images = np.stack([np.full((4, 5, 1), v, np.float32) for v in (-1.0, 0.0, 1.0)])
-  grid = train.image_grid(images, ncol=2, pad=1, pad_value=7)
+  grid = evaluators.image_grid(images, ncol=2, pad=1, pad_value=7)
   assert grid.shape == (1 + 2 * 5, 1 + 2 * 6, 1) and grid.dtype == np.uint8
   assert grid[1, 1, 0] == 0 and grid[1, 7, 0] == 128 and grid[6, 1, 0] == 255
   assert grid[0, 0, 0] == 7 and grid[6, 7, 0] == 7  # padding and the empty cell
@@ -437,13 +439,13 @@ def test_invalid_settings_fail_before_any_work(folder, tmp_path):
                                'data.path': ''}, 'the data has 10 classes')):
     if overrides.get('data.name') == 'fashion_mnist' and not os.path.exists(FASHION_MNIST):
       continue
-    with pytest.raises(train.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
       train.train_and_evaluate(tiny_config('dcgan_fashion_mnist', folder, **overrides),
                                str(tmp_path))
   config = tiny_config('dcgan_fashion_mnist', folder)
   with config.model.generator.unlocked():
     config.model.generator.z_dim = 7  # model kwargs may not contradict top-level keys
-  with pytest.raises(train.ConfigError, match='conflicts with config.z_dim'):
+  with pytest.raises(ConfigError, match='conflicts with config.z_dim'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)
 
@@ -474,17 +476,17 @@ def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(folder, tmp_path,
     assert {'fid', 'kid_mean', 'kid_std'} <= set(r)
     assert all(np.isfinite(r[k]) for k in ('fid', 'kid_mean', 'kid_std'))
     assert r['fid'] > 0
-  stats_path = workdir / train.FID_STATS_FILE
+  stats_path = workdir / evaluators.FID_STATS_FILE
   stats = fid_lib.load_stats(str(stats_path))
   assert stats['n'] == 8 and stats['features'].shape == (8, 2048)
   stamp = stats_path.stat().st_mtime_ns
 
-  best = workdir / train.BEST_DIR
-  with open(best / train.BEST_FILE) as f:
+  best = workdir / checkpoint.BEST_DIR
+  with open(best / checkpoint.BEST_FILE) as f:
     best_record = json.load(f)
   best_step = min(records, key=lambda r: r['fid'])['step']
-  assert best_record['step'] == best_step
-  assert np.isclose(best_record['fid'], min(r['fid'] for r in records))
+  assert best_record['step'] == best_step and best_record['metric'] == 'fid'
+  assert np.isclose(best_record['value'], min(r['fid'] for r in records))
   assert sorted(int(d) for d in os.listdir(best) if d.isdigit()) == [best_step]
 
   # Resume: the cached real statistics are reused; FID at the end (step 3).
@@ -493,7 +495,7 @@ def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(folder, tmp_path,
   assert stats_path.stat().st_mtime_ns == stamp
   records = fid_records()
   assert [r['step'] for r in records] == [2, 3]
-  with open(best / train.BEST_FILE) as f:
+  with open(best / checkpoint.BEST_FILE) as f:
     best_record = json.load(f)
-  assert np.isclose(best_record['fid'], min(r['fid'] for r in records))
+  assert np.isclose(best_record['value'], min(r['fid'] for r in records))
   assert sorted(int(d) for d in os.listdir(best) if d.isdigit()) == [best_record['step']]

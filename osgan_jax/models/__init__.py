@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 
 import flax.linen as nn
+import jax
 
 # name -> (module path, generator class name, discriminator class name)
 _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
@@ -59,4 +60,35 @@ def get_discriminator(name: str, **kwargs) -> nn.Module:
   return get(name)[1](**kwargs)
 
 
-__all__ = ['available', 'get', 'get_discriminator', 'get_generator', 'register']
+def rng_streams(module) -> tuple[str, ...]:
+  """The Flax RNG streams a module draws from when applied (its ``RNG_STREAMS``;
+  e.g. StyleGAN2's ``'noise'`` and ``'mixing'``), besides ``'params'`` at init."""
+  return tuple(getattr(module, 'RNG_STREAMS', ()))
+
+
+def rngs(module, rng) -> dict:
+  """``rng`` split over the module's RNG streams (``{}`` for a module without any)."""
+  streams = rng_streams(module)
+  if not streams:
+    return {}
+  if rng is None:
+    raise ValueError(f'{type(module).__name__} needs an rng for {streams}')
+  return dict(zip(streams, jax.random.split(rng, len(streams))))
+
+
+def apply(module, params, model_state, x, labels=None, train: bool = True, rng=None,
+          method=None, **kwargs):
+  """``module.apply`` with the non-parameter collections (BatchNorm statistics, ...)
+  and RNG streams threaded through; returns ``(output, model_state)``, the state
+  updated in training mode."""
+  variables = {'params': params, **model_state}
+  kwargs.update(train=train, rngs=rngs(module, rng), method=method)
+  if train and model_state:
+    out, new_state = module.apply(variables, x, labels, mutable=list(model_state),
+                                  **kwargs)
+    return out, {**model_state, **new_state}
+  return module.apply(variables, x, labels, **kwargs), model_state
+
+
+__all__ = ['apply', 'available', 'get', 'get_discriminator', 'get_generator',
+           'register', 'rng_streams', 'rngs']
