@@ -16,6 +16,7 @@ import compare_quality as quality  # noqa: E402  pylint: disable=import-error
 import ablate_cpu_step as ablate  # noqa: E402  pylint: disable=import-error
 import cpu_layers  # noqa: E402  pylint: disable=import-error
 import cpu_throughput as throughput  # noqa: E402  pylint: disable=import-error
+import loop_throughput  # noqa: E402  pylint: disable=import-error
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
 TINY = bench.RowSpec('configs/dcgan_fashion_mnist.py', {
@@ -263,3 +264,27 @@ def test_quality_outputs_tables_and_plots(tmp_path):
   os.remove(os.path.join(out, 'fid_minimax.png'))
   assert quality.main(['--render', '--out', out]) == 0  # tables and plots again
   assert os.path.exists(os.path.join(out, 'fid_minimax.png'))
+
+
+def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
+  """Issue 14's benchmark end to end at toy sizes: both sources, the trivial step
+  through the loop, and the real one-/two-stage steps alone and through main."""
+  out = tmp_path / 'out'
+  loop_throughput.main(['--images', '24', '--resolution', '16', '--batch', '8',
+                        '--trivial_steps', '20', '--real', '--real_steps', '4',
+                        '--width', '4', '--rounds', '2', '--per_call', '1',
+                        '--work', str(tmp_path / 'work'), '--out', str(out)])
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()
+           if l.startswith('{')]
+  saved = json.loads((out / 'loop_throughput.json').read_text())
+  assert saved['rows'] == lines
+  keys = [(r['source'], r['step'], r['through_loop']) for r in lines]
+  assert keys == [('prepared', 'none', False), ('prepared', 'trivial', True),
+                  ('folder', 'none', False), ('folder', 'trivial', True),
+                  ('device_batch', 'one', False), ('device_batch', 'two', False),
+                  ('prepared', 'one', True), ('prepared', 'two', True)]
+  for r in lines:
+    assert r['images_per_s'] > 0 and r['device'].startswith('cpu') and r['batch'] == 8
+  # The trivial runs are the loop's own: its checkpoint and metrics are there.
+  assert os.listdir(tmp_path / 'work' / 'trivial_prepared' / 'checkpoints') == ['20']
+  assert 'through main / alone' in loop_throughput.summary(lines)

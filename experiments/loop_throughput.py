@@ -1,0 +1,262 @@
+"""Throughput of the one training loop (issue 14): its own ceiling, and real steps through it.
+
+    python experiments/loop_throughput.py                 # CPU: the loop's ceiling
+    python experiments/loop_throughput.py --real          # + DCGAN 64 one/two-stage
+
+Measurements, each one JSON line on stdout (and in ``--out``/loop_throughput.jsonl)
+with ``source``, ``step``, ``through_loop``, ``images_per_s``, ``device``:
+
+* ``step=none``: the host iterator alone (``data.make_iterator``, uint8), per source:
+  the data source's own ceiling.
+* ``step=trivial``, through the loop: ``osgan_jax.loop.run`` with a task whose one
+  phase touches one pixel of the batch. Everything else is the real loop (prefetch to
+  the device, uint8 -> float on the device, per-step key, metrics, the progress bar,
+  a checkpoint at the end): the most images per second the loop can feed a step.
+* ``--real``: the DCGAN 64 step of ``configs/dcgan_celeba.py`` (d=128, batch 128,
+  GroupNorm D) one- and two-stage, alone (``steps.jit_step`` on a batch already on the
+  device, interleaved rounds, medians; ``source=device_batch``) and through
+  ``python -m osgan_jax.main`` on the prepared data (``source=prepared``; the median
+  of its logged ``images_per_sec`` after the first interval, compilation excluded).
+
+Sources: ``prepared`` (``python -m osgan_jax.prepare_data`` output, memory-mapped
+uint8, no decoding) and ``folder`` (PNGs decoded every step), both made from
+``--images`` synthetic 64x64 RGB PNGs. ``images_per_s`` through the loop is the
+loop's own ``images_per_sec`` (median over its log intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # main runs beside us
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import benchmark_speed  # noqa: E402  pylint: disable=import-error
+from osgan_jax import config_base, data, loop, steps  # noqa: E402
+from osgan_jax import prepare_data  # noqa: E402
+
+REAL_CONFIG = 'configs/dcgan_celeba.py'
+
+
+def device_name() -> str:
+  d = jax.devices()[0]
+  return f'{d.platform}:{d.device_kind}'
+
+
+def make_images(folder: str, n: int, resolution: int) -> None:
+  """``n`` smooth random RGB PNGs (deterministic; PNG-compressible like photos)."""
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
+  for i in range(n):
+    path = os.path.join(folder, f'{i:06d}.png')
+    if os.path.exists(path):
+      continue
+    f = rng.uniform(1, 6, (3, 2))
+    rgb = np.stack([np.sin(f[c, 0] * xx * 6.28 + i) * np.cos(f[c, 1] * yy * 6.28)
+                    for c in range(3)], -1)
+    Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(path)
+
+
+def data_config(source: str, path: str, resolution: int):
+  c = config_base.get_base_config().data
+  c.update(dict(name=source, path=path, resolution=resolution, channels=3))
+  return c
+
+
+def iterator_rate(cfg, batch: int, steps_: int) -> float:
+  it = data.make_iterator(cfg, batch, seed=0, image_dtype='uint8')
+  try:
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(steps_):
+      next(it)
+    return steps_ * batch / (time.perf_counter() - t0)
+  finally:
+    it.close()
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  acc: jax.Array
+
+
+def trivial_task(cfg, batch: int) -> loop.Task:
+  """One phase that reads one pixel: the loop's cost without a model."""
+  def phase(state, batch_, rng, i):
+    del rng, i
+    return (state.replace(step=state.step + 1, acc=state.acc + batch_['image'][0, 0, 0, 0]),
+            {'acc': state.acc})
+
+  return loop.Task(
+      name='trivial', make_phases=lambda state: [loop.Phase('main', phase)],
+      init=lambda key: _State(jnp.zeros((), jnp.int32), jnp.zeros(())),
+      batches=lambda start, index, count: data.make_iterator(
+          cfg, batch, seed=0, start_step=start, process_index=index,
+          process_count=count, image_dtype='uint8'))
+
+
+def logged_rate(workdir: str) -> tuple[float, int]:
+  """Median ``images_per_sec`` of a run's log lines (after the first) and their count."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rates = [r['images_per_sec'] for r in map(json.loads, f) if 'images_per_sec' in r]
+  rates = rates[1:] if len(rates) > 2 else rates
+  return float(np.median(rates)), len(rates)
+
+
+def loop_rate(cfg, batch: int, steps_: int, workdir: str) -> float:
+  config = config_base.get_base_config()
+  config.update(dict(batch_size=batch, num_train_steps=steps_,
+                     log_every_steps=max(steps_ // 5, 1), checkpoint_every_steps=steps_,
+                     progress_bar=False))
+  loop.run(config, workdir, trivial_task(cfg, batch))
+  return logged_rate(workdir)[0]
+
+
+def real_overrides(width: int, batch: int, resolution: int) -> dict:
+  return {'batch_size': batch, 'data.resolution': resolution, 'data.channels': 3,
+          'model.generator.width': width, 'model.discriminator.width': width}
+
+
+def steps_alone(stages, overrides: dict, rounds: int, per_call: int) -> dict:
+  """images/s of the compiled one/two-stage steps on a device batch, interleaved."""
+  spec = benchmark_speed.RowSpec(config=REAL_CONFIG, overrides=overrides)
+  config, gan, init, batch = benchmark_speed.build(spec)
+  gan = steps.probe_per_sample(gan, init(jax.random.PRNGKey(0)), None)
+  batch_size = int(config.batch_size)
+  fns, states = {}, {}
+  for stage in stages:
+    step = steps.jit_step(gan, stage)
+    states[stage] = init(jax.random.PRNGKey(0))
+    t0 = time.perf_counter()
+    states[stage], m = step(states[stage], batch, jax.random.PRNGKey(1))
+    jax.block_until_ready(m)
+    print(f'# {stage}-stage step compiled and ran once in '
+          f'{time.perf_counter() - t0:.1f} s', file=sys.stderr)
+
+    def run(stage=stage, step=step):
+      for k in range(per_call):
+        states[stage], m = step(states[stage], batch, jax.random.PRNGKey(k))
+      jax.block_until_ready(m)
+    fns[stage] = run
+  times = benchmark_speed.run_interleaved(fns, rounds)
+  return {s: per_call * batch_size / float(np.median(t)) for s, t in times.items()}
+
+
+def through_main(stage: str, overrides: dict, prepared: str, steps_: int,
+                 workdir: str) -> tuple[float, int]:
+  """images/s of ``python -m osgan_jax.main`` training on the prepared data."""
+  args = {**overrides, 'stage': stage, 'data.name': 'prepared', 'data.path': prepared,
+          'num_train_steps': steps_, 'log_every_steps': max(steps_ // 10, 1),
+          'sample_every_steps': steps_, 'checkpoint_every_steps': steps_,
+          'progress_bar': False}
+  cmd = [sys.executable, '-m', 'osgan_jax.main', f'--config={REAL_CONFIG}',
+         f'--workdir={workdir}', *[f'--config.{k}={v}' for k, v in args.items()]]
+  t0 = time.perf_counter()
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f'main failed: {result.stderr[-3000:]}')
+  print(f'# main {stage}-stage: {steps_} steps in {time.perf_counter() - t0:.1f} s '
+        '(process, compilation included)', file=sys.stderr)
+  return logged_rate(workdir)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'loop'))
+  p.add_argument('--work', default='', help='scratch directory (default: a temp dir)')
+  p.add_argument('--images', type=int, default=2048)
+  p.add_argument('--resolution', type=int, default=64)
+  p.add_argument('--batch', type=int, default=128)
+  p.add_argument('--sources', default='prepared,folder')
+  p.add_argument('--trivial_steps', type=int, default=600)
+  p.add_argument('--real', action='store_true', help='also the DCGAN 64 steps')
+  p.add_argument('--real_steps', type=int, default=600)
+  p.add_argument('--width', type=int, default=128)
+  p.add_argument('--rounds', type=int, default=15)
+  p.add_argument('--per_call', type=int, default=10)
+  args = p.parse_args(argv)
+  work = args.work or tempfile.mkdtemp(prefix='loop_throughput_')
+  os.makedirs(args.out, exist_ok=True)
+  rows, device = [], device_name()
+
+  def emit(**row):
+    row = {**row, 'device': device, 'batch': args.batch}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+  folder, prepared = os.path.join(work, 'folder'), os.path.join(work, 'prepared')
+  make_images(folder, args.images, args.resolution)
+  if not os.path.exists(os.path.join(prepared, 'meta.json')):
+    prepare_data.prepare(f'folder:{folder}', prepared, resolution=args.resolution,
+                         channels=3, progress_bar=False)
+  paths = {'prepared': prepared, 'folder': folder}
+  for source in args.sources.split(','):
+    cfg = data_config(source, paths[source], args.resolution)
+    n = args.trivial_steps if source == 'prepared' else max(args.trivial_steps // 10, 20)
+    emit(source=source, step='none', through_loop=False,
+         images_per_s=iterator_rate(cfg, args.batch, n))
+    workdir = os.path.join(work, f'trivial_{source}')
+    shutil.rmtree(workdir, ignore_errors=True)
+    emit(source=source, step='trivial', through_loop=True,
+         images_per_s=loop_rate(cfg, args.batch, n, workdir))
+
+  if args.real:
+    overrides = real_overrides(args.width, args.batch, args.resolution)
+    for stage, rate in steps_alone(('one', 'two'), overrides, args.rounds,
+                                   args.per_call).items():
+      emit(source='device_batch', step=stage, through_loop=False, images_per_s=rate)
+    for stage in ('one', 'two'):
+      workdir = os.path.join(work, f'main_{stage}')
+      shutil.rmtree(workdir, ignore_errors=True)
+      rate, intervals = through_main(stage, overrides, prepared, args.real_steps,
+                                     workdir)
+      emit(source='prepared', step=stage, through_loop=True, images_per_s=rate,
+           log_intervals=intervals)
+
+  record = {'machine': benchmark_speed.machine(), 'device': device,
+            'args': vars(args), 'rows': rows}
+  path = os.path.join(args.out, 'loop_throughput.json')
+  with open(path, 'w') as f:
+    json.dump(record, f, indent=1)
+  print(summary(rows), file=sys.stderr)
+  return 0
+
+
+def summary(rows) -> str:
+  """A short table: every row, and through-loop / alone for the real steps."""
+  lines = [f'{"source":>13} {"step":>8} {"loop":>5} {"images/s":>10}']
+  for r in rows:
+    lines.append(f'{r["source"]:>13} {r["step"]:>8} {str(r["through_loop"]):>5} '
+                 f'{r["images_per_s"]:>10.0f}')
+  alone = {r['step']: r['images_per_s'] for r in rows
+           if r['source'] == 'device_batch'}
+  looped = {r['step']: r['images_per_s'] for r in rows
+            if r['through_loop'] and r['step'] in alone}
+  for s in looped:
+    lines.append(f'{s}-stage through main / alone: {looped[s] / alone[s]:.3f}')
+  if {'one', 'two'} <= set(looped):
+    lines.append(f'end to end one/two: {looped["one"] / looped["two"]:.3f}; alone: '
+                 f'{alone["one"] / alone["two"]:.3f}')
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
