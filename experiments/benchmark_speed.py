@@ -201,7 +201,6 @@ def build(spec: RowSpec, *, seed: int = 0, overrides: dict | None = None):
                                    {**spec.overrides, **(overrides or {})})
   generator, discriminator = gan_lib.create_models(config)
   gan = gan_lib.make_gan(config, generator, discriminator)
-  # pylint: disable-next=protected-access
   init = jax.jit(gan_lib.make_init(config, gan, generator, discriminator))
   res, ch, bs = (int(config.data.resolution), int(config.data.channels),
                  int(config.batch_size))

@@ -91,9 +91,9 @@ def test_lazy_regularisation_corrects_adam():
   """The official mb_ratio correction: lr * k/(k+1), beta ** (k/(k+1)) per player."""
   import jax.numpy as jnp
   import numpy as np
-  from osgan_jax import train
+  from osgan_jax import gan
   config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
-  opt_g, opt_d = train.make_optimizers(config)
+  opt_g, opt_d = gan.make_optimizers(config)
   params = {'w': jnp.zeros(3)}
   grads = {'w': jnp.array([1.0, -2.0, float('nan')])}
   for opt, k in ((opt_g, 4), (opt_d, 16)):
@@ -103,7 +103,7 @@ def test_lazy_regularisation_corrects_adam():
                                               0.002 * k / (k + 1), 0.0], rtol=1e-5)
   config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
                                    {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False})
-  opt_g, _ = train.make_optimizers(config)
+  opt_g, _ = gan.make_optimizers(config)
   updates, _ = opt_g.update(grads, opt_g.init(params), params)
   np.testing.assert_allclose(updates['w'][:2], [-0.002, 0.002], rtol=1e-5)
   assert np.isnan(updates['w'][2])
@@ -117,14 +117,14 @@ def test_summary_of_every_config(path):
   import io
   import json
   import jax
-  from osgan_jax import summary, train
+  from osgan_jax import gan, summary
   config = config_base.load_config(path)
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)
   assert json.loads(buf.getvalue().strip().splitlines()[-1]) == totals
-  init = train._make_init(config, train.make_gan(config, *train.create_models(config)),
-                          *train.create_models(config))
+  init = gan.make_init(config, gan.make_gan(config, *gan.create_models(config)),
+                       *gan.create_models(config))
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
   count = lambda t: sum(x.size for x in jax.tree.leaves(t))
   assert totals['G'] == count(state.params_g) and totals['D'] == count(state.params_d)
