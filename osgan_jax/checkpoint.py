@@ -1,34 +1,86 @@
 """Orbax checkpoints of a whole train state plus a JSON ``meta`` dict, saved asynchronously.
 
 A save copies the state to host memory and returns; the write to disk runs in the
-background, so training goes on meanwhile (and may donate the state's buffers).
-``Checkpoints.close`` (or the next save) waits for it. Every process takes part.
+background, so training goes on meanwhile (and may donate the state's buffers). The
+manager's ``close`` (or the next save) waits for it. Every process takes part.
+``restore_latest`` falls back to the newest intact checkpoint; half-written ones
+(``*.orbax-checkpoint-tmp*`` of a killed save) are removed when a manager opens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 BEST_DIR = 'best'
 BEST_FILE = 'best.json'
+CORRUPT_DIR = 'corrupt'
 
 
 def manager(directory: str, keep: int, *, async_save: bool = True) -> ocp.CheckpointManager:
   """An orbax manager of ``directory`` keeping the last ``keep`` checkpoints."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
-                                         enable_async_checkpointing=async_save)
+                                         enable_async_checkpointing=async_save,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Starts saving ``(state, meta)`` as checkpoint ``step`` (returns once on the host)."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)))
+  """Starts saving ``(state, meta)`` as checkpoint ``step`` (returns once on the host).
+
+  Checks the free disk space first (the previous save finished): a full disk is a
+  one-line ``CheckpointError`` that leaves every saved checkpoint intact, instead of
+  orbax's background writes failing with hundreds of lines.
+  """
+  wait(mngr)
+  directory = os.fspath(mngr.directory)
+  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)
+             if hasattr(x, 'dtype'))
+  free = shutil.disk_usage(directory).free
+  if free < 1.1 * need + (1 << 20):
+    raise CheckpointError(
+        f'no room for checkpoint {step} in {directory}: {free / 2**20:.1f} MiB free, '
+        f'about {need / 2**20:.1f} MiB needed; the checkpoints there '
+        f'({_listed(mngr)}) are intact: free space and run the same command to resume')
+  try:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            meta=ocp.args.JsonSave(meta)))
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'cannot write checkpoint {step} in {directory} '
+                          f'({" ".join(str(e).split())[:200]}); the checkpoints '
+                          f'there ({_listed(mngr)}) are intact') from None
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Waits for an asynchronous save; its failure is a one-line ``CheckpointError``."""
+  try:
+    mngr.wait_until_finished()
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'a checkpoint could not be written in {mngr.directory} '
+                          f'({" ".join(str(e).split())[:200]}); the checkpoints there '
+                          f'({_listed(mngr)}) are intact') from None
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the last save (``wait``), then closes the manager."""
+  try:
+    wait(mngr)
+  finally:
+    mngr.close()
+
+
+def _listed(mngr: ocp.CheckpointManager) -> str:
+  steps = [str(s) for s in sorted(mngr.all_steps())]
+  return 'steps ' + ', '.join(steps) if steps else 'none yet'
 
 
 def abstract(state_shapes, sharding):
@@ -49,6 +101,102 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   """Only the ``meta`` of checkpoint ``step`` (no arrays are read)."""
   return dict(mngr.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore())).meta or {})
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint, or one cannot be written; the message is one line."""
+
+
+def _shapes(tree) -> dict:
+  """``{'a/b/c': (shape, dtype)}`` of a tree's arrays, whatever its containers."""
+  def name(key):
+    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
+          for path, x in leaves if hasattr(x, 'shape')}
+
+
+def _mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state) -> str | None:
+  """The first array whose shape differs between checkpoint ``step`` and
+  ``abstract_state``; None if they agree. Raises if the metadata is unreadable."""
+  saved = _shapes(mngr.item_metadata(step)['state'].tree)
+  wanted = _shapes(abstract_state)
+  for path in sorted(set(saved) | set(wanted)):
+    if saved.get(path) != wanted.get(path):
+      return f'{path}: {saved.get(path)} in the checkpoint, {wanted.get(path)} now'
+  return None
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  """Moves checkpoint ``step`` to ``corrupt/`` (process 0; the others wait for it)."""
+  directory = os.fspath(mngr.directory)
+  target = os.path.join(directory, CORRUPT_DIR, f'{step}.{int(time.time())}')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(directory, str(step)), target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'osgan_jax: checkpoint {step} moved aside')
+  mngr.reload()
+  return target
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+  """Sends file descriptor 2 to ``path``: a failing tensorstore read prints a traceback
+  per pending read ('Event loop is closed') straight to fd 2, hundreds of lines."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(path, 'w') as f:
+      os.dup2(f.fileno(), 2)
+      yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
+  """``(state, meta, step)`` of the newest checkpoint that reads and passes
+  ``check(state) -> problem or None``; ``None`` when there is no checkpoint.
+
+  An unreadable one is moved to ``checkpoints/corrupt/`` (never deleted) with a
+  one-line warning (the details in ``corrupt/<step>.<time>.log``), and the one before
+  it is tried. A checkpoint of other shapes (another config) is a
+  ``CheckpointError``, not corruption; so is having none left.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  log = os.path.join(os.fspath(mngr.directory), f'restore.{jax.process_index()}.log')
+  for step in steps:
+    mismatch = None
+    with _stderr_to(log):
+      try:
+        state, meta = restore(mngr, abstract_state, step)
+        problem = check(state) if check is not None else None
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many)
+        problem = f'{type(e).__name__}: {" ".join(str(e).split())[:160]}'
+        try:
+          mismatch = _mismatch(mngr, step, abstract_state)
+        except Exception:  # pylint: disable=broad-except
+          pass
+        time.sleep(1.0)  # the failed read's other pending reads report on fd 2 meanwhile
+    if mismatch:
+      raise CheckpointError(f'checkpoint {step} in {mngr.directory} does not fit this '
+                            f'config ({mismatch})')
+    if problem is None:
+      os.remove(log)
+      return state, meta, step
+    where = _move_aside(mngr, step)
+    if jax.process_index() == 0:
+      os.replace(log, where + '.log')
+    logging.warning('Checkpoint %d is unusable (%s); moved to %s, trying the one before',
+                    step, problem, where)
+  if steps:
+    raise CheckpointError(f'no usable checkpoint in {mngr.directory}: all {len(steps)} '
+                          f'were moved to {CORRUPT_DIR}/; start afresh with another '
+                          f'--workdir')
+  return None
 
 
 class Best:

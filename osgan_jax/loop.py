@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import logging
@@ -42,11 +43,17 @@ from osgan_jax import checkpoint
 from osgan_jax import data as data_lib
 from osgan_jax import parallel
 from osgan_jax import steps
+from osgan_jax import workdir as workdir_lib
 from osgan_jax.config_base import ConfigError
 from osgan_jax.metric_writer import MetricWriter, reduce_metrics
 
 MAX_IN_FLIGHT = 2
 PREFETCH_DEPTH = 2
+POLICIES = ('stop', 'rollback')
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (diverged, cannot write); the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +91,67 @@ def validate(config) -> None:
               'checkpoint_every_steps', 'keep_checkpoints'):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
+  div = config.divergence
+  if div.policy not in POLICIES:
+    raise ConfigError(f'config.divergence.policy={div.policy!r} is not one of '
+                      f'{", ".join(POLICIES)}')
+  if int(div.max_rollbacks) < 0 or int(div.collapse_intervals) < 1:
+    raise ConfigError('config.divergence.max_rollbacks must be >= 0 and '
+                      'collapse_intervals >= 1')
+
+
+def abstract_state(task: Task, key):
+  """The state's shapes from tracing ``init``: networks that cannot be built (an
+  unsupported resolution, a bad keyword) or with empty arrays (``z_dim=0``) are a
+  one-line ``ConfigError`` before anything is written."""
+  try:
+    shapes = jax.eval_shape(task.init, key, *task.init_args)
+  except (ValueError, TypeError, KeyError, IndexError, AssertionError,
+          ZeroDivisionError) as e:
+    raise ConfigError(f'{task.name}: the networks cannot be built with this config '
+                      f'({type(e).__name__}: {" ".join(str(e).split())[:300]})') from None
+  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    if 0 in getattr(leaf, 'shape', ()):
+      raise ConfigError(f'{task.name}: {jax.tree_util.keystr(path)} would be empty '
+                        f'{leaf.shape}; a size in the config is 0 (z_dim?)')
+  return shapes
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _divergence(state, fetched: list, done: int) -> str | None:
+  """What is non-finite at step ``done`` (the state, or a ``loss*`` metric of the
+  interval ``fetched``), or None: checked at every boundary, before anything is
+  evaluated or saved."""
+  problems = [] if bool(_all_finite(state)) else ['non-finite parameters or optimiser state']
+  first = done - len(fetched)
+  for j, metrics in enumerate(fetched):
+    bad = [k for k, v in metrics.items() if k.startswith('loss') and not np.isfinite(v)]
+    if bad:
+      problems.append(f'{bad[0]} non-finite from step {first + j + 1}')
+      break
+  return '; '.join(problems) or None
+
+
+def _collapsed(values: dict, div, streak: int) -> int:
+  """Log intervals in a row in which D wins outright (``|loss_d|`` ~ 0) and G's loss
+  is large; flags ``values['collapsed']`` and warns once per streak."""
+  hit = ('loss_d' in values and 'loss_g' in values
+         and abs(values['loss_d']) <= float(div.collapse_loss_d)
+         and values['loss_g'] >= float(div.collapse_loss_g))
+  streak = streak + 1 if hit else 0
+  if streak >= int(div.collapse_intervals):
+    values['collapsed'] = 1.0
+    if streak == int(div.collapse_intervals):
+      logging.warning('The game looks collapsed: loss_d %.3g and loss_g %.3g for %d log '
+                      'intervals (D wins outright, G learns nothing useful)',
+                      values['loss_d'], values['loss_g'], streak)
+  return streak
 
 
 def _every(step: int, period: int, last: int) -> bool:
@@ -182,7 +250,21 @@ def _jit_phases(phases, state_sharding, batch_sharding):
 
 
 def run(config, workdir: str, task: Task):
-  """Trains ``task`` for ``config.num_train_steps`` in ``workdir``; returns the state."""
+  """Trains ``task`` for ``config.num_train_steps`` in ``workdir``; returns the state.
+
+  Raises ``ConfigError`` (before anything is written), ``data.DataError``,
+  ``TrainingError`` (diverged; a file of the workdir cannot be written) and
+  ``checkpoint.CheckpointError``, each with a one-line message.
+  """
+  try:
+    return _run(config, workdir, task)
+  except OSError as e:
+    raise TrainingError(workdir_lib.os_error(e, 'cannot write') + '; the checkpoints '
+                        'saved so far are intact: fix it and run the same command to '
+                        'resume') from None
+
+
+def _run(config, workdir: str, task: Task):
   validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   is_main = parallel.is_main_process()
@@ -192,34 +274,33 @@ def run(config, workdir: str, task: Task):
   except ValueError as e:
     raise ConfigError(f'config.num_devices: {e}') from None
   if batch_size % mesh.size or batch_size % jax.process_count():
+    where = (f' ({jax.process_count()} processes x {jax.local_device_count()} devices)'
+             if jax.process_count() > 1 else '')
     raise ConfigError(f'config.batch_size={batch_size} must be a multiple of the '
-                      f'{mesh.size} devices and {jax.process_count()} processes')
+                      f'{mesh.size} devices{where}')
   state_sharding = parallel.replicated(mesh)
   batch_sharding = parallel.data_sharding(mesh)
   root = jax.random.PRNGKey(int(config.seed))
   init_key = jax.random.fold_in(root, 0)
   step_key = jax.device_put(np.asarray(jax.random.fold_in(root, 1)), state_sharding)
   init = jax.jit(task.init, out_shardings=state_sharding)
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  abstract = checkpoint.abstract(abstract_state(task, init_key), state_sharding)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  resuming = os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
+  workdir_lib.prepare(workdir, config, resuming, is_main)
 
   with contextlib.ExitStack() as cleanup:
     # From here on SIGTERM/SIGINT only set a flag: a signal during setup or compilation
     # stops the run after its first step, with a checkpoint.
     stop = cleanup.enter_context(_StopOnSignal())
-    ckpt = checkpoint.manager(os.path.join(workdir, 'checkpoints'),
-                              config.keep_checkpoints)
-    cleanup.callback(ckpt.close)  # waits for an asynchronous save
-    latest = ckpt.latest_step()
-    meta = {}
-    if latest is None:
-      state, start = init(init_key, *task.init_args), 0
+    ckpt = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
+    cleanup.callback(checkpoint.close, ckpt)  # waits for an asynchronous save
+    restored = checkpoint.restore_latest(
+        ckpt, abstract, lambda s: None if bool(_all_finite(s)) else 'non-finite values')
+    if restored is None:
+      state, start, meta, latest = init(init_key, *task.init_args), 0, {}, None
     else:
-      shapes = jax.eval_shape(task.init, init_key, *task.init_args)
-      state, meta = checkpoint.restore(ckpt, checkpoint.abstract(shapes, state_sharding),
-                                       latest)
+      state, meta, latest = restored
       start = int(jax.device_get(state.step))
       logging.info('Resumed from the checkpoint at step %d in %s', start, workdir)
     if start >= num_steps:
@@ -227,8 +308,14 @@ def run(config, workdir: str, task: Task):
                    start, num_steps)
       return state
     meta = {**meta, **task.meta}
+    # The metrics of the steps since the last log boundary, kept by the checkpoint so
+    # that the first interval logged after a resume is the uninterrupted run's.
+    history = list(meta.pop('pending_metrics', []))
+    rollbacks, streak, div = int(meta.get('rollbacks', 0)), 0, config.divergence
     train_seconds = float(meta.get('train_seconds', 0.0))
-    skipped = int(meta.get('skipped_images', 0))
+    # Each process counts the skips in its own slices; the checkpoint holds the sum over
+    # processes, which process 0 carries on.
+    skipped = int(meta.get('skipped_images', 0)) if is_main else 0
     last_saved = None if latest is None else start
 
     phases = _jit_phases(task.make_phases(state), state_sharding, batch_sharding)
@@ -257,7 +344,7 @@ def run(config, workdir: str, task: Task):
         smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30,
         disable=not (is_main and config.progress_bar)))
 
-    history, in_flight = [], collections.deque()
+    in_flight = collections.deque()
     interval_steps, interval_seconds = 0, 0.0
     clock = time.perf_counter()
     stopped_by, done = None, start
@@ -300,10 +387,37 @@ def run(config, workdir: str, task: Task):
       train_seconds += elapsed
       interval_seconds += elapsed
       in_flight.clear()
+      history = jax.device_get(history)  # the interval's metrics, as host numbers
+      problem = _divergence(state, history, done)
+      if problem is not None:
+        checkpoint.wait(ckpt)
+        last_good = ckpt.latest_step()
+        if div.policy != 'rollback' or rollbacks >= int(div.max_rollbacks):
+          saved = (f'the last good checkpoint is {ckpt_dir}/{last_good}' if last_good
+                   else 'no checkpoint was saved yet')
+          tried = f' after {rollbacks} rollbacks' if rollbacks else ''
+          raise TrainingError(
+              f'training diverged at step {done}{tried}: {problem}; {saved} (a '
+              f'non-finite state is never saved). Lower the learning rates, or set '
+              f'--config.divergence.policy=rollback')
+        rollbacks += 1
+        state = (init(init_key, *task.init_args) if last_good is None
+                 else checkpoint.restore(ckpt, abstract, last_good)[0])
+        state = state.replace(step=jax.device_put(  # skip ahead: data and keys go on
+            np.asarray(done, state.step.dtype), state_sharding))
+        meta['rollbacks'] = rollbacks
+        logging.warning('Step %d: %s; rolled back to step %s and skipping ahead to step '
+                        '%d (rollback %d of %d)', done, problem, last_good or 0, done,
+                        rollbacks, int(div.max_rollbacks))
+        writer.write_scalars(done, {'rollbacks': rollbacks})
+        history, interval_steps, interval_seconds = [], 0, 0.0
+        clock = time.perf_counter()
+        continue
       values = {}
       if at_log:
         values = reduce_metrics(history)
         history = []
+        streak = _collapsed(values, div, streak)
         if interval_steps:
           values['steps_per_sec'] = interval_steps / max(interval_seconds, 1e-9)
           values['images_per_sec'] = values['steps_per_sec'] * batch_size
@@ -319,7 +433,8 @@ def run(config, workdir: str, task: Task):
         value = evaluation.get(tracker.metric)  # None on processes other than 0
         if parallel.any_process(value is not None and tracker.improves(value)):
           tracker.update(done, state, np.nan if value is None else value,
-                         {**meta, 'skipped_images': skipped}, is_main)
+                         {**meta, 'skipped_images': parallel.sum_over_processes(skipped)},
+                         is_main)
       if values:
         values['train_seconds'] = train_seconds
       writer.write_scalars(done, values)
@@ -327,8 +442,10 @@ def run(config, workdir: str, task: Task):
           'images_per_sec', 'loss_d', 'loss_g', 'loss', 'test_accuracy', 'fid')
                         if k in values}, refresh=False)
       if at_ckpt and last_saved != done:
-        checkpoint.save(ckpt, done, state, {**meta, 'train_seconds': train_seconds,
-                                            'skipped_images': skipped})
+        checkpoint.save(ckpt, done, state, {
+            **meta, 'train_seconds': train_seconds,
+            'skipped_images': parallel.sum_over_processes(skipped),
+            'pending_metrics': [{k: float(v) for k, v in m.items()} for m in history]})
         last_saved = done
       if stopped_by is not None:
         break

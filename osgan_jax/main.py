@@ -9,7 +9,9 @@ config is locked: a key that the config file does not define is an error. Rerunn
 the same command resumes from the latest checkpoint in ``--workdir``. SIGTERM/SIGINT
 save a checkpoint at the next step boundary and exit with status 0.
 
-Data and config errors are reported as one line and exit with status 1.
+Data and config errors, a diverged run (non-finite parameters or losses), unusable
+checkpoints and a workdir that cannot be written are reported as one line and exit
+with status 1.
 """
 
 from __future__ import annotations
@@ -93,17 +95,21 @@ def main(argv):
                                     host_memory.cpu_only()):
     host_memory.keep_freed_memory()
   # Imported here so that flag errors are reported without loading JAX.
+  from osgan_jax import checkpoint
   from osgan_jax import data
+  from osgan_jax import loop
   from osgan_jax import train
   from osgan_jax.config_base import ConfigError
 
-  logging.info('Config:\n%s', config)
+  # The config goes to workdir/config.json (and TensorBoard), not to the terminal.
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except data.DataError as e:
     _fail(f'data: {e}', 1)
   except ConfigError as e:
     _fail(f'config: {e}', 1)
+  except (loop.TrainingError, checkpoint.CheckpointError) as e:
+    _fail(_one_line(e), 1)
 
 
 def run():
