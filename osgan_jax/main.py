@@ -17,13 +17,13 @@ with status 1.
 from __future__ import annotations
 
 import logging as std_logging
-import re
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from osgan_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training config file (configs/*.py); override keys with '
@@ -35,45 +35,26 @@ _TUNE_MALLOC = flags.DEFINE_enum(
     '(glibc mallopt, before JAX starts) so that XLA:CPU steps do not page-fault their '
     'buffers afresh every step. auto: when JAX runs on the CPU only; see '
     'osgan_jax/host_memory.py.')
+_HELPCONFIG = flags.DEFINE_bool(
+    'helpconfig', False, 'Print every key of --config (with the overrides applied) and '
+    'what it means, then exit.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _config_overrides(argv) -> list[str]:
-  return [a.split('=', 1)[0][2:] for a in argv if re.match(r'--config\.[\w.]+', a)]
-
-
-def _fail(message: str, status: int) -> None:
-  print(f'osgan_jax.main: error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
-def _one_line(error: Exception) -> str:
-  return ' '.join(str(error).split())
-
-
-def parse_flags(argv):
-  """absl's parser, with a clear one-line error for an unknown config key."""
-  try:
-    return flags.FLAGS(argv)
-  except OSError as e:  # the config file is missing or failed to load
-    _fail(_one_line(e), 2)
-  except flags.Error as e:
-    _fail(f'{e}\nPass --helpshort to see the flags.', 2)
-  except (AttributeError, KeyError) as e:
-    # ml_collections: a locked ConfigDict has no such field. The message is the quoted
-    # key name, possibly followed by a "Did you mean" line.
-    cause = e
-    while isinstance(cause, BaseException) and cause.args:  # AttributeError(KeyError(msg))
-      cause = cause.args[0]
-    text = str(cause)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    key = lines[0].strip('\'"') if lines else '?'
-    hint = ' ' + ' '.join(lines[1:]) if len(lines) > 1 else ''
-    culprits = [o for o in _config_overrides(argv) if o.split('.')[-1] == key
-                or f'.{key}.' in f'{o}.']
-    where = f' in --{culprits[0]}' if culprits else ''
-    _fail(f'unknown config key {key!r}{where}: the config file defines no such key '
-          f'(the config is locked).{hint}', 2)
+def print_config_help(config) -> None:
+  """Every key with its value, then what the keys mean (``config_base``'s docs)."""
+  from osgan_jax import config_base
+  def walk(node, prefix=''):
+    for key in sorted(node.keys()):
+      value = node[key]
+      if hasattr(value, 'keys'):
+        walk(value, f'{prefix}{key}.')
+      else:
+        print(f'  --config.{prefix}{key}={value!r}')
+  print('Keys of this config (override any as --config.KEY=VALUE):')
+  walk(config)
+  doc = config_base.__doc__
+  print('\nWhat they mean (osgan_jax/config_base.py):\n' + doc[doc.index('Keys'):])
 
 
 def _quiet_orbax(record) -> bool:
@@ -89,7 +70,10 @@ def main(argv):
   try:
     config.get('stage')  # config_flags defers a config file's load error to first use
   except OSError as e:
-    _fail(_one_line(e), 2)
+    cli.fail(cli.one_line(e), 2)
+  if _HELPCONFIG.value:
+    print_config_help(config)
+    return
   from osgan_jax import host_memory
   if _TUNE_MALLOC.value == 'on' or (_TUNE_MALLOC.value == 'auto' and
                                     host_memory.cpu_only()):
@@ -105,15 +89,15 @@ def main(argv):
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except data.DataError as e:
-    _fail(f'data: {e}', 1)
+    cli.fail(f'data: {e}', 1)
   except ConfigError as e:
-    _fail(f'config: {e}', 1)
+    cli.fail(f'config: {e}', 1)
   except (loop.TrainingError, checkpoint.CheckpointError) as e:
-    _fail(_one_line(e), 1)
+    cli.fail(cli.one_line(e), 1)
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

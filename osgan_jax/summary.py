@@ -242,10 +242,16 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'List every parameter tensor.')
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  summarize_config(_CONFIG.value, batch_size=_BATCH.value, g_depth=_G_DEPTH.value,
-                   d_depth=_D_DEPTH.value, verbose=_VERBOSE.value)
+  from osgan_jax.config_base import ConfigError
+  try:
+    summarize_config(_CONFIG.value, batch_size=_BATCH.value, g_depth=_G_DEPTH.value,
+                     d_depth=_D_DEPTH.value, verbose=_VERBOSE.value)
+  except (ConfigError, OSError, ValueError, TypeError) as e:  # bad keys, bad sizes
+    print(f'osgan_jax.summary: error: {" ".join(str(e).split())}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
+  from osgan_jax import cli
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, 'osgan_jax.summary'))

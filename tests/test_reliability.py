@@ -245,3 +245,32 @@ def test_the_first_interval_after_a_resume_is_the_uninterrupted_runs(tmp_path):
   strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
   assert strip(metrics(tmp_path / 'b')) == strip(metrics(tmp_path / 'a'))
   assert [r['step'] for r in metrics(tmp_path / 'b')] == [4, 8, 12]
+
+
+# ------------------------------------------------------------------ 7. the commands
+
+@pytest.mark.parametrize('module,args,status,message', [
+    ('osgan_jax.summary', ['--config.bogus=1'], 2, "unknown config key 'bogus'"),
+    ('osgan_jax.summary', ['--config.model.discriminator.norm=bogus'], 1,
+     "norm must be one of"),
+    ('osgan_jax.main', ['--workdir=/tmp/unused', '--config.bogus=1'], 2,
+     "unknown config key 'bogus' in --config.bogus")])
+def test_commands_report_bad_input_in_one_line(module, args, status, message):
+  result = subprocess.run([sys.executable, '-m', module, f'--config={CONFIG}', *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == status, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith(f'{module}: error:')]
+  assert message in line
+
+
+def test_helpconfig_lists_every_key_with_its_meaning():
+  result = subprocess.run([sys.executable, '-m', 'osgan_jax.main', f'--config={CONFIG}',
+                           '--helpconfig', '--config.batch_size=32'],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  c = config_base.load_config(CONFIG)
+  for key in ('batch_size=32', 'model.generator.width', 'divergence.policy',
+              'data.resolution', 'fid.every_steps'):
+    assert f'--config.{key}' in result.stdout
+  assert '``divergence.*``' in result.stdout and c.loss in result.stdout
