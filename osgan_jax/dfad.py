@@ -294,9 +294,12 @@ def load_teacher(config, num_outputs: int):
             f'the teacher checkpoint in {workdir} has {key}={meta.get(key)!r} but this '
             f'config expects {expected[key]!r} (config.teacher / config.data); retrain it '
             f'with {command}, or point config.dfad.teacher_workdir at a matching one')
+    # Host arrays: the teacher may have been trained on another number of processes or
+    # devices (orbax refuses that topology for device arrays); the loop places them.
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                          jax.eval_shape(init, jax.random.PRNGKey(0)))
     try:
-      state, meta = checkpoint.restore(
-          manager, jax.eval_shape(init, jax.random.PRNGKey(0)), step)
+      state, meta = checkpoint.restore(manager, target, step)
     except (ValueError, KeyError, TypeError) as e:
       raise ConfigError(f'cannot restore the teacher checkpoint {workdir} at step {step} '
                         f'with config.teacher ({type(e).__name__}: '

@@ -15,22 +15,39 @@ Random numbers (latents drawn inside the step) are sharding-invariant too
 
 Multi-host: ``initialize(multihost=True)`` (or the environment variable
 ``OSGAN_MULTIHOST=1``) calls ``jax.distributed.initialize()`` (arguments from the
-cluster environment: TPU pods, SLURM, ...), before any other JAX call. Each process
-then loads only its slice of the global batch (``data.make_iterator(...,
-process_index=, process_count=)``) and ``global_batch`` assembles the global array with
-``jax.make_array_from_process_local_data``.
+cluster environment: TPU pods, SLURM, ...), before any other JAX call. Elsewhere
+(several GPU machines, or several CPU processes on one machine as ``osgan_jax.launch``
+starts them) the environment variables ``OSGAN_COORDINATOR`` (``host:port`` of process
+0), ``OSGAN_NUM_PROCESSES`` and ``OSGAN_PROCESS_ID`` (and optionally
+``OSGAN_INIT_TIMEOUT``, seconds) give the arguments. Each process then loads only its
+slice of the global batch (``data.make_iterator(..., process_index=,
+process_count=)``) and ``global_batch`` assembles the global array with
+``jax.make_array_from_process_local_data``; the mesh orders devices by process, so
+slice ``i`` is rows ``[i * b, (i + 1) * b)`` and the global batch is the one a single
+process loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
+import time
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from osgan_jax.config_base import ConfigError
 
 DATA_AXIS = 'data'
 MULTIHOST_ENV = 'OSGAN_MULTIHOST'
+COORDINATOR_ENV = 'OSGAN_COORDINATOR'
+NUM_PROCESSES_ENV = 'OSGAN_NUM_PROCESSES'
+PROCESS_ID_ENV = 'OSGAN_PROCESS_ID'
+INIT_TIMEOUT_ENV = 'OSGAN_INIT_TIMEOUT'
+DEFAULT_INIT_TIMEOUT = 300
 
 _initialized = False
 
@@ -41,15 +58,100 @@ def multihost_requested(multihost: bool = False) -> bool:
   return bool(multihost) or env in ('1', 'true', 'yes')
 
 
-def initialize(multihost: bool = False) -> bool:
-  """Calls ``jax.distributed.initialize()`` once if multi-host is requested.
+def explicit_cluster() -> dict | None:
+  """``jax.distributed.initialize`` arguments from ``$OSGAN_COORDINATOR`` & co., or
+  None when ``$OSGAN_COORDINATOR`` is unset. ``ConfigError`` for malformed values."""
+  address = os.environ.get(COORDINATOR_ENV, '').strip()
+  if not address:
+    return None
+  try:
+    num = int(os.environ.get(NUM_PROCESSES_ENV, ''))
+    pid = int(os.environ.get(PROCESS_ID_ENV, ''))
+    timeout = int(os.environ.get(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT))
+  except ValueError:
+    raise ConfigError(f'${COORDINATOR_ENV}={address} is set, so ${NUM_PROCESSES_ENV} '
+                      f'and ${PROCESS_ID_ENV} must be integers (and ${INIT_TIMEOUT_ENV} '
+                      'if set)') from None
+  if not 0 <= pid < num or timeout <= 0:
+    raise ConfigError(f'${PROCESS_ID_ENV}={pid} must be in [0, ${NUM_PROCESSES_ENV}='
+                      f'{num}) and ${INIT_TIMEOUT_ENV}={timeout} positive')
+  return dict(coordinator_address=address, num_processes=num, process_id=pid,
+              initialization_timeout=timeout)
 
-  Must run before anything else touches JAX's backends. Returns whether it did.
+
+def _host_port(address: str) -> tuple[str, int]:
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise ConfigError(f'${COORDINATOR_ENV}={address!r} is not host:port')
+  return host.strip('[]'), int(port)
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+  """Polls ``address`` until it accepts a TCP connection.
+
+  JAX aborts the whole process (no Python exception) when it cannot reach the
+  coordinator in time; this turns that case into a ``ConfigError`` naming it.
+  """
+  host, port = _host_port(address)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+        return
+    except OSError as e:
+      error = e
+    if time.monotonic() >= deadline:
+      raise ConfigError(f'cannot reach the coordinator at {address} within {timeout:g} s '
+                        f'({type(error).__name__}: {error}); is process 0 running there '
+                        f'and the port open? (${COORDINATOR_ENV}, ${INIT_TIMEOUT_ENV})')
+    time.sleep(0.2)
+
+
+def check_port_free(address: str) -> None:
+  """``ConfigError`` when process 0 cannot serve the coordinator on ``address``'s port
+  (in use, e.g. by an earlier run): JAX crashes without a message there."""
+  _, port = _host_port(address)
+  try:
+    if socket.has_dualstack_ipv6():  # JAX listens on [::]:port
+      server = socket.create_server(('', port), family=socket.AF_INET6,
+                                    dualstack_ipv6=True)
+    else:
+      server = socket.create_server(('', port))
+    server.close()
+  except OSError as e:
+    raise ConfigError(f'cannot serve the coordinator on port {port} of {address} '
+                      f'({type(e).__name__}: {e}); is an earlier run still using it? '
+                      f'(${COORDINATOR_ENV})') from None
+
+
+def initialize(multihost: bool = False) -> bool:
+  """Joins the processes of a multi-process run (once); returns whether it did.
+
+  ``$OSGAN_COORDINATOR`` & co. (``osgan_jax.launch`` sets them) give the coordinator,
+  process count and id; else ``multihost`` / ``$OSGAN_MULTIHOST`` asks JAX to detect
+  the cluster (TPU pods, SLURM, ...). Must run before anything else touches JAX's
+  backends. On CPU the cross-process collectives are gloo's.
   """
   global _initialized
-  if not multihost_requested(multihost) or _initialized:
+  cluster = explicit_cluster()
+  if _initialized or (cluster is None and not multihost_requested(multihost)):
     return False
-  jax.distributed.initialize()
+  from osgan_jax import host_memory
+  if host_memory.cpu_only():
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if cluster is None:
+    jax.distributed.initialize()
+  else:
+    start, address = time.monotonic(), cluster['coordinator_address']
+    if cluster['process_id'] == 0:  # process 0 serves the coordinator itself
+      check_port_free(address)
+    else:
+      wait_for_coordinator(address, cluster['initialization_timeout'])
+    logging.info('Joining %d processes as process %d through %s (timeout %d s)',
+                 cluster['num_processes'], cluster['process_id'], address,
+                 cluster['initialization_timeout'])
+    left = cluster['initialization_timeout'] - int(time.monotonic() - start)
+    jax.distributed.initialize(**{**cluster, 'initialization_timeout': max(left, 1)})
   _initialized = True
   return True
 
@@ -68,6 +170,11 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     if jax.process_count() > 1 and num_devices != len(devices):
       raise ValueError('num_devices must be 0 (all) in multi-host runs')
     devices = devices[:num_devices]
+  if jax.process_count() > 1:
+    # Each process's devices contiguous and in process order, so that process i's
+    # slice of the batch is rows [i * b, (i + 1) * b) (jax.make_mesh may reorder).
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
   return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
                        devices=devices)
 
@@ -103,6 +210,25 @@ def sum_over_processes(value: int) -> int:
     return int(value)
   from jax.experimental import multihost_utils
   return int(np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def check_same_config(config) -> None:
+  """``ConfigError`` unless every process runs the same config (a collective).
+
+  Processes that disagree (a different override on one host) would otherwise train
+  different things in lockstep, or hang in a collective one of them never reaches.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  text = config.to_json_best_effort(sort_keys=True)
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
+  if differ:
+    raise ConfigError(f'the config differs between processes: process(es) '
+                      f'{", ".join(map(str, differ))} run another config than process 0; '
+                      'start every process with the same command and overrides')
 
 
 def is_main_process() -> bool:

@@ -53,5 +53,6 @@ def train_and_evaluate(config, workdir: str):
   anything is compiled or written.
   """
   parallel.initialize(config.multihost)
+  parallel.check_same_config(config)  # before anything that could fail on one process
   loop.validate(config)
   return loop.run(config, workdir, build_task(config, workdir))
