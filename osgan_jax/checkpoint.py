@@ -55,9 +55,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(meta)))
   except (OSError, ValueError) as e:
-    raise CheckpointError(f'cannot write checkpoint {step} in {directory} '
-                          f'({" ".join(str(e).split())[:200]}); the checkpoints '
-                          f'there ({_listed(mngr)}) are intact') from None
+    raise _write_error(mngr, f'checkpoint {step}', e) from None
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
@@ -65,9 +63,13 @@ def wait(mngr: ocp.CheckpointManager) -> None:
   try:
     mngr.wait_until_finished()
   except (OSError, ValueError) as e:
-    raise CheckpointError(f'a checkpoint could not be written in {mngr.directory} '
-                          f'({" ".join(str(e).split())[:200]}); the checkpoints there '
-                          f'({_listed(mngr)}) are intact') from None
+    raise _write_error(mngr, 'a checkpoint', e) from None
+
+
+def _write_error(mngr: ocp.CheckpointManager, what: str, e: Exception):
+  return CheckpointError(f'cannot write {what} in {mngr.directory} '
+                         f'({" ".join(str(e).split())[:200]}); the checkpoints there '
+                         f'({_listed(mngr)}) are intact')
 
 
 def close(mngr: ocp.CheckpointManager) -> None:

@@ -113,3 +113,20 @@ def test_command_emulates_tf32_and_exits_0():
   bad = _cli('--loss', 'hinge', '--disc', 'mlp', '--emulate', 'fp8')
   assert bad.returncode == 2 and 'tf32' in bad.stderr
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_gradcheck_command_reports_json_and_exit_status():
+  ok = _cli('--loss', 'hinge', '--disc', 'mbstd', '--logits', 'extreme')
+  assert ok.returncode == 0, ok.stderr
+  report = json.loads(ok.stdout.strip().splitlines()[-1])
+  assert {'loss', 'disc', 'mode', 'rel_err_g', 'rel_err_d', 'fd_rel_err',
+          'finite'} <= set(report)
+  assert report['finite'] is True and report['rel_err_g'] <= 1e-5  # float32 tolerance
+  wrong = _cli('--loss', 'non_saturating', '--disc', 'batchnorm', '--mode', 'approx')
+  assert wrong.returncode == 1
+  assert json.loads(wrong.stdout.strip().splitlines()[-1])['rel_err_g'] > 1e-3
+  bad = _cli('--loss', 'nope', '--disc', 'mlp')
+  assert bad.returncode == 2 and 'valid: ' in bad.stderr and 'hinge' in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+  bad = _cli('--loss', 'hinge', '--disc', 'resnet')
+  assert bad.returncode == 2 and 'batchnorm' in bad.stderr

@@ -25,10 +25,10 @@ import jax
 import numpy as np
 import portpicker
 import pytest
-from PIL import Image
 
 from osgan_jax import config_base, dfad, launch, parallel, train
 from osgan_jax.config_base import ConfigError
+from helpers import write_blob_pngs  # pylint: disable=import-error
 from test_train import (REPO, _cli, assert_trees_equal, checkpoint_steps, config_path,
                         read_metrics, tiny_overrides)
 
@@ -46,13 +46,7 @@ def images(tmp_path_factory):
   """8 small RGB PNGs and a corrupt one (skipped and counted by whichever process
   loads it)."""
   root = tmp_path_factory.mktemp('images')
-  rng = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:20, 0:24]
-  for i in range(8):
-    blob = np.exp(-((yy - rng.uniform(5, 15)) ** 2 + (xx - rng.uniform(5, 19)) ** 2)
-                  / rng.uniform(4, 30))
-    rgb = np.stack([blob * rng.uniform(0.3, 1) for _ in range(3)], -1)
-    Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f'{i:02d}.png')
+  write_blob_pngs(root, 8)
   (root / '03_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not a png')
   return root
 

@@ -23,6 +23,7 @@ from PIL import Image
 from osgan_jax import checkpoint, config_base, evaluators, train
 from osgan_jax import gan as gan_lib
 from osgan_jax.config_base import ConfigError
+from helpers import write_blob_pngs  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
@@ -101,13 +102,7 @@ def assert_trees_equal(a, b):
 def folder(tmp_path_factory):
   """12 small RGB PNGs (non-square: the loader crops and resizes)."""
   root = tmp_path_factory.mktemp('images')
-  rng = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:20, 0:24]
-  for i in range(12):
-    blob = np.exp(-((yy - rng.uniform(5, 15)) ** 2 + (xx - rng.uniform(5, 19)) ** 2)
-                  / rng.uniform(4, 30))
-    rgb = np.stack([blob * rng.uniform(0.3, 1) for _ in range(3)], -1)
-    Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f'{i:02d}.png')
+  write_blob_pngs(root, 12)
   return root
 
 
