@@ -39,6 +39,11 @@ Keys (the names are an interface: tools outside the package set them):
   reals every ``r1_interval`` steps), ``pl_weight`` (> 0: path-length regularisation
   every ``pl_interval`` steps on ``batch_size // pl_batch_shrink`` latents, running
   mean decay ``pl_decay``; needs a generator with ``map`` and ``synthesize`` methods).
+- ``penalty.*``: D's gradient penalties inside the main step, every step
+  (``osgan_jax.penalties``; 0 = off): ``r1`` (weight gamma of ``gamma/2 E||grad_x
+  D(x_real)||^2``), ``r2`` (the same on the detached fakes; R3GAN uses both), ``gp``
+  (WGAN-GP's ``lambda E(||grad D(x_hat)|| - 1)^2`` on real-fake interpolates). The
+  lazy R1 phase of StyleGAN2 is ``reg.*``.
 - ``ema.*``: ``half_life_kimg`` (> 0: keep an exponential moving average of G's
   parameters with this half-life in thousands of images; the sample grids and FID use
   it); ``rampup`` (> 0: the official ramp-up, the half-life is at most ``rampup`` times
@@ -126,6 +131,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       r1_gamma=0.0, r1_interval=16, pl_weight=0.0, pl_interval=4, pl_decay=0.01,
       pl_batch_shrink=2))
   c.ema = ml_collections.ConfigDict(dict(half_life_kimg=0.0, rampup=0.0))
+  c.penalty = ml_collections.ConfigDict(dict(r1=0.0, r2=0.0, gp=0.0))
   c.sample_truncation_psi = 1.0
   return c
 

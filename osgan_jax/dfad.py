@@ -104,6 +104,9 @@ def _validate(config, task: str) -> None:
                         f'{config.dfad.student_steps}')
     if int(config.num_classes):
       raise ConfigError('config.num_classes must be 0: distillation is unconditional')
+  if any(w > 0 for w in config.penalty.values()):
+    raise ConfigError('config.penalty.*: DFAD tasks take no gradient penalties; leave '
+                      'them 0')
   if int(config.fid.every_steps):
     raise ConfigError('config.fid.every_steps: FID is not computed for DFAD tasks; '
                       'leave it 0')
@@ -390,7 +393,7 @@ def two_stage_step(gan: steps.GAN, state: steps.TrainState, batch, rng, *,
     def objective(params_d):
       logits, model_state_d = gan.discriminate(params_d, state.model_state_d, fake, rng_d)
       logits = logits.astype(jnp.float32)
-      return loss.d_loss(logits[:0], logits), model_state_d
+      return loss.d(logits[:0], logits, state.loss_state), model_state_d
 
     (loss_d, model_state_d), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params_d)

@@ -127,7 +127,8 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       generate=generate, discriminate=discriminate, sample_latent=sample_latent,
       loss=config.loss, optimizer_g=optimizer_g, optimizer_d=optimizer_d,
       batch_keys=('image', 'label') if conditional else ('image',),
-      mode=config.one_stage_mode)
+      mode=config.one_stage_mode,
+      penalties={k: float(w) for k, w in config.penalty.items() if w > 0} or None)
 
 
 def make_optimizers(config):
@@ -220,6 +221,9 @@ def validate(config) -> None:
                         f'{fid.num_real}')
     if int(fid.batch_size) <= 0:
       raise ConfigError(f'config.fid.batch_size must be positive, got {fid.batch_size}')
+  for key, weight in config.penalty.items():
+    if weight < 0:
+      raise ConfigError(f'config.penalty.{key} must be >= 0, got {weight}')
   reg, ema = config.reg, config.ema
   for key in ('r1_gamma', 'pl_weight', 'pl_decay'):
     if reg[key] < 0:

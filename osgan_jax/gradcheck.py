@@ -70,6 +70,7 @@ import numpy as np
 
 from osgan_jax import losses as losses_lib
 from osgan_jax import one_stage
+from osgan_jax import penalties as penalties_lib
 
 DISC_KINDS = ('mlp', 'conv', 'patch', 'batchnorm', 'mbstd')
 LOGIT_REGIMES = {'normal': 1.0, 'extreme': 100.0, 'huge': 1e4, 'zero': 1.0}
@@ -77,6 +78,11 @@ IMAGE_SHAPE = (8, 8, 2)
 Z_DIM = 6
 TOLERANCE = {'float32': 1e-5, 'float64': 1e-10}
 FD_TOLERANCE = 1e-5
+# --penalty: D's gradient penalties and their weights (osgan_jax.penalties).
+PENALTIES = {'none': None, 'r1': {'r1': 1.0}, 'r2': {'r2': 1.0},
+             'r1r2': {'r1': 1.0, 'r2': 1.0}, 'gp': {'gp': 10.0}}
+# Stateful losses are checked at a state away from the initial one.
+LOSS_STATES = {'fisher': {'lam': 0.3}}
 # The verdict's matmul precision, and the config values that mean full float32.
 FULL_PRECISION = 'highest'
 FULL_PRECISION_NAMES = ('highest', 'float32', 'F32_F32_F32')
@@ -224,11 +230,15 @@ def make_discriminator(kind, logit_scale=1.0, emulate=None):
 
 
 def problem(loss, disc, *, seed=0, dtype=jnp.float32, logits='normal', batch=8,
-            emulate=None):
+            emulate=None, penalty='none'):
   """Everything ``one_stage_grads`` takes, for one gradcheck setting, as a dict.
   ``emulate`` ('tf32', 'bf16'): G and D round float32 matmul/conv operands to that
-  precision wherever full precision is not in effect, as GPUs and TPUs do by default."""
-  losses_lib.get(loss)
+  precision wherever full precision is not in effect, as GPUs and TPUs do by default.
+  ``penalty``: a key of ``PENALTIES``. A stateful loss gets a state away from its
+  initial one (``LOSS_STATES``), so that the state matters."""
+  loss_obj = losses_lib.get(loss)
+  if penalty not in PENALTIES:
+    raise ValueError(f'unknown penalty {penalty!r}; valid: {", ".join(PENALTIES)}')
   if emulate is not None and emulate not in EMULATIONS:
     raise ValueError(f'unknown emulated precision {emulate!r}; valid: '
                      f'{", ".join(EMULATIONS)}')
@@ -250,6 +260,10 @@ def problem(loss, disc, *, seed=0, dtype=jnp.float32, logits='normal', batch=8,
       x_real=jnp.tanh(jax.random.normal(kx, (batch,) + IMAGE_SHAPE, dtype)),
       loss=loss,
       d_has_aux=disc == 'batchnorm',
+      loss_state=(jax.tree.map(lambda v: jnp.asarray(v, dtype), LOSS_STATES.get(
+          loss, loss_obj.init_state())) if loss_obj.stateful else None),
+      penalties=PENALTIES[penalty],
+      penalty_rng=jax.random.fold_in(key, 5),
   )
 
 
@@ -267,7 +281,8 @@ def rel_err(a, b) -> float:
 def finite_difference_error(prob, num_directions=3, seed=0, eps=1e-5) -> float:
   """Max relative error of reference_grads against central differences (float64)."""
   prob64 = jax.tree.map(
-      lambda v: v.astype(jnp.float64) if isinstance(v, jax.Array) else v, prob)
+      lambda v: v.astype(jnp.float64)
+      if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating) else v, prob)
   loss = losses_lib.get(prob['loss'])
   g_grads, d_grads, _ = one_stage.reference_grads(**prob64)
   disc = prob64['discriminate']
@@ -278,12 +293,21 @@ def finite_difference_error(prob, num_directions=3, seed=0, eps=1e-5) -> float:
     return out[0] if has_aux else out
 
   x_fake = prob64['generate'](prob64['params_g'], prob64['z'])
+  state = prob64['loss_state']
+
+  def d_objective(pd):
+    value = loss.d(d_out(pd, prob64['x_real']), d_out(pd, x_fake), state)
+    if prob64['penalties']:
+      value = value + penalties_lib.loss(disc, pd, prob64['x_real'], x_fake,
+                                         prob64['penalties'], prob64['penalty_rng'],
+                                         has_aux=has_aux)[0]
+    return value
+
   objectives = [
-      (lambda pd: loss.d_loss(d_out(pd, prob64['x_real']), d_out(pd, x_fake)),
-       prob64['params_d'], d_grads),
-      (lambda pg: loss.g_loss(
+      (d_objective, prob64['params_d'], d_grads),
+      (lambda pg: loss.g(
           d_out(prob64['params_d'], prob64['x_real']),
-          d_out(prob64['params_d'], prob64['generate'](pg, prob64['z']))),
+          d_out(prob64['params_d'], prob64['generate'](pg, prob64['z'])), state),
        prob64['params_g'], g_grads),
   ]
   rng = np.random.default_rng(seed)
@@ -312,15 +336,19 @@ def run_one_stage(prob, mode):
   return jax.jit(lambda pg, pd: one_stage.one_stage_grads(
       prob['generate'], prob['discriminate'], pg, pd, prob['z'], prob['x_real'],
       prob['loss'], mode=mode, d_has_aux=prob['d_has_aux'],
-      measure_error=mode == 'approx'))(prob['params_g'], prob['params_d'])
+      measure_error=mode == 'approx', loss_state=prob['loss_state'],
+      penalties=prob['penalties'], penalty_rng=prob['penalty_rng']))(
+          prob['params_g'], prob['params_d'])
 
 
 def _scaled(loss, scale):
   """``loss`` times ``scale`` (the same ``Loss`` when scale is 1)."""
   if scale == 1.0:
     return loss
-  return losses_lib.Loss(f'{loss.name}*{scale}', lambda r, f: scale * loss.d_loss(r, f),
-                         lambda r, f: scale * loss.g_loss(r, f))
+  return losses_lib.Loss(f'{loss.name}*{scale}',
+                         lambda r, f, *s: scale * loss.d_loss(r, f, *s),
+                         lambda r, f, *s: scale * loss.g_loss(r, f, *s),
+                         init_state=loss.init_state, update_state=loss.update_state)
 
 
 def run_reference(prob, loss_scale=1.0):
@@ -358,12 +386,14 @@ def default_precision_report(prob, mode, emulate=None) -> dict:
 
 
 def check(loss, disc, *, mode='exact', seed=0, x64=False, logits='normal',
-          emulate=None) -> dict:
+          emulate=None, penalty='none', default_precision=True) -> dict:
   """Runs one gradcheck setting and returns the JSON-able report. The verdict compares
   at full float32 precision, so that it judges the algorithm, not the hardware's
-  rounding; ``default_precision`` reports what training at the default sees."""
+  rounding; ``default_precision`` reports what training at the default sees (skipped
+  with ``default_precision=False``: three more compilations)."""
   dtype = jnp.float64 if x64 else jnp.float32
-  prob = problem(loss, disc, seed=seed, dtype=dtype, logits=logits, emulate=emulate)
+  prob = problem(loss, disc, seed=seed, dtype=dtype, logits=logits, emulate=emulate,
+                 penalty=penalty)
   with full_precision():
     grads_g, grads_d, aux = run_one_stage(prob, mode)
     ref_g, ref_d = run_reference(prob)
@@ -371,7 +401,7 @@ def check(loss, disc, *, mode='exact', seed=0, x64=False, logits='normal',
   finite = all(bool(jnp.all(jnp.isfinite(x)))
                for x in jax.tree.leaves((grads_g, grads_d)))
   report = {
-      'loss': loss, 'disc': disc, 'mode': mode, 'logits': logits,
+      'loss': loss, 'disc': disc, 'mode': mode, 'logits': logits, 'penalty': penalty,
       'dtype': jnp.dtype(dtype).name,
       'precision': FULL_PRECISION,
       'rel_err_g': rel_err(grads_g, ref_g),
@@ -387,7 +417,8 @@ def check(loss, disc, *, mode='exact', seed=0, x64=False, logits='normal',
   tol = TOLERANCE[report['dtype']]
   report['ok'] = bool(finite and report['rel_err_g'] <= tol and report['rel_err_d'] <= tol
                       and report['fd_rel_err'] <= FD_TOLERANCE)
-  report['default_precision'] = default_precision_report(prob, mode, emulate)
+  if default_precision:
+    report['default_precision'] = default_precision_report(prob, mode, emulate)
   return report
 
 
@@ -401,6 +432,8 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--x64', action='store_true', help='compare in float64')
   parser.add_argument('--logits', default='normal', help=', '.join(LOGIT_REGIMES))
+  parser.add_argument('--penalty', default='none',
+                      help=f'gradient penalties on D: {", ".join(PENALTIES)}')
   parser.add_argument('--emulate', default='none',
                       help='none, or round float32 matmul/conv operands at default '
                       f'precision as this precision would: {", ".join(EMULATIONS)} '
@@ -410,6 +443,7 @@ def main(argv=None) -> int:
                              (args.disc, DISC_KINDS, 'discriminator kind'),
                              (args.mode, one_stage.MODES, 'mode'),
                              (args.logits, tuple(LOGIT_REGIMES), 'logits regime'),
+                             (args.penalty, tuple(PENALTIES), 'penalty'),
                              (args.emulate, ('none',) + tuple(EMULATIONS),
                               'emulated precision')):
     if value not in valid:
@@ -420,7 +454,7 @@ def main(argv=None) -> int:
   # explicitly, so enabling x64 does not change the float32 comparison.
   jax.config.update('jax_enable_x64', True)
   report = check(args.loss, args.disc, mode=args.mode, seed=args.seed, x64=args.x64,
-                 logits=args.logits,
+                 logits=args.logits, penalty=args.penalty,
                  emulate=None if args.emulate == 'none' else args.emulate)
   print(json.dumps(report))
   return 0 if report['ok'] else 1

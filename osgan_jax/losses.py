@@ -26,34 +26,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-  """A GAN objective: D minimises ``d_loss``, G minimises ``g_loss``."""
+  """A GAN objective: D minimises ``d_loss``, G minimises ``g_loss``.
+
+  A loss with state (Fisher GAN's Lagrange multiplier) has ``init_state() -> state``
+  and ``update_state(state, real_logits, fake_logits) -> state``; its ``d_loss`` and
+  ``g_loss`` take the state as a third argument. The steps keep the state in
+  ``TrainState.loss_state`` (so it is checkpointed) and update it from the logits of
+  the same forward pass; a user-defined stateful loss needs nothing else.
+  """
 
   name: str
-  d_loss: LossFn
-  g_loss: LossFn
+  d_loss: Callable
+  g_loss: Callable
   description: str = ''
+  init_state: Callable | None = None
+  update_state: Callable | None = None
 
-  def coefficients(self, real_logits, fake_logits):
+  @property
+  def stateful(self) -> bool:
+    return self.init_state is not None
+
+  def d(self, real_logits, fake_logits, state=None):
+    """``d_loss``, with the state for a stateful loss."""
+    extra = (self._state(state),) if self.stateful else ()
+    return self.d_loss(real_logits, fake_logits, *extra)
+
+  def g(self, real_logits, fake_logits, state=None):
+    extra = (self._state(state),) if self.stateful else ()
+    return self.g_loss(real_logits, fake_logits, *extra)
+
+  def _state(self, state):
+    return self.init_state() if state is None else state
+
+  def updated(self, state, real_logits, fake_logits):
+    """The state after one step on these logits (``None`` for a stateless loss)."""
+    if not self.stateful:
+      return None
+    return self.update_state(self._state(state), real_logits, fake_logits)
+
+  def coefficients(self, real_logits, fake_logits, state=None):
     """Gradients at the logits: (dL_D/d real, dL_D/d fake, dL_G/d fake)."""
-    d_real, d_fake = jax.grad(self.d_loss, argnums=(0, 1))(real_logits, fake_logits)
-    g_fake = jax.grad(self.g_loss, argnums=1)(real_logits, fake_logits)
+    d_real, d_fake = jax.grad(self.d, argnums=(0, 1))(real_logits, fake_logits, state)
+    g_fake = jax.grad(self.g, argnums=1)(real_logits, fake_logits, state)
     return d_real, d_fake, g_fake
 
 
 _REGISTRY: dict[str, Loss] = {}
 
 
-def register(name: str, d_loss: LossFn, g_loss: LossFn, description: str = '',
-             overwrite: bool = False) -> Loss:
-  """Adds a loss to the registry, so configs and tools can name it."""
+def register(name: str, d_loss: Callable, g_loss: Callable, description: str = '',
+             overwrite: bool = False, init_state: Callable | None = None,
+             update_state: Callable | None = None) -> Loss:
+  """Adds a loss to the registry, so configs and tools can name it (see ``Loss`` for
+  ``init_state``/``update_state``)."""
   if name in _REGISTRY and not overwrite:
     raise ValueError(f'loss {name!r} is already registered; pass overwrite=True')
-  loss = Loss(name, d_loss, g_loss, description)
+  if (init_state is None) != (update_state is None):
+    raise ValueError('a stateful loss needs both init_state and update_state')
+  loss = Loss(name, d_loss, g_loss, description, init_state, update_state)
   _REGISTRY[name] = loss
   return loss
 
@@ -83,7 +117,7 @@ def is_symmetric(loss: str | Loss, num_probes: int = 64, seed: int = 0) -> bool:
   rng = np.random.default_rng(seed)
   real = jnp.asarray(rng.normal(scale=3.0, size=num_probes), jnp.float32)
   fake = jnp.asarray(rng.normal(scale=3.0, size=num_probes), jnp.float32)
-  _, d_fake, g_fake = loss.coefficients(real, fake)
+  _, d_fake, g_fake = loss.coefficients(real, fake)  # a stateful loss: initial state
   return bool(jnp.all(jnp.abs(d_fake) > 0)) and bool(
       jnp.allclose(g_fake, -d_fake, rtol=1e-6, atol=0.0))
 
@@ -156,3 +190,32 @@ register('bgan',
          d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
          g_loss=lambda r, f: 0.5 * _mean(jnp.square(f)),
          description='boundary-seeking GAN (asymmetric)')
+
+
+def fisher(rho: float = 1e-6) -> dict:
+  """Fisher GAN (Mroueh & Sercu 2017) as ``register``'s keyword arguments.
+
+  D maximises ``E f(x) - E f(G(z)) + lam (1 - Omega) - rho / 2 (1 - Omega)^2`` with
+  ``Omega = (E f(x)^2 + E f(G(z))^2) / 2``; the Lagrange multiplier moves against
+  that objective's gradient, ``lam <- lam - rho (1 - Omega)``; G maximises
+  ``E f(G(z))``. The state is ``{'lam': scalar}``, starting at 0.
+  """
+  def omega(r, f):
+    return 0.5 * (_mean(jnp.square(r)) + _mean(jnp.square(f)))
+
+  def d_loss(r, f, state):
+    c = 1.0 - omega(r, f)
+    return -(_mean(r) - _mean(f) + state['lam'] * c - 0.5 * rho * jnp.square(c))
+
+  def update(state, r, f):
+    return {'lam': state['lam'] - rho * (1.0 - omega(r, f))}
+
+  return dict(d_loss=d_loss, g_loss=lambda r, f, state: -_mean(f),
+              init_state=lambda: {'lam': jnp.zeros((), jnp.float32)},
+              update_state=update)
+
+
+# Fisher GAN with the penalty weight of its paper's experiments (rho = 1e-6).
+register('fisher', **fisher(1e-6),
+         description='Fisher GAN: constrained critic, Lagrange multiplier as loss state '
+         '(asymmetric)')

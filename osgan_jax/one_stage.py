@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from osgan_jax import losses as losses_lib
+from osgan_jax import penalties as penalties_lib
 
 PyTree = Any
 MODES = ('exact', 'approx')
@@ -183,7 +184,8 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
                     params_d: PyTree, z: PyTree, x_real: PyTree, loss, *,
                     mode: str = 'exact', per_sample: bool | None = None,
                     g_has_aux: bool = False, d_has_aux: bool = False,
-                    measure_error: bool = False):
+                    measure_error: bool = False, loss_state=None, penalties=None,
+                    penalty_rng=None):
   """Gradients of L_G (for G) and L_D (for D) from one shared forward and backward.
 
   Args:
@@ -211,6 +213,12 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
     g_has_aux, d_has_aux: ``generate``/``discriminate`` return ``(output, aux)``.
     measure_error: in approx mode, also compute the exact image cotangent (one more
       input-only backward) and report ``aux['approx_rel_err']``.
+    loss_state: the state of a stateful loss (``losses.Loss.init_state``; default:
+      the initial state); ``aux['loss_state']`` is its update from these logits.
+    penalties: ``{'r1' | 'r2' | 'gp': weight}`` (``osgan_jax.penalties``): D-only
+      gradient penalties added to D's gradient; ``penalty_rng`` draws ``gp``'s
+      interpolation weights. They need input gradients of D (a double backward), so
+      they run as their own forward and backward of D on the penalised batches.
 
   Returns:
     ``(grads_g, grads_d, aux)``; ``aux`` holds ``loss_d``, ``loss_g``, ``gamma_mean``,
@@ -249,7 +257,7 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
 
   # Cotangents at the logits, computed in float32 whatever D's compute dtype.
   r32, f32 = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
-  c_real, c_fake, g_fake = loss.coefficients(r32, f32)
+  c_real, c_fake, g_fake = loss.coefficients(r32, f32, loss_state)
   sample_axes = tuple(range(1, f32.ndim))
   gamma, decomposable = project(c_fake, g_fake, sample_axes)
 
@@ -318,12 +326,18 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
       n_exact = jnp.asarray(batch)
 
   (grads_g,) = vjp_g(g_cot)
+  if penalties:
+    grads_p, penalty_metrics = _penalty_grads(discriminate, params_d, x_real, x_fake,
+                                              penalties, penalty_rng, d_has_aux)
+    grads_d = jax.tree.map(jnp.add, grads_d, grads_p)
+    aux.update(penalty_metrics)
 
   defined = jnp.max(jnp.abs(c_fake), axis=sample_axes) > 0
   n_defined = jnp.maximum(jnp.sum(defined), 1)
   aux.update(
-      loss_d=loss.d_loss(r32, f32),
-      loss_g=loss.g_loss(r32, f32),
+      loss_d=loss.d(r32, f32, loss_state),
+      loss_g=loss.g(r32, f32, loss_state),
+      loss_state=loss.updated(loss_state, r32, f32),
       gamma_mean=jnp.sum(jnp.where(defined, gamma, 0.0)) / n_defined,
       gamma_min=jnp.min(jnp.where(defined, gamma, jnp.inf), initial=jnp.inf),
       gamma_max=jnp.max(jnp.where(defined, gamma, -jnp.inf), initial=-jnp.inf),
@@ -338,14 +352,27 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   return grads_g, grads_d, aux
 
 
+def _penalty_grads(discriminate, params_d, x_real, x_fake, weights, rng, has_aux):
+  """D's gradient of the penalties and their metrics (``osgan_jax.penalties``)."""
+  weights = penalties_lib.validate(weights)
+  if not _has_real(x_real) and {'r1', 'gp'} & set(weights):
+    raise ValueError('the r1 and gp penalties need real data')
+  return jax.grad(lambda p: penalties_lib.loss(discriminate, p, x_real, x_fake, weights,
+                                               rng, has_aux=has_aux), has_aux=True)(
+                                                   params_d)
+
+
 def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree,
                     params_d: PyTree, z: PyTree, x_real: PyTree, loss, *,
-                    g_has_aux: bool = False, d_has_aux: bool = False, **unused_options):
-  """Ground truth: two independent ``jax.grad`` calls at the same parameters and z.
+                    g_has_aux: bool = False, d_has_aux: bool = False, loss_state=None,
+                    penalties=None, penalty_rng=None, **unused_options):
+  """Ground truth: two independent ``jax.grad`` calls at the same parameters and z:
+  of ``L_D + penalties`` for D and of ``L_G`` for G.
 
   D runs separately on the real and the fake batch (as in two-stage training), so a
   discriminator that couples samples sees the same batches as in ``one_stage_grads``.
-  Accepts (and ignores) ``one_stage_grads``' options, so the two are interchangeable.
+  Accepts (and ignores) ``one_stage_grads``' other options, so the two are
+  interchangeable.
   """
   loss = losses_lib.get(loss)
 
@@ -360,11 +387,15 @@ def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree
 
   def d_objective(pd):
     fake_logits = disc(pd, x_fake)
-    return loss.d_loss(real(pd, fake_logits), fake_logits)
+    value = loss.d(real(pd, fake_logits), fake_logits, loss_state)
+    if penalties:
+      value = value + penalties_lib.loss(discriminate, pd, x_real, x_fake, penalties,
+                                         penalty_rng, has_aux=d_has_aux)[0]
+    return value
 
   def g_objective(pg):
     fake_logits = disc(params_d, gen(pg))
-    return loss.g_loss(real(params_d, fake_logits), fake_logits)
+    return loss.g(real(params_d, fake_logits), fake_logits, loss_state)
 
   x_fake = gen(params_g)
   loss_d, grads_d = jax.value_and_grad(d_objective)(params_d)

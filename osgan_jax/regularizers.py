@@ -66,6 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from osgan_jax import penalties
 from osgan_jax.one_stage import call_with_aux
 from osgan_jax.steps import apply_optimizer
 
@@ -110,13 +111,8 @@ def r1_penalty(discriminate: Callable, params_d: PyTree, x_real: jax.Array, *,
   discriminator that couples samples (minibatch std) it includes the cross-sample
   terms; for a per-sample discriminator it is the per-sample input gradient.
   """
-  def summed(x):
-    logits, aux = call_with_aux(discriminate, has_aux, params_d, x)
-    return jnp.sum(_at_least_f32(logits)), (logits, aux)
-
-  grads, (logits, aux) = jax.grad(summed, has_aux=True)(x_real)
-  g = _at_least_f32(grads)
-  per_sample = jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim)))
+  per_sample, logits, aux = penalties.input_grad_sq_norms(discriminate, params_d, x_real,
+                                                          has_aux=has_aux)
   penalty = jnp.mean(per_sample)
   return (penalty, (logits, aux)) if has_aux else (penalty, logits)
 

@@ -28,6 +28,7 @@ import optax
 
 from osgan_jax import losses as losses_lib
 from osgan_jax import one_stage
+from osgan_jax import penalties as penalties_lib
 
 PyTree = Any
 
@@ -39,6 +40,7 @@ class TrainState:
   ``ema_params_g`` (an exponential moving average of G's parameters) and ``pl_mean``
   (the running path-length mean) are ``None`` unless the run uses them
   (``osgan_jax.regularizers``); the main steps pass them through untouched.
+  ``loss_state`` is a stateful loss's state (Fisher GAN's multiplier), else ``None``.
   """
   step: jax.Array
   params_g: PyTree
@@ -49,6 +51,7 @@ class TrainState:
   model_state_d: PyTree
   ema_params_g: PyTree = None
   pl_mean: PyTree = None
+  loss_state: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,9 @@ class GAN:
     mode: ``one_stage_grads``' mode, ``'exact'`` or ``'approx'``.
     per_sample: whether D treats samples independently; ``None`` probes it at trace
       time (see ``probe_per_sample`` to settle it once with concrete values).
+    penalties: ``{'r1' | 'r2' | 'gp': weight}``, D's gradient penalties in the main
+      step (``osgan_jax.penalties``); a weight may be an optax-style schedule
+      ``step -> weight``.
   """
   generate: Callable
   discriminate: Callable
@@ -80,6 +86,13 @@ class GAN:
   mode: str = 'exact'
   per_sample: bool | None = None
   fake_batch_size: int = 0   # samples per step when there is no real batch
+  penalties: Any = None
+
+  def penalty_weights(self, step):
+    """The penalties' weights at ``step`` (schedules evaluated), or ``None``."""
+    if not self.penalties:
+      return None
+    return {k: w(step) if callable(w) else w for k, w in dict(self.penalties).items()}
 
 
 def init_state(gan: GAN, params_g, params_d, model_state_g=None,
@@ -95,7 +108,13 @@ def init_state(gan: GAN, params_g, params_d, model_state_g=None,
       model_state_g={} if model_state_g is None else model_state_g,
       model_state_d={} if model_state_d is None else model_state_d,
       ema_params_g=jax.tree.map(jnp.copy, params_g) if ema else None,
-      pl_mean=jnp.zeros((), jnp.float32) if path_length else None)
+      pl_mean=jnp.zeros((), jnp.float32) if path_length else None,
+      loss_state=_initial_loss_state(gan))
+
+
+def _initial_loss_state(gan: GAN):
+  loss = losses_lib.get(gan.loss)
+  return loss.init_state() if loss.stateful else None
 
 
 def probe_per_sample(gan: GAN, state: TrainState, batch=None) -> GAN:
@@ -170,22 +189,34 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
   """One forward, one backward, both players updated from the same z."""
   real = _real(gan, batch)
   rng_z, rng_g, rng_d = jax.random.split(rng, 3)
+  rng_p = jax.random.fold_in(rng, 3)  # penalties; the other streams as without them
   z = gan.sample_latent(rng_z, _batch_size(gan, real))
   grads_g, grads_d, aux = one_stage.one_stage_grads(
       lambda p, z: gan.generate(p, state.model_state_g, z, rng_g),
       lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
       state.params_g, state.params_d, z, real, gan.loss,
-      mode=gan.mode, per_sample=gan.per_sample, g_has_aux=True, d_has_aux=True)
+      mode=gan.mode, per_sample=gan.per_sample, g_has_aux=True, d_has_aux=True,
+      loss_state=state.loss_state, penalties=gan.penalty_weights(state.step),
+      penalty_rng=rng_p)
   params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads_g, state.opt_state_g,
                                  state.params_g)
   params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
                                  state.params_d)
   state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
                         opt_state_g=opt_state_g, opt_state_d=opt_state_d,
-                        model_state_g=aux['g_aux'], model_state_d=aux['d_aux'])
+                        model_state_g=aux['g_aux'], model_state_d=aux['d_aux'],
+                        loss_state=aux['loss_state'])
   metrics = {k: _f32(aux[k]) for k in
-             ('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact')}
-  return state, metrics
+             ('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact',
+              'r1_penalty', 'r2_penalty', 'gp_penalty') if k in aux}
+  return state, {**metrics, **_loss_state_metrics(state.loss_state)}
+
+
+def _loss_state_metrics(loss_state) -> dict:
+  """A stateful loss's scalars as metrics (e.g. Fisher GAN's ``loss_state_lam``)."""
+  if not isinstance(loss_state, dict):
+    return {}
+  return {f'loss_state_{k}': _f32(v) for k, v in loss_state.items() if jnp.ndim(v) == 0}
 
 
 def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
@@ -199,15 +230,25 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
                          gan.sample_latent(rng_z1, batch_size), rng_g1)
   fake = jax.lax.stop_gradient(fake)
 
+  weights = gan.penalty_weights(state.step)
+
   def d_objective(params_d):
     fake_logits, model_state_d = gan.discriminate(params_d, state.model_state_d, fake,
                                                   rng_d1)
     real_logits = _real_logits(gan, params_d, state.model_state_d, real, rng_d1,
                                fake_logits)
-    return loss.d_loss(_f32(real_logits), _f32(fake_logits)), model_state_d
+    r32, f32 = _f32(real_logits), _f32(fake_logits)
+    penalty, penalty_metrics = 0.0, {}
+    if weights:
+      penalty, penalty_metrics = penalties_lib.loss(
+          lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d1), params_d,
+          real, fake, weights, jax.random.fold_in(rng, 6), has_aux=True)
+    loss_d = loss.d(r32, f32, state.loss_state)
+    return loss_d + penalty, (loss_d, model_state_d, penalty_metrics,
+                              loss.updated(state.loss_state, r32, f32))
 
-  (loss_d, model_state_d), grads_d = jax.value_and_grad(d_objective, has_aux=True)(
-      state.params_d)
+  (_, (loss_d, model_state_d, penalty_metrics, loss_state)), grads_d = (
+      jax.value_and_grad(d_objective, has_aux=True)(state.params_d))
   params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
                                  state.params_d)
 
@@ -218,9 +259,9 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
     fake, model_state_g = gan.generate(params_g, state.model_state_g, z2, rng_g2)
     fake_logits, _ = gan.discriminate(params_d, model_state_d, fake, rng_d2)
     real_logits = _real_logits(gan, params_d, model_state_d, real, rng_d2, fake_logits)
-    return loss.g_loss(_f32(real_logits), _f32(fake_logits)), model_state_g
+    return loss.g(_f32(real_logits), _f32(fake_logits), loss_state), model_state_g
 
-  metrics = {}
+  metrics = {k: _f32(v) for k, v in penalty_metrics.items()}
   if official:
     (loss_g, model_state_g), (grads_g, wasted) = jax.value_and_grad(
         g_objective, argnums=(0, 1), has_aux=True)(state.params_g, params_d)
@@ -232,9 +273,10 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
                                  state.params_g)
   state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
                         opt_state_g=opt_state_g, opt_state_d=opt_state_d,
-                        model_state_g=model_state_g, model_state_d=model_state_d)
+                        model_state_g=model_state_g, model_state_d=model_state_d,
+                        loss_state=loss_state)
   metrics.update(loss_d=_f32(loss_d), loss_g=_f32(loss_g))
-  return state, metrics
+  return state, {**metrics, **_loss_state_metrics(loss_state)}
 
 
 def two_stage_step(gan: GAN, state: TrainState, batch, rng):

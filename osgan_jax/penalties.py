@@ -1,0 +1,108 @@
+"""Gradient penalties on D: R1 on reals, R2 on fakes, the WGAN-GP interpolate penalty.
+
+Each is a D-only term: its gradient reaches D's parameters, never G (the fakes are
+detached, as in a two-stage step). With weights ``w``:
+
+* ``r1``: ``w / 2 * mean_i ||d sum_j D(x_j) / d x_i||^2`` over real images (Mescheder
+  et al. 2018; StyleGAN2, R3GAN);
+* ``r2``: the same over the (detached) fake images (R3GAN);
+* ``gp``: ``w * mean_i (||d D(x_hat) / d x_hat_i|| - 1)^2`` at ``x_hat = e x_real +
+  (1 - e) x_fake``, ``e ~ U(0, 1)`` per sample (Gulrajani et al. 2017).
+
+The input gradient is that of the *sum* of the logits, as the official StyleGAN2 and
+R3GAN code take it: for a discriminator that couples samples it includes the
+cross-sample terms. Images may be pytrees (``{'image', 'label'}``); only their float
+leaves are differentiated (and interpolated). Weights may be traced (schedules).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+NAMES = ('r1', 'r2', 'gp')
+
+
+def _float_leaves(x):
+  """``(float leaves, rebuild)``: rebuild(new float leaves) -> x with them in place."""
+  leaves, treedef = jax.tree.flatten(x)
+  index = [i for i, l in enumerate(leaves)
+           if jnp.issubdtype(jnp.result_type(l), jnp.inexact)]
+
+  def rebuild(floats):
+    out = list(leaves)
+    for i, v in zip(index, floats):
+      out[i] = v
+    return jax.tree.unflatten(treedef, out)
+
+  return [leaves[i] for i in index], rebuild
+
+
+def _f32(x):
+  return jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
+
+
+def input_grad_sq_norms(discriminate: Callable, params_d, x, *, has_aux: bool = False):
+  """``(per-sample ||d sum_j D(x_j) / d x_i||^2 [B], logits, aux)`` in float32 (or
+  float64 for float64 inputs); ``aux`` is None without ``has_aux``."""
+  floats, rebuild = _float_leaves(x)
+
+  def summed(floats):
+    out = discriminate(params_d, rebuild(floats))
+    logits, aux = out if has_aux else (out, None)
+    return jnp.sum(_f32(logits)), (logits, aux)
+
+  grads, (logits, aux) = jax.grad(summed, has_aux=True)(floats)
+  per_sample = sum(jnp.sum(jnp.square(_f32(g)).reshape(g.shape[0], -1), axis=1)
+                   for g in grads)
+  return per_sample, logits, aux
+
+
+def validate(weights) -> dict:
+  """``weights`` as a dict of known penalty names (``None``: no penalty)."""
+  weights = dict(weights or {})
+  unknown = sorted(set(weights) - set(NAMES))
+  if unknown:
+    raise ValueError(f'unknown penalties {unknown}; valid: {", ".join(NAMES)}')
+  return weights
+
+
+def loss(discriminate: Callable, params_d, x_real, x_fake, weights, rng=None, *,
+         has_aux: bool = False):
+  """``(weighted sum of the penalties, {'r1_penalty', ...})`` for D's parameters.
+
+  ``x_fake`` is detached here. ``rng`` draws the interpolation weights of ``gp``.
+  The metrics are the unweighted batch means (for ``gp``: of (norm - 1)^2).
+  """
+  weights = validate(weights)
+  x_fake = jax.lax.stop_gradient(x_fake)
+  total, metrics = 0.0, {}
+
+  def sq_norms(x):
+    return input_grad_sq_norms(discriminate, params_d, x, has_aux=has_aux)[0]
+
+  if 'r1' in weights:
+    metrics['r1_penalty'] = jnp.mean(sq_norms(x_real))
+    total = total + weights['r1'] / 2 * metrics['r1_penalty']
+  if 'r2' in weights:
+    metrics['r2_penalty'] = jnp.mean(sq_norms(x_fake))
+    total = total + weights['r2'] / 2 * metrics['r2_penalty']
+  if 'gp' in weights:
+    if rng is None:
+      raise ValueError('the gp penalty needs an rng for its interpolation weights')
+    real_floats, rebuild = _float_leaves(x_real)
+    fake_floats, _ = _float_leaves(x_fake)
+    e = jax.random.uniform(rng, (real_floats[0].shape[0],))
+
+    def mix(r, f):
+      w = e.reshape((-1,) + (1,) * (r.ndim - 1)).astype(r.dtype)
+      return w * r + (1 - w) * f
+
+    x_hat = rebuild([mix(r, f) for r, f in zip(real_floats, fake_floats)])
+    # sqrt at 0 has an infinite derivative; the norm is > 0 almost surely.
+    norms = jnp.sqrt(jnp.maximum(sq_norms(x_hat), 1e-30))
+    metrics['gp_penalty'] = jnp.mean(jnp.square(norms - 1.0))
+    total = total + weights['gp'] * metrics['gp_penalty']
+  return total, metrics
