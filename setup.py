@@ -8,8 +8,12 @@ setuptools.setup(
     "one- and two-stage train steps, DCGAN/StyleGAN2, offline FID.",
     packages=setuptools.find_packages(include=["osgan_jax", "osgan_jax.*"]),
     python_requires=">=3.10",
+    # jax 0.10 (Python >= 3.10; CI: 0.10.2 on Python 3.11) to 0.12 (0.11 and 0.12
+    # need Python >= 3.12; a GPU machine ran this code unchanged with jax 0.11.2, flax
+    # 0.12.10, optax 0.2.8 on Python 3.12). An accelerator's JAX that is already
+    # installed satisfies this and is kept: install with no extra there.
     install_requires=[
-        "jax>=0.10,<0.11",
+        "jax>=0.10,<0.13",
         "flax>=0.12,<0.13",
         "optax>=0.2.5,<0.3",
         "chex>=0.1.90,<0.2",
@@ -23,8 +27,15 @@ setuptools.setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "tqdm>=4.66",
+        "portpicker>=1.5",  # osgan_jax.launch picks the coordinator's port
     ],
+    # JAX's own extras (jax 0.10-0.12 define these): CUDA 12 or 13 wheels with the
+    # matching NVIDIA libraries ("cuda" is JAX's default, CUDA 12), or libtpu.
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "cuda": ["jax[cuda12]>=0.10,<0.13"],
+        "cuda12": ["jax[cuda12]>=0.10,<0.13"],
+        "cuda13": ["jax[cuda13]>=0.10,<0.13"],
+        "tpu": ["jax[tpu]>=0.10,<0.13"],
     },
 )

@@ -288,3 +288,262 @@ def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
   # The trivial runs are the loop's own: its checkpoint and metrics are there.
   assert os.listdir(tmp_path / 'work' / 'trivial_prepared' / 'checkpoints') == ['20']
   assert 'through main / alone' in loop_throughput.summary(lines)
+
+
+# ------------------------------------------------------------------ FLOPs (issue 15)
+
+import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+import flops as flop_count  # noqa: E402  pylint: disable=import-error
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(**kw):
+  return lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=_DN, **kw)
+
+
+def _kernel_cotangent(**kw):
+  conv = _conv(**kw)
+  return lambda x, w, ct: jax.vjp(lambda w: conv(x, w), w)[1](ct)[0]
+
+
+def _input_cotangent(**kw):
+  conv = _conv(**kw)
+  return lambda x, w, ct: jax.vjp(lambda x: conv(x, w), x)[1](ct)[0]
+
+
+_CONV_CASES = {
+    'same_stride1': (_conv(window_strides=(1, 1), padding='SAME'),
+                     [(2, 9, 9, 3), (3, 3, 3, 5)]),
+    'stride2_pad1': (_conv(window_strides=(2, 2), padding=((1, 1), (1, 1))),
+                     [(2, 16, 16, 3), (4, 4, 3, 5)]),
+    'transposed_stride2': (lambda x, w: lax.conv_transpose(
+        x, w, (2, 2), 'SAME', dimension_numbers=_DN), [(2, 8, 8, 3), (4, 4, 3, 5)]),
+    'lhs_dilation_uneven_pads': (_conv(window_strides=(1, 1), padding=((2, 3), (1, 0)),
+                                       lhs_dilation=(3, 2)),
+                                 [(2, 7, 6, 4), (3, 2, 4, 5)]),
+    'rhs_dilation': (_conv(window_strides=(1, 1), padding=((2, 2), (2, 2)),
+                           rhs_dilation=(2, 2)), [(2, 9, 9, 3), (3, 3, 3, 5)]),
+    'feature_groups': (_conv(window_strides=(1, 1), padding='SAME',
+                             feature_group_count=4), [(2, 9, 9, 8), (3, 3, 2, 12)]),
+    'depthwise': (_conv(window_strides=(1, 1), padding='VALID', feature_group_count=8),
+                  [(2, 9, 9, 8), (3, 3, 1, 8)]),
+    'kernel_cotangent_grouped': (
+        _kernel_cotangent(window_strides=(2, 2), padding=((1, 1), (1, 1)),
+                          feature_group_count=4),
+        [(2, 8, 8, 8), (4, 4, 2, 12), (2, 4, 4, 12)]),
+    'input_cotangent_stride2': (
+        _input_cotangent(window_strides=(2, 2), padding=((1, 1), (1, 1))),
+        [(2, 8, 8, 8), (4, 4, 8, 12), (2, 4, 4, 12)]),
+    'nch_1d': (lambda x, w: lax.conv_general_dilated(x, w, (1,), ((1, 1),)),
+               [(2, 3, 10), (5, 3, 3)]),
+}
+
+
+@pytest.mark.parametrize('case', sorted(_CONV_CASES))
+def test_conv_flops_equal_xla_count(case):
+  """The analytic convolution count (padding taps and lhs-dilation holes excluded)
+  is XLA's own, for every padding, dilation and grouping the models use."""
+  fn, shapes = _CONV_CASES[case]
+  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  count = flop_count.analytic_flops(fn, *args)
+  assert count.elementwise == 0
+  assert count.flops == flop_count.cpu_lowering_flops(fn, *args)['flops'] > 0
+
+
+def test_conv_valid_positions_by_hand():
+  # 'SAME' 3x3 on 9 pixels: the two edge outputs lose one tap each -> 27 - 2.
+  assert flop_count.conv_valid_positions(9, 3, 9, 1, 1, 1, 1) == 25
+  # VALID, stride 1: every tap of every output is real.
+  assert flop_count.conv_valid_positions(9, 3, 7, 1, 0, 1, 1) == 21
+  # Transposed conv (lhs dilation 2, pad 2) 4 -> 8 with a 4-tap kernel: each input
+  # pixel meets every tap once (4 x 4 = 16) but for the two the crop cuts at the
+  # edges; dense counting would say 8 x 4 = 32.
+  assert flop_count.conv_valid_positions(4, 4, 8, 1, 2, 2, 1) == 14
+  # 2 x B x C_out x C_in/groups x positions.
+  assert flop_count.conv_flops(
+      (2, 9, 9, 8), (3, 3, 2, 12), (2, 9, 9, 12), window_strides=(1, 1),
+      padding=((1, 1), (1, 1)), dimension_numbers=lax.conv_dimension_numbers(
+          (2, 9, 9, 8), (3, 3, 2, 12), _DN), feature_group_count=4) == (
+              2 * 2 * 12 * 2 * 25 * 25)
+
+
+def test_count_jaxpr_walks_control_flow_and_prunes_dead_code():
+  mm = 2 * 4 * 8 * 8   # one [4, 8] @ [8, 8]
+
+  @jax.custom_jvp
+  def twice(x, w):
+    return x @ w @ w
+
+  twice.defjvp(lambda p, t: (twice(*p), t[0] @ p[1] @ p[1]))
+
+  def f(x, w, p):
+    unused = x @ w @ w @ w                                       # pruned (DCE)
+    del unused
+    y = lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]   # 3 mm
+    y = lax.cond(p > 0, lambda y: y @ w @ w, lambda y: y, y)         # 0 or 2 mm
+    y = lax.while_loop(lambda c: jnp.sum(c) < 0, lambda c: c @ w, y)  # 1 mm, once
+    y = jax.jit(twice)(y, w)                                          # 2 mm
+    return y.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)            # 1 mm in bf16
+
+  args = (jax.ShapeDtypeStruct((4, 8), jnp.float32),
+          jax.ShapeDtypeStruct((8, 8), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32))
+  count = flop_count.analytic_flops(f, *args)
+  assert count.by_dtype == {'float32': 6 * mm, 'bfloat16': mm}
+  assert count.flops == 7 * mm and count.flops_max_branch == 9 * mm
+  assert count.conds == 1 and count.while_loops == 1
+  assert count.by_primitive == {'dot_general': 7 * mm}
+  high = flop_count.analytic_flops(
+      lambda a, b: jnp.dot(a, b, precision=lax.Precision.HIGHEST), *args[:2])
+  assert high.by_dtype == {'float32:highest': mm}
+
+
+def test_device_peaks_and_fraction_of_peak():
+  peaks = flop_count.device_peaks
+  assert peaks('NVIDIA H100 80GB HBM3')['bf16'] == 989.5    # H100 SXM
+  assert peaks('NVIDIA H100 PCIe')['tf32'] == 378.0
+  assert peaks('NVIDIA H200')['tf32'] == 494.5
+  assert peaks('NVIDIA A100-SXM4-80GB')['bf16'] == 312.0
+  assert peaks('NVIDIA L4')['bf16'] == 121.0 and peaks('NVIDIA L40S') is None
+  assert peaks('TPU v4')['bf16'] == 275.0 and peaks('TPU v5 lite')['bf16'] == 197.0
+  assert peaks('TPU v5p')['bf16'] == 459.0 and peaks('TPU v6 lite')['bf16'] == 918.0
+  assert peaks('cpu') is None and peaks(jax.devices()[0].device_kind) is None
+  h200 = peaks('NVIDIA H200')
+  row = {'flops': 3e12, 'flops_by_dtype': {'bfloat16': 2e12, 'float32': 1e12}}
+  out = flop_count.peak_fields(row, 0.01, h200)
+  ideal = 2e12 / 989.5e12 + 1e12 / 494.5e12   # bf16 at the bf16 peak, f32 at TF32
+  assert out['tflops_per_s'] == pytest.approx(300.0)
+  assert out['fraction_of_peak'] == pytest.approx(ideal / 0.01)
+  assert out['peak_tflops'] == pytest.approx(3.0 / ideal)
+  assert out['peak_classes'] == ['bf16', 'tf32']
+  assert flop_count.peak_fields(row, None, h200)['fraction_of_peak'] is None
+  assert flop_count.peak_fields(row, 0.01, None)['fraction_of_peak'] is None
+
+
+def test_parse_overrides():
+  assert flop_count.parse_overrides(['batch_size=64', 'data.name=folder',
+                                     'model.generator.conv_clamp=256']) == {
+      'batch_size': 64, 'data.name': 'folder', 'model.generator.conv_clamp': 256}
+  with pytest.raises(ValueError, match='KEY=VALUE'):
+    flop_count.parse_overrides(['batch_size'])
+
+
+@pytest.mark.parametrize('impl,variants', [
+    ('auto', tuple(bench.VARIANTS)), ('xla', ('one_stage', 'two_stage'))])
+def test_analytic_flops_agree_with_cpu_lowering_for_dcgan(impl, variants):
+  """Issue 15: the DCGAN 64 config's steps (d=64, 16x16, batch 8), each variant, with
+  the CPU's patch-matmul convolutions ('auto' here) and with XLA's convolutions ('xla',
+  what a GPU runs): the analytic count plus XLA-style elementwise FLOPs is XLA:CPU's
+  count to 1%; dots and convolutions alone are over 95% of it."""
+  spec = bench.RowSpec('configs/dcgan_celeba.py', {
+      'data.resolution': 16, 'batch_size': 8, 'model.generator.width': 64,
+      'model.discriminator.width': 64})
+  extra = None if impl == 'auto' else {'model.generator.conv_impl': impl,
+                                       'model.discriminator.conv_impl': impl}
+  _, gan, _, batch, abstract = bench.prepare(spec, extra=extra)
+  rng = jax.random.PRNGKey(1)
+  counts, fns = {}, {}
+  for variant in variants:
+    jitted, fns[variant] = bench.variant_step(gan, variant)
+    counts[variant] = flop_count.analytic_flops(jitted, abstract, batch, rng)
+  xla = flop_count.cpu_lowering_flops_many(fns, abstract, batch, rng, donate_argnums=0)
+  for variant, count in counts.items():
+    cpu = xla[variant]['flops']
+    assert cpu == pytest.approx(count.flops_xla_convention, rel=0.01), variant
+    assert 0.95 < count.flops_max_branch / cpu <= 1.0, variant
+    primitive = 'dot_general' if impl == 'auto' else 'conv_general_dilated'
+    assert count.by_primitive[primitive] > 0.5 * count.flops
+  one = counts['one_stage']
+  # The exact path's branch (a D forward and input backward on the fakes) is in the
+  # most-expensive-branch count only.
+  assert one.conds == 1 and one.flops_max_branch > 1.1 * one.flops
+  assert counts['two_stage'].flops > 1.2 * one.flops
+  if 'one_stage_approx' in counts:
+    assert counts['one_stage_approx'].flops == one.flops
+    assert counts['official_two_stage'].flops > counts['two_stage'].flops
+
+
+def test_compile_row_counts_an_accelerator_step_on_the_cpu(monkeypatch):
+  """On an accelerator, ``cpu_flops`` compiles every variant again for the CPU; here a
+  pretended GPU backend takes that path (its 'GPU' compile is a CPU one, so the two
+  XLA counts are equal), tracing the accelerators' program (XLA convolutions)."""
+  monkeypatch.setattr(bench.jax, 'default_backend', lambda: 'gpu')
+  spec = bench.RowSpec(TINY.config, TINY.overrides, variants=('one_stage', 'two_stage'))
+  c = bench.compile_row('tiny', spec, cpu_flops=True, log=lambda s: None)
+  for variant, row in c.rows.items():
+    assert row['xla_backend'] == 'gpu'
+    assert row['flops_xla_cpu'] == row['flops_xla'] > 0, variant
+    assert row['flops_xla_cpu_compile_s'] > 0
+    assert row['xla_cpu_over_xla_convention'] == pytest.approx(
+        row['flops_xla'] / row['flops_xla_convention'])
+    assert set(row['flops_by_primitive']) == {'conv_general_dilated'}
+  off = bench.compile_row('tiny', dataclasses.replace(spec, variants=('one_stage',)),
+                          log=lambda s: None)
+  assert off.rows['one_stage']['flops_xla_cpu'] is None   # 'gpu' without cpu_flops
+
+
+def test_device_suite_tiny_end_to_end(tmp_path):
+  """``--suite=device --tiny`` as a user runs it: every row (no PyTorch rows without
+  CUDA), fresh-process compiles for DCGAN, overrides applied, the JSON's fields."""
+  out = tmp_path / 'device'
+  result = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(bench.__file__),
+                                    'benchmark_speed.py'),
+       '--suite=device', '--tiny', '--override', 'batch_size=4', '--out', str(out)],
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| model | variant | ms/step |' in result.stdout
+  [path] = [p for p in os.listdir(out) if p.endswith('.json')]
+  assert path == 'tiny_cpu_cpu.json'
+  record = json.loads((out / path).read_text())
+  assert (out / path.replace('.json', '.csv')).exists()
+  assert record['suite'] == 'device' and record['tiny'] is True
+  assert record['device'].startswith('cpu:') and record['peaks_tflops'] is None
+  assert record['overrides'] == {'batch_size': 4} and record['skipped'] == []
+  assert record['errors'] == {}
+  assert set(record['row_seconds']) == set(bench.DEVICE_SUITE)
+  rows = record['rows']
+  by = {(r['model'], r['variant']): r for r in rows}
+
+  dcgan = {v: by[('dcgan64_d128', v)] for v in bench.VARIANTS}
+  for v, r in dcgan.items():
+    assert r['batch'] == 4 and r['mode'] == 'timed', v
+    assert r['flops'] > 0 and r['flops_xla'] > 0
+    assert r['flops_xla_cpu'] == r['flops_xla']   # a CPU backend: the same compile
+    assert r['xla_backend'] == 'cpu'
+    assert r['tflops_per_s'] == pytest.approx(
+        r['flops'] / (r['step_ms_median'] / 1e3) / 1e12)
+    assert r['fraction_of_peak'] is None and r['peak_tflops'] is None
+    assert r['compile_mode'] == 'subprocess'
+    assert 0 < r['compile_s'] < r['compile_fresh_process_s']
+    # The fresh child's executable came back through the shared compilation cache.
+    assert r['compile_in_process_s'] < 0.5 * r['compile_s'], v
+  assert dcgan['one_stage']['flops'] == dcgan['one_stage_approx']['flops']
+  assert dcgan['one_stage']['flops_max_branch'] > dcgan['one_stage']['flops']
+
+  for name in ('stylegan2_256_f32', 'stylegan2_256_bf16'):
+    for v in ('one_stage', 'two_stage'):
+      r = by[(name, v)]
+      assert r['batch'] == 4 and r['resolution'] == 8 and r['mode'] == 'timed'
+      assert r['compile_mode'] == 'in_process' and r['tflops_per_s'] > 0
+      dtypes = set(r['flops_by_dtype'])
+      assert dtypes == ({'float32', 'bfloat16'} if name.endswith('bf16')
+                        else {'float32'}), (name, v)
+  loop = [r for r in rows if r['model'] == 'loop_dcgan64']
+  assert [r['variant'] for r in loop] == ['prepared/none',
+                                          'prepared/trivial/through_loop']
+  assert all(r['images_per_s'] > 0 and r['batch'] == 4 for r in loop)
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    has_cuda = torch.cuda.is_available()
+  except ImportError:
+    has_cuda = False
+  torch_rows = [r for r in rows if r['model'].startswith('torch')]
+  assert bool(torch_rows) == has_cuda
+  assert bench.main(['--render', str(out / path)]) == 0
