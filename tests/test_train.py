@@ -42,6 +42,11 @@ CONFIG_NAMES = sorted(
 # Per architecture: the overrides that make its networks tiny.
 TINY_MODEL = {
     'dcgan': {'model.generator.width': 8, 'model.discriminator.width': 8},
+    'r3gan': {'model.generator.channel_base': 64, 'model.generator.channel_max': 16,
+              'model.discriminator.channel_base': 64,
+              'model.discriminator.channel_max': 16,
+              'model.generator.blocks_per_stage': 1,
+              'model.discriminator.blocks_per_stage': 1},
     'stylegan2': {'z_dim': 16, 'model.generator.w_dim': 16,
                   'model.generator.mapping_layers': 2,
                   'model.generator.channel_base': 64, 'model.generator.channel_max': 16,

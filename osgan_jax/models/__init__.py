@@ -25,6 +25,7 @@ _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     'stylegan2': ('osgan_jax.models.stylegan2', 'Generator', 'Discriminator'),
     # Data-free distillation: DFAD's generator, and the student classifier as D.
     'dfad': ('osgan_jax.models.classifiers', 'Generator', 'Classifier'),
+    'r3gan': ('osgan_jax.models.r3gan', 'Generator', 'Discriminator'),
 }
 
 

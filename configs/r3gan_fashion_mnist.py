@@ -1,0 +1,54 @@
+"""R3GAN (Huang et al. 2024) on Fashion-MNIST 32x32, class-conditional, sized for a CPU.
+
+The official R3GAN networks (``osgan_jax.models.r3gan``: grouped-conv inverted-bottleneck
+ResNet, no normalisation, fix-up init, [1, 3, 3, 1] resampling, embedding-projection
+conditioning) with the CIFAR-10 preset's structure (4 stages 4x4 -> 32x32, 2 residual
+blocks per stage, expansion 2, 16 channels per group, 64-d z, class embedding of z's
+size in G and of the 4x4 width in D) at CPU width: ``channel_base=512, channel_max=32``
+(32 channels at 4-16, 16 at 32; about 0.1M parameters each, against 21M in the
+official CIFAR-10 networks). The official objective: the relativistic paired loss
+(RpGAN) with R1 and R2 at every step (``penalty.r1 = penalty.r2 = 0.05``, the CIFAR-10
+preset's starting gamma), and the official optimiser's starting point: Adam lr 2e-4,
+betas (0, 0.9). Not expressed yet: the official schedules (gamma to 0.005, lr to 5e-5,
+beta2 to 0.99 over training) and G's EMA. Data: Debian's ``dataset-fashion-mnist``.
+
+  python -m osgan_jax.main --config=configs/r3gan_fashion_mnist.py --workdir=/tmp/r3gan_fmnist
+
+Two-stage baseline: ``--config.stage=two``. Parameters:
+``python -m osgan_jax.summary --config=configs/r3gan_fashion_mnist.py``.
+"""
+
+import ml_collections
+
+from osgan_jax import config_base
+
+
+def get_config():
+  c = config_base.get_base_config()
+  c.loss = 'relativistic'
+  c.batch_size = 32
+  c.num_train_steps = 2_000
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.sample_every_steps = 250
+  c.num_samples = 100
+  c.z_dim = 64
+  c.num_classes = 10
+
+  c.data.name = 'fashion_mnist'
+  c.data.resolution = 32
+  c.data.channels = 1
+
+  c.model.name = 'r3gan'
+  nets = dict(channel_base=512, channel_max=32, group_size=16, blocks_per_stage=2,
+              expansion=2, num_mixed_stages=0)
+  c.model.generator = ml_collections.ConfigDict(nets)
+  c.model.discriminator = ml_collections.ConfigDict(nets)
+
+  c.optimizer.g_lr = 2e-4
+  c.optimizer.d_lr = 2e-4
+  c.optimizer.b1 = 0.0
+  c.optimizer.b2 = 0.9
+  c.penalty.r1 = 0.05
+  c.penalty.r2 = 0.05
+  return c

@@ -1,0 +1,537 @@
+"""R3GAN generator and discriminator in Flax (linen), as the official networks.
+
+R3GAN ("The GAN is dead; long live the GAN! A Modern GAN Baseline", Huang, Gokaslan,
+Kuleshov and Tompkin, NeurIPS 2024) replaces StyleGAN2's networks with a modernised
+ResNet. This is a port of the official ``R3GAN/Networks.py`` (github.com/brownvc/R3GAN)
+to NHWC Flax modules, with the same layers, parameters and initialisation:
+
+* Residual block (both networks): ``x + conv1x1(lrelu(b2 + gconv3x3(lrelu(b1 +
+  conv1x1(x)))))``: an inverted bottleneck that expands ``W`` channels to ``E = W *
+  expansion`` (2 in every preset), a 3x3 grouped convolution with ``cardinality``
+  groups in the expanded space, and a 1x1 back to ``W``. No normalisation; convolutions
+  have no bias, the two biased leaky ReLUs (slope 0.2, gain 1) carry the only biases.
+* Initialisation (the paper's fix-up scheme): every weight ~ N(0, (gain / sqrt(fan_in))^2)
+  ("MSR" init, ``fan_in = in_channels / groups * kh * kw``). The first two convs of a
+  residual block use ``gain = sqrt(2 / (1 + 0.2^2)) * L ** (-1/4)`` with ``L`` the total
+  number of residual blocks of the network (``-1 / (2 * 3 - 2)``: three linear layers
+  per branch); the last conv of each branch starts at zero, so every residual block is
+  the identity at initialisation. All other weights use gain 1; biases start at 0.
+* Resampling: the low-pass filter ``[1, 2, 1]`` convolved with ``[1, 1]`` = ``[1, 3,
+  3, 1]`` (2-D: its outer product over 64), applied as StyleGAN2's ``upsample2d`` /
+  ``downsample2d`` (zero-insertion with gain 4 and padding (2, 1); padding (1, 1) and
+  stride 2). A channel change at a stage transition is a 1x1 conv, before upsampling
+  in G and after downsampling in D.
+* Generator: ``z [B, z_dim]`` (concatenated with the class embedding) -> a linear layer
+  to ``W_0`` channels times a learned 4x4 basis ``[4, 4, W_0]`` (N(0, 1)) -> stage 0's
+  residual blocks at 4x4 -> per further stage: upsample (+1x1 conv), residual blocks ->
+  a 1x1 "aggregation" conv to the image channels. No output non-linearity (as the
+  official code: images are not squashed by tanh).
+* Discriminator: a 1x1 "extraction" conv from the image channels -> per stage: residual
+  blocks, downsample (+1x1 conv) -> at 4x4: residual blocks, a depthwise 4x4 valid
+  conv (the "discriminative basis") and a linear layer to 1 logit (or, conditional, to
+  the embedding size, whose dot product with the class embedding is the logit).
+* Conditioning (``num_classes > 0``): integer labels [B] pick rows of a learned
+  embedding matrix ``[num_classes, embed_dim]`` (the official bias-free ``Linear`` on
+  one-hot labels). G concatenates it to z (``embed_dim`` = z_dim in the presets, init
+  std ``1 / sqrt(num_classes)``); D projects onto it (``embed_dim`` = the 4x4 width,
+  init std ``1 / sqrt(embed_dim * num_classes)``).
+
+No layer couples the samples of a batch (no normalisation, no minibatch statistics),
+and nothing depends on ``train``. There is no state besides ``'params'`` and no RNG
+stream besides ``'params'`` at init.
+
+Checked against the official PyTorch code (its ``Networks.py`` with ``torch_utils``'
+reference ops, outside this repository): the same parameter tree (every tensor, with
+the layouts ``[kh, kw, in / groups, out]`` for ``[out, in / groups, kh, kw]``, ``[in,
+out]`` for ``Linear``'s ``[out, in]``, ``[4, 4, C]`` for the basis ``[C, 4, 4]``); with
+ported random weights G's images, D's logits and D's input gradient agree to ~1e-6
+relative; the initial weights have the official standard deviations. The tests check
+the same against a numpy re-implementation of the official forward passes.
+
+Grouped convolutions: ``conv_impl='auto'`` (default) uses XLA's grouped convolution
+on GPU/TPU and, on CPU, a dense convolution with the block-diagonal kernel (the same
+function; XLA:CPU computes grouped-conv kernel gradients tens of times slower).
+
+Widths
+------
+Stage lists (``widths``, ``cardinalities``, ``blocks``) are given for both networks
+from the lowest resolution (4x4) to the highest, as the official presets write the
+generator's (``WidthPerStage``); the discriminator walks them backwards, as
+``train.py`` builds ``D_kwargs`` from the reversed lists. Left at ``None`` they come
+from ``min(channel_base // res, channel_max)`` (defaults 24576 and 768 give every
+official CIFAR-10 / FFHQ preset), ``cardinality = width * expansion // group_size``
+(16 in those presets) and ``blocks_per_stage`` (2). Official presets (``train.py``):
+
+* CIFAR-10 (32x32, conditional): widths [768] * 4, cardinalities [96] * 4, 2 blocks per
+  stage, z_dim 64, G embedding 64, D embedding 768: G 20,781,952 and D 21,280,512
+  parameters (unconditional: 20,732,160 and 20,683,776).
+* FFHQ-256: widths [768, 768, 768, 768, 384, 192, 96], cardinalities [96, 96, 96, 96,
+  48, 24, 12], 2 blocks per stage, z_dim 64: G 23,057,952 and D 23,009,568.
+
+Mixed precision: ``num_mixed_stages=N`` computes the N highest-resolution stages in
+``mixed_dtype`` (bfloat16; parameters stay float32), as the official ``FP16Stages``
+(which also use bfloat16: 3 stages for CIFAR-10, 4 for FFHQ). Images and logits are
+returned in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from osgan_jax.models import stylegan2_ops as ops
+
+Dtype = Any
+IntOrSeq = Union[int, Sequence[int]]
+
+LRELU_SLOPE = 0.2
+# The official BiasedActivation.Gain: the He gain of a leaky ReLU with slope 0.2.
+LRELU_GAIN = math.sqrt(2.0 / (1.0 + LRELU_SLOPE ** 2))
+LINEAR_LAYERS_PER_BRANCH = 3
+RESAMPLE_FILTER = (1, 2, 1)
+
+
+# ---------------------------------------------------------------------------
+# Initialisation, schedules, resampling.
+
+
+def msr_init(gain: float = 1.0):
+  """The official ``MSRInitializer``: N(0, (gain / sqrt(fan_in))^2), zeros for gain 0.
+
+  ``fan_in`` is the product of all but the last axis, which for the layouts used here
+  (conv ``[kh, kw, in / groups, out]``, dense ``[in, out]``, embedding ``[classes,
+  dim]``) is the official ``weight.size(1) * kh * kw``.
+  """
+  gain = float(gain)
+
+  def init(key, shape, dtype=jnp.float32):
+    if gain == 0.0:
+      return jnp.zeros(shape, dtype)
+    fan_in = math.prod(shape[:-1])
+    return jax.random.normal(key, shape, dtype) * (gain / math.sqrt(fan_in))
+  return init
+
+
+def branch_gain(num_blocks_total: int) -> float:
+  """Init gain of the first two convs of a residual branch (fix-up scaling)."""
+  return LRELU_GAIN * num_blocks_total ** (-1.0 / (2 * LINEAR_LAYERS_PER_BRANCH - 2))
+
+
+def lowpass_filter(weights: Sequence[float] = RESAMPLE_FILTER) -> np.ndarray:
+  """The official interpolative low-pass filter, kept separable (1-D, sum 1).
+
+  ``CreateLowpassKernel(weights, Inplace=False)``: ``convolve(weights, [1, 1])``, 2-D as
+  its outer product divided by its sum, which is the outer product of this 1-D filter
+  with itself: ``[1, 2, 1]`` -> ``[1, 3, 3, 1] / 8``.
+  """
+  f = np.convolve(np.asarray(weights, np.float64), [1.0, 1.0])
+  return ops.setup_filter(f)
+
+
+def lowpass_kernel_2d(weights: Sequence[float] = RESAMPLE_FILTER) -> np.ndarray:
+  """The official 2-D kernel (``outer(k, k) / sum``) of ``lowpass_filter``."""
+  k = np.convolve(np.asarray(weights, np.float64), [1.0, 1.0])[None, :]
+  k = k.T @ k
+  return (k / k.sum()).astype(np.float32)
+
+
+def upsample(x, f: np.ndarray):
+  """2x interpolative upsampling of NHWC ``x`` (official ``InterpolativeUpsampler``)."""
+  return ops.upsample2d(x, f, up=2)
+
+
+def downsample(x, f: np.ndarray):
+  """2x interpolative downsampling of NHWC ``x`` (official ``InterpolativeDownsampler``)."""
+  return ops.downsample2d(x, f, down=2)
+
+
+def stage_resolutions(resolution: int) -> list[int]:
+  """``[4, 8, ..., resolution]``: one stage per resolution."""
+  r = int(resolution)
+  if r < 4 or r & (r - 1):
+    raise ValueError(f'R3GAN resolution must be a power of two >= 4, got {resolution}')
+  return [4 * 2 ** i for i in range(int(math.log2(r)) - 1)]
+
+
+def stage_schedule(resolution: int, widths: Optional[Sequence[int]] = None,
+                   cardinalities: Optional[Sequence[int]] = None,
+                   blocks: IntOrSeq = 2, expansion: int = 2, channel_base: int = 24576,
+                   channel_max: int = 768, group_size: int = 16
+                   ) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+  """``(widths, cardinalities, blocks)`` per stage, lowest resolution (4x4) first.
+
+  Explicit lists are checked against the number of stages of ``resolution``; missing
+  ones are derived: width ``min(channel_base // res, channel_max)``, cardinality
+  ``max(1, width * expansion // group_size)``, ``blocks`` the same for every stage.
+  """
+  res = stage_resolutions(resolution)
+  n = len(res)
+  if widths is None:
+    widths = [max(1, min(channel_base // r, channel_max)) for r in res]
+  if isinstance(blocks, (int, np.integer)):
+    blocks = [int(blocks)] * n
+  if cardinalities is None:
+    cardinalities = [max(1, w * expansion // group_size) for w in widths]
+  widths, cardinalities, blocks = (tuple(int(v) for v in s)
+                                   for s in (widths, cardinalities, blocks))
+  for name, s in (('widths', widths), ('cardinalities', cardinalities),
+                  ('blocks', blocks)):
+    if len(s) != n:
+      raise ValueError(f'R3GAN {name} has {len(s)} stages but resolution {resolution} '
+                       f'needs {n} (4x4 to {resolution}x{resolution}): {s}')
+  for w, c in zip(widths, cardinalities):
+    if w < 1 or c < 1 or (w * expansion) % c:
+      raise ValueError(f'R3GAN: expanded width {w} * {expansion} is not divisible by '
+                       f'the cardinality {c}')
+  if min(blocks) < 0:
+    raise ValueError(f'R3GAN blocks must be >= 0, got {blocks}')
+  return widths, cardinalities, blocks
+
+
+def _labels(labels, num_classes: int, batch: int):
+  if num_classes <= 0:
+    if labels is not None:
+      raise ValueError('labels were given to an unconditional model (num_classes=0)')
+    return None
+  if labels is None:
+    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
+                     'integer labels [B]')
+  labels = jnp.asarray(labels)
+  if labels.shape != (batch,):
+    raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
+  return labels
+
+
+# ---------------------------------------------------------------------------
+# Layers.
+
+
+CONV_IMPLS = ('auto', 'xla', 'dense')
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """``'auto'`` -> ``'dense'`` on CPU, ``'xla'`` elsewhere; validates the name."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'R3GAN conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'dense' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def block_diagonal_kernel(w, groups: int):
+  """The dense ``[k, k, in, out]`` kernel equal to grouped kernel ``w [k, k, in /
+  groups, out]`` (zeros between groups): a dense conv with it is the grouped conv."""
+  if groups == 1:
+    return w
+  kh, kw, cg, out = w.shape
+  og = out // groups
+  w = w.reshape(kh, kw, 1, cg, groups, og)
+  eye = jnp.eye(groups, dtype=w.dtype).reshape(1, 1, groups, 1, groups, 1)
+  return (w * eye).reshape(kh, kw, groups * cg, out)
+
+
+def grouped_conv(x, w, groups: int = 1, impl: str = 'auto'):
+  """Stride-1 'same' (``(k - 1) // 2`` padding) grouped convolution, NHWC / HWIO.
+
+  ``impl='xla'``: ``lax.conv_general_dilated(feature_group_count=groups)``.
+  ``'dense'``: a dense conv with the block-diagonal kernel, the same function (the
+  extra products are exact zeros) whose every derivative is a dense conv; XLA:CPU
+  computes a grouped conv's kernel gradient (and the double backward of gradient
+  penalties) tens of times slower than a dense conv of ``groups`` times the FLOPs.
+  """
+  k = w.shape[0]
+  p = (k - 1) // 2
+  if groups > 1 and resolve_conv_impl(impl) == 'dense':
+    w, groups = block_diagonal_kernel(w, groups), 1
+  return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=groups)
+
+
+class Conv(nn.Module):
+  """Bias-free stride-1 'same' convolution (official ``Convolution``), MSR init.
+
+  The kernel ``[k, k, in / groups, out]`` is cast to the input's dtype.
+  """
+  features: int
+  kernel_size: int = 1
+  groups: int = 1
+  gain: float = 1.0
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    w = self.param('kernel', msr_init(self.gain),
+                   (k, k, x.shape[-1] // self.groups, self.features))
+    return grouped_conv(x, w.astype(x.dtype), self.groups, self.impl)
+
+
+class BiasedActivation(nn.Module):
+  """``lrelu(x + bias, 0.2)`` with gain 1 (official ``BiasedActivation``)."""
+
+  @nn.compact
+  def __call__(self, x):
+    b = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    x = x + b.astype(x.dtype)
+    return jnp.where(x >= 0, x, x * LRELU_SLOPE)
+
+
+class ResidualBlock(nn.Module):
+  """Inverted-bottleneck residual block with grouped 3x3 conv (official
+  ``ResidualBlock``); ``conv3`` starts at zero (identity block at init)."""
+  cardinality: int
+  expansion: int = 2
+  kernel_size: int = 3
+  num_blocks_total: int = 1  # the official VarianceScalingParameter
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    expanded = channels * self.expansion
+    gain = branch_gain(self.num_blocks_total)
+    y = Conv(expanded, 1, gain=gain, name='conv1')(x)
+    y = BiasedActivation(name='act1')(y)
+    y = Conv(expanded, self.kernel_size, groups=self.cardinality, gain=gain,
+             impl=self.conv_impl, name='conv2')(y)
+    y = BiasedActivation(name='act2')(y)
+    y = Conv(channels, 1, gain=0.0, name='conv3')(y)
+    return x + y
+
+
+class GenerativeBasis(nn.Module):
+  """``basis [4, 4, C] * linear(z)``: the generator's 4x4 input layer."""
+  features: int
+
+  @nn.compact
+  def __call__(self, z):
+    basis = self.param('basis', nn.initializers.normal(1.0), (4, 4, self.features))
+    w = self.param('kernel', msr_init(1.0), (z.shape[-1], self.features))
+    h = jnp.dot(z, w.astype(z.dtype))
+    return basis.astype(z.dtype)[None] * h[:, None, None, :]
+
+
+class DiscriminativeBasis(nn.Module):
+  """Depthwise 4x4 valid conv then a bias-free linear layer: the discriminator's head."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    if x.shape[1:3] != (4, 4):
+      raise ValueError(f'DiscriminativeBasis expects 4x4 features, got {x.shape}')
+    c = x.shape[-1]
+    # A depthwise 4x4 valid conv of a 4x4 map: a per-channel weighted sum.
+    basis = self.param('basis', msr_init(1.0), (4, 4, 1, c))
+    h = jnp.einsum('bhwc,hwc->bc', x, basis[:, :, 0, :].astype(x.dtype))
+    w = self.param('kernel', msr_init(1.0), (c, self.features))
+    return jnp.dot(h, w.astype(h.dtype))
+
+
+class GeneratorStage(nn.Module):
+  """Transition (basis at 4x4, else upsample [+1x1 conv]) then residual blocks."""
+  features: int
+  cardinality: int
+  num_blocks: int
+  expansion: int = 2
+  kernel_size: int = 3
+  num_blocks_total: int = 1
+  first: bool = False
+  resample_filter: Tuple[float, ...] = RESAMPLE_FILTER
+  dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    if self.first:
+      x = GenerativeBasis(self.features, name='basis')(x)
+    else:
+      if x.shape[-1] != self.features:
+        x = Conv(self.features, 1, name='transition')(x)
+      x = upsample(x, lowpass_filter(self.resample_filter))
+    for i in range(self.num_blocks):
+      x = ResidualBlock(self.cardinality, self.expansion, self.kernel_size,
+                        self.num_blocks_total, self.conv_impl, name=f'block{i}')(x)
+    return x
+
+
+class DiscriminatorStage(nn.Module):
+  """Residual blocks then a transition (downsample [+1x1 conv], or the basis head)."""
+  out_features: int
+  cardinality: int
+  num_blocks: int
+  expansion: int = 2
+  kernel_size: int = 3
+  num_blocks_total: int = 1
+  last: bool = False
+  resample_filter: Tuple[float, ...] = RESAMPLE_FILTER
+  dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    for i in range(self.num_blocks):
+      x = ResidualBlock(self.cardinality, self.expansion, self.kernel_size,
+                        self.num_blocks_total, self.conv_impl, name=f'block{i}')(x)
+    if self.last:
+      return DiscriminativeBasis(self.out_features, name='basis')(x)
+    x = downsample(x, lowpass_filter(self.resample_filter))
+    if x.shape[-1] != self.out_features:
+      x = Conv(self.out_features, 1, name='transition')(x)
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Networks.
+
+
+class Generator(nn.Module):
+  """R3GAN generator: z [B, z_dim] (+ labels [B]) -> images [B, R, R, C] (no tanh).
+
+  Attributes:
+    resolution: output size R, a power of two >= 4 (one stage per resolution from 4).
+    channels: image channels C (3 officially).
+    z_dim: noise size (64 in every official preset).
+    num_classes: > 0 makes G conditional on integer labels [B].
+    embed_dim: class-embedding size (None: ``z_dim``, as the presets).
+    widths, cardinalities, blocks_per_stage: per-stage lists from 4x4 up (the presets'
+      ``WidthPerStage``, ``CardinalityPerStage``, ``BlocksPerStage``); ``None`` widths /
+      cardinalities come from ``channel_base``, ``channel_max`` and ``group_size``; an
+      int ``blocks_per_stage`` is used for every stage.
+    channel_base, channel_max: width ``min(channel_base // res, channel_max)``.
+    group_size: channels per group of the grouped conv (expanded space):
+      cardinality ``max(1, width * expansion // group_size)``.
+    expansion: inverted-bottleneck expansion factor (2).
+    kernel_size: the grouped conv's kernel (3).
+    resample_filter: low-pass filter taps before ``convolve(., [1, 1])`` ((1, 2, 1)).
+    num_mixed_stages: the highest-resolution stages computed in ``mixed_dtype``.
+    conv_impl: how the grouped convs are computed (``grouped_conv``): ``'xla'``,
+      ``'dense'`` (block-diagonal kernel, fast on CPU) or ``'auto'`` (``'dense'`` on
+      CPU, ``'xla'`` elsewhere). Same function and parameters either way.
+  """
+  resolution: int = 32
+  channels: int = 3
+  z_dim: int = 64
+  num_classes: int = 0
+  embed_dim: Optional[int] = None
+  widths: Optional[Sequence[int]] = None
+  cardinalities: Optional[Sequence[int]] = None
+  blocks_per_stage: IntOrSeq = 2
+  channel_base: int = 24576
+  channel_max: int = 768
+  group_size: int = 16
+  expansion: int = 2
+  kernel_size: int = 3
+  resample_filter: Sequence[float] = RESAMPLE_FILTER
+  num_mixed_stages: int = 0
+  mixed_dtype: Dtype = jnp.bfloat16
+  conv_impl: str = 'auto'
+
+  def schedule(self):
+    """``(widths, cardinalities, blocks)``, lowest resolution first."""
+    return stage_schedule(self.resolution, self.widths, self.cardinalities,
+                          self.blocks_per_stage, self.expansion, self.channel_base,
+                          self.channel_max, self.group_size)
+
+  @nn.compact
+  def __call__(self, z, labels=None, train: bool = True):
+    del train  # no layer behaves differently in training
+    widths, cards, blocks = self.schedule()
+    z = jnp.asarray(z)
+    batch = z.shape[0]
+    z = z.reshape(batch, -1).astype(jnp.float32)
+    if z.shape[1] != self.z_dim:
+      raise ValueError(f'z must have {self.z_dim} features, got shape {z.shape}')
+    labels = _labels(labels, self.num_classes, batch)
+    if labels is not None:
+      dim = self.z_dim if self.embed_dim is None else int(self.embed_dim)
+      embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1.0),
+                       name='embed')
+      z = jnp.concatenate([z, embed(labels)], axis=-1)
+    total = sum(blocks)
+    n = len(widths)
+    x = z
+    for i in range(n):
+      mixed = i >= n - self.num_mixed_stages
+      x = GeneratorStage(widths[i], cards[i], blocks[i], self.expansion, self.kernel_size,
+                         total, first=i == 0, resample_filter=tuple(self.resample_filter),
+                         dtype=self.mixed_dtype if mixed else jnp.float32,
+                         conv_impl=self.conv_impl, name=f'stage{i}')(x)
+    x = Conv(self.channels, 1, name='aggregate')(x)
+    return x.astype(jnp.float32)
+
+
+class Discriminator(nn.Module):
+  """R3GAN discriminator: images [B, R, R, C] (+ labels [B]) -> logits [B].
+
+  Attributes: as ``Generator`` (the per-stage lists are also given from 4x4 up: D
+  walks them from R down to 4), plus ``embed_dim``: the conditional head's embedding
+  size (None: the 4x4 stage's width, as the presets).
+  """
+  resolution: int = 32
+  channels: int = 3
+  num_classes: int = 0
+  embed_dim: Optional[int] = None
+  widths: Optional[Sequence[int]] = None
+  cardinalities: Optional[Sequence[int]] = None
+  blocks_per_stage: IntOrSeq = 2
+  channel_base: int = 24576
+  channel_max: int = 768
+  group_size: int = 16
+  expansion: int = 2
+  kernel_size: int = 3
+  resample_filter: Sequence[float] = RESAMPLE_FILTER
+  num_mixed_stages: int = 0
+  mixed_dtype: Dtype = jnp.bfloat16
+  conv_impl: str = 'auto'
+
+  def schedule(self):
+    """``(widths, cardinalities, blocks)``, lowest resolution first (as ``Generator``)."""
+    return stage_schedule(self.resolution, self.widths, self.cardinalities,
+                          self.blocks_per_stage, self.expansion, self.channel_base,
+                          self.channel_max, self.group_size)
+
+  @nn.compact
+  def __call__(self, x, labels=None, train: bool = True):
+    del train
+    widths, cards, blocks = (s[::-1] for s in self.schedule())  # R -> 4
+    x = jnp.asarray(x)
+    batch = x.shape[0]
+    expected = (self.resolution, self.resolution, self.channels)
+    if x.shape[1:] != expected:
+      raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
+                       f'got {x.shape}')
+    labels = _labels(labels, self.num_classes, batch)
+    dim = widths[-1] if self.embed_dim is None else int(self.embed_dim)
+    total = sum(blocks)
+    n = len(widths)
+    dtypes = [self.mixed_dtype if i < self.num_mixed_stages else jnp.float32
+              for i in range(n)]
+    x = Conv(widths[0], 1, name='extract')(x.astype(dtypes[0]))
+    for i in range(n):
+      last = i == n - 1
+      out = (dim if labels is not None else 1) if last else widths[i + 1]
+      x = DiscriminatorStage(out, cards[i], blocks[i], self.expansion, self.kernel_size,
+                             total, last=last, resample_filter=tuple(self.resample_filter),
+                             dtype=dtypes[i], conv_impl=self.conv_impl,
+                             name=f'stage{i}')(x)
+    x = x.astype(jnp.float32)
+    if labels is not None:
+      embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1 / math.sqrt(dim)),
+                       name='embed')
+      x = jnp.sum(x * embed(labels), axis=-1, keepdims=True)
+    return x.reshape(batch)
+
+
+__all__ = ['BiasedActivation', 'Conv', 'DiscriminativeBasis', 'Discriminator',
+           'GenerativeBasis', 'Generator', 'ResidualBlock', 'branch_gain',
+           'lowpass_filter', 'lowpass_kernel_2d', 'msr_init', 'stage_resolutions',
+           'stage_schedule']
