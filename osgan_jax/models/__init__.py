@@ -61,6 +61,22 @@ def get_discriminator(name: str, **kwargs) -> nn.Module:
   return get(name)[1](**kwargs)
 
 
+def check_labels(labels, num_classes: int, batch: int):
+  """The integer labels [B] a conditional model needs (None for an unconditional one);
+  a clear ``ValueError`` for labels that do not fit."""
+  if num_classes <= 0:
+    if labels is not None:
+      raise ValueError('labels were given to an unconditional model (num_classes=0)')
+    return None
+  if labels is None:
+    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
+                     'integer labels [B]')
+  labels = jax.numpy.asarray(labels)
+  if labels.shape != (batch,):
+    raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
+  return labels
+
+
 def rng_streams(module) -> tuple[str, ...]:
   """The Flax RNG streams a module draws from when applied (its ``RNG_STREAMS``;
   e.g. StyleGAN2's ``'noise'`` and ``'mixing'``), besides ``'params'`` at init."""
@@ -91,5 +107,5 @@ def apply(module, params, model_state, x, labels=None, train: bool = True, rng=N
   return module.apply(variables, x, labels, **kwargs), model_state
 
 
-__all__ = ['apply', 'available', 'get', 'get_discriminator', 'get_generator',
+__all__ = ['apply', 'available', 'check_labels', 'get', 'get_discriminator', 'get_generator',
            'register', 'rng_streams', 'rngs']

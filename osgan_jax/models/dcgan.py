@@ -59,6 +59,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from osgan_jax import models
 from osgan_jax.models import conv_ops
 from osgan_jax.models import norms
 
@@ -106,16 +107,9 @@ def channel_schedule(resolution: int, width: int, max_mult: int = 8) -> list[tup
 def _encode_labels(module: nn.Module, labels, num_classes: int, embed_dim: int,
                    batch: int, dtype: Dtype):
   """[B] integer labels -> [B, k] one-hot (embed_dim=0) or learned embedding."""
-  if num_classes <= 0:
-    if labels is not None:
-      raise ValueError('labels were given to an unconditional model (num_classes=0)')
-    return None
+  labels = models.check_labels(labels, num_classes, batch)
   if labels is None:
-    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
-                     'integer labels [B]')
-  labels = jnp.asarray(labels)
-  if labels.shape != (batch,):
-    raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
+    return None
   if embed_dim > 0:
     embed = nn.Embed(num_classes, embed_dim, name='label_embed')
     return embed(labels).astype(dtype)

@@ -85,6 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from osgan_jax import models
 from osgan_jax.models import stylegan2_ops as ops
 
 Dtype = Any
@@ -192,20 +193,6 @@ def stage_schedule(resolution: int, widths: Optional[Sequence[int]] = None,
   if min(blocks) < 0:
     raise ValueError(f'R3GAN blocks must be >= 0, got {blocks}')
   return widths, cardinalities, blocks
-
-
-def _labels(labels, num_classes: int, batch: int):
-  if num_classes <= 0:
-    if labels is not None:
-      raise ValueError('labels were given to an unconditional model (num_classes=0)')
-    return None
-  if labels is None:
-    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
-                     'integer labels [B]')
-  labels = jnp.asarray(labels)
-  if labels.shape != (batch,):
-    raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
-  return labels
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +380,33 @@ class DiscriminatorStage(nn.Module):
 # Networks.
 
 
-class Generator(nn.Module):
+class _Networks(nn.Module):
+  """The fields and stage schedule G and D share (see ``Generator``)."""
+  resolution: int = 32
+  channels: int = 3
+  num_classes: int = 0
+  embed_dim: Optional[int] = None
+  widths: Optional[Sequence[int]] = None
+  cardinalities: Optional[Sequence[int]] = None
+  blocks_per_stage: IntOrSeq = 2
+  channel_base: int = 24576
+  channel_max: int = 768
+  group_size: int = 16
+  expansion: int = 2
+  kernel_size: int = 3
+  resample_filter: Sequence[float] = RESAMPLE_FILTER
+  num_mixed_stages: int = 0
+  mixed_dtype: Dtype = jnp.bfloat16
+  conv_impl: str = 'auto'
+
+  def schedule(self):
+    """``(widths, cardinalities, blocks)``, lowest resolution first."""
+    return stage_schedule(self.resolution, self.widths, self.cardinalities,
+                          self.blocks_per_stage, self.expansion, self.channel_base,
+                          self.channel_max, self.group_size)
+
+
+class Generator(_Networks):
   """R3GAN generator: z [B, z_dim] (+ labels [B]) -> images [B, R, R, C] (no tanh).
 
   Attributes:
@@ -417,29 +430,7 @@ class Generator(nn.Module):
       ``'dense'`` (block-diagonal kernel, fast on CPU) or ``'auto'`` (``'dense'`` on
       CPU, ``'xla'`` elsewhere). Same function and parameters either way.
   """
-  resolution: int = 32
-  channels: int = 3
   z_dim: int = 64
-  num_classes: int = 0
-  embed_dim: Optional[int] = None
-  widths: Optional[Sequence[int]] = None
-  cardinalities: Optional[Sequence[int]] = None
-  blocks_per_stage: IntOrSeq = 2
-  channel_base: int = 24576
-  channel_max: int = 768
-  group_size: int = 16
-  expansion: int = 2
-  kernel_size: int = 3
-  resample_filter: Sequence[float] = RESAMPLE_FILTER
-  num_mixed_stages: int = 0
-  mixed_dtype: Dtype = jnp.bfloat16
-  conv_impl: str = 'auto'
-
-  def schedule(self):
-    """``(widths, cardinalities, blocks)``, lowest resolution first."""
-    return stage_schedule(self.resolution, self.widths, self.cardinalities,
-                          self.blocks_per_stage, self.expansion, self.channel_base,
-                          self.channel_max, self.group_size)
 
   @nn.compact
   def __call__(self, z, labels=None, train: bool = True):
@@ -450,7 +441,7 @@ class Generator(nn.Module):
     z = z.reshape(batch, -1).astype(jnp.float32)
     if z.shape[1] != self.z_dim:
       raise ValueError(f'z must have {self.z_dim} features, got shape {z.shape}')
-    labels = _labels(labels, self.num_classes, batch)
+    labels = models.check_labels(labels, self.num_classes, batch)
     if labels is not None:
       dim = self.z_dim if self.embed_dim is None else int(self.embed_dim)
       embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1.0),
@@ -469,35 +460,13 @@ class Generator(nn.Module):
     return x.astype(jnp.float32)
 
 
-class Discriminator(nn.Module):
+class Discriminator(_Networks):
   """R3GAN discriminator: images [B, R, R, C] (+ labels [B]) -> logits [B].
 
   Attributes: as ``Generator`` (the per-stage lists are also given from 4x4 up: D
   walks them from R down to 4), plus ``embed_dim``: the conditional head's embedding
   size (None: the 4x4 stage's width, as the presets).
   """
-  resolution: int = 32
-  channels: int = 3
-  num_classes: int = 0
-  embed_dim: Optional[int] = None
-  widths: Optional[Sequence[int]] = None
-  cardinalities: Optional[Sequence[int]] = None
-  blocks_per_stage: IntOrSeq = 2
-  channel_base: int = 24576
-  channel_max: int = 768
-  group_size: int = 16
-  expansion: int = 2
-  kernel_size: int = 3
-  resample_filter: Sequence[float] = RESAMPLE_FILTER
-  num_mixed_stages: int = 0
-  mixed_dtype: Dtype = jnp.bfloat16
-  conv_impl: str = 'auto'
-
-  def schedule(self):
-    """``(widths, cardinalities, blocks)``, lowest resolution first (as ``Generator``)."""
-    return stage_schedule(self.resolution, self.widths, self.cardinalities,
-                          self.blocks_per_stage, self.expansion, self.channel_base,
-                          self.channel_max, self.group_size)
 
   @nn.compact
   def __call__(self, x, labels=None, train: bool = True):
@@ -509,7 +478,7 @@ class Discriminator(nn.Module):
     if x.shape[1:] != expected:
       raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
                        f'got {x.shape}')
-    labels = _labels(labels, self.num_classes, batch)
+    labels = models.check_labels(labels, self.num_classes, batch)
     dim = widths[-1] if self.embed_dim is None else int(self.embed_dim)
     total = sum(blocks)
     n = len(widths)
