@@ -15,7 +15,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 
 
-@pytest.mark.parametrize('disc', gradcheck.DISC_KINDS)
+# mlp and mbstd take the same paths as conv (per-sample D) and batchnorm (coupled D):
+# slow, run with -m slow.
+@pytest.mark.parametrize('disc', [
+    pytest.param(d, marks=pytest.mark.slow) if d in ('mlp', 'mbstd') else d
+    for d in gradcheck.DISC_KINDS])
 @pytest.mark.parametrize('loss,penalty', [('relativistic', 'r1r2'), ('wgan', 'gp'),
                                           ('fisher', 'none')])
 def test_exact_against_the_reference_and_finite_differences(loss, penalty, disc):
