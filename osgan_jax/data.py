@@ -11,7 +11,10 @@ Public API::
 
 Helpers (also public): ``read_idx(path, ndim)``, ``resize_uint8(images, R,
 resample)``, ``batch_indices(n, seed, step, global_batch, start, stop,
-shuffle)``, ``list_image_files(root)``.
+shuffle)``, ``list_image_files(root)``; and, for ``osgan_jax.prepare_data``
+(which writes the ``prepared`` format this module reads): ``DataConfig``,
+``make_source``, ``iterate_source``, ``read_json``, ``prepared_checksum``,
+``RESAMPLE`` and the ``PREPARED_*`` file names.
 
 `make_iterator` yields ``{'image': float32 [b, H, W, C] in [-1, 1],
 'label': int32 [b]}`` forever, with ``b = batch_size // process_count``. With
@@ -134,7 +137,8 @@ from absl import logging
 from PIL import Image
 
 __all__ = ["DataError", "BatchIterator", "make_iterator", "to_float", "dataset_info", "read_idx",
-           "resize_uint8", "batch_indices", "list_image_files"]
+           "resize_uint8", "batch_indices", "list_image_files", "DataConfig", "make_source",
+           "iterate_source", "read_json", "prepared_checksum", "RESAMPLE"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_IDX_DIRS = {
@@ -149,7 +153,7 @@ TFDS_NAMES = {
     "lsun_church": "lsun/church_outdoor",
 }
 _NAMES = ("fashion_mnist", "mnist", "cifar10", "celeb_a", "lsun_church", "folder", "prepared")
-_RESAMPLE = {
+RESAMPLE = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
     "bicubic": Image.BICUBIC,
@@ -182,7 +186,7 @@ def _default_interpolation(name: str) -> str:
     return "bilinear" if name in ("mnist", "fashion_mnist") else "bicubic"
 
 
-class _Config:
+class DataConfig:
     """Validated, defaulted view of ``data_config``."""
 
     def __init__(self, cfg):
@@ -203,8 +207,8 @@ class _Config:
         center_crop = int(_get(cfg, "center_crop", -1))
         self.center_crop = _default_center_crop(self.name) if center_crop < 0 else center_crop
         interp = str(_get(cfg, "interpolation", "")) or _default_interpolation(self.name)
-        if interp not in _RESAMPLE:
-            raise DataError(f"data.interpolation must be one of {', '.join(_RESAMPLE)}, got {interp!r}")
+        if interp not in RESAMPLE:
+            raise DataError(f"data.interpolation must be one of {', '.join(RESAMPLE)}, got {interp!r}")
         self.interpolation = interp
         self.shuffle = bool(_get(cfg, "shuffle", True))
         self.num_threads = int(_get(cfg, "num_threads", 4))
@@ -362,7 +366,7 @@ def _idx_files(directory: str, split: str) -> Optional[tuple]:
     return tuple(found)
 
 
-def _idx_missing_error(cfg: _Config, directory: str) -> DataError:
+def _idx_missing_error(cfg: DataConfig, directory: str) -> DataError:
     stem = {"train": "train", "test": "t10k"}[cfg.split]
     files = f"{stem}-images-idx3-ubyte.gz and {stem}-labels-idx1-ubyte.gz"
     if cfg.name == "fashion_mnist":
@@ -429,13 +433,13 @@ class _LazySource(abc.ABC):
 
 
 class _FolderSource(_LazySource):
-    def __init__(self, root: str, cfg: _Config, files: Sequence[str]):
+    def __init__(self, root: str, cfg: DataConfig, files: Sequence[str]):
         self.root = root
         self.files = list(files)
         self.resolution = cfg.resolution
         self.channels = cfg.channels
         self.center_crop = cfg.center_crop
-        self.resample = _RESAMPLE[cfg.interpolation]
+        self.resample = RESAMPLE[cfg.interpolation]
 
     def __len__(self):
         return len(self.files)
@@ -469,13 +473,13 @@ def _warn_unreadable(path: str, err: Exception) -> None:
 
 
 class _TfdsSource(_LazySource):
-    def __init__(self, data_source, cfg: _Config, has_label: bool, description: str):
+    def __init__(self, data_source, cfg: DataConfig, has_label: bool, description: str):
         self.ds = data_source
         self.has_label = has_label
         self.resolution = cfg.resolution
         self.channels = cfg.channels
         self.center_crop = cfg.center_crop
-        self.resample = _RESAMPLE[cfg.interpolation]
+        self.resample = RESAMPLE[cfg.interpolation]
         self.description = description
 
     def __len__(self):
@@ -504,7 +508,7 @@ def list_image_files(root: str) -> list:
     return out
 
 
-def _folder_files(cfg: _Config) -> list:
+def _folder_files(cfg: DataConfig) -> list:
     if not cfg.path:
         raise DataError("data.name='folder' needs data.path (a directory of .png/.jpg/.jpeg/.webp/.bmp images)")
     if not os.path.isdir(cfg.path):
@@ -515,7 +519,7 @@ def _folder_files(cfg: _Config) -> list:
     return files
 
 
-def _use_idx(cfg: _Config) -> Optional[str]:
+def _use_idx(cfg: DataConfig) -> Optional[str]:
     """Directory to read IDX files from, or None to use tfds."""
     if cfg.name not in ("fashion_mnist", "mnist"):
         if cfg.source == "idx":
@@ -529,24 +533,24 @@ def _use_idx(cfg: _Config) -> Optional[str]:
     return directory
 
 
-def _idx_paths(cfg: _Config, directory: str) -> tuple:
+def _idx_paths(cfg: DataConfig, directory: str) -> tuple:
     paths = _idx_files(directory, cfg.split)
     if paths is None:
         raise _idx_missing_error(cfg, directory)
     return paths
 
 
-def _load_idx(cfg: _Config, directory: str) -> _ArraySource:
+def _load_idx(cfg: DataConfig, directory: str) -> _ArraySource:
     image_path, label_path = _idx_paths(cfg, directory)
     images = read_idx(image_path, 3)
     labels = read_idx(label_path, 1)
     if len(images) != len(labels):
         raise DataError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels")
-    images = resize_uint8(images, cfg.resolution, _RESAMPLE[cfg.interpolation])
+    images = resize_uint8(images, cfg.resolution, RESAMPLE[cfg.interpolation])
     return _ArraySource(images, labels, cfg.channels)
 
 
-def _open_tfds(cfg: _Config):
+def _open_tfds(cfg: DataConfig):
     import tensorflow_datasets as tfds  # lazy: only the tfds path pays for the import
 
     name = TFDS_NAMES[cfg.name]
@@ -570,18 +574,18 @@ def _open_tfds(cfg: _Config):
 
 # --------------------------------------------------------------------------- prepared
 
-_PREPARED_FORMAT = "osgan_jax.prepared"
-_PREPARED_VERSION = 1
-_PREPARED_META = "meta.json"
-_PREPARED_IMAGES = "images.u8"
-_PREPARED_LABELS = "labels.i32"
-_PREPARED_PROGRESS = "progress.json"
+PREPARED_FORMAT = "osgan_jax.prepared"
+PREPARED_VERSION = 1
+PREPARED_META = "meta.json"
+PREPARED_IMAGES = "images.u8"
+PREPARED_LABELS = "labels.i32"
+PREPARED_PROGRESS = "progress.json"
 _PREPARED_KEYS = {"format": str, "version": int, "num_examples": int, "resolution": int, "channels": int,
                   "num_classes": int, "dtype": str, "label_dtype": str, "source": str, "spec": dict,
                   "skipped": int, "checksum": str}
 
 
-def _prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) -> str:
+def prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) -> str:
     """sha256 of the header fields (all but the checksum), the first and last image and all labels.
 
     Cheap enough to check at every start, unlike hashing gigabytes of pixels; it
@@ -616,7 +620,7 @@ def _prepare_command(spec: dict, out: str, resolution: int = 0, channels: int = 
     return "python -m osgan_jax.prepare_data " + " ".join(shlex.quote(a) for a in args)
 
 
-def _read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
     """The JSON object in `path`, or None if it is absent or unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -626,31 +630,31 @@ def _read_json(path: str) -> Optional[dict]:
     return value if isinstance(value, dict) else None
 
 
-def _read_prepared(cfg: _Config) -> dict:
+def _read_prepared(cfg: DataConfig) -> dict:
     """meta.json of the prepared directory ``data.path``, checked against the file sizes and the config."""
     d = cfg.path
     generic = (f"python -m osgan_jax.prepare_data --source=SOURCE --resolution={cfg.resolution} "
                f"--channels={cfg.channels} --out={d or 'DIR'}")
     if not d:
         raise DataError(f"data.name='prepared' needs data.path, the --out directory of `{generic}`")
-    meta_path = os.path.join(d, _PREPARED_META)
+    meta_path = os.path.join(d, PREPARED_META)
     if not os.path.isfile(meta_path):
         if not os.path.isdir(d):
             raise DataError(f"prepared data directory {d} does not exist; write it with `{generic}`")
-        progress = _read_json(os.path.join(d, _PREPARED_PROGRESS))
+        progress = read_json(os.path.join(d, PREPARED_PROGRESS))
         if progress is not None and isinstance(progress.get("spec"), dict):
             raise DataError(f"the preparation of {d} is incomplete ({progress.get('done', 0)} of "
-                            f"{progress.get('num_examples', '?')} images, no {_PREPARED_META}); rerun "
+                            f"{progress.get('num_examples', '?')} images, no {PREPARED_META}); rerun "
                             f"`{_prepare_command(progress['spec'], d)}` to finish it")
-        raise DataError(f"{d} holds no prepared data (no {_PREPARED_META}); write it with `{generic}`")
-    meta = _read_json(meta_path)
+        raise DataError(f"{d} holds no prepared data (no {PREPARED_META}); write it with `{generic}`")
+    meta = read_json(meta_path)
     problem = "not a JSON object" if meta is None else None
     if meta is not None:
         wrong = [k for k, t in _PREPARED_KEYS.items() if not isinstance(meta.get(k), t)]
         if wrong:
             problem = f"missing or mistyped {', '.join(wrong)}"
-        elif (meta["format"], meta["version"]) != (_PREPARED_FORMAT, _PREPARED_VERSION):
-            problem = f"format {meta['format']!r} version {meta['version']}, expected {_PREPARED_FORMAT!r} version {_PREPARED_VERSION}"
+        elif (meta["format"], meta["version"]) != (PREPARED_FORMAT, PREPARED_VERSION):
+            problem = f"format {meta['format']!r} version {meta['version']}, expected {PREPARED_FORMAT!r} version {PREPARED_VERSION}"
         elif (meta["dtype"], meta["label_dtype"]) != ("uint8", "<i4"):
             problem = f"dtype {meta['dtype']!r} / label_dtype {meta['label_dtype']!r}, expected 'uint8' / '<i4'"
         elif min(meta["num_examples"], meta["resolution"]) <= 0 or meta["channels"] not in (1, 3):
@@ -659,7 +663,7 @@ def _read_prepared(cfg: _Config) -> dict:
         raise DataError(f"{meta_path}: corrupt header ({problem}); delete {d} and write it again with `{generic}`")
     n, r, c = meta["num_examples"], meta["resolution"], meta["channels"]
     redo = _prepare_command(meta["spec"], d)
-    for name, expected in ((_PREPARED_IMAGES, n * r * r * c), (_PREPARED_LABELS, 4 * n)):
+    for name, expected in ((PREPARED_IMAGES, n * r * r * c), (PREPARED_LABELS, 4 * n)):
         path = os.path.join(d, name)
         size = os.path.getsize(path) if os.path.isfile(path) else None
         if size != expected:
@@ -685,10 +689,10 @@ class _PreparedSource:
 
     def _map(self):
         n, r, c = self.meta["num_examples"], self.meta["resolution"], self.meta["channels"]
-        with open(os.path.join(self.directory, _PREPARED_IMAGES), "rb") as f:
+        with open(os.path.join(self.directory, PREPARED_IMAGES), "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.images = np.frombuffer(buf, np.uint8).reshape(n, r, r, c)
-        self.labels = np.fromfile(os.path.join(self.directory, _PREPARED_LABELS), "<i4").astype(np.int32)
+        self.labels = np.fromfile(os.path.join(self.directory, PREPARED_LABELS), "<i4").astype(np.int32)
 
     def __getstate__(self):  # grain worker processes map the file themselves rather than get a copy
         return {"directory": self.directory, "meta": self.meta}
@@ -702,10 +706,10 @@ class _PreparedSource:
 
     def verify(self) -> None:
         """Checks meta.json's checksum against the mapped files."""
-        got = _prepared_checksum(self.meta, self.images[0].tobytes(), self.images[-1].tobytes(),
+        got = prepared_checksum(self.meta, self.images[0].tobytes(), self.images[-1].tobytes(),
                                  self.labels.astype("<i4").tobytes())
         if got != self.meta["checksum"]:
-            raise DataError(f"{self.directory}: checksum mismatch between {_PREPARED_META} and the image/label "
+            raise DataError(f"{self.directory}: checksum mismatch between {PREPARED_META} and the image/label "
                             f"files (modified or corrupted); delete it and write it again with "
                             f"`{_prepare_command(self.meta['spec'], self.directory)}`")
 
@@ -713,7 +717,7 @@ class _PreparedSource:
         return self.images[indices], self.labels[indices], 0
 
 
-def _make_source(cfg: _Config):
+def make_source(cfg: DataConfig):
     """(source, source kind, num_classes)."""
     if cfg.name == "prepared":
         source = _PreparedSource(cfg.path, _read_prepared(cfg))
@@ -732,7 +736,7 @@ def _make_source(cfg: _Config):
 
 def dataset_info(data_config) -> dict:
     """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'} without decoding pixels."""
-    cfg = _Config(data_config)
+    cfg = DataConfig(data_config)
     out = {"resolution": cfg.resolution, "channels": cfg.channels}
     if cfg.name == "prepared":
         meta = _read_prepared(cfg)
@@ -892,13 +896,13 @@ def make_iterator(data_config, batch_size: int, *, seed: int, start_step: int = 
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     if image_dtype not in ("float32", "uint8"):
         raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {image_dtype!r}")
-    cfg = _Config(data_config)
-    source, kind, num_classes = _make_source(cfg)
-    return _iterate(source, kind, num_classes, cfg, batch_size, seed, start_step, process_index,
+    cfg = DataConfig(data_config)
+    source, kind, num_classes = make_source(cfg)
+    return iterate_source(source, kind, num_classes, cfg, batch_size, seed, start_step, process_index,
                     process_count, image_dtype)
 
 
-def _iterate(source, kind: str, num_classes: int, cfg: _Config, batch_size: int, seed: int, start_step: int,
+def iterate_source(source, kind: str, num_classes: int, cfg: DataConfig, batch_size: int, seed: int, start_step: int,
              process_index: int, process_count: int, image_dtype: str) -> BatchIterator:
     """make_iterator over an opened source (prepare_data reuses the source for its last chunk)."""
     import grain

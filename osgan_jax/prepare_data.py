@@ -68,8 +68,8 @@ def source_config(source: str, *, resolution: int, channels: int, split: str = "
         raise DataError(f"--resolution must be a positive int, got {resolution}")
     if channels not in (1, 3):
         raise DataError(f"--channels must be 1 or 3, got {channels}")
-    if interpolation and interpolation not in data._RESAMPLE:
-        raise DataError(f"--interpolation must be one of {', '.join(data._RESAMPLE)}, got {interpolation!r}")
+    if interpolation and interpolation not in data.RESAMPLE:
+        raise DataError(f"--interpolation must be one of {', '.join(data.RESAMPLE)}, got {interpolation!r}")
     data_dir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else ""
     kind, sep, rest = source.partition(":")
     if kind == "folder" and sep:
@@ -93,7 +93,7 @@ def source_config(source: str, *, resolution: int, channels: int, split: str = "
            "source": mode, "center_crop": center_crop, "interpolation": interpolation, "shuffle": False,
            "num_workers": num_workers, "num_threads": num_threads, "prefetch": max(num_threads, 2),
            "download": download}
-    resolved = data._Config(cfg)  # validates and resolves the per-dataset defaults
+    resolved = data.DataConfig(cfg)  # validates and resolves the per-dataset defaults
     spec = {"source": source, "name": name, "split": resolved.split, "resolution": resolution,
             "channels": channels, "center_crop": resolved.center_crop, "interpolation": resolved.interpolation,
             "data_dir": data_dir}
@@ -180,27 +180,27 @@ def prepare(source: str, out: str, *, resolution: int, channels: int, split: str
                               center_crop=center_crop, interpolation=interpolation, data_dir=data_dir,
                               download=download, num_workers=num_workers, num_threads=num_threads)
     out = os.path.abspath(os.path.expanduser(out))
-    meta_path = os.path.join(out, data._PREPARED_META)
-    progress_path = os.path.join(out, data._PREPARED_PROGRESS)
+    meta_path = os.path.join(out, data.PREPARED_META)
+    progress_path = os.path.join(out, data.PREPARED_PROGRESS)
     if os.path.exists(meta_path):
-        meta = data._read_json(meta_path)
+        meta = data.read_json(meta_path)
         if meta is None or not isinstance(meta.get("spec"), dict):
             raise DataError(f"{meta_path} exists but is not a prepare_data header; pass another --out")
         if meta["spec"] != spec:
             raise DataError(f"{out} already holds data prepared with {_differences(meta['spec'], spec)}; "
                             f"pass another --out or delete {out}")
-        data._make_source(data._Config({"name": "prepared", "path": out, "resolution": resolution,
+        data.make_source(data.DataConfig({"name": "prepared", "path": out, "resolution": resolution,
                                         "channels": channels}))  # sizes and checksum
         return {**meta, "already_prepared": True}
-    progress = data._read_json(progress_path) if os.path.exists(progress_path) else None
+    progress = data.read_json(progress_path) if os.path.exists(progress_path) else None
     if os.path.exists(progress_path) and (progress is None or not isinstance(progress.get("spec"), dict)):
         raise DataError(f"{progress_path} exists but is not a prepare_data progress file; pass another --out")
     if progress is not None and progress["spec"] != spec:
         raise DataError(f"{out} holds an unfinished preparation with {_differences(progress['spec'], spec)}; "
                         f"rerun that command to finish it, pass another --out, or delete {out}")
 
-    resolved = data._Config(cfg)
-    source_obj, kind, num_classes = data._make_source(resolved)
+    resolved = data.DataConfig(cfg)
+    source_obj, kind, num_classes = data.make_source(resolved)
     n = len(source_obj)
     if n == 0:
         raise DataError(f"{spec['source']} has no images")
@@ -215,8 +215,8 @@ def prepare(source: str, out: str, *, resolution: int, channels: int, split: str
             done, skipped, batch = recorded  # chunk k must stay images [k * batch, (k + 1) * batch)
     os.makedirs(out, exist_ok=True)
     frame = resolution * resolution * channels
-    images_path = os.path.join(out, data._PREPARED_IMAGES)
-    labels_path = os.path.join(out, data._PREPARED_LABELS)
+    images_path = os.path.join(out, data.PREPARED_IMAGES)
+    labels_path = os.path.join(out, data.PREPARED_LABELS)
     if (_size(images_path), _size(labels_path)) != (n * frame, 4 * n):
         done, skipped = 0, 0  # files missing or resized behind our back: start over
     img_fd = _open_sized(images_path, n * frame, keep=done > 0)
@@ -244,7 +244,7 @@ def prepare(source: str, out: str, *, resolution: int, channels: int, split: str
         with tqdm(total=n, initial=done, unit="img", desc=f"prepare {os.path.basename(out)}",
                   disable=not progress_bar, dynamic_ncols=True) as bar:
             if done < whole:
-                it = data._iterate(source_obj, kind, num_classes, resolved, batch, 0, done // batch, 0, 1, "uint8")
+                it = data.iterate_source(source_obj, kind, num_classes, resolved, batch, 0, done // batch, 0, 1, "uint8")
                 while done < whole:
                     before = it.skipped
                     chunk = next(it)
@@ -262,10 +262,10 @@ def prepare(source: str, out: str, *, resolution: int, channels: int, split: str
         os.close(lab_fd)
 
     desc = spec["source"] if kind == "folder" else f"{spec['source']} ({kind}, split {spec['split']})"
-    meta = {"format": data._PREPARED_FORMAT, "version": data._PREPARED_VERSION, "num_examples": n,
+    meta = {"format": data.PREPARED_FORMAT, "version": data.PREPARED_VERSION, "num_examples": n,
             "resolution": resolution, "channels": channels, "num_classes": int(num_classes), "dtype": "uint8",
             "label_dtype": "<i4", "source": desc, "spec": spec, "skipped": skipped}
-    meta["checksum"] = data._prepared_checksum(meta, first, last, labels_bytes)
+    meta["checksum"] = data.prepared_checksum(meta, first, last, labels_bytes)
     _write_json_atomic(meta_path, meta)
     os.remove(progress_path)
     _fsync_dir(out)
@@ -318,7 +318,7 @@ def main(argv):
     except OSError as e:
         _fail(f"{type(e).__name__}: {e}")
     except KeyboardInterrupt:
-        progress = data._read_json(os.path.join(out, data._PREPARED_PROGRESS)) or {}
+        progress = data.read_json(os.path.join(out, data.PREPARED_PROGRESS)) or {}
         print(f"{_PROG}: interrupted after {progress.get('done', 0)} of {progress.get('num_examples', '?')} "
               f"images; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

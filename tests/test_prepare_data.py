@@ -17,7 +17,7 @@ from osgan_jax.data import DataError
 from test_data import _idx_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = (data._PREPARED_IMAGES, data._PREPARED_LABELS, data._PREPARED_META)
+FILES = (data.PREPARED_IMAGES, data.PREPARED_LABELS, data.PREPARED_META)
 
 
 def _png_folder(root, n=20):
@@ -95,13 +95,13 @@ def test_folder_prepared_yields_the_decoding_batches(tmp_path):
     assert meta["num_examples"] == n and meta["skipped"] == 1 and meta["num_classes"] == 0
     assert not meta["already_prepared"]
     assert sorted(os.listdir(tmp_path / "out")) == sorted(FILES)  # progress.json is gone
-    assert os.path.getsize(tmp_path / "out" / data._PREPARED_IMAGES) == n * 8 * 8 * 3
+    assert os.path.getsize(tmp_path / "out" / data.PREPARED_IMAGES) == n * 8 * 8 * 3
     assert data.dataset_info(_cfg(tmp_path / "out")) == {"num_examples": n, "resolution": 8, "channels": 3,
                                                          "num_classes": 0, "source": "prepared"}
     # the corrupt file is stored as its replacement, the next readable image, as the folder source yields it
     files = data.list_image_files(str(tmp_path / "png"))
     bad = files.index("img05b.png")
-    images = np.fromfile(tmp_path / "out" / data._PREPARED_IMAGES, np.uint8).reshape(n, 8, 8, 3)
+    images = np.fromfile(tmp_path / "out" / data.PREPARED_IMAGES, np.uint8).reshape(n, 8, 8, 3)
     np.testing.assert_array_equal(images[bad], images[bad + 1])
     _assert_same_batches(folder, _cfg(tmp_path / "out"))
     # grayscale output from the same folder
@@ -134,7 +134,7 @@ def test_prepared_source_pickles_without_its_pixels(tmp_path):
 
     _png_folder(tmp_path / "png")
     _prepare(f"folder:{tmp_path / 'png'}", tmp_path / "out", resolution=32)
-    source, kind, _ = data._make_source(data._Config(_cfg(tmp_path / "out", 32)))
+    source, kind, _ = data.make_source(data.DataConfig(_cfg(tmp_path / "out", 32)))
     blob = pickle.dumps(source)  # what grain sends to worker processes
     assert len(blob) < 4096 < source.images.nbytes
     idx = np.array([20, 0, 7, 7])
@@ -157,11 +157,11 @@ def test_interrupted_preparation_resumes_to_identical_files(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _prepare(source, out, on_chunk=stop_after_two_chunks)
-    progress = json.loads((out / data._PREPARED_PROGRESS).read_text())
+    progress = json.loads((out / data.PREPARED_PROGRESS).read_text())
     assert progress["done"] == 12 and progress["num_examples"] == n and progress["batch"] == 6
-    assert not (out / data._PREPARED_META).exists()
+    assert not (out / data.PREPARED_META).exists()
     # as if killed while writing the third chunk: its bytes are partly there
-    with open(out / data._PREPARED_IMAGES, "r+b") as f:
+    with open(out / data.PREPARED_IMAGES, "r+b") as f:
         f.seek(12 * 8 * 8 * 3)
         f.write(b"\xff" * 500)
     with pytest.raises(DataError, match="incomplete") as e:
@@ -219,9 +219,9 @@ def test_damaged_prepared_data_is_a_data_error(tmp_path):
 
     def edit_meta(**fields):
         def edit(d):
-            meta = json.loads((d / data._PREPARED_META).read_text())
+            meta = json.loads((d / data.PREPARED_META).read_text())
             meta.update(fields)
-            (d / data._PREPARED_META).write_text(json.dumps(meta))
+            (d / data.PREPARED_META).write_text(json.dumps(meta))
         return edit
 
     def flip(name, offset):
@@ -233,17 +233,17 @@ def test_damaged_prepared_data_is_a_data_error(tmp_path):
                 f.write(bytes([byte[0] ^ 1]))
         return edit
 
-    expect(damaged("json", lambda d: (d / data._PREPARED_META).write_text("{trunc")), "corrupt header")
+    expect(damaged("json", lambda d: (d / data.PREPARED_META).write_text("{trunc")), "corrupt header")
     expect(damaged("fields", edit_meta(resolution="8")), "corrupt header .missing or mistyped resolution")
     expect(damaged("version", edit_meta(version=99)), "version 99")
-    msg = expect(damaged("short", lambda d: os.truncate(d / data._PREPARED_IMAGES, 1000)),
+    msg = expect(damaged("short", lambda d: os.truncate(d / data.PREPARED_IMAGES, 1000)),
                  "images.u8 is 1000 bytes, expected 4032 bytes")
     assert redo in msg
-    expect(damaged("nolabels", lambda d: os.remove(d / data._PREPARED_LABELS)), "labels.i32 is missing")
+    expect(damaged("nolabels", lambda d: os.remove(d / data.PREPARED_LABELS)), "labels.i32 is missing")
     assert redo in expect(damaged("classes", edit_meta(num_classes=3)), "checksum mismatch", at_info=False)
-    expect(damaged("last", flip(data._PREPARED_IMAGES, -1)), "checksum mismatch", at_info=False)
-    expect(damaged("first", flip(data._PREPARED_IMAGES, 0)), "checksum mismatch", at_info=False)
-    expect(damaged("label", flip(data._PREPARED_LABELS, 8)), "checksum mismatch", at_info=False)
+    expect(damaged("last", flip(data.PREPARED_IMAGES, -1)), "checksum mismatch", at_info=False)
+    expect(damaged("first", flip(data.PREPARED_IMAGES, 0)), "checksum mismatch", at_info=False)
+    expect(damaged("label", flip(data.PREPARED_LABELS, 8)), "checksum mismatch", at_info=False)
     # the rerun notices damage instead of reporting "already prepared"
     with pytest.raises(DataError, match="checksum mismatch"):
         _prepare(f"folder:{tmp_path / 'png'}", tmp_path / "first")
