@@ -61,6 +61,17 @@ def get_discriminator(name: str, **kwargs) -> nn.Module:
   return get(name)[1](**kwargs)
 
 
+def check_images(x, resolution: int, channels: int):
+  """``x`` as an array of images [B, resolution, resolution, channels]; a clear
+  ``ValueError`` otherwise."""
+  x = jax.numpy.asarray(x)
+  expected = (resolution, resolution, channels)
+  if x.shape[1:] != expected:
+    raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
+                     f'got {x.shape}')
+  return x
+
+
 def check_labels(labels, num_classes: int, batch: int):
   """The integer labels [B] a conditional model needs (None for an unconditional one);
   a clear ``ValueError`` for labels that do not fit."""
@@ -107,5 +118,5 @@ def apply(module, params, model_state, x, labels=None, train: bool = True, rng=N
   return module.apply(variables, x, labels, **kwargs), model_state
 
 
-__all__ = ['apply', 'available', 'check_labels', 'get', 'get_discriminator', 'get_generator',
+__all__ = ['apply', 'available', 'check_images', 'check_labels', 'get', 'get_discriminator', 'get_generator',
            'register', 'rng_streams', 'rngs']

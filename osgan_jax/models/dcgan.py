@@ -276,17 +276,13 @@ class Discriminator(nn.Module):
   def __call__(self, x, labels=None, train: bool = True):
     if self.norm not in D_NORMS:
       raise ValueError(f'Discriminator norm must be one of {D_NORMS}, got {self.norm!r}')
-    x = jnp.asarray(x)
+    x = models.check_images(x, self.resolution, self.channels)
     batch = x.shape[0]
-    expected = (self.resolution, self.resolution, self.channels)
-    if x.shape[1:] != expected:
-      raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
-                       f'got {x.shape}')
     h = x.astype(self.dtype)
     y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
     if y is not None:
       label_map = jnp.broadcast_to(y[:, None, None, :],
-                                   (batch,) + expected[:2] + y.shape[-1:])
+                                   (batch,) + x.shape[1:3] + y.shape[-1:])
       h = jnp.concatenate([h, label_map], axis=-1)
 
     schedule = channel_schedule(self.resolution, self.width, self.max_mult)

@@ -472,12 +472,8 @@ class Discriminator(_Networks):
   def __call__(self, x, labels=None, train: bool = True):
     del train
     widths, cards, blocks = (s[::-1] for s in self.schedule())  # R -> 4
-    x = jnp.asarray(x)
+    x = models.check_images(x, self.resolution, self.channels)
     batch = x.shape[0]
-    expected = (self.resolution, self.resolution, self.channels)
-    if x.shape[1:] != expected:
-      raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
-                       f'got {x.shape}')
     labels = models.check_labels(labels, self.num_classes, batch)
     dim = widths[-1] if self.embed_dim is None else int(self.embed_dim)
     total = sum(blocks)
