@@ -44,6 +44,12 @@ Keys (the names are an interface: tools outside the package set them):
   D(x_real)||^2``), ``r2`` (the same on the detached fakes; R3GAN uses both), ``gp``
   (WGAN-GP's ``lambda E(||grad D(x_hat)|| - 1)^2`` on real-fake interpolates). The
   lazy R1 phase of StyleGAN2 is ``reg.*``.
+- ``schedule.*`` (``osgan_jax.schedules``): ramps over the first ``steps`` steps (0 =
+  none), ``kind`` ``'cosine'`` (R3GAN's) or ``'linear'``, from the value set elsewhere
+  to the final value given here for ``g_lr``, ``d_lr``, ``b2`` (Adam's beta2), ``r1``,
+  ``r2``, ``gp`` (the penalty weights) and ``ema_half_life_kimg``; negative = constant.
+  The optimisers' ramps run on their own update count, which is the step unless lazy
+  regularisation (``reg.*``) adds updates.
 - ``ema.*``: ``half_life_kimg`` (> 0: keep an exponential moving average of G's
   parameters with this half-life in thousands of images; the sample grids and FID use
   it); ``rampup`` (> 0: the official ramp-up, the half-life is at most ``rampup`` times
@@ -132,6 +138,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       pl_batch_shrink=2))
   c.ema = ml_collections.ConfigDict(dict(half_life_kimg=0.0, rampup=0.0))
   c.penalty = ml_collections.ConfigDict(dict(r1=0.0, r2=0.0, gp=0.0))
+  c.schedule = ml_collections.ConfigDict(dict(
+      kind='cosine', steps=0, g_lr=-1.0, d_lr=-1.0, b2=-1.0, r1=-1.0, r2=-1.0, gp=-1.0,
+      ema_half_life_kimg=-1.0))
   c.sample_truncation_psi = 1.0
   return c
 

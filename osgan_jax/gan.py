@@ -38,6 +38,7 @@ from osgan_jax import models
 from osgan_jax import one_stage
 from osgan_jax import parallel
 from osgan_jax import regularizers
+from osgan_jax import schedules
 from osgan_jax import steps
 from osgan_jax.config_base import ConfigError
 
@@ -128,26 +129,35 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       loss=config.loss, optimizer_g=optimizer_g, optimizer_d=optimizer_d,
       batch_keys=('image', 'label') if conditional else ('image',),
       mode=config.one_stage_mode,
-      penalties={k: float(w) for k, w in config.penalty.items() if w > 0} or None)
+      penalties={k: schedules.value(config, k) for k in config.penalty
+                 if schedules.active(config, k)} or None)
 
 
 def make_optimizers(config):
-  """Adam for G and D (``config.optimizer``), corrected for lazy regularisation
-  (``config.reg``), D's chained with weight clipping."""
+  """Adam for G and D (``config.optimizer``, ramped by ``config.schedule``), corrected
+  for lazy regularisation (``config.reg``), D's chained with weight clipping."""
   opt, reg = config.optimizer, config.reg
   milestones = sorted(int(m) for m in opt.lr_milestones)
 
-  def adam(base_lr, interval):
-    base_lr, (b1, b2) = regularizers.lazy_hparams(base_lr, (opt.b1, opt.b2), interval)
-    lr = base_lr
+  def adam(player, interval):
+    ratio = regularizers.lazy_ratio(interval)  # the official lazy-regularisation fix
+    lr = schedules.map_value(lambda v: v * ratio, schedules.value(config, f'{player}_lr'))
+    b2 = schedules.map_value(lambda v: v ** ratio, schedules.value(config, 'b2'))
     if milestones:
-      lr = optax.piecewise_constant_schedule(
-          base_lr, {m: float(opt.lr_decay) for m in milestones})
-    adam = optax.adam(lr, b1=b1, b2=b2, eps=float(opt.eps))
+      scales = {m: float(opt.lr_decay) for m in milestones}
+      if callable(lr):
+        decay, ramp = optax.piecewise_constant_schedule(1.0, scales), lr
+        lr = lambda count: decay(count) * ramp(count)
+      else:
+        lr = optax.piecewise_constant_schedule(lr, scales)
+    # A scheduled beta2 needs inject_hyperparams (optax.adam takes a float there);
+    # constant ones keep the plain optimiser state of existing checkpoints.
+    make = optax.inject_hyperparams(optax.adam) if callable(b2) else optax.adam
+    adam = make(learning_rate=lr, b1=float(opt.b1) ** ratio, b2=b2, eps=float(opt.eps))
     return optax.chain(regularizers.nan_to_num_grads(), adam) if opt.nan_to_num else adam
 
-  optimizer_g = adam(opt.g_lr, int(reg.pl_interval) if reg.pl_weight > 0 else None)
-  optimizer_d = adam(opt.d_lr, int(reg.r1_interval) if reg.r1_gamma > 0 else None)
+  optimizer_g = adam('g', int(reg.pl_interval) if reg.pl_weight > 0 else None)
+  optimizer_d = adam('d', int(reg.r1_interval) if reg.r1_gamma > 0 else None)
   if opt.weight_clip > 0:
     optimizer_d = optax.chain(optimizer_d, steps.clip_params(float(opt.weight_clip)))
   return optimizer_g, optimizer_d
@@ -170,7 +180,7 @@ def make_init(config, gan: steps.GAN, generator, discriminator):
         jnp.zeros((n, res, res, ch)), labels, train=False))
     params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
     return steps.init_state(gan, params_g, params_d, g_vars, d_vars,
-                            ema=config.ema.half_life_kimg > 0,
+                            ema=schedules.active(config, 'ema_half_life_kimg'),
                             path_length=config.reg.pl_weight > 0)
 
   return init
@@ -204,6 +214,7 @@ def validate(config) -> None:
     raise ConfigError(f'config.stage={config.stage!r} is not one of '
                       f'{", ".join(config_base.STAGES)}')
   validate_method(config)
+  schedules.validate(config)
   for key in ('sample_every_steps', 'num_samples'):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
@@ -282,12 +293,16 @@ def _regularizer_phases(config, gan: steps.GAN, generator) -> list:
                            interval=int(reg.r1_interval))
     phases.append(loop.Phase('r1', lambda state, batch, rng, i: r1(
         state, batch, jax.random.fold_in(rng, 2)), int(reg.r1_interval)))
-  if config.ema.half_life_kimg > 0:
-    ema = functools.partial(regularizers.ema_step, batch_size=batch_size,
-                            half_life_kimg=float(config.ema.half_life_kimg),
-                            rampup=float(config.ema.rampup) or None)
-    phases.append(loop.Phase('ema', lambda state, batch, rng, i: ema(
-        state, i.astype(jnp.float32) * batch_size)))
+  if schedules.active(config, 'ema_half_life_kimg'):
+    half_life = schedules.value(config, 'ema_half_life_kimg')
+    rampup = float(config.ema.rampup) or None
+
+    def ema(state, batch, rng, i):
+      return regularizers.ema_step(
+          state, i.astype(jnp.float32) * batch_size, batch_size=batch_size, rampup=rampup,
+          half_life_kimg=half_life(i) if callable(half_life) else half_life)
+
+    phases.append(loop.Phase('ema', ema))
   return phases
 
 
@@ -315,6 +330,8 @@ def build_task(config, workdir: str) -> loop.Task:
                       f'the {config.model.name!r} generator has no truncation trick')
   gan = make_gan(config, generator, discriminator)
   regularizer_phases = _regularizer_phases(config, gan, generator)
+  ramps = {name: schedules.value(config, name) for name in schedules.STARTS
+           if schedules.is_scheduled(config, name)}
 
   def make_phases(state):
     probed = steps.probe_per_sample(gan, state, None)
@@ -323,8 +340,14 @@ def build_task(config, workdir: str) -> loop.Task:
                  info['num_examples'],
                  'independently' if probed.per_sample else 'jointly (coupled)')
     main = functools.partial(steps.STEPS[config.stage], probed)
-    return [loop.Phase('main', lambda state, batch, rng, i: main(state, batch, rng)),
-            *regularizer_phases]
+
+    def main_phase(state, batch, rng, i):
+      state, metrics = main(state, batch, rng)
+      # The ramped hyperparameters at this step, logged as schedule_<name>.
+      return state, {**metrics, **{f'schedule_{name}': jnp.float32(v(i))
+                                   for name, v in ramps.items()}}
+
+    return [loop.Phase('main', main_phase), *regularizer_phases]
 
   def batches(start_step, process_index, process_count):
     return data_lib.make_iterator(

@@ -172,19 +172,23 @@ def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, r
 
 # ------------------------------------------------------------------ lazy regularisation
 
-def lazy_hparams(lr: float, betas: Sequence[float], interval: Optional[int]):
-  """The official lazy-regularisation correction: ``(lr, betas)`` for ``interval``.
-
-  ``mb_ratio = interval / (interval + 1)``; ``lr * mb_ratio``, ``beta ** mb_ratio``.
-  ``interval=None`` (lazy regularisation disabled) returns them unchanged.
-  """
-  betas = tuple(float(b) for b in betas)
+def lazy_ratio(interval: Optional[int]) -> float:
+  """The official ``mb_ratio = interval / (interval + 1)`` (1 for ``None``: no lazy
+  regularisation): a lazily regularised player's Adam runs with ``lr * mb_ratio``
+  and ``beta ** mb_ratio``."""
   if interval is None:
-    return float(lr), betas
+    return 1.0
   if interval < 1:
     raise ValueError(f'interval must be >= 1 or None, got {interval}')
-  mb_ratio = interval / (interval + 1)
-  return float(lr) * mb_ratio, tuple(b ** mb_ratio for b in betas)
+  return interval / (interval + 1)
+
+
+def lazy_hparams(lr: float, betas: Sequence[float], interval: Optional[int]):
+  """The official lazy-regularisation correction: ``(lr, betas)`` for ``interval``."""
+  ratio = lazy_ratio(interval)
+  if interval is None:
+    return float(lr), tuple(float(b) for b in betas)
+  return float(lr) * ratio, tuple(float(b) ** ratio for b in betas)
 
 
 def lazy_adam(lr: float = 0.002, betas: Sequence[float] = (0.0, 0.99), eps: float = 1e-8,
