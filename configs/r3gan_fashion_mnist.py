@@ -8,9 +8,11 @@ size in G and of the 4x4 width in D) at CPU width: ``channel_base=512, channel_m
 (32 channels at 4-16, 16 at 32; about 0.1M parameters each, against 21M in the
 official CIFAR-10 networks). The official objective: the relativistic paired loss
 (RpGAN) with R1 and R2 at every step (``penalty.r1 = penalty.r2 = 0.05``, the CIFAR-10
-preset's starting gamma), and the official optimiser's starting point: Adam lr 2e-4,
-betas (0, 0.9). Not expressed yet: the official schedules (gamma to 0.005, lr to 5e-5,
-beta2 to 0.99 over training) and G's EMA. Data: Debian's ``dataset-fashion-mnist``.
+preset's starting gamma), Adam betas (0, beta2), and the official schedules compressed
+into this run (``config.schedule``): over all its steps a cosine takes lr 2e-4 -> 5e-5,
+beta2 0.9 -> 0.99, gamma 0.05 -> 0.005 and G's EMA half-life 0 -> 5 kimg (the
+official CIFAR-10 ramp spans 20M images with a 5000 kimg final half-life; the sample
+grids are of the EMA generator). Data: Debian's ``dataset-fashion-mnist``.
 
   python -m osgan_jax.main --config=configs/r3gan_fashion_mnist.py --workdir=/tmp/r3gan_fmnist
 
@@ -51,4 +53,13 @@ def get_config():
   c.optimizer.b2 = 0.9
   c.penalty.r1 = 0.05
   c.penalty.r2 = 0.05
+
+  c.schedule.kind = 'cosine'
+  c.schedule.steps = c.num_train_steps
+  c.schedule.g_lr = 5e-5
+  c.schedule.d_lr = 5e-5
+  c.schedule.b2 = 0.99
+  c.schedule.r1 = 0.005
+  c.schedule.r2 = 0.005
+  c.schedule.ema_half_life_kimg = 5.0
   return c

@@ -15,7 +15,8 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIGS]
 EXPECTED = {'dcgan_fashion_mnist', 'dcgan_mnist', 'dcgan_celeba', 'dcgan_minimax_celeba',
             'wgan_celeba', 'lsgan_celeba', 'hinge_celeba', 'relgan_celeba', 'cgan_mnist',
-            'dcgan_lsun_church', 'stylegan2_ffhq', 'stylegan2_tiny'}
+            'dcgan_lsun_church', 'stylegan2_ffhq', 'stylegan2_tiny', 'r3gan_fashion_mnist',
+            'r3gan_cifar10', 'r3gan_ffhq256'}
 COMMON_KEYS = ('stage', 'seed', 'batch_size', 'num_train_steps', 'log_every_steps',
                'checkpoint_every_steps', 'sample_every_steps', 'data.name', 'data.path',
                'data.resolution', 'data.channels', 'loss', 'one_stage_mode', 'model.name',
@@ -53,7 +54,8 @@ def test_config_has_common_keys_and_documents_its_command(path):
   name = os.path.basename(path)
   module_doc = open(path).read().split('"""')[1]
   assert f'python -m osgan_jax.main --config=configs/{name} --workdir=' in module_doc
-  assert config.data.name in ('fashion_mnist', 'mnist', 'celeb_a', 'lsun_church', 'folder')
+  assert config.data.name in ('fashion_mnist', 'mnist', 'cifar10', 'celeb_a', 'lsun_church',
+                              'folder')
 
 
 def test_paper_settings():

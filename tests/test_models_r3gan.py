@@ -549,3 +549,39 @@ def test_config_trains_two_steps(tmp_path):
     records = [json.loads(line) for line in f]
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss_d']) and np.isfinite(r['loss_g']) for r in records)
+
+
+@pytest.mark.parametrize('name,counts,batch,gamma', [
+    ('r3gan_cifar10', (20_781_952, 21_280_512), 512, (0.05, 0.005)),
+    ('r3gan_ffhq256', (23_057_952, 23_009_568), 256, (150.0, 15.0))])
+def test_paper_configs_are_the_official_presets(name, counts, batch, gamma):
+  """The two paper configs build the official networks (parameter counts from
+  ``summary``) and ramp lr, beta2, gamma and the EMA half-life as the official loop
+  does per image: ``cosine_decay_with_warmup(cur_nimg, base, 2e7, final)``."""
+  import math
+  from osgan_jax import gan, schedules
+  config = config_base.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
+  with contextlib.redirect_stdout(io.StringIO()):
+    totals = summary.summarize_config(config)
+  assert (totals['G'], totals['D']) == counts
+  assert int(config.batch_size) == batch and config.loss == 'relativistic'
+
+  def official(nimg, base, final, total=2e7):
+    decay = 0.5 * (1 + math.cos(math.pi * nimg / total))
+    return final if nimg > total else base + (1 - decay) * (final - base)
+
+  g = gan.make_gan(config, *gan.create_models(config))
+  ema = schedules.value(config, 'ema_half_life_kimg')
+  ema_final = {'r3gan_cifar10': 5000.0, 'r3gan_ffhq256': 500.0}[name]
+  for step in (0, 1000, 20_000, 39_000, 80_000):
+    nimg = step * batch
+    for key in ('g_lr', 'd_lr'):
+      np.testing.assert_allclose(float(schedules.value(config, key)(step)),
+                                 official(nimg, 2e-4, 5e-5), rtol=2e-4)
+    np.testing.assert_allclose(float(schedules.value(config, 'b2')(step)),
+                               official(nimg, 0.9, 0.99), rtol=2e-4)
+    weights = g.penalty_weights(step)
+    for key in ('r1', 'r2'):
+      np.testing.assert_allclose(float(weights[key]), official(nimg, *gamma), rtol=2e-4)
+    np.testing.assert_allclose(float(ema(step)), official(nimg, 0.0, ema_final),
+                               rtol=2e-4, atol=1e-3)
