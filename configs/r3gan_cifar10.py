@@ -51,8 +51,10 @@ def get_config():
   c.model.name = 'r3gan'
   # The defaults of osgan_jax.models.r3gan are the official widths and groups; the
   # class embeddings default to the preset's (z_dim in G, the 4x4 width in D).
-  c.model.generator = ml_collections.ConfigDict(dict(num_mixed_stages=3))
-  c.model.discriminator = ml_collections.ConfigDict(dict(num_mixed_stages=3))
+  c.model.generator = ml_collections.ConfigDict(
+      dict(num_mixed_stages=3, conv_impl='auto'))
+  c.model.discriminator = ml_collections.ConfigDict(
+      dict(num_mixed_stages=3, conv_impl='auto'))
 
   c.optimizer.g_lr = 2e-4
   c.optimizer.d_lr = 2e-4

@@ -51,8 +51,10 @@ def get_config():
 
   c.model.name = 'r3gan'
   # The defaults of osgan_jax.models.r3gan are the official widths and groups.
-  c.model.generator = ml_collections.ConfigDict(dict(num_mixed_stages=4))
-  c.model.discriminator = ml_collections.ConfigDict(dict(num_mixed_stages=4))
+  c.model.generator = ml_collections.ConfigDict(
+      dict(num_mixed_stages=4, conv_impl='auto'))
+  c.model.discriminator = ml_collections.ConfigDict(
+      dict(num_mixed_stages=4, conv_impl='auto'))
 
   c.optimizer.g_lr = 2e-4
   c.optimizer.d_lr = 2e-4

@@ -124,11 +124,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # DCGAN as the official OSGAN networks: d = 128, biases on every conv.
   c.model = ml_collections.ConfigDict()
   c.model.name = 'dcgan'
+  # dtype: the computation dtype ('bfloat16' for mixed precision; parameters, losses
+  # and optimiser states stay float32).
   c.model.generator = ml_collections.ConfigDict(dict(
-      width=128, norm='batch', use_bias=True, embed_dim=0))
+      width=128, norm='batch', use_bias=True, embed_dim=0, dtype='float32'))
   c.model.discriminator = ml_collections.ConfigDict(dict(
       width=128, norm='batch', num_groups=32, spectral_norm=False, patch=False,
-      use_bias=True, embed_dim=0))
+      use_bias=True, embed_dim=0, dtype='float32'))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, eps=1e-8, weight_clip=0.0,

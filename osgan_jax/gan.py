@@ -72,6 +72,12 @@ def _model_kwargs(config, section: str, cls, from_config: dict) -> dict:
       raise ConfigError(f'config.{section}.{name}={kwargs[name]!r} conflicts with '
                         f'config.{key}={value!r}; set config.{key} only')
     kwargs[name] = value
+  if isinstance(kwargs.get('dtype'), str):
+    try:
+      jnp.dtype(kwargs['dtype'])
+    except TypeError:
+      raise ConfigError(f'config.{section}.dtype={kwargs["dtype"]!r} is not a dtype (e.g. '
+                        f"'float32', 'bfloat16')") from None
   return kwargs
 
 

@@ -534,3 +534,37 @@ def test_matches_pytorch_dcgan(bias):
     tlogits = td(tx).reshape(4)
   np.testing.assert_allclose(np.asarray(x), tx.permute(0, 2, 3, 1).numpy(), atol=2e-5)
   np.testing.assert_allclose(np.asarray(logits), tlogits.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_from_the_config():
+  """``model.*.dtype='bfloat16'`` (issue 15): the convolutions of the training step run
+  in bfloat16 while parameters, optimiser state and losses stay float32; a dtype that
+  is not one is a one-line error."""
+  import os
+  from osgan_jax import config_base, gan, steps
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path = os.path.join(repo, 'configs', 'dcgan_fashion_mnist.py')
+  config = config_base.load_config(path, {
+      'model.generator.width': 8, 'model.discriminator.width': 8, 'batch_size': 8,
+      'data.resolution': 16, 'model.generator.dtype': 'bfloat16',
+      'model.discriminator.dtype': 'bfloat16'})
+  g_net, d_net = gan.create_models(config)
+  g = gan.make_gan(config, g_net, d_net)
+  state = jax.jit(gan.make_init(config, g, g_net, d_net))(jax.random.PRNGKey(0))
+  step = functools.partial(steps.STEPS['one'], steps.probe_per_sample(g, state, None))
+  batch = {'image': jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 1),
+                                       minval=-1.0, maxval=1.0)}
+  jaxpr = str(jax.make_jaxpr(step)(state, batch, jax.random.PRNGKey(2)))
+  # (On CPU the convolutions are matmul reformulations: conv_ops' 'auto'.)
+  ops = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l or 'dot_general' in l]
+  in_bf16 = [l for l in ops if 'bf16' in l]
+  assert ops and len(in_bf16) >= 0.9 * len(ops), (len(in_bf16), len(ops))
+  new, metrics = jax.jit(step)(state, batch, jax.random.PRNGKey(2))
+  for leaf in jax.tree.leaves((new.params_g, new.params_d, new.opt_state_g,
+                               new.opt_state_d)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  assert metrics['loss_d'].dtype == jnp.float32 and np.isfinite(metrics['loss_d'])
+  bad = config_base.load_config(path, {'model.discriminator.dtype': 'bfloat17'})
+  with pytest.raises(config_base.ConfigError,
+                     match="config.model.discriminator.dtype='bfloat17' is not a dtype"):
+    gan.create_models(bad)
