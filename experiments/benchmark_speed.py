@@ -45,7 +45,8 @@ this order: DCGAN 64 at the official size (``configs/dcgan_celeba.py``: d=128, b
 the CPU: ``flops_xla_cpu``), PyTorch's official DCGAN steps on CUDA at the same size,
 eager and tuned (when torch is importable and has CUDA), StyleGAN2 256 float32 and bf16
 (``configs/stylegan2_ffhq.py``, batch 32; one- and two-stage main steps, fresh-process
-compiles), and the training loop's end-to-end rate (``experiments/loop_throughput.py
+compiles), DCGAN 64 computed in bfloat16 (``model.*.dtype='bfloat16'``; one- and
+two-stage), and the training loop's end-to-end rate (``experiments/loop_throughput.py
 --real``: DCGAN 64 one/two-stage alone and through ``python -m osgan_jax.main``). The
 fresh-process children and this process share a new persistent compilation cache, so
 each program is compiled once (by its child). Rows that would end after ``--budget-s``
@@ -110,6 +111,7 @@ REQUIRED_FIELDS = ('model', 'variant', 'flops', 'step_ms_median',
                    'ratio_to_one_stage_max', 'peak_bytes', 'images_per_s')
 
 _D64 = {'model.generator.width': 64, 'model.discriminator.width': 64}
+_R3GAN_XLA = {'model.generator.conv_impl': 'xla', 'model.discriminator.conv_impl': 'xla'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +142,18 @@ ROWS = {
                               'StyleGAN2 tiny, 32x32x1 (minibatch-std D: coupled)'),
     'stylegan2_256': RowSpec('configs/stylegan2_ffhq.py', {'data.resolution': 256},
                              'StyleGAN2 config-f scaled to 256x256'),
+    # R3GAN's grouped convolutions as XLA's grouped convolution (its GPU/TPU path), so
+    # the FLOPs are the algorithm's: on CPU training runs them as dense block-diagonal
+    # convolutions ('auto'), which execute groups-times the FLOPs of those layers.
+    'r3gan_fmnist': RowSpec('configs/r3gan_fashion_mnist.py', _R3GAN_XLA,
+                            'R3GAN CPU config: 32x32x1, conditional, batch 32, RpGAN + '
+                            'R1 + R2 every step', ('one_stage', 'two_stage')),
+    'r3gan_cifar10': RowSpec('configs/r3gan_cifar10.py', {**_R3GAN_XLA, 'batch_size': 64},
+                             'R3GAN CIFAR-10 preset (21M + 21M parameters, bf16 in 3 '
+                             'stages), batch 64, RpGAN + R1 + R2 every step',
+                             ('one_stage', 'two_stage')),
 }
-DEFAULT_COMPILE_ONLY = ('stylegan2_256',)
+DEFAULT_COMPILE_ONLY = ('stylegan2_256', 'r3gan_fmnist', 'r3gan_cifar10')
 
 # ------------------------------------------------------------------ the device suite
 
@@ -159,12 +171,16 @@ DEVICE_ROWS = {
         'configs/stylegan2_ffhq.py', {'data.resolution': 256, **_BF16},
         'as stylegan2_256_f32, bf16 in the 4 highest-resolution blocks of G and D '
         '(num_fp16_res=4, conv_clamp=256)', _ONE_TWO),
+    'dcgan64_d128_bf16': RowSpec(
+        'configs/dcgan_celeba.py', {'model.generator.dtype': 'bfloat16',
+                                    'model.discriminator.dtype': 'bfloat16'},
+        'as dcgan64_d128, computed in bfloat16 (float32 parameters and losses)', _ONE_TWO),
 }
 # The suite's order: DCGAN, the PyTorch rows of DCGAN at the same size (pseudo-row
 # 'torch'), StyleGAN2, then the loop (``experiments/loop_throughput.py``, pseudo-row
 # 'loop'; measured on an H200 before, so it is the row --budget-s drops first).
 DEVICE_SUITE = ('dcgan64_d128', 'torch', 'stylegan2_256_f32', 'stylegan2_256_bf16',
-                'loop')
+                'dcgan64_d128_bf16', 'loop')
 _SG2_TINY = {'data.resolution': 8, 'batch_size': 4, 'z_dim': 32,
              'model.generator.w_dim': 32, 'model.generator.mapping_layers': 1,
              'model.generator.channel_base': 256, 'model.generator.channel_max': 32,
@@ -176,11 +192,12 @@ TINY_OVERRIDES = {
     'stylegan2_256_f32': _SG2_TINY,
     'stylegan2_256_bf16': _SG2_TINY,
 }
+TINY_OVERRIDES['dcgan64_d128_bf16'] = TINY_OVERRIDES['dcgan64_d128']
 # Per-row timing budget of the device suite: (rounds, steps per timed call). Measured
 # on one H200: DCGAN one-stage 11.9 ms/step, StyleGAN2 256 one-stage 206 ms/step; the
 # first compile of the StyleGAN2 one-stage step takes 68 s, which dominates the suite.
 DEVICE_TIMING = {'dcgan64_d128': (10, 10), 'stylegan2_256_f32': (4, 2),
-                 'stylegan2_256_bf16': (4, 2)}
+                 'stylegan2_256_bf16': (4, 2), 'dcgan64_d128_bf16': (10, 10)}
 TINY_TIMING = (2, 1)
 # The loop's arguments (``loop_throughput.main``); config overrides map onto them.
 # (The folder source, PNGs decoded on the host, was measured on an H200 before: 4.7k
@@ -936,7 +953,7 @@ def loop_rows(out_dir: str, *, tiny: bool, overrides: dict, log=print) -> list:
 # Rough cost of each device-suite row on one H100/H200 (seconds, fresh compiles
 # included), to skip rows that would not finish within --budget-s.
 DEVICE_ROW_ESTIMATE_S = {'dcgan64_d128': 100, 'torch': 30, 'stylegan2_256_f32': 160,
-                         'stylegan2_256_bf16': 150, 'loop': 60}
+                         'stylegan2_256_bf16': 150, 'dcgan64_d128_bf16': 50, 'loop': 60}
 
 
 def run_device_suite(args, overrides: dict) -> dict:

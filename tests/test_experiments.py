@@ -1,4 +1,4 @@
-"""Tests of the issue 6 measurement scripts (experiments/), without real training."""
+"""Tests of the measurement scripts (experiments/), at toy sizes."""
 
 import csv
 import json
@@ -17,6 +17,9 @@ import ablate_cpu_step as ablate  # noqa: E402  pylint: disable=import-error
 import cpu_layers  # noqa: E402  pylint: disable=import-error
 import cpu_throughput as throughput  # noqa: E402  pylint: disable=import-error
 import loop_throughput  # noqa: E402  pylint: disable=import-error
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
 TINY = bench.RowSpec('configs/dcgan_fashion_mnist.py', {
@@ -109,22 +112,14 @@ def test_measure_row_over_threshold_reports_flops_only(tiny_row):
 
 def test_speed_rows_are_built_from_existing_configs():
   repo = os.path.dirname(bench.__file__)
-  for name in ('dcgan32', 'dcgan64', 'dcgan64_b128', 'wgan64', 'lsgan64', 'hinge64'):
-    spec = bench.ROWS[name]
+  for name, spec in {**bench.ROWS, **bench.DEVICE_ROWS}.items():
     assert os.path.exists(os.path.join(repo, '..', spec.config)), name
+    assert set(spec.variants) <= set(bench.VARIANTS), name
   assert bench.ROWS['dcgan64'].overrides['model.generator.width'] == 64
   assert bench.ROWS['dcgan64_b128'].overrides['batch_size'] == 128
 
 
-# ------------------------------------------------------------------ quality
-
-def _write_metrics(path, records):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    for r in records:
-      f.write(json.dumps(r) + '\n')
-    f.write('{"step": 9')  # a partly written last line is ignored
-
+# ------------------------------------------------------------------ CPU throughput
 
 def test_cpu_throughput_rows_side_by_side(tmp_path):
   """Issue 8's script at a tiny size: both conv implementations, both stages,
@@ -198,72 +193,145 @@ def test_ablations_undo_their_change(tmp_path):
     ablate.main(['--ablations', 'nope'])
 
 
-def test_train_seconds_from_metrics_jsonl(tmp_path):
-  path = str(tmp_path / 'run' / 'metrics.jsonl')
-  _write_metrics(path, [
-      {'step': 50, 'loss_d': 1.0, 'steps_per_sec': 5.0},
-      {'step': 100, 'steps_per_sec': 2.5},
-      {'step': 100, 'fid': 300.0},          # FID-only line: no time
-      {'step': 120, 'steps_per_sec': 10.0}])
-  records = quality.read_metrics(path)
-  assert len(records) == 4
-  assert quality.train_seconds(records) == pytest.approx(10 + 20 + 2)
-  assert quality.train_seconds(records, up_to_step=100) == pytest.approx(30)
+# ------------------------------------------------------------------ quality (issue 17)
+
+def test_quality_verdict_rule():
+  """Welch's t-test decides better/worse; a tight CI within 10% is 'same'."""
+  from scipy import stats
+  verdict = quality.verdict
+  assert verdict([10.0, 10.5, 9.8], [20.0, 21.0, 19.5])['verdict'] == 'better'
+  assert verdict([20.0, 21.0, 19.5], [10.0, 10.5, 9.8])['verdict'] == 'worse'
+  assert verdict([10.0, 10.1, 9.9], [10.05, 9.95, 10.0])['verdict'] == 'same'
+  wide = verdict([10.0, 30.0, 20.0], [12.0, 35.0, 15.0])
+  assert wide['verdict'] == 'not distinguishable' and wide['p'] > 0.05
+  # Close means, but too few seeds to bound the difference within 10%: not 'same'.
+  assert verdict([10.0, 11.0], [10.2, 11.4])['verdict'] == 'not distinguishable'
+  assert verdict([10.0], [20.0, 21.0])['verdict'] == 'not distinguishable'
+  a, b = [10.0, 12.0, 11.0], [14.0, 13.0, 15.5]
+  assert verdict(a, b)['p'] == pytest.approx(
+      stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
 
 
-def test_value_at_time_interpolates():
-  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 25) == pytest.approx(150)
-  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 5) is None
-  assert quality.value_at_time([10, 20, 30], [300, 200, 100], 99) == 100
+def test_quality_summary_at_equal_steps_and_equal_time():
+  """Two-stage 1.5x slower per step: at the one-stage final time it is at 2/3 of
+  its steps, its FID there interpolated between evaluations."""
+  rows = []
+  for stage, sec_per_step in (('one', 0.2), ('two', 0.3)):
+    for seed in range(3):
+      for step in (100, 200, 300):
+        rows.append({'loss': 'hinge', 'stage': stage, 'seed': seed, 'step': step,
+                     'train_seconds': step * sec_per_step,
+                     'fid_classifier': 100.0 - step * 0.1 + seed,
+                     'fid_inception': 50.0 + seed if step == 300 else None,
+                     'fid_classifier_samples': 64, 'fid_inception_samples': 16})
+  e = quality.summarize(rows)['hinge']
+  assert e['final_step'] == 300 and e['seeds'] == [0, 1, 2]
+  assert e['budget_seconds'] == pytest.approx(60.0)
+  one, two = e['stages']['one'], e['stages']['two']
+  assert one['fid_classifier'] == pytest.approx((71.0, 1.0))
+  assert one['fid_inception'] == pytest.approx((51.0, 1.0))
+  assert one['fid_classifier_at_budget'] == pytest.approx((71.0, 1.0))
+  assert two['fid_classifier_at_budget'] == pytest.approx((81.0, 1.0))  # at step 200
+  assert two['train_seconds'] == pytest.approx((90.0, 0.0))
+  assert e['verdict_steps']['verdict'] == 'same'
+  assert e['verdict_time']['verdict'] == 'better'
+  table = quality.markdown(rows, {'hinge': e})
+  assert '| hinge | one-stage | 3 | 300 | 60 ± 0 | 71.00 ± 1.00 (64 samples) |' in table
+  assert quality.value_at_time([10, 20], [300, 200], 5) is None
+  assert quality.value_at_time([10, 20], [300, 200], 99) == 200
 
 
-def _synthetic_points():
-  """Two stages x 3 seeds x 3 evaluation points; two-stage is 1.5x slower per step."""
-  rng = np.random.RandomState(0)
-  points = []
-  for loss in ('non_saturating', 'minimax'):
-    for stage, sec_per_step in (('one', 0.2), ('two', 0.3)):
-      for seed in range(3):
-        for step in (100, 200, 300):
-          points.append({'loss': loss, 'stage': stage, 'seed': seed, 'step': step,
-                         'images': step * 64,
-                         'wall_s': step * sec_per_step * (1 + 0.05 * seed),
-                         'fid': 400 - step * 0.5 + rng.uniform(-5, 5),
-                         'kid_mean': 0.4 - step * 1e-3, 'kid_std': 0.01})
-  return points
+def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
+  """The GPU size's 42 MiB weights: float16 on disk, float32 in the network."""
+  from osgan_jax.metrics import inception
+  path = inception.default_weights_path()
+  if path is None:
+    pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
+  monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'cache'))
+  out = str(tmp_path / 'inception_fp16.npz')
+  assert inception.export_converted(out) < 48 * 2**20
+  reference = inception.convert_file(path)
+  loaded = inception.load_inception_params(out, cache=False)['params']
+  flat = {k: np.asarray(v) for k, v in inception._flatten(loaded).items()}
+  assert set(flat) == set(reference)
+  for k, v in flat.items():
+    assert v.dtype == np.float32
+    np.testing.assert_array_equal(v, reference[k].astype(np.float16).astype(np.float32))
+  np.savez(tmp_path / 'bad.npz', x=np.zeros(3))
+  with pytest.raises(ValueError, match='not a converted Inception weights file'):
+    inception.read_converted(str(tmp_path / 'bad.npz'))
 
 
-def test_quality_outputs_tables_and_plots(tmp_path):
-  points = _synthetic_points()
-  curves = quality.aggregate(points)
-  c = curves[('minimax', 'two')]
-  assert c['step'] == [100, 200, 300] and c['n_seeds'] == [3, 3, 3]
-  assert c['fid_min'][0] <= c['fid_mean'][0] <= c['fid_max'][0]
+def test_fid_evaluator_config_errors(tmp_path):
+  from osgan_jax import config_base
+  from osgan_jax import evaluators
+  config = config_base.load_config(os.path.join(REPO, quality.CONFIG), {
+      'fid.every_steps': 1, 'fid.features': 'nope'})
+  with pytest.raises(config_base.ConfigError, match='fid.features'):
+    evaluators.Fid(config, str(tmp_path), None, 10, True)
+  with config.unlocked():
+    config.fid.features = 'classifier'
+  with pytest.raises(config_base.ConfigError, match='classifier_workdir'):
+    evaluators.Fid(config, str(tmp_path), None, 10, True)
+  with config.unlocked():
+    config.fid.classifier_workdir = str(tmp_path)
+  with pytest.raises(config_base.ConfigError, match='no readable config.json'):
+    evaluators.Fid(config, str(tmp_path), None, 10, True)
 
-  rows = {(r['loss'], r['stage']): r for r in quality.summarize(points)}
-  one, two = rows[('minimax', 'one')], rows[('minimax', 'two')]
-  # The budget is the faster (one-stage) variant's final time; two-stage has not
-  # reached step 300 by then, so its FID there is worse (higher) than its final FID.
-  assert one['budget_s'] == pytest.approx(one['wall_s_mean'])
-  assert one['fid_at_budget_mean'] == pytest.approx(one['fid_final_mean'], abs=6)
-  assert two['fid_at_budget_mean'] > two['fid_final_mean'] + 20
-  assert two['wall_s_mean'] > one['wall_s_mean']
 
-  out = str(tmp_path / 'quality')
-  paths = quality.write_outputs(points, out, {'command': 'test'})
-  for name in ('fid_minimax.png', 'fid_non_saturating.png'):
-    path = os.path.join(out, name)
-    assert path in paths['plots']
-    with open(path, 'rb') as f:
-      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  table = open(os.path.join(out, 'summary.md')).read()
-  assert '| minimax | one-stage | 3 | 300 |' in table
-  assert len(json.load(open(os.path.join(out, 'quality.json')))['points']) == len(points)
-  with open(os.path.join(out, 'quality.csv')) as f:
-    assert len(list(csv.DictReader(f))) == len(points)
-  os.remove(os.path.join(out, 'fid_minimax.png'))
-  assert quality.main(['--render', '--out', out]) == 0  # tables and plots again
-  assert os.path.exists(os.path.join(out, 'fid_minimax.png'))
+@pytest.mark.skipif(not all(os.path.exists(os.path.join(FASHION_MNIST, f'{s}-images-idx3-'
+                                                       'ubyte.gz'))
+                            for s in ('train', 't10k')),
+                    reason='apt-get install dataset-fashion-mnist')
+def test_quality_study_tiny_end_to_end(tmp_path):
+  """Issue 17's study at its tiny size (16x16, 2 seeds, 1 loss, 4 steps, FID at 2, 4):
+  the rows, their resumption from the runs' logs, the table and the plots."""
+  from PIL import Image
+  out, wd = tmp_path / 'out', tmp_path / 'wd'
+  argv = ['--tiny', '--out', str(out), '--workdir', str(wd)]
+  assert quality.main(argv) == 0
+  jsonl = out / 'tiny.jsonl'
+  rows = [json.loads(line) for line in open(jsonl)]
+  assert len(rows) == 1 * 2 * 2 * 2  # loss x stage x seed x evaluation
+  runs = {}
+  for r in rows:
+    assert set(quality.REQUIRED_FIELDS) <= set(r)
+    assert r['loss'] == 'non_saturating' and r['stage'] in ('one', 'two')
+    assert np.isfinite(r['fid_classifier']) and r['fid_classifier'] > 0
+    assert r['fid_inception'] is None and r['fid_inception_samples'] is None
+    assert r['fid_classifier_samples'] == 64 and r['fid_classifier_real'] == 256
+    assert 0.1 < r['classifier_test_accuracy'] <= 1 and r['fid_classifier_seconds'] > 0
+    assert r['images'] == r['step'] * 16 and r['study'] == 'tiny'
+    runs.setdefault((r['stage'], r['seed']), []).append(r)
+  assert sorted(runs) == [('one', 0), ('one', 1), ('two', 0), ('two', 1)]
+  for run in runs.values():
+    assert [r['step'] for r in run] == [2, 4]
+    assert 0 <= run[0]['train_seconds'] < run[1]['train_seconds']
+  assert '--tiny' in (out / 'commands.txt').read_text()
+  table = (out / 'tiny.md').read_text()
+  assert '| non_saturating | one-stage | 2 | 4 |' in table
+  assert '| non_saturating | two-stage | 2 | 4 |' in table
+  assert 'Welch t-test' in table and 'fid_classifier' in table
+  for name in ('tiny_fid_vs_steps.png', 'tiny_fid_vs_seconds.png'):
+    image = np.asarray(Image.open(out / name).convert('L'), np.float32)
+    assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 10
+
+  # Resume: rows missing from the jsonl come back from the runs' logs, unchanged,
+  # without training; present rows are not rewritten.
+  with open(jsonl, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows[:-2])
+  assert quality.main(argv) == 0
+  again = quality.read_rows(str(jsonl))
+  assert len(again) == len(rows) and len(open(jsonl).readlines()) == len(rows)
+  key = lambda r: (r['stage'], r['seed'], r['step'])  # noqa: E731
+  assert ({key(r): r['fid_classifier'] for r in again}
+          == {key(r): r['fid_classifier'] for r in rows})
+
+  # Render from the rows alone.
+  os.remove(out / 'tiny_fid_vs_steps.png')
+  os.remove(out / 'tiny.md')
+  assert quality.main(['--render', '--study', 'tiny', '--out', str(out)]) == 0
+  assert (out / 'tiny_fid_vs_steps.png').exists() and (out / 'tiny.md').read_text() == table
 
 
 def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
