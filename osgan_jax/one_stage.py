@@ -31,6 +31,10 @@ Cost, counting forward, input-gradient and parameter-gradient passes as one unit
     whole batch on dense hardware); + 0 on the other steps.
   * coupled D, asymmetric loss: 3 T_G + 7 T_D (param backward with c, input backward
     with g). Still cheaper than two-stage.
+  * with R1 + R2 (R3GAN) and a per-sample D: one forward of D on reals and fakes, its
+    input backward (which R2 needs and which, scaled per sample, is G's cotangent) and
+    the double backward for D's parameters; two-stage repeats G's forward, D's forward
+    on the fakes and an input backward for G's step.
 
 ``mode='approx'`` is the paper's / official code's method: per-sample gamma times the
 shared image cotangent, whatever the discriminator. It is wrong for coupled
@@ -217,8 +221,11 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
       the initial state); ``aux['loss_state']`` is its update from these logits.
     penalties: ``{'r1' | 'r2' | 'gp': weight}`` (``osgan_jax.penalties``): D-only
       gradient penalties added to D's gradient; ``penalty_rng`` draws ``gp``'s
-      interpolation weights. They need input gradients of D (a double backward), so
-      they run as their own forward and backward of D on the penalised batches.
+      interpolation weights. They need input gradients of D (a double backward). With
+      R2, a per-sample D and one logit per sample (R3GAN), the step shares D's
+      forward with them: D's input gradient at the fakes, which R2 needs, times the
+      per-sample ``dL_G/dlogit`` is G's image cotangent (``_grads_sharing_r2``).
+      Otherwise they run as their own forward and backward of D.
 
   Returns:
     ``(grads_g, grads_d, aux)``; ``aux`` holds ``loss_d``, ``loss_g``, ``gamma_mean``,
@@ -239,96 +246,110 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
     per_sample = samples_independent(discriminate, params_d,
                                      x_real if has_real else x_fake, has_aux=d_has_aux)
 
-  if not has_real:
-    def forward(p, xf):
-      fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
-      return (fake_logits[:0], fake_logits), aux
-  elif per_sample:
-    def forward(p, xf):
-      logits, aux = call_with_aux(discriminate, d_has_aux, p, _concat(x_real, xf))
-      return (logits[:batch], logits[batch:]), aux
+  weights = penalties_lib.validate(penalties)
+  if _penalty_shares_forward(mode, has_real, per_sample, weights, measure_error,
+                             discriminate, params_d, x_fake, d_has_aux):
+    # R2 (with or without R1): D's input gradient at the fakes, which R2 needs, is
+    # also G's image cotangent up to the per-sample dL_G/dlogit, so one forward of D,
+    # its input backward and the double backward give everything.
+    (r32, f32, c_fake, g_fake, grads_d, g_cot, d_aux, aux) = _grads_sharing_r2(
+        discriminate, params_d, x_real, x_fake, loss, loss_state, weights, d_has_aux,
+        batch)
+    sample_axes = ()  # one logit per sample
+    gamma, _ = project(c_fake, g_fake, sample_axes)
+    n_exact = jnp.asarray(0)
+    weights = {k: w for k, w in weights.items() if k not in ('r1', 'r2')}
   else:
-    def forward(p, xf):
-      real_logits, _ = call_with_aux(discriminate, d_has_aux, p, x_real)
-      fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
-      return (real_logits, fake_logits), aux
-  (real_logits, fake_logits), vjp_d, d_aux = jax.vjp(forward, params_d, x_fake,
-                                                     has_aux=True)
-
-  # Cotangents at the logits, computed in float32 whatever D's compute dtype.
-  r32, f32 = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
-  c_real, c_fake, g_fake = loss.coefficients(r32, f32, loss_state)
-  sample_axes = tuple(range(1, f32.ndim))
-  gamma, decomposable = project(c_fake, g_fake, sample_axes)
-
-  def backward(cot_real, cot_fake):
-    return vjp_d((cot_real.astype(real_logits.dtype), cot_fake.astype(fake_logits.dtype)))
-
-  def exact_image_cotangent(g_cot_fake):
-    """Input-only backward of D with G's cotangent (D's parameter grads unused)."""
-    return backward(jnp.zeros_like(c_real), g_cot_fake)[1]
-
-  def fake_image_cotangent(g_cot_fake):
-    """The same from a fresh forward of D on the fakes alone (valid since D's fake call
-    never sees the reals: per-sample D, or separate calls when D couples samples).
-    For use under ``lax.cond``: it keeps the main backward's intermediates out of the
-    branch, which XLA would otherwise materialise as branch operands on every step,
-    taken or not."""
-    _, vjp_x = jax.vjp(
-        lambda xf: call_with_aux(discriminate, d_has_aux, params_d, xf)[0], x_fake)
-    return vjp_x(g_cot_fake.astype(fake_logits.dtype))[0]
-
-  aux = {}
-  if per_sample or mode == 'approx':
-    grads_d, x_bar = backward(c_real, c_fake)
-    g_cot = _scale(gamma, x_bar)
-    if mode == 'exact':
-      n_exact = jnp.sum(~decomposable)
-
-      def fix(g_cot):
-        only_needed = jnp.where(_per_sample(decomposable, g_fake), 0.0, g_fake)
-        return _select(decomposable, g_cot, fake_image_cotangent(only_needed))
-
-      g_cot = jax.lax.cond(n_exact > 0, fix, lambda c: c, g_cot)
+    if not has_real:
+      def forward(p, xf):
+        fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
+        return (fake_logits[:0], fake_logits), aux
+    elif per_sample:
+      def forward(p, xf):
+        logits, aux = call_with_aux(discriminate, d_has_aux, p, _concat(x_real, xf))
+        return (logits[:batch], logits[batch:]), aux
     else:
-      # The approximation is wrong wherever gamma is not exact, and for every sample
-      # when D couples samples unless one global gamma fits (symmetric losses).
-      n_exact = jnp.sum(~decomposable)
-      if not per_sample:
-        global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
-        fits = global_ok & jnp.all(jnp.abs(gamma - global_gamma)
-                                   <= 1e-6 * jnp.abs(global_gamma))
-        n_exact = jnp.where(fits, 0, batch)
-      if measure_error:
-        exact = exact_image_cotangent(g_fake)
-        diff = jax.tree.map(lambda a, b: a if a.dtype == jax.dtypes.float0 else a - b,
-                            g_cot, exact)
-        aux['approx_rel_err'] = jnp.sqrt(_sq_norm(diff) / jnp.maximum(
-            _sq_norm(exact), np.finfo(np.float32).tiny))
-  else:
-    # Coupled D, exact: one global gamma is exact (symmetric losses) or nothing is.
-    # The loss decides the path statically, so D's backward never sits inside a
-    # lax.cond (XLA:CPU compiles convolutions in a conditional without its fast
-    # paths: a tiny StyleGAN2 step was 10x slower that way).
-    global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
-    with jax.ensure_compile_time_eval():
-      symmetric = losses_lib.is_symmetric(loss)
-    if symmetric:
+      def forward(p, xf):
+        real_logits, _ = call_with_aux(discriminate, d_has_aux, p, x_real)
+        fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
+        return (real_logits, fake_logits), aux
+    (real_logits, fake_logits), vjp_d, d_aux = jax.vjp(forward, params_d, x_fake,
+                                                       has_aux=True)
+
+    # Cotangents at the logits, computed in float32 whatever D's compute dtype.
+    r32, f32 = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
+    c_real, c_fake, g_fake = loss.coefficients(r32, f32, loss_state)
+    sample_axes = tuple(range(1, f32.ndim))
+    gamma, decomposable = project(c_fake, g_fake, sample_axes)
+
+    def backward(cot_real, cot_fake):
+      return vjp_d((cot_real.astype(real_logits.dtype), cot_fake.astype(fake_logits.dtype)))
+
+    def exact_image_cotangent(g_cot_fake):
+      """Input-only backward of D with G's cotangent (D's parameter grads unused)."""
+      return backward(jnp.zeros_like(c_real), g_cot_fake)[1]
+
+    def fake_image_cotangent(g_cot_fake):
+      """The same from a fresh forward of D on the fakes alone (valid since D's fake call
+      never sees the reals: per-sample D, or separate calls when D couples samples).
+      For use under ``lax.cond``: it keeps the main backward's intermediates out of the
+      branch, which XLA would otherwise materialise as branch operands on every step,
+      taken or not."""
+      _, vjp_x = jax.vjp(
+          lambda xf: call_with_aux(discriminate, d_has_aux, params_d, xf)[0], x_fake)
+      return vjp_x(g_cot_fake.astype(fake_logits.dtype))[0]
+
+    aux = {}
+    if per_sample or mode == 'approx':
       grads_d, x_bar = backward(c_real, c_fake)
-      g_cot = _scale(jnp.full((batch,), global_gamma), x_bar)
-      # Where the logits leave no global gamma (e.g. every coefficient zero).
-      g_cot = jax.lax.cond(global_ok, lambda c: c,
-                           lambda c: fake_image_cotangent(g_fake), g_cot)
-      n_exact = jnp.where(global_ok, 0, batch)
+      g_cot = _scale(gamma, x_bar)
+      if mode == 'exact':
+        n_exact = jnp.sum(~decomposable)
+
+        def fix(g_cot):
+          only_needed = jnp.where(_per_sample(decomposable, g_fake), 0.0, g_fake)
+          return _select(decomposable, g_cot, fake_image_cotangent(only_needed))
+
+        g_cot = jax.lax.cond(n_exact > 0, fix, lambda c: c, g_cot)
+      else:
+        # The approximation is wrong wherever gamma is not exact, and for every sample
+        # when D couples samples unless one global gamma fits (symmetric losses).
+        n_exact = jnp.sum(~decomposable)
+        if not per_sample:
+          global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
+          fits = global_ok & jnp.all(jnp.abs(gamma - global_gamma)
+                                     <= 1e-6 * jnp.abs(global_gamma))
+          n_exact = jnp.where(fits, 0, batch)
+        if measure_error:
+          exact = exact_image_cotangent(g_fake)
+          diff = jax.tree.map(lambda a, b: a if a.dtype == jax.dtypes.float0 else a - b,
+                              g_cot, exact)
+          aux['approx_rel_err'] = jnp.sqrt(_sq_norm(diff) / jnp.maximum(
+              _sq_norm(exact), np.finfo(np.float32).tiny))
     else:
-      grads_d = backward(c_real, c_fake)[0]
-      g_cot = exact_image_cotangent(g_fake)
-      n_exact = jnp.asarray(batch)
+      # Coupled D, exact: one global gamma is exact (symmetric losses) or nothing is.
+      # The loss decides the path statically, so D's backward never sits inside a
+      # lax.cond (XLA:CPU compiles convolutions in a conditional without its fast
+      # paths: a tiny StyleGAN2 step was 10x slower that way).
+      global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
+      with jax.ensure_compile_time_eval():
+        symmetric = losses_lib.is_symmetric(loss)
+      if symmetric:
+        grads_d, x_bar = backward(c_real, c_fake)
+        g_cot = _scale(jnp.full((batch,), global_gamma), x_bar)
+        # Where the logits leave no global gamma (e.g. every coefficient zero).
+        g_cot = jax.lax.cond(global_ok, lambda c: c,
+                             lambda c: fake_image_cotangent(g_fake), g_cot)
+        n_exact = jnp.where(global_ok, 0, batch)
+      else:
+        grads_d = backward(c_real, c_fake)[0]
+        g_cot = exact_image_cotangent(g_fake)
+        n_exact = jnp.asarray(batch)
 
   (grads_g,) = vjp_g(g_cot)
-  if penalties:
+  if weights:
     grads_p, penalty_metrics = _penalty_grads(discriminate, params_d, x_real, x_fake,
-                                              penalties, penalty_rng, d_has_aux)
+                                              weights, penalty_rng, d_has_aux)
     grads_d = jax.tree.map(jnp.add, grads_d, grads_p)
     aux.update(penalty_metrics)
 
@@ -350,6 +371,63 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   aux['gamma_min'] = jnp.where(any_defined, aux['gamma_min'], 0.0)
   aux['gamma_max'] = jnp.where(any_defined, aux['gamma_max'], 0.0)
   return grads_g, grads_d, aux
+
+
+def _penalty_shares_forward(mode, has_real, per_sample, weights, measure_error,
+                            discriminate, params_d, x_fake, d_has_aux) -> bool:
+  """Whether ``_grads_sharing_r2`` applies: exact mode, real data, R2 requested, and a
+  D that scores each sample by itself with one logit (so d sum_j D(x_j) / d x_i is
+  dD(x_i)/dx_i)."""
+  if not (mode == 'exact' and has_real and per_sample and 'r2' in weights
+          and not measure_error):
+    return False
+  logits = jax.eval_shape(
+      lambda p, x: call_with_aux(discriminate, d_has_aux, p, x)[0], params_d, x_fake)
+  return logits.ndim == 1
+
+
+def _cotangent_like(x, float_cotangents):
+  """A cotangent pytree for ``x``: the given arrays at its float leaves (in order),
+  float0 zeros at its integer leaves (labels)."""
+  leaves, treedef = jax.tree.flatten(x)
+  it = iter(float_cotangents)
+  out = [next(it).astype(l.dtype) if _is_float(l)
+         else np.zeros(np.shape(l), jax.dtypes.float0) for l in leaves]
+  return jax.tree.unflatten(treedef, out)
+
+
+def _grads_sharing_r2(discriminate, params_d, x_real, x_fake, loss, loss_state, weights,
+                      d_has_aux, batch):
+  """D's gradient of L_D + R1/R2 and G's image cotangent from one forward of D.
+
+  One forward of D on [reals; fakes] and its input backward give the logits and
+  ``d sum_j D(x_j) / d x``; differentiating ``c . logits + penalties`` (``c`` held
+  constant) with respect to D's parameters is the double backward, which gives
+  J_params^T c plus the penalties' gradient. G's cotangent is ``g_i dD(x_i)/dx_i``
+  (per-sample D, one logit per sample), exact for every loss, with no gamma.
+  """
+  x_cat = _concat(x_real, jax.lax.stop_gradient(x_fake))
+
+  def objective(p):
+    grads_x, logits, aux = penalties_lib.input_grads(discriminate, p, x_cat,
+                                                     has_aux=d_has_aux)
+    l32 = logits.astype(jnp.float32)
+    r32, f32 = l32[:batch], l32[batch:]
+    c_real, c_fake, g_fake = jax.lax.stop_gradient(loss.coefficients(r32, f32, loss_state))
+    sq = penalties_lib.sq_norms(grads_x)
+    metrics, total = {}, jnp.sum(c_real * r32) + jnp.sum(c_fake * f32)
+    for name, half in (('r1', sq[:batch]), ('r2', sq[batch:])):
+      if name in weights:
+        metrics[f'{name}_penalty'] = jnp.mean(half)
+        total = total + weights[name] / 2 * metrics[f'{name}_penalty']
+    fake_grads = [jax.lax.stop_gradient(g[batch:]) for g in grads_x]
+    return total, (r32, f32, c_fake, g_fake, fake_grads, aux, metrics)
+
+  grads_d, (r32, f32, c_fake, g_fake, fake_grads, d_aux, metrics) = jax.grad(
+      objective, has_aux=True)(params_d)
+  g_cot = _cotangent_like(x_fake, [_per_sample(g_fake, g) * g for g in fake_grads])
+  return (jax.lax.stop_gradient(r32), jax.lax.stop_gradient(f32), c_fake, g_fake,
+          grads_d, g_cot, d_aux, metrics)
 
 
 def _penalty_grads(discriminate, params_d, x_real, x_fake, weights, rng, has_aux):

@@ -44,9 +44,12 @@ def _f32(x):
   return jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
 
 
-def input_grad_sq_norms(discriminate: Callable, params_d, x, *, has_aux: bool = False):
-  """``(per-sample ||d sum_j D(x_j) / d x_i||^2 [B], logits, aux)`` in float32 (or
-  float64 for float64 inputs); ``aux`` is None without ``has_aux``."""
+def input_grads(discriminate: Callable, params_d, x, *, has_aux: bool = False):
+  """``(grads, logits, aux)``: ``d sum_j D(x_j) / d x`` as a list over the float leaves
+  of ``x`` (in ``jax.tree.leaves`` order); ``aux`` is None without ``has_aux``.
+
+  Differentiable with respect to ``params_d`` (the double backward of a penalty), and
+  the ``logits`` are those of the same forward, so a caller can train on them too."""
   floats, rebuild = _float_leaves(x)
 
   def summed(floats):
@@ -55,9 +58,19 @@ def input_grad_sq_norms(discriminate: Callable, params_d, x, *, has_aux: bool = 
     return jnp.sum(_f32(logits)), (logits, aux)
 
   grads, (logits, aux) = jax.grad(summed, has_aux=True)(floats)
-  per_sample = sum(jnp.sum(jnp.square(_f32(g)).reshape(g.shape[0], -1), axis=1)
-                   for g in grads)
-  return per_sample, logits, aux
+  return grads, logits, aux
+
+
+def sq_norms(grads) -> jax.Array:
+  """Per-sample squared norms ``[B]`` (float32 or float64) of ``input_grads``' list."""
+  return sum(jnp.sum(jnp.square(_f32(g)).reshape(g.shape[0], -1), axis=1) for g in grads)
+
+
+def input_grad_sq_norms(discriminate: Callable, params_d, x, *, has_aux: bool = False):
+  """``(per-sample ||d sum_j D(x_j) / d x_i||^2 [B], logits, aux)`` in float32 (or
+  float64 for float64 inputs); ``aux`` is None without ``has_aux``."""
+  grads, logits, aux = input_grads(discriminate, params_d, x, has_aux=has_aux)
+  return sq_norms(grads), logits, aux
 
 
 def validate(weights) -> dict:
