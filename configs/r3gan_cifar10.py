@@ -13,8 +13,8 @@ beta2 0.9 -> 0.99, gamma 0.05 -> 0.005 and G's EMA half-life 0 -> 5000 kimg
 
 Not expressed here: the official x-flips (``--mirror=1``) and its ADA-style
 augmentation (``--aug=1``, p ramped 0 -> 0.55); the official run has no set length
-(``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` below (100M images) is a
-choice. Data: CIFAR-10 through tensorflow-datasets (``data.download=True`` fetches it
+(``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` (100M images; see
+``config_base.official_r3gan_config``) is a choice. Data: CIFAR-10 through tensorflow-datasets (``data.download=True`` fetches it
 once), e.g. on one GPU:
 
   python -m osgan_jax.main --config=configs/r3gan_cifar10.py --workdir=DIR \
@@ -24,57 +24,14 @@ Two-stage baseline: ``--config.stage=two``. Parameters:
 ``python -m osgan_jax.summary --config=configs/r3gan_cifar10.py``.
 """
 
-import ml_collections
-
 from osgan_jax import config_base
-
-DECAY_IMAGES = 20_000_000
 
 
 def get_config():
-  c = config_base.get_base_config()
-  c.loss = 'relativistic'
-  c.batch_size = 512
-  decay_steps = -(-DECAY_IMAGES // c.batch_size)
-  c.num_train_steps = 5 * decay_steps
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 2_000
-  c.sample_every_steps = 2_000
+  c = config_base.official_r3gan_config('CIFAR10')
   c.num_samples = 100
-  c.z_dim = 64
   c.num_classes = 10
-
   c.data.name = 'cifar10'
   c.data.resolution = 32
   c.data.channels = 3
-
-  c.model.name = 'r3gan'
-  # The defaults of osgan_jax.models.r3gan are the official widths and groups; the
-  # class embeddings default to the preset's (z_dim in G, the 4x4 width in D).
-  c.model.generator = ml_collections.ConfigDict(
-      dict(num_mixed_stages=3, conv_impl='auto'))
-  c.model.discriminator = ml_collections.ConfigDict(
-      dict(num_mixed_stages=3, conv_impl='auto'))
-
-  c.optimizer.g_lr = 2e-4
-  c.optimizer.d_lr = 2e-4
-  c.optimizer.b1 = 0.0
-  c.optimizer.b2 = 0.9
-  c.optimizer.eps = 1e-8
-  c.penalty.r1 = 0.05
-  c.penalty.r2 = 0.05
-  c.ema.half_life_kimg = 0.0
-
-  c.schedule.kind = 'cosine'
-  c.schedule.steps = decay_steps
-  c.schedule.g_lr = 5e-5
-  c.schedule.d_lr = 5e-5
-  c.schedule.b2 = 0.99
-  c.schedule.r1 = 0.005
-  c.schedule.r2 = 0.005
-  c.schedule.ema_half_life_kimg = 5000.0
-
-  c.fid.every_steps = 10_000
-  c.fid.num_samples = 50_000
-  c.fid.num_real = -1
   return c

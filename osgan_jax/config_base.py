@@ -256,6 +256,61 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The official R3GAN presets (brownvc/R3GAN ``train.py``): batch, gamma's ramp, the
+# final EMA half-life (kimg) and the bfloat16 stages; every preset ramps lr 2e-4 ->
+# 5e-5, beta2 0.9 -> 0.99, gamma and the EMA half-life by one cosine over 20M images.
+R3GAN_PRESETS = {
+    'CIFAR10': dict(batch_size=512, gamma=(0.05, 0.005), ema_kimg=5000.0,
+                    mixed_stages=3),
+    'FFHQ-256': dict(batch_size=256, gamma=(150.0, 15.0), ema_kimg=500.0,
+                     mixed_stages=4),
+}
+R3GAN_DECAY_IMAGES = 20_000_000
+
+
+def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
+  """The base config with an official R3GAN preset (``R3GAN_PRESETS``).
+
+  Networks: ``osgan_jax.models.r3gan``'s defaults (the official widths and groups),
+  z 64, the preset's bfloat16 stages. Training: RpGAN (``'relativistic'``) with R1 and
+  R2 every step, Adam betas (0, beta2), eps 1e-8, and the official ramps
+  (``config.schedule``). The official run has no set length (``--kimg`` defaults to
+  10^7 kimg); ``num_train_steps`` is 100M images, a choice. Data is the caller's.
+  """
+  p = R3GAN_PRESETS[preset]
+  c = get_base_config()
+  c.loss = 'relativistic'
+  c.batch_size = p['batch_size']
+  decay_steps = -(-R3GAN_DECAY_IMAGES // c.batch_size)
+  c.num_train_steps = 5 * decay_steps
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2_000
+  c.sample_every_steps = 2_000
+  c.z_dim = 64
+
+  c.model.name = 'r3gan'
+  for net in ('generator', 'discriminator'):
+    c.model[net] = ml_collections.ConfigDict(
+        dict(num_mixed_stages=p['mixed_stages'], conv_impl='auto'))
+
+  c.optimizer.g_lr = c.optimizer.d_lr = 2e-4
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.0, 0.9, 1e-8
+  c.penalty.r1 = c.penalty.r2 = p['gamma'][0]
+  c.ema.half_life_kimg = 0.0
+
+  c.schedule.kind = 'cosine'
+  c.schedule.steps = decay_steps
+  c.schedule.g_lr = c.schedule.d_lr = 5e-5
+  c.schedule.b2 = 0.99
+  c.schedule.r1 = c.schedule.r2 = p['gamma'][1]
+  c.schedule.ema_half_life_kimg = p['ema_kimg']
+
+  c.fid.every_steps = 10_000
+  c.fid.num_samples = 50_000
+  c.fid.num_real = -1
+  return c
+
+
 def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   """Fashion-MNIST at 32x32: LeNet-5 teacher, LeNet-5-half student, DFAD's generator.
 
