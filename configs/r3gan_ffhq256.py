@@ -13,8 +13,9 @@ R3GAN's ``cosine_decay_with_warmup``). The paper reports FID 2.75 for this setti
 Not expressed here: the official x-flips (``--mirror=1``) and its ADA-style
 augmentation (``--aug=1``, p ramped 0 -> 0.3); the official run has no set length
 (``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` (100M images; see
-``config_base.official_r3gan_config``) is a choice. Data: FFHQ as a folder of PNGs (the 1024x1024 release is resized with PIL; a
-prepared copy, ``python -m osgan_jax.prepare_data``, reads faster):
+``config_base.official_r3gan_config``) is a choice. Data: FFHQ as a folder of PNGs
+(the 1024x1024 release is resized with PIL; a prepared copy, ``python -m
+osgan_jax.prepare_data``, reads faster):
 
   python -m osgan_jax.main --config=configs/r3gan_ffhq256.py --workdir=DIR \
       --config.data.path=/data/ffhq/images1024x1024
