@@ -271,8 +271,8 @@ R3GAN_DECAY_IMAGES = 20_000_000
 def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
   """The base config with an official R3GAN preset (``R3GAN_PRESETS``).
 
-  Networks: ``osgan_jax.models.r3gan``'s defaults (the official widths and groups),
-  z 64, the preset's bfloat16 stages. Training: RpGAN (``'relativistic'``) with R1 and
+  Networks: the official widths (``min(24576 / resolution, 768)``) and 16 channels per
+  group, 2 blocks per stage, expansion 2, z 64, the preset's bfloat16 stages. Training: RpGAN (``'relativistic'``) with R1 and
   R2 every step, Adam betas (0, beta2), eps 1e-8, and the official ramps
   (``config.schedule``). The official run has no set length (``--kimg`` defaults to
   10^7 kimg); ``num_train_steps`` is 100M images, a choice. Data is the caller's.
@@ -290,8 +290,9 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
 
   c.model.name = 'r3gan'
   for net in ('generator', 'discriminator'):
-    c.model[net] = ml_collections.ConfigDict(
-        dict(num_mixed_stages=p['mixed_stages'], conv_impl='auto'))
+    c.model[net] = ml_collections.ConfigDict(dict(
+        channel_base=24576, channel_max=768, group_size=16, blocks_per_stage=2,
+        expansion=2, num_mixed_stages=p['mixed_stages'], conv_impl='auto'))
 
   c.optimizer.g_lr = c.optimizer.d_lr = 2e-4
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.0, 0.9, 1e-8

@@ -524,6 +524,8 @@ def test_config_summary():
   assert totals == {'G': 97_808, 'D': 94_416}
 
 
+# tests/test_train.py::test_every_config_trains trains this config in both stages.
+@pytest.mark.slow
 def test_config_trains_two_steps(tmp_path):
   overrides = {
       'batch_size': 8, 'num_train_steps': 2, 'log_every_steps': 1,
