@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from osgan_jax.config_base import ConfigError
+from osgan_jax.metrics import fid
 
 
 def _penultimate(model, variables, x):
@@ -133,17 +134,5 @@ class ClassifierFeatures:
   def extract_batches(self, batches: Iterable[Any], total: Optional[int] = None,
                       progress: bool = False, desc: str = 'features') -> np.ndarray:
     """Features of an iterable of image batches (``FeatureExtractor``'s interface)."""
-    bar = None
-    if progress:
-      from tqdm import tqdm
-      bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
-    outs = []
-    try:
-      for batch in batches:
-        outs.append(self(batch))
-        if bar is not None:
-          bar.update(len(outs[-1]))
-    finally:
-      if bar is not None:
-        bar.close()
-    return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
+    return fid.extract_with_progress(self, batches, self.dim, total=total,
+                                     progress=progress, desc=desc)

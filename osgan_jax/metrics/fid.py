@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,29 @@ def _jitted_network():
 @functools.lru_cache(maxsize=None)
 def _jitted_preprocess():
     return jax.jit(inception.preprocess, static_argnames=('quantize', 'resolution'))
+
+
+def extract_with_progress(fn: Callable[[Any], np.ndarray], batches: Iterable[Any],
+                          dim: int, *, total: Optional[int] = None,
+                          progress: bool = False, desc: str = 'features') -> np.ndarray:
+    """``fn`` over an iterable of image batches, concatenated ``[N, dim]``, with an
+    optional tqdm bar counting images (shared by every feature network)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+    outs = []
+    try:
+        for batch in batches:
+            outs.append(fn(batch))
+            if bar is not None:
+                bar.update(len(outs[-1]))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not outs:
+        return np.zeros((0, dim), np.float32)
+    return np.concatenate(outs)
 
 
 class FeatureExtractor:
@@ -141,23 +164,9 @@ class FeatureExtractor:
         ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
         rather than raw images.  ``total`` is the number of images, for the bar.
         """
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
-        outs = []
-        try:
-            for batch in batches:
-                feats = self.from_network_input(batch) if preprocessed else self(batch)
-                outs.append(feats)
-                if bar is not None:
-                    bar.update(len(feats))
-        finally:
-            if bar is not None:
-                bar.close()
-        if not outs:
-            return np.zeros((0, FEATURE_DIM), np.float32)
-        return np.concatenate(outs)
+        fn = self.from_network_input if preprocessed else self
+        return extract_with_progress(fn, batches, FEATURE_DIM, total=total,
+                                     progress=progress, desc=desc)
 
 
 # --------------------------------------------------------------------------------------
