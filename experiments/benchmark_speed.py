@@ -39,8 +39,7 @@ Rows that would take too long here (``--max-row-seconds``) or are marked compile
   python experiments/benchmark_speed.py --out experiments/results/speed/results.json
   python experiments/benchmark_speed.py --models dcgan32,dcgan64 --rounds 30
 
-Device suite (issue 15; sized for one run of at most 8 minutes on one H100/H200), in
-this order: DCGAN 64 at the official size (``configs/dcgan_celeba.py``: d=128, batch
+Device suite (issue 15; each run at most 8 minutes, ``--budget-s``), in this order: DCGAN 64 at the official size (``configs/dcgan_celeba.py``: d=128, batch
 128; all four variants; each variant compiled first in a fresh process, and also for
 the CPU: ``flops_xla_cpu``), PyTorch's official DCGAN steps on CUDA at the same size,
 eager and tuned (when torch is importable and has CUDA), StyleGAN2 256 float32 and bf16
@@ -50,7 +49,12 @@ two-stage), and the training loop's end-to-end rate (``experiments/loop_throughp
 --real``: DCGAN 64 one/two-stage alone and through ``python -m osgan_jax.main``). The
 fresh-process children and this process share a new persistent compilation cache, so
 each program is compiled once (by its child). Rows that would end after ``--budget-s``
-(480 s; from ``DEVICE_ROW_ESTIMATE_S``) are skipped; each row's elapsed time is printed.
+(480 s; from ``DEVICE_ROW_ESTIMATE_S``) are skipped and the command that runs them is
+printed: on one H200 all rows take about 11 minutes (StyleGAN2 alone 7: four fresh
+compiles of 45-77 s), so the default run ends after the bf16 DCGAN row and the second
+command measures StyleGAN2 bf16 and the loop. Each row's elapsed time is printed, and
+its ``setup_*`` (build, init, D's coupling probe) and ``first_call_s`` fields say
+where the time went.
 ``--tiny`` runs the same rows at toy sizes (the loop without ``--real``; about a minute
 on a quiet 2-core CPU). ``--override KEY=VALUE`` (repeatable) applies to every row (the
 loop takes batch_size, data.resolution and the widths). Results: ``--out`` (a
@@ -74,6 +78,7 @@ import os
 import functools
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -347,21 +352,30 @@ def build(spec: RowSpec, *, seed: int = 0, overrides: dict | None = None,
 
 
 def prepare(spec: RowSpec, *, overrides: dict | None = None, extra: dict | None = None,
-            per_sample: bool | None = None):
+            per_sample: bool | None = None, times: dict | None = None):
   """``(config, gan, init, batch, abstract_state)``: the row built, D's coupling probed
   and the state's shapes; what both this process and a fresh-compile child trace.
 
   With ``per_sample`` given (a child gets the parent's probe result), nothing is run or
-  compiled: the state's shapes come from ``jax.eval_shape``.
+  compiled: the state's shapes come from ``jax.eval_shape``. ``times`` receives the
+  seconds of the one-off work before a step compiles (``build_s``, ``init_s``: the
+  initialiser compiled and run, ``probe_s``: D's coupling probe), as a training run
+  pays them before its first step.
   """
+  times = {} if times is None else times
+  t0 = time.perf_counter()
   config, gan, init, batch = build(spec, overrides=overrides, extra=extra)
+  times['build_s'] = round(time.perf_counter() - t0, 3)
   if per_sample is not None:
     gan = dataclasses.replace(gan, per_sample=bool(per_sample))
     state = jax.eval_shape(init, jax.random.PRNGKey(0))
   else:
-    state = init(jax.random.PRNGKey(0))
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(init(jax.random.PRNGKey(0)))
+    t1 = time.perf_counter()
     probe = {k: v[:max(2, min(4, v.shape[0]))] for k, v in batch.items()}
     gan = steps.probe_per_sample(gan, state, probe)
+    times.update(init_s=round(t1 - t0, 3), probe_s=round(time.perf_counter() - t1, 3))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   return config, gan, init, batch, abstract
 
@@ -491,7 +505,9 @@ def compile_row(name: str, spec: RowSpec, *, overrides: dict | None = None,
   variant first in a fresh process (``fresh_compile``, ``child_env``) and report that
   as ``compile_s``.
   """
-  config, gan, init, batch, abstract = prepare(spec, overrides=overrides, extra=extra)
+  setup = {}
+  config, gan, init, batch, abstract = prepare(spec, overrides=overrides, extra=extra,
+                                               times=setup)
   batch_size = int(config.batch_size)
   backend = jax.default_backend()
   rng = jax.random.PRNGKey(1)
@@ -502,7 +518,8 @@ def compile_row(name: str, spec: RowSpec, *, overrides: dict | None = None,
            'overrides': {**spec.overrides, **(overrides or {})},
            'loss': str(config.loss), 'batch': batch_size,
            'resolution': int(config.data.resolution),
-           'per_sample_d': bool(gan.per_sample)}
+           'per_sample_d': bool(gan.per_sample),
+           **{f'setup_{k}': v for k, v in setup.items()}}
     if fresh:
       child = fresh_compile(spec, variant, overrides=overrides, extra=extra,
                             per_sample=gan.per_sample, env=child_env)
@@ -594,6 +611,7 @@ def time_row(c: CompiledRow, *, rounds: int, warmup: int = 1,
       fn()
       first[variant] = time.perf_counter() - t0
       rows[variant]['rss_peak_bytes'] = _proc_status_bytes('VmHWM') if reset else None
+      rows[variant]['first_call_s'] = round(first[variant], 3)
     estimate = sum(first.values()) * (rounds + warmup)
     if estimate > max_row_seconds:
       mode = 'too_slow'
@@ -950,10 +968,14 @@ def loop_rows(out_dir: str, *, tiny: bool, overrides: dict, log=print) -> list:
   return rows
 
 
-# Rough cost of each device-suite row on one H100/H200 (seconds, fresh compiles
-# included), to skip rows that would not finish within --budget-s.
-DEVICE_ROW_ESTIMATE_S = {'dcgan64_d128': 100, 'torch': 30, 'stylegan2_256_f32': 160,
-                         'stylegan2_256_bf16': 150, 'dcgan64_d128_bf16': 50, 'loop': 60}
+# Cost of each device-suite row on one H200 (seconds, fresh compiles included; measured
+# 2026-11-26, results/device/gpu_nvidia_h200*.json: dcgan64_d128 89-103, torch 21,
+# stylegan2_256_f32 262 (two 77 s fresh compiles), stylegan2_256_bf16 160,
+# dcgan64_d128_bf16 58), to skip rows that would not finish within --budget-s. All
+# rows together take about 11 minutes there, so the default 8-minute budget leaves the
+# last ones to a second command, which the suite prints.
+DEVICE_ROW_ESTIMATE_S = {'dcgan64_d128': 100, 'torch': 25, 'stylegan2_256_f32': 265,
+                         'stylegan2_256_bf16': 165, 'dcgan64_d128_bf16': 60, 'loop': 60}
 
 
 def run_device_suite(args, overrides: dict) -> dict:
@@ -1059,7 +1081,12 @@ def run_device_suite(args, overrides: dict) -> dict:
   csv_path = write_record(record, path)
   print(device_table(record['rows']))
   if record['skipped']:
-    print(f'skipped (budget): {", ".join(record["skipped"])}')
+    rerun = ['python', 'experiments/benchmark_speed.py', '--suite=device', '--models',
+             ','.join(record['skipped']), '--out', f'{os.path.splitext(path)[0]}_rest.json',
+             *(['--tiny'] if tiny else []),
+             *[f'--override={k}={v}' for k, v in overrides.items()]]
+    print(f'skipped (budget): {", ".join(record["skipped"])}; run them with: '
+          f'{shlex.join(rerun)}')
   if record['errors']:
     print(f'failed rows: {", ".join(record["errors"])}')
   print(f'wrote {path} and {csv_path} in {record["elapsed_s"]:.0f} s')

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -594,6 +595,11 @@ def test_device_suite_tiny_end_to_end(tmp_path):
     assert r['compile_in_process_s'] < 0.5 * r['compile_s'], v
   assert dcgan['one_stage']['flops'] == dcgan['one_stage_approx']['flops']
   assert dcgan['one_stage']['flops_max_branch'] > dcgan['one_stage']['flops']
+  for r in rows:  # where a row's time went, beside its compiles
+    if r['model'] in bench.DEVICE_ROWS:
+      assert r['setup_build_s'] > 0 and r['setup_init_s'] > 0, (r['model'], r['variant'])
+      assert r['setup_probe_s'] >= 0   # 0 where the config settles D's coupling
+      assert r['first_call_s'] > 0, (r['model'], r['variant'])
 
   for name in ('stylegan2_256_f32', 'stylegan2_256_bf16'):
     for v in ('one_stage', 'two_stage'):
@@ -615,3 +621,23 @@ def test_device_suite_tiny_end_to_end(tmp_path):
   torch_rows = [r for r in rows if r['model'].startswith('torch')]
   assert bool(torch_rows) == has_cuda
   assert bench.main(['--render', str(out / path)]) == 0
+
+
+def test_device_suite_budget_skips_rows_and_prints_their_command(tmp_path):
+  """Rows past ``--budget-s`` are skipped, recorded, and the command that measures
+  them (same overrides) is printed, so a user splits the suite over two runs."""
+  out = tmp_path / 'device'
+  script = os.path.join(os.path.dirname(bench.__file__), 'benchmark_speed.py')
+  result = subprocess.run(
+      [sys.executable, script, '--suite=device', '--tiny', '--budget-s', '0',
+       '--models', 'dcgan64_d128,loop', '--override', 'batch_size=4', '--out', str(out)],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.loads((out / 'tiny_cpu_cpu.json').read_text())
+  assert record['skipped'] == ['dcgan64_d128', 'loop'] and record['rows'] == []
+  [line] = [l for l in result.stdout.splitlines() if l.startswith('skipped (budget)')]
+  command = line.split('run them with: ')[1]
+  assert shlex.split(command) == [
+      'python', 'experiments/benchmark_speed.py', '--suite=device', '--models',
+      'dcgan64_d128,loop', '--out', str(out / 'tiny_cpu_cpu_rest.json'), '--tiny',
+      '--override=batch_size=4']
