@@ -1,4 +1,5 @@
 """osgan_jax: one-stage GAN training (Shen et al., CVPR 2021) in JAX."""
+
 import setuptools
 
 setuptools.setup(
@@ -32,7 +33,7 @@ setuptools.setup(
     # JAX's own extras (jax 0.10-0.12 define these): CUDA 12 or 13 wheels with the
     # matching NVIDIA libraries ("cuda" is JAX's default, CUDA 12), or libtpu.
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pyink==26.5.1"],
         "cuda": ["jax[cuda12]>=0.10,<0.13"],
         "cuda12": ["jax[cuda12]>=0.10,<0.13"],
         "cuda13": ["jax[cuda13]>=0.10,<0.13"],

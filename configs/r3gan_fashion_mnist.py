@@ -42,8 +42,15 @@ def get_config():
   c.data.channels = 1
 
   c.model.name = 'r3gan'
-  nets = dict(channel_base=512, channel_max=32, group_size=16, blocks_per_stage=2,
-              expansion=2, num_mixed_stages=0, conv_impl='auto')
+  nets = dict(
+      channel_base=512,
+      channel_max=32,
+      group_size=16,
+      blocks_per_stage=2,
+      expansion=2,
+      num_mixed_stages=0,
+      conv_impl='auto',
+  )
   c.model.generator = ml_collections.ConfigDict(nets)
   c.model.discriminator = ml_collections.ConfigDict(nets)
 

@@ -48,10 +48,15 @@ def ablation(name: str):
   """A context manager that undoes one change while a step is traced."""
   import flax.linen as nn
   from osgan_jax.models import conv_ops, norms
+
   if name == 'scatter_derivatives':
-    return _patched(conv_ops, '_transposed_strided',
-                    lambda x, kernel, s, pads, reference:
-                    conv_ops._scatter_transpose(x, kernel, s, pads))
+    return _patched(
+        conv_ops,
+        '_transposed_strided',
+        lambda x, kernel, s, pads, reference: conv_ops._scatter_transpose(
+            x, kernel, s, pads
+        ),
+    )
   if name == 'kernel_tangent':
     return _patched(conv_ops, '_patch_conv_kernel_tangent', conv_ops._patch_conv)
   if name == 'flax_group_norm':
@@ -69,23 +74,32 @@ def main(argv=None) -> dict:
   p.add_argument('--width', type=int, default=64)
   p.add_argument('--resolution', type=int, default=64)
   p.add_argument('--batch', type=int, default=64)
-  p.add_argument('--malloc', choices=('keep', 'default'), default='keep',
-                 help="as in cpu_throughput.py")
+  p.add_argument(
+      '--malloc',
+      choices=('keep', 'default'),
+      default='keep',
+      help='as in cpu_throughput.py',
+  )
   p.add_argument('--out', default='')
   args = p.parse_args(argv)
   from osgan_jax import host_memory
+
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
   import cpu_throughput  # pylint: disable=import-error
 
   def build():
-    out = cpu_throughput.jax_dcgan_steps(args.width, args.resolution, args.batch,
-                                         conv_impl='matmul', stages=('one',))
-    return (out['one'], out['matmul_flops']['one'][0] / 1e9,
-            out['compiled']['one'].as_text())
+    out = cpu_throughput.jax_dcgan_steps(
+        args.width, args.resolution, args.batch, conv_impl='matmul', stages=('one',)
+    )
+    return (
+        out['one'],
+        out['matmul_flops']['one'][0] / 1e9,
+        out['compiled']['one'].as_text(),
+    )
 
   names = [n for n in args.ablations.split(',') if n]
   for n in names:
-    ablation(n)   # validates the names before anything is compiled
+    ablation(n)  # validates the names before anything is compiled
   current, current_gflop, current_hlo = build()
   ablated = {}
   for n in names:
@@ -99,22 +113,35 @@ def main(argv=None) -> dict:
       if r:
         times[n].append(time.perf_counter() - t0)
   rows = {}
-  print('| undone | ms/step current / undone | undone / current (median, min-max) | '
-        'dot+conv GFLOP current / undone |')
+  print(
+      '| undone | ms/step current / undone | undone / current (median, min-max) | '
+      'dot+conv GFLOP current / undone |'
+  )
   print('| --- | --- | --- | --- |')
   for n in names:
     ratio = np.asarray(times[n]) / np.asarray(times['current'])
-    rows[n] = {'ms_current': 1e3 * float(np.median(times['current'])),
-               'ms_undone': 1e3 * float(np.median(times[n])),
-               'ratio_median': float(np.median(ratio)), 'ratio_min': float(ratio.min()),
-               'ratio_max': float(ratio.max()), 'gflop_current': current_gflop,
-               'gflop_undone': ablated[n][1], 'same_hlo': ablated[n][2] == current_hlo}
+    rows[n] = {
+        'ms_current': 1e3 * float(np.median(times['current'])),
+        'ms_undone': 1e3 * float(np.median(times[n])),
+        'ratio_median': float(np.median(ratio)),
+        'ratio_min': float(ratio.min()),
+        'ratio_max': float(ratio.max()),
+        'gflop_current': current_gflop,
+        'gflop_undone': ablated[n][1],
+        'same_hlo': ablated[n][2] == current_hlo,
+    }
     r = rows[n]
-    print(f'| {n} | {r["ms_current"]:.0f} / {r["ms_undone"]:.0f} | '
-          f'{r["ratio_median"]:.3f} ({r["ratio_min"]:.3f}-{r["ratio_max"]:.3f}) | '
-          f'{current_gflop:.1f} / {ablated[n][1]:.1f} |', flush=True)
-  result = {'config': vars(args), 'platform': cpu_throughput.platform_info(malloc_kept),
-            'rows': rows}
+    print(
+        f'| {n} | {r["ms_current"]:.0f} / {r["ms_undone"]:.0f} | '
+        f'{r["ratio_median"]:.3f} ({r["ratio_min"]:.3f}-{r["ratio_max"]:.3f}) | '
+        f'{current_gflop:.1f} / {ablated[n][1]:.1f} |',
+        flush=True,
+    )
+  result = {
+      'config': vars(args),
+      'platform': cpu_throughput.platform_info(malloc_kept),
+      'rows': rows,
+  }
   cpu_throughput.write_result(result, args.out)
   return result
 

@@ -75,32 +75,72 @@ STAGES = ('one', 'two')
 STAGE_LABEL = {'one': 'one-stage', 'two': 'two-stage'}
 STAGE_COLOR = {'one': 'tab:blue', 'two': 'tab:orange'}
 # Settings a loss needs beyond the config's (the official WGAN: BatchNorm D, clipping).
-LOSS_OVERRIDES = {'wgan': {'model.discriminator.norm': 'batch',
-                           'optimizer.weight_clip': 0.01}}
+LOSS_OVERRIDES = {
+    'wgan': {'model.discriminator.norm': 'batch', 'optimizer.weight_clip': 0.01}
+}
 # The sizes of the study. None: the classifier config's own step count.
 SIZES = {
-    'cpu': dict(losses='non_saturating,minimax,hinge', seeds=3, steps=4000,
-                eval_every=1000, chunk_steps=None, fid_samples=5000, fid_real=-1,
-                inception_samples=1000, inception_real=2000, classifier_steps=None,
-                overrides={}),
-    'gpu': dict(losses='non_saturating,minimax,hinge,wgan,relativistic,bgan', seeds=5,
-                steps=4000, eval_every=1000, chunk_steps=None, fid_samples=10000,
-                fid_real=-1, inception_samples=10000, inception_real=10000,
-                classifier_steps=None, overrides={}),
+    'cpu': dict(
+        losses='non_saturating,minimax,hinge',
+        seeds=3,
+        steps=4000,
+        eval_every=1000,
+        chunk_steps=None,
+        fid_samples=5000,
+        fid_real=-1,
+        inception_samples=1000,
+        inception_real=2000,
+        classifier_steps=None,
+        overrides={},
+    ),
+    'gpu': dict(
+        losses='non_saturating,minimax,hinge,wgan,relativistic,bgan',
+        seeds=5,
+        steps=4000,
+        eval_every=1000,
+        chunk_steps=None,
+        fid_samples=10000,
+        fid_real=-1,
+        inception_samples=10000,
+        inception_real=10000,
+        classifier_steps=None,
+        overrides={},
+    ),
     # For the test: seconds, not minutes; one call per run; the numbers mean nothing.
-    'tiny': dict(losses='non_saturating', seeds=2, steps=4, eval_every=2, chunk_steps=4,
-                 fid_samples=64, fid_real=256, inception_samples=0, inception_real=0,
-                 classifier_steps=20, overrides={
-                     'data.resolution': 16, 'batch_size': 16, 'z_dim': 16,
-                     'model.generator.width': 8,
-                     'model.discriminator.width': 8}),
+    'tiny': dict(
+        losses='non_saturating',
+        seeds=2,
+        steps=4,
+        eval_every=2,
+        chunk_steps=4,
+        fid_samples=64,
+        fid_real=256,
+        inception_samples=0,
+        inception_real=0,
+        classifier_steps=20,
+        overrides={
+            'data.resolution': 16,
+            'batch_size': 16,
+            'z_dim': 16,
+            'model.generator.width': 8,
+            'model.discriminator.width': 8,
+        },
+    ),
 }
 ALPHA, MARGIN = 0.05, 0.10  # the verdict's test level and equivalence margin
-REQUIRED_FIELDS = ('loss', 'stage', 'seed', 'step', 'train_seconds', 'fid_classifier',
-                   'fid_inception')
+REQUIRED_FIELDS = (
+    'loss',
+    'stage',
+    'seed',
+    'step',
+    'train_seconds',
+    'fid_classifier',
+    'fid_inception',
+)
 
 
 # ------------------------------------------------------------------ rows
+
 
 def read_rows(path: str) -> list:
   """The rows of a study's jsonl (a partly written last line skipped); for a key
@@ -141,6 +181,7 @@ def read_metrics(workdir: str) -> list:
 
 # ------------------------------------------------------------------ statistics
 
+
 def _mean_std(values) -> tuple:
   v = np.asarray(values, np.float64)
   return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -155,10 +196,17 @@ def verdict(one, two, alpha: float = ALPHA, margin: float = MARGIN) -> dict:
   distinguishable'. Fewer than 2 values on a side: 'not distinguishable'.
   """
   from scipy import stats
+
   a = np.asarray([v for v in one if v is not None], np.float64)
   b = np.asarray([v for v in two if v is not None], np.float64)
-  out = {'verdict': 'not distinguishable', 'n_one': len(a), 'n_two': len(b),
-         'diff': None, 'p': None, 'ci': None}
+  out = {
+      'verdict': 'not distinguishable',
+      'n_one': len(a),
+      'n_two': len(b),
+      'diff': None,
+      'p': None,
+      'ci': None,
+  }
   if len(a) < 2 or len(b) < 2:
     return out
   diff = float(a.mean() - b.mean())
@@ -167,11 +215,14 @@ def verdict(one, two, alpha: float = ALPHA, margin: float = MARGIN) -> dict:
   bound = margin * abs(float(b.mean()))
   if var == 0:  # no spread at all: the difference is exact
     out['p'], out['ci'] = (1.0 if diff == 0 else 0.0), (diff, diff)
-    out['verdict'] = ('same' if abs(diff) < bound or diff == 0
-                      else 'better' if diff < 0 else 'worse')
+    out['verdict'] = (
+        'same' if abs(diff) < bound or diff == 0 else 'better' if diff < 0 else 'worse'
+    )
     return out
-  df = var ** 2 / ((a.var(ddof=1) / len(a)) ** 2 / (len(a) - 1)
-                   + (b.var(ddof=1) / len(b)) ** 2 / (len(b) - 1))
+  df = var**2 / (
+      (a.var(ddof=1) / len(a)) ** 2 / (len(a) - 1)
+      + (b.var(ddof=1) / len(b)) ** 2 / (len(b) - 1)
+  )
   p = float(2 * stats.t.sf(abs(diff) / math.sqrt(var), df))
   half = float(stats.t.ppf(1 - alpha, df) * math.sqrt(var))
   out['p'], out['ci'] = p, (diff - half, diff + half)
@@ -213,13 +264,24 @@ def summarize(rows: list) -> dict:
     if not all(runs.values()):
       continue
     final = min(max(r['step'] for r in rs) for s in STAGES for rs in runs[s].values())
-    seeds = sorted(set.intersection(*(
-        {seed for seed, rs in runs[s].items() if any(r['step'] == final for r in rs)}
-        for s in STAGES)))
+    seeds = sorted(
+        set.intersection(
+            *(
+                {
+                    seed
+                    for seed, rs in runs[s].items()
+                    if any(r['step'] == final for r in rs)
+                }
+                for s in STAGES
+            )
+        )
+    )
     if not seeds:
       continue
-    at = {s: {seed: next(r for r in runs[s][seed] if r['step'] == final)
-              for seed in seeds} for s in STAGES}
+    at = {
+        s: {seed: next(r for r in runs[s][seed] if r['step'] == final) for seed in seeds}
+        for s in STAGES
+    }
     # Equal wall time: the faster stage's mean final training time; each run's
     # classifier FID interpolated on its own curve there.
     times = {s: [at[s][seed]['train_seconds'] for seed in seeds] for s in STAGES}
@@ -230,32 +292,41 @@ def summarize(rows: list) -> dict:
       fid_c = [at[s][seed]['fid_classifier'] for seed in seeds]
       fid_i = [at[s][seed].get('fid_inception') for seed in seeds]
       fid_i = [v for v in fid_i if v is not None]
-      at_budget = [value_at_time([r['train_seconds'] for r in c],
-                                 [r['fid_classifier'] for r in c], budget)
-                   for c in curves.values()]
+      at_budget = [
+          value_at_time(
+              [r['train_seconds'] for r in c], [r['fid_classifier'] for r in c], budget
+          )
+          for c in curves.values()
+      ]
       entry['stages'][s] = {
           'train_seconds': _mean_std(times[s]),
-          'fid_classifier': _mean_std(fid_c), 'fid_classifier_values': fid_c,
+          'fid_classifier': _mean_std(fid_c),
+          'fid_classifier_values': fid_c,
           'fid_inception': _mean_std(fid_i) if fid_i else None,
           'fid_inception_values': fid_i,
-          'fid_classifier_at_budget': (_mean_std(at_budget)
-                                       if None not in at_budget else None),
+          'fid_classifier_at_budget': (
+              _mean_std(at_budget) if None not in at_budget else None
+          ),
           'fid_classifier_at_budget_values': at_budget,
           'fid_classifier_samples': at[s][seeds[0]].get('fid_classifier_samples'),
           'fid_inception_samples': at[s][seeds[0]].get('fid_inception_samples'),
       }
     one, two = entry['stages']['one'], entry['stages']['two']
-    entry['verdict_steps'] = verdict(one['fid_classifier_values'],
-                                     two['fid_classifier_values'])
-    entry['verdict_time'] = verdict(one['fid_classifier_at_budget_values'],
-                                    two['fid_classifier_at_budget_values'])
-    entry['verdict_inception'] = verdict(one['fid_inception_values'],
-                                         two['fid_inception_values'])
+    entry['verdict_steps'] = verdict(
+        one['fid_classifier_values'], two['fid_classifier_values']
+    )
+    entry['verdict_time'] = verdict(
+        one['fid_classifier_at_budget_values'], two['fid_classifier_at_budget_values']
+    )
+    entry['verdict_inception'] = verdict(
+        one['fid_inception_values'], two['fid_inception_values']
+    )
     summary[loss] = entry
   return summary
 
 
 # ------------------------------------------------------------------ rendering
+
 
 def _pm(ms, digits: int = 2) -> str:
   return '-' if ms is None else f'{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}'
@@ -267,8 +338,10 @@ def _verdict_text(v: dict, n: int) -> str:
     word = f'not distinguishable at {n} seeds'
   if v['diff'] is None:
     return word
-  return f'{word} (Δ {v["diff"]:+.2f}, 90% CI [{v["ci"][0]:+.2f}, {v["ci"][1]:+.2f}], ' \
-         f'p = {v["p"]:.3f})'
+  return (
+      f'{word} (Δ {v["diff"]:+.2f}, 90% CI [{v["ci"][0]:+.2f}, {v["ci"][1]:+.2f}], '
+      f'p = {v["p"]:.3f})'
+  )
 
 
 def markdown(rows: list, summary: dict) -> str:
@@ -282,10 +355,12 @@ def markdown(rows: list, summary: dict) -> str:
       f'{"?" if acc is None else f"{100 * acc:.2f}%"}), generated images vs the test '
       f'split; `fid_inception`: TF-Inception FID, final step only. Mean ± std over '
       f'seeds; "equal time": each run\'s classifier FID linearly interpolated between '
-      f'its evaluations at the faster stage\'s mean final training time.', '',
+      f"its evaluations at the faster stage's mean final training time.",
+      '',
       '| loss | stage | seeds | steps | train s | FID (classifier) | FID (Inception) | '
       'equal time s | FID (classifier) at equal time |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ]
   for loss, e in summary.items():
     for s in STAGES:
       st = e['stages'][s]
@@ -295,20 +370,29 @@ def markdown(rows: list, summary: dict) -> str:
           f'{_pm(st["train_seconds"], 0)} | {_pm(st["fid_classifier"])} '
           f'({st["fid_classifier_samples"]} samples) | '
           f'{_pm(st["fid_inception"])}{f" ({ni} samples)" if ni else ""} | '
-          f'{e["budget_seconds"]:.0f} | {_pm(st["fid_classifier_at_budget"])} |')
-  lines += ['', '| loss | one-stage vs two-stage, equal steps (classifier FID) | '
-            'equal time (classifier FID) | final step (Inception FID) |',
-            '| --- | --- | --- | --- |']
+          f'{e["budget_seconds"]:.0f} | {_pm(st["fid_classifier_at_budget"])} |'
+      )
+  lines += [
+      '',
+      '| loss | one-stage vs two-stage, equal steps (classifier FID) | '
+      'equal time (classifier FID) | final step (Inception FID) |',
+      '| --- | --- | --- | --- |',
+  ]
   for loss, e in summary.items():
     n = len(e['seeds'])
-    lines.append(f'| {loss} | {_verdict_text(e["verdict_steps"], n)} | '
-                 f'{_verdict_text(e["verdict_time"], n)} | '
-                 f'{_verdict_text(e["verdict_inception"], n)} |')
-  lines += ['', f'Decision rule (Δ = one-stage mean - two-stage mean; lower FID is '
-            f'better): Welch t-test, two-sided p < {ALPHA} -> better / worse; otherwise '
-            f'"same" when the 90% Welch confidence interval of Δ lies within '
-            f'±{100 * MARGIN:.0f}% of the two-stage mean (two one-sided tests at '
-            f'{ALPHA}); otherwise "not distinguishable at N seeds".']
+    lines.append(
+        f'| {loss} | {_verdict_text(e["verdict_steps"], n)} | '
+        f'{_verdict_text(e["verdict_time"], n)} | '
+        f'{_verdict_text(e["verdict_inception"], n)} |'
+    )
+  lines += [
+      '',
+      f'Decision rule (Δ = one-stage mean - two-stage mean; lower FID is '
+      f'better): Welch t-test, two-sided p < {ALPHA} -> better / worse; otherwise '
+      f'"same" when the 90% Welch confidence interval of Δ lies within '
+      f'±{100 * MARGIN:.0f}% of the two-stage mean (two one-sided tests at '
+      f'{ALPHA}); otherwise "not distinguishable at N seeds".',
+  ]
   return '\n'.join(lines) + '\n'
 
 
@@ -316,26 +400,48 @@ def plot(rows: list, summary: dict, path: str, x: str) -> str:
   """Classifier FID against ``x`` ('step' or 'train_seconds'), one panel per loss:
   every seed thin, the mean over seeds thick."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   losses = list(summary)
-  fig, axes = plt.subplots(1, max(1, len(losses)), figsize=(4.2 * max(1, len(losses)),
-                                                              3.4), squeeze=False)
+  fig, axes = plt.subplots(
+      1, max(1, len(losses)), figsize=(4.2 * max(1, len(losses)), 3.4), squeeze=False
+  )
   for ax, loss in zip(axes[0], losses):
     e = summary[loss]
     for s in STAGES:
-      curves = [[r for r in rs if r['step'] <= e['final_step']]
-                for seed, rs in _runs(rows, loss, s).items() if seed in e['seeds']]
+      curves = [
+          [r for r in rs if r['step'] <= e['final_step']]
+          for seed, rs in _runs(rows, loss, s).items()
+          if seed in e['seeds']
+      ]
       for c in curves:
-        ax.plot([r[x] for r in c], [r['fid_classifier'] for r in c], '-',
-                color=STAGE_COLOR[s], alpha=0.35, lw=0.8)
+        ax.plot(
+            [r[x] for r in c],
+            [r['fid_classifier'] for r in c],
+            '-',
+            color=STAGE_COLOR[s],
+            alpha=0.35,
+            lw=0.8,
+        )
       steps = sorted(set.intersection(*({r['step'] for r in c} for c in curves)))
-      mean_x = [np.mean([r[x] for c in curves for r in c if r['step'] == t])
-                for t in steps]
-      mean_y = [np.mean([r['fid_classifier'] for c in curves for r in c
-                         if r['step'] == t]) for t in steps]
-      ax.plot(mean_x, mean_y, 'o-', color=STAGE_COLOR[s], ms=3, lw=2,
-              label=f'{STAGE_LABEL[s]} ({len(curves)} seeds)')
+      mean_x = [
+          np.mean([r[x] for c in curves for r in c if r['step'] == t]) for t in steps
+      ]
+      mean_y = [
+          np.mean([r['fid_classifier'] for c in curves for r in c if r['step'] == t])
+          for t in steps
+      ]
+      ax.plot(
+          mean_x,
+          mean_y,
+          'o-',
+          color=STAGE_COLOR[s],
+          ms=3,
+          lw=2,
+          label=f'{STAGE_LABEL[s]} ({len(curves)} seeds)',
+      )
     if x == 'train_seconds':
       ax.axvline(e['budget_seconds'], color='grey', ls='--', lw=0.8)
     ax.set_title(loss, fontsize=10)
@@ -355,9 +461,11 @@ def render(out: str, study: str) -> dict:
   if not rows:
     raise SystemExit(f'no rows in {os.path.join(out, study + ".jsonl")}')
   summary = summarize(rows)
-  paths = {'table': os.path.join(out, f'{study}.md'),
-           'steps_png': os.path.join(out, f'{study}_fid_vs_steps.png'),
-           'seconds_png': os.path.join(out, f'{study}_fid_vs_seconds.png')}
+  paths = {
+      'table': os.path.join(out, f'{study}.md'),
+      'steps_png': os.path.join(out, f'{study}_fid_vs_steps.png'),
+      'seconds_png': os.path.join(out, f'{study}_fid_vs_seconds.png'),
+  }
   with open(paths['table'], 'w') as f:
     f.write(markdown(rows, summary))
   plot(rows, summary, paths['steps_png'], 'step')
@@ -367,13 +475,24 @@ def render(out: str, study: str) -> dict:
 
 # ------------------------------------------------------------------ training
 
+
 def git_rev() -> str | None:
   """HEAD, with '+dirty' when the package or configs differ from it."""
   try:
-    rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'osgan_jax', 'configs'],
-                           cwd=REPO, check=True, capture_output=True, text=True).stdout
+    rev = subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ['git', 'status', '--porcelain', '--', 'osgan_jax', 'configs'],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return rev + ('+dirty' if dirty.strip() else '')
   except (OSError, subprocess.CalledProcessError):
     return None
@@ -384,38 +503,68 @@ def train_classifier(workdir: str, steps: int | None, resolution: int) -> float 
   ``resolution``; its test accuracy."""
   from osgan_jax import config_base
   from osgan_jax import train
+
   overrides = {'progress_bar': False, 'data.resolution': resolution}
   if steps is not None:
-    overrides.update({'num_train_steps': steps, 'eval_every_steps': steps,
-                      'checkpoint_every_steps': steps, 'log_every_steps': steps})
+    overrides.update(
+        {
+            'num_train_steps': steps,
+            'eval_every_steps': steps,
+            'checkpoint_every_steps': steps,
+            'log_every_steps': steps,
+        }
+    )
   config = config_base.load_config(os.path.join(REPO, CLASSIFIER_CONFIG), overrides)
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   acc = [r['test_accuracy'] for r in read_metrics(workdir) if 'test_accuracy' in r]
-  print(f'FID classifier in {workdir}: test accuracy '
-        f'{acc[-1] if acc else "?"} ({time.perf_counter() - t0:.0f} s)', flush=True)
+  print(
+      f'FID classifier in {workdir}: test accuracy '
+      f'{acc[-1] if acc else "?"} ({time.perf_counter() - t0:.0f} s)',
+      flush=True,
+  )
   return acc[-1] if acc else None
 
 
 def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str):
   """The config of one chunk (train up to step ``upto``) with its FID evaluator."""
   from osgan_jax import config_base
+
   overrides = {
-      'loss': loss, 'stage': stage, 'seed': seed, 'num_train_steps': upto,
-      'checkpoint_every_steps': args.steps, 'sample_every_steps': args.eval_every,
-      'keep_checkpoints': 1, 'progress_bar': False,
-      'fid.every_steps': args.eval_every, 'fid.features': features,
-      'fid.real_split': 'test', 'fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
-      'fid.keep_best': False, 'fid.kid': False,
-      **SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})}
+      'loss': loss,
+      'stage': stage,
+      'seed': seed,
+      'num_train_steps': upto,
+      'checkpoint_every_steps': args.steps,
+      'sample_every_steps': args.eval_every,
+      'keep_checkpoints': 1,
+      'progress_bar': False,
+      'fid.every_steps': args.eval_every,
+      'fid.features': features,
+      'fid.real_split': 'test',
+      'fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
+      'fid.keep_best': False,
+      'fid.kid': False,
+      **SIZES[args.size]['overrides'],
+      **LOSS_OVERRIDES.get(loss, {}),
+  }
   if features == 'classifier':
-    overrides.update({'fid.classifier_workdir': args.classifier_workdir,
-                      'fid.num_samples': args.fid_samples, 'fid.num_real': args.fid_real,
-                      'fid.batch_size': min(250, args.fid_samples)})
+    overrides.update(
+        {
+            'fid.classifier_workdir': args.classifier_workdir,
+            'fid.num_samples': args.fid_samples,
+            'fid.num_real': args.fid_real,
+            'fid.batch_size': min(250, args.fid_samples),
+        }
+    )
   else:
-    overrides.update({'fid.num_samples': args.inception_samples,
-                      'fid.num_real': args.inception_real,
-                      'fid.batch_size': min(50, max(1, args.inception_samples))})
+    overrides.update(
+        {
+            'fid.num_samples': args.inception_samples,
+            'fid.num_real': args.inception_real,
+            'fid.batch_size': min(50, max(1, args.inception_samples)),
+        }
+    )
   return config_base.load_config(os.path.join(REPO, CONFIG), overrides)
 
 
@@ -423,14 +572,16 @@ def _evaluate(config, workdir: str, state, step: int) -> dict:
   """The values of the FID evaluator ``config`` gives the loop, on ``state``."""
   from osgan_jax import evaluators
   from osgan_jax import train
+
   task = train.build_task(config, workdir)
-  fid, = (e for e in task.evaluators if isinstance(e, evaluators.Fid))
+  (fid,) = (e for e in task.evaluators if isinstance(e, evaluators.Fid))
   return fid(state, step, None)
 
 
 def _train_seconds(workdir: str, step: int) -> float | None:
   """``train_seconds`` of the checkpoint at ``step`` (when metrics.jsonl lacks it)."""
   from osgan_jax import checkpoint
+
   manager = checkpoint.manager(os.path.join(workdir, 'checkpoints'), 1, async_save=False)
   try:
     return checkpoint.restore_meta(manager, step).get('train_seconds')
@@ -438,26 +589,48 @@ def _train_seconds(workdir: str, step: int) -> float | None:
     manager.close()
 
 
-def _row(common: dict, args, loss: str, stage: str, seed: int, step: int, record: dict,
-         batch_size: int, num_test: int) -> dict:
-  return {**common, 'loss': loss, 'stage': stage, 'seed': seed, 'step': step,
-          'images': step * batch_size, 'train_seconds': record['train_seconds'],
-          'fid_classifier': record['fid_classifier'],
-          'fid_classifier_seconds': record.get('fid_classifier_seconds'),
-          'fid_classifier_samples': args.fid_samples,
-          'fid_classifier_real': num_test if args.fid_real < 0 else min(args.fid_real,
-                                                                        num_test),
-          'fid_inception': None, 'fid_inception_samples': None,
-          'fid_inception_real': None, 'fid_inception_seconds': None,
-          'overrides': {**SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})}}
+def _row(
+    common: dict,
+    args,
+    loss: str,
+    stage: str,
+    seed: int,
+    step: int,
+    record: dict,
+    batch_size: int,
+    num_test: int,
+) -> dict:
+  return {
+      **common,
+      'loss': loss,
+      'stage': stage,
+      'seed': seed,
+      'step': step,
+      'images': step * batch_size,
+      'train_seconds': record['train_seconds'],
+      'fid_classifier': record['fid_classifier'],
+      'fid_classifier_seconds': record.get('fid_classifier_seconds'),
+      'fid_classifier_samples': args.fid_samples,
+      'fid_classifier_real': num_test
+      if args.fid_real < 0
+      else min(args.fid_real, num_test),
+      'fid_inception': None,
+      'fid_inception_samples': None,
+      'fid_inception_real': None,
+      'fid_inception_seconds': None,
+      'overrides': {**SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})},
+  }
 
 
 def run_study(args) -> int:
   """Trains and evaluates what ``OUT/<study>.jsonl`` lacks, then renders."""
   import jax
   from jax.experimental.compilation_cache import compilation_cache
-  saved = {k: getattr(jax.config, k) for k in (
-      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')}
+
+  saved = {
+      k: getattr(jax.config, k)
+      for k in ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  }
   # Every chunk compiles the programs its run's previous chunk (and the other seeds)
   # compiled: keep them on disk.
   jax.config.update('jax_compilation_cache_dir', os.path.join(args.workdir, 'jax_cache'))
@@ -476,6 +649,7 @@ def _run_study(args) -> int:
   from absl import logging
   from osgan_jax import data as data_lib
   from osgan_jax import train
+
   logging.set_verbosity(logging.WARNING)
   jsonl = os.path.join(args.out, f'{args.study}.jsonl')
   with open(os.path.join(args.out, 'commands.txt'), 'a') as f:
@@ -490,20 +664,29 @@ def _run_study(args) -> int:
 
   def missing(loss, stage, seed, step):
     row = done.get((loss, stage, seed, step))
-    return row is None or (step == args.steps and args.inception_samples > 0
-                           and row.get('fid_inception') is None)
+    return row is None or (
+        step == args.steps
+        and args.inception_samples > 0
+        and row.get('fid_inception') is None
+    )
 
   test = run_config(args, losses[0], 'one', 0, args.steps, 'classifier').data
-  accuracy = train_classifier(args.classifier_workdir, args.classifier_steps,
-                              int(test.resolution))
+  accuracy = train_classifier(
+      args.classifier_workdir, args.classifier_steps, int(test.resolution)
+  )
   with test.unlocked():
     test.split = 'test'
   num_test = data_lib.dataset_info(test)['num_examples']
   device = jax.devices()[0]
-  common = {'study': args.study, 'config': CONFIG, 'git_rev': git_rev(),
-            'device': f'{device.platform}:{device.device_kind} x{jax.device_count()}, '
-                      f'{os.cpu_count()} cpus', 'jax': jax.__version__,
-            'classifier_test_accuracy': accuracy}
+  common = {
+      'study': args.study,
+      'config': CONFIG,
+      'git_rev': git_rev(),
+      'device': f'{device.platform}:{device.device_kind} x{jax.device_count()}, '
+      f'{os.cpu_count()} cpus',
+      'jax': jax.__version__,
+      'classifier_test_accuracy': accuracy,
+  }
   t_start = time.perf_counter()
   for k, upto in enumerate(ends):
     here = [s for s in evals if upto - args.chunk_steps < s <= upto]
@@ -512,8 +695,11 @@ def _run_study(args) -> int:
       if not todo:
         continue
       if args.stop_after and time.perf_counter() - t_start > 60 * args.stop_after:
-        print(f'--stop-after {args.stop_after:g} min: stopping here; the same command '
-              f'goes on', flush=True)
+        print(
+            f'--stop-after {args.stop_after:g} min: stopping here; the same command '
+            f'goes on',
+            flush=True,
+        )
         return 0
       workdir = os.path.join(args.workdir, args.study, f'{loss}_{stage}_seed{seed}')
       config = run_config(args, loss, stage, seed, upto, 'classifier')
@@ -530,32 +716,58 @@ def _run_study(args) -> int:
           if record:
             record = record[-1]
           elif step == upto:  # trained before, but its evaluation was not logged
-            record = {**_evaluate(config, workdir, state, step),
-                      'train_seconds': _train_seconds(workdir, step)}
+            record = {
+                **_evaluate(config, workdir, state, step),
+                'train_seconds': _train_seconds(workdir, step),
+            }
           else:
-            print(f'{workdir}: no classifier FID logged at step {step}, and the run is '
-                  f'past it; that row stays missing', flush=True)
+            print(
+                f'{workdir}: no classifier FID logged at step {step}, and the run is '
+                f'past it; that row stays missing',
+                flush=True,
+            )
             continue
-          row = _row(common, args, loss, stage, seed, step, record,
-                     int(config.batch_size), num_test)
+          row = _row(
+              common,
+              args,
+              loss,
+              stage,
+              seed,
+              step,
+              record,
+              int(config.batch_size),
+              num_test,
+          )
         if step == args.steps and args.inception_samples:
-          values = _evaluate(run_config(args, loss, stage, seed, upto, 'inception'),
-                             workdir, state, step)
-          row.update({'fid_inception': values['fid'],
-                      'fid_inception_samples': args.inception_samples,
-                      'fid_inception_real': args.inception_real,
-                      'fid_inception_seconds': values['fid_seconds']})
+          values = _evaluate(
+              run_config(args, loss, stage, seed, upto, 'inception'), workdir, state, step
+          )
+          row.update(
+              {
+                  'fid_inception': values['fid'],
+                  'fid_inception_samples': args.inception_samples,
+                  'fid_inception_real': args.inception_real,
+                  'fid_inception_seconds': values['fid_seconds'],
+              }
+          )
         row['time'] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds')
+            timespec='seconds'
+        )
         append_row(jsonl, row)
         done[(loss, stage, seed, step)] = row
-        inception = ('' if row['fid_inception'] is None else
-                     f', Inception FID {row["fid_inception"]:.2f} '
-                     f'({row["fid_inception_seconds"]:.0f} s)')
-        print(f'[{time.perf_counter() - t_start:6.0f} s] {loss} {stage}-stage seed '
-              f'{seed} step {step}: train {row["train_seconds"]:.1f} s, classifier FID '
-              f'{row["fid_classifier"]:.2f} ({row["fid_classifier_seconds"] or 0:.1f} s)'
-              f'{inception}; chunk {time.perf_counter() - t0:.0f} s', flush=True)
+        inception = (
+            ''
+            if row['fid_inception'] is None
+            else f', Inception FID {row["fid_inception"]:.2f} '
+            f'({row["fid_inception_seconds"]:.0f} s)'
+        )
+        print(
+            f'[{time.perf_counter() - t_start:6.0f} s] {loss} {stage}-stage seed '
+            f'{seed} step {step}: train {row["train_seconds"]:.1f} s, classifier FID '
+            f'{row["fid_classifier"]:.2f} ({row["fid_classifier_seconds"] or 0:.1f} s)'
+            f'{inception}; chunk {time.perf_counter() - t0:.0f} s',
+            flush=True,
+        )
   paths = render(args.out, args.study)
   print(open(paths['table']).read())
   print('wrote ' + ', '.join(paths.values()))
@@ -564,35 +776,70 @@ def _run_study(args) -> int:
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--size', choices=sorted(SIZES), default='cpu',
-                 help='preset of every setting below (each flag overrides its value)')
-  p.add_argument('--tiny', action='store_const', const='tiny', dest='size',
-                 help='--size tiny: a few steps, 2 seeds, 1 loss (for the test)')
-  p.add_argument('--gpu', action='store_const', const='gpu', dest='size',
-                 help='--size gpu: 6 losses, 5 seeds, Inception FID on 10,000 samples')
+  p.add_argument(
+      '--size',
+      choices=sorted(SIZES),
+      default='cpu',
+      help='preset of every setting below (each flag overrides its value)',
+  )
+  p.add_argument(
+      '--tiny',
+      action='store_const',
+      const='tiny',
+      dest='size',
+      help='--size tiny: a few steps, 2 seeds, 1 loss (for the test)',
+  )
+  p.add_argument(
+      '--gpu',
+      action='store_const',
+      const='gpu',
+      dest='size',
+      help='--size gpu: 6 losses, 5 seeds, Inception FID on 10,000 samples',
+  )
   p.add_argument('--study', help='name of the rows file OUT/<study>.jsonl (the size)')
   p.add_argument('--losses', help='comma-separated loss names')
   p.add_argument('--seeds', type=int, help='seeds 0 .. N-1')
   p.add_argument('--steps', type=int, help='training steps of every run')
   p.add_argument('--eval-every', type=int, help='steps between classifier FIDs')
-  p.add_argument('--chunk-steps', type=int,
-                 help='steps per training call, interleaved over runs (--eval-every)')
+  p.add_argument(
+      '--chunk-steps',
+      type=int,
+      help='steps per training call, interleaved over runs (--eval-every)',
+  )
   p.add_argument('--fid-samples', type=int, help='generated images per classifier FID')
   p.add_argument('--fid-real', type=int, help='test images of its reference (-1: all)')
-  p.add_argument('--inception-samples', type=int,
-                 help='generated images of the final Inception FID (0: none)')
+  p.add_argument(
+      '--inception-samples',
+      type=int,
+      help='generated images of the final Inception FID (0: none)',
+  )
   p.add_argument('--inception-real', type=int, help='test images of its reference')
-  p.add_argument('--classifier-steps', type=int,
-                 help="the classifier's training steps (default: its config's)")
-  p.add_argument('--classifier-workdir',
-                 help='a trained classifier to reuse (default WORKDIR/classifier)')
+  p.add_argument(
+      '--classifier-steps',
+      type=int,
+      help="the classifier's training steps (default: its config's)",
+  )
+  p.add_argument(
+      '--classifier-workdir',
+      help='a trained classifier to reuse (default WORKDIR/classifier)',
+  )
   p.add_argument('--out', default=OUT, help='rows, tables, plots, commands.txt')
-  p.add_argument('--workdir', default='/tmp/osgan_quality',
-                 help='training workdirs and caches; keep it to resume the study')
-  p.add_argument('--stop-after', type=float, default=0,
-                 help='minutes: start no new chunk after this long (0: no limit)')
-  p.add_argument('--render', action='store_true',
-                 help='rewrite the table and plots from OUT/<study>.jsonl and exit')
+  p.add_argument(
+      '--workdir',
+      default='/tmp/osgan_quality',
+      help='training workdirs and caches; keep it to resume the study',
+  )
+  p.add_argument(
+      '--stop-after',
+      type=float,
+      default=0,
+      help='minutes: start no new chunk after this long (0: no limit)',
+  )
+  p.add_argument(
+      '--render',
+      action='store_true',
+      help='rewrite the table and plots from OUT/<study>.jsonl and exit',
+  )
   args = p.parse_args(argv)
   for key, value in SIZES[args.size].items():
     if key != 'overrides' and getattr(args, key) is None:
@@ -600,7 +847,8 @@ def parse_args(argv=None):
   args.study = args.study or args.size
   if args.classifier_workdir is None:
     suffix = ('' if args.classifier_steps is None else f'_{args.classifier_steps}') + (
-        '_tiny' if args.size == 'tiny' else '')  # tiny's is 16x16
+        '_tiny' if args.size == 'tiny' else ''
+    )  # tiny's is 16x16
     args.classifier_workdir = os.path.join(args.workdir, f'classifier{suffix}')
   if not args.render:
     args.chunk_steps = args.chunk_steps or args.eval_every
@@ -608,9 +856,13 @@ def parse_args(argv=None):
       p.error('--steps must be a multiple of --chunk-steps, and that of --eval-every')
     if args.inception_samples and args.inception_real < 2:
       p.error('--inception-real must be >= 2 with --inception-samples')
-  args.command = ' '.join(shlex.quote(a) for a in (
-      ['python', 'experiments/compare_quality.py'] + list(
-          sys.argv[1:] if argv is None else argv)))
+  args.command = ' '.join(
+      shlex.quote(a)
+      for a in (
+          ['python', 'experiments/compare_quality.py']
+          + list(sys.argv[1:] if argv is None else argv)
+      )
+  )
   return args
 
 

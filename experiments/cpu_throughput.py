@@ -63,9 +63,17 @@ def _schedule(resolution: int, width: int, max_mult: int = 8) -> list[int]:
 
 # ----------------------------------------------------------------------------- PyTorch
 
-def torch_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
-                      z_dim: int = 128, channels: int = 3, threads: int | None = 2,
-                      seed: int = 0) -> dict[str, Callable[[], None]]:
+
+def torch_dcgan_steps(
+    width: int = 64,
+    resolution: int = 64,
+    batch: int = 64,
+    *,
+    z_dim: int = 128,
+    channels: int = 3,
+    threads: int | None = 2,
+    seed: int = 0,
+) -> dict[str, Callable[[], None]]:
   """The official OSGAN PyTorch DCGAN training steps, as zero-argument callables.
 
   Networks as the official ``networks/dcgan.py`` (biases on every conv): G transposed
@@ -93,16 +101,25 @@ def torch_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
     torch.set_num_threads(threads)
   torch.manual_seed(seed)
   chans = _schedule(resolution, width)
-  g_layers = [nn.ConvTranspose2d(z_dim, chans[-1], 4, 1, 0), nn.BatchNorm2d(chans[-1]),
-              nn.ReLU(True)]
+  g_layers = [
+      nn.ConvTranspose2d(z_dim, chans[-1], 4, 1, 0),
+      nn.BatchNorm2d(chans[-1]),
+      nn.ReLU(True),
+  ]
   for c_in, c_out in zip(chans[::-1], chans[::-1][1:]):
-    g_layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out),
-                 nn.ReLU(True)]
+    g_layers += [
+        nn.ConvTranspose2d(c_in, c_out, 4, 2, 1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(True),
+    ]
   g_layers += [nn.ConvTranspose2d(chans[0], channels, 4, 2, 1), nn.Tanh()]
   d_layers = [nn.Conv2d(channels, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
   for c_in, c_out in zip(chans, chans[1:]):
-    d_layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(math.gcd(32, c_out), c_out),
-                 nn.LeakyReLU(0.2, True)]
+    d_layers += [
+        nn.Conv2d(c_in, c_out, 4, 2, 1),
+        nn.GroupNorm(math.gcd(32, c_out), c_out),
+        nn.LeakyReLU(0.2, True),
+    ]
   d_layers += [nn.Conv2d(chans[-1], 1, 4, 1, 0)]
   net_g, net_d = nn.Sequential(*g_layers), nn.Sequential(*d_layers)
 
@@ -131,7 +148,7 @@ def torch_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
     out_real = net_d(real).view(-1)
     out_fake = net_d(fake).view(-1)
     with torch.no_grad():
-      gamma = -torch.exp(-out_fake)   # (sigmoid(l) - 1) / sigmoid(l)
+      gamma = -torch.exp(-out_fake)  # (sigmoid(l) - 1) / sigmoid(l)
     fake.register_hook(lambda grad: grad * gamma.view(-1, 1, 1, 1))
     loss_d = bce(out_real, ones) + bce(out_fake, zeros)
     loss_d.backward()
@@ -154,19 +171,28 @@ def torch_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
 
 # --------------------------------------------------------------------------------- JAX
 
+
 def jax_config(width: int = 64, resolution: int = 64, batch: int = 64):
   """``configs/dcgan_celeba.py`` (non-saturating, GroupNorm D, z 128, biases) at width
   d, ``resolution`` and ``batch``."""
   from osgan_jax import config_base
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return config_base.load_config(os.path.join(root, 'configs', 'dcgan_celeba.py'), {
-      'model.generator.width': width, 'model.discriminator.width': width,
-      'batch_size': batch, 'data.resolution': resolution})
+  return config_base.load_config(
+      os.path.join(root, 'configs', 'dcgan_celeba.py'),
+      {
+          'model.generator.width': width,
+          'model.discriminator.width': width,
+          'batch_size': batch,
+          'data.resolution': resolution,
+      },
+  )
 
 
 def _fill(shapes, seed: int):
   """Variables of the given shapes drawn as the modules' initialisers (NumPy, fast)."""
   import jax
+
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
@@ -175,8 +201,11 @@ def _fill(shapes, seed: int):
     if name == 'kernel':
       v = 0.02 * rng.standard_normal(leaf.shape)
     elif name == 'scale':
-      v = 1.0 + (0.02 * rng.standard_normal(leaf.shape) if parent.startswith('norm')
-                 and leaf.ndim == 1 else 0.0)
+      v = 1.0 + (
+          0.02 * rng.standard_normal(leaf.shape)
+          if parent.startswith('norm') and leaf.ndim == 1
+          else 0.0
+      )
     elif name in ('var',):
       v = np.ones(leaf.shape)
     else:
@@ -186,9 +215,16 @@ def _fill(shapes, seed: int):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def jax_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
-                    conv_impl: str = 'auto', mode: str = 'exact', seed: int = 0,
-                    stages: tuple[str, ...] = STAGES) -> dict:
+def jax_dcgan_steps(
+    width: int = 64,
+    resolution: int = 64,
+    batch: int = 64,
+    *,
+    conv_impl: str = 'auto',
+    mode: str = 'exact',
+    seed: int = 0,
+    stages: tuple[str, ...] = STAGES,
+) -> dict:
   """``osgan_jax`` one- and two-stage DCGAN steps (``steps.jit_step``) as callables.
 
   Models from ``gan.create_models(jax_config(...))`` with ``conv_impl`` set, the GAN
@@ -211,22 +247,33 @@ def jax_dcgan_steps(width: int = 64, resolution: int = 64, batch: int = 64, *,
   g, d = g.clone(conv_impl=conv_impl), d.clone(conv_impl=conv_impl)
   gan = dataclasses.replace(gan_lib.make_gan(config, g, d), mode=mode)
   z = jnp.zeros((batch, config.z_dim))
-  x = jnp.asarray(np.random.default_rng(seed + 1).uniform(
-      -1, 1, (batch, resolution, resolution, config.data.channels)), jnp.float32)
-  g_vars = dict(_fill(jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z,
-                                                     train=False)), seed))
-  d_vars = dict(_fill(jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x,
-                                                     train=False)), seed + 2))
+  x = jnp.asarray(
+      np.random.default_rng(seed + 1).uniform(
+          -1, 1, (batch, resolution, resolution, config.data.channels)
+      ),
+      jnp.float32,
+  )
+  g_vars = dict(
+      _fill(jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), z, train=False)), seed)
+  )
+  d_vars = dict(
+      _fill(
+          jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), x, train=False)), seed + 2
+      )
+  )
   params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
   batch_dict = {'image': x}
   template = steps.init_state(gan, params_g, params_d, g_vars, d_vars)
   gan = steps.probe_per_sample(gan, template, batch_dict)
   out = {'flops': {}, 'compile_s': {}, 'compiled': {}, 'matmul_flops': {}}
   for stage in stages:
-    state = jax.tree.map(jnp.array, template)   # own copy: the step donates it
+    state = jax.tree.map(jnp.array, template)  # own copy: the step donates it
     t0 = time.perf_counter()
-    compiled = steps.jit_step(gan, stage).lower(state, batch_dict,
-                                                jax.random.PRNGKey(0)).compile()
+    compiled = (
+        steps.jit_step(gan, stage)
+        .lower(state, batch_dict, jax.random.PRNGKey(0))
+        .compile()
+    )
     out['compile_s'][stage] = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -259,7 +306,10 @@ def hlo_matmul_flops(hlo_text: str) -> tuple[float, float]:
         comps[cur][0][m.group(1)] = m.group(2)
       comps[cur][1].append(line)
       calls.setdefault(cur, set()).update(
-          re.findall(r'(?:calls|to_apply|body|condition|computations?)=\{?%?([\w.\-]+)', line))
+          re.findall(
+              r'(?:calls|to_apply|body|condition|computations?)=\{?%?([\w.\-]+)', line
+          )
+      )
       for group in re.findall(r'branch_computations=\{([^}]*)\}', line):
         calls[cur].update(c.strip().lstrip('%') for c in group.split(','))
 
@@ -281,8 +331,9 @@ def hlo_matmul_flops(hlo_text: str) -> tuple[float, float]:
   totals = [0.0, 0.0]
   for name, (shapes, lines) in comps.items():
     for line in lines:
-      m = re.search(r'= (\w+\[[\d,]*\])\S* (dot|convolution)\(%?([\w.\-]+), %?([\w.\-]+)\)',
-                    line)
+      m = re.search(
+          r'= (\w+\[[\d,]*\])\S* (dot|convolution)\(%?([\w.\-]+), %?([\w.\-]+)\)', line
+      )
       if not m or m.group(3) not in shapes or m.group(4) not in shapes:
         continue
       out = float(np.prod(dims(m.group(1))))
@@ -293,10 +344,14 @@ def hlo_matmul_flops(hlo_text: str) -> tuple[float, float]:
       else:
         window = re.search(r'size=([\dx]+)', line).group(1)
         labels = re.search(r'dim_labels=\w+_(\w+)->', line).group(1)
-        flops = (2 * out * np.prod([int(v) for v in window.split('x')])
-                 * rhs[labels.index('i')])   # per-group input features
+        flops = (
+            2
+            * out
+            * np.prod([int(v) for v in window.split('x')])
+            * rhs[labels.index('i')]
+        )  # per-group input features
         dilation = re.search(r'lhs_dilate=([\dx]+)', line)
-        if dilation:   # the inserted zeros are no work (borders ignored)
+        if dilation:  # the inserted zeros are no work (borders ignored)
           flops /= np.prod([int(v) for v in dilation.group(1).split('x')])
       totals[name in inside] += float(flops)
   return totals[0], totals[1]
@@ -304,12 +359,14 @@ def hlo_matmul_flops(hlo_text: str) -> tuple[float, float]:
 
 def _runner(compiled, state, batch, seed):
   import jax
+
   holder = {'state': state, 'i': 0}
   key = jax.random.PRNGKey(seed)
 
   def run():
-    holder['state'], metrics = compiled(holder['state'], batch,
-                                        jax.random.fold_in(key, holder['i']))
+    holder['state'], metrics = compiled(
+        holder['state'], batch, jax.random.fold_in(key, holder['i'])
+    )
     holder['i'] += 1
     jax.block_until_ready((holder['state'], metrics))
 
@@ -317,6 +374,7 @@ def _runner(compiled, state, batch, seed):
 
 
 # ---------------------------------------------------------------------------- harness
+
 
 def _cpu_seconds() -> float:
   """User + system CPU time of this process (all threads)."""
@@ -342,14 +400,20 @@ def measure(variants: dict[str, dict], rounds: int, warmup: int = 1):
             times[name][stage].append(time.perf_counter() - t0)
             cpu[name][stage].append(_cpu_seconds() - c0)
     if r >= warmup:
-      print(f'round {r - warmup + 1}/{rounds}: ' + '  '.join(
-          f'{n}/{s} {ts[-1] * 1e3:.0f}ms' for n, st in times.items()
-          for s, ts in st.items()), flush=True)
+      print(
+          f'round {r - warmup + 1}/{rounds}: '
+          + '  '.join(
+              f'{n}/{s} {ts[-1] * 1e3:.0f}ms'
+              for n, st in times.items()
+              for s, ts in st.items()
+          ),
+          flush=True,
+      )
   return times, cpu
 
 
 def _ratio(two, one) -> dict:
-  with np.errstate(divide='ignore', invalid='ignore'):   # CPU time can round to 0
+  with np.errstate(divide='ignore', invalid='ignore'):  # CPU time can round to 0
     r = np.asarray(two) / np.asarray(one)
   return {'median': float(np.median(r)), 'min': float(r.min()), 'max': float(r.max())}
 
@@ -360,11 +424,14 @@ def summarise(times: dict, cpu: dict, batch: int, flops: dict) -> dict:
     row = {}
     for stage, ts in st.items():
       med = float(np.median(ts))
-      row[stage] = {'ms_per_step': 1e3 * med, 'images_per_s': batch / med,
-                    'cpu_ms_per_step': 1e3 * float(np.median(cpu[name][stage])),
-                    'seconds': [float(t) for t in ts],
-                    'cpu_seconds': [float(t) for t in cpu[name][stage]],
-                    'xla_gflop': flops.get(name, {}).get(stage, float('nan')) / 1e9}
+      row[stage] = {
+          'ms_per_step': 1e3 * med,
+          'images_per_s': batch / med,
+          'cpu_ms_per_step': 1e3 * float(np.median(cpu[name][stage])),
+          'seconds': [float(t) for t in ts],
+          'cpu_seconds': [float(t) for t in cpu[name][stage]],
+          'xla_gflop': flops.get(name, {}).get(stage, float('nan')) / 1e9,
+      }
     if 'one' in st and 'two' in st:
       row['two_over_one'] = _ratio(st['two'], st['one'])
       row['two_over_one_cpu'] = _ratio(cpu[name]['two'], cpu[name]['one'])
@@ -373,10 +440,12 @@ def summarise(times: dict, cpu: dict, batch: int, flops: dict) -> dict:
 
 
 def format_table(rows: dict) -> str:
-  lines = ['| variant | one-stage ms/step | two-stage ms/step | two/one wall (median, '
-           'min-max) | images/s (one-stage) | CPU ms/step one / two | two/one CPU | '
-           'XLA GFLOP one / two | dot+conv GFLOP one / two |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  lines = [
+      '| variant | one-stage ms/step | two-stage ms/step | two/one wall (median, '
+      'min-max) | images/s (one-stage) | CPU ms/step one / two | two/one CPU | '
+      'XLA GFLOP one / two | dot+conv GFLOP one / two |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ]
 
   def ratio(r):
     return f'{r["median"]:.2f} ({r["min"]:.2f}-{r["max"]:.2f})' if r else '-'
@@ -384,13 +453,19 @@ def format_table(rows: dict) -> str:
   for name, row in rows.items():
     gf = [row[s]['xla_gflop'] for s in STAGES if s in row]
     gf_s = ' / '.join('-' if math.isnan(x) else f'{x:.1f}' for x in gf)
-    hlo = ' / '.join(f'{row[s]["hlo_gflop"]:.1f}' for s in STAGES
-                     if 'hlo_gflop' in row.get(s, {})) or '-'
-    lines.append(f'| {name} | {row["one"]["ms_per_step"]:.0f} | '
-                 f'{row["two"]["ms_per_step"]:.0f} | {ratio(row.get("two_over_one"))} | '
-                 f'{row["one"]["images_per_s"]:.1f} | {row["one"]["cpu_ms_per_step"]:.0f} / '
-                 f'{row["two"]["cpu_ms_per_step"]:.0f} | '
-                 f'{ratio(row.get("two_over_one_cpu"))} | {gf_s} | {hlo} |')
+    hlo = (
+        ' / '.join(
+            f'{row[s]["hlo_gflop"]:.1f}' for s in STAGES if 'hlo_gflop' in row.get(s, {})
+        )
+        or '-'
+    )
+    lines.append(
+        f'| {name} | {row["one"]["ms_per_step"]:.0f} | '
+        f'{row["two"]["ms_per_step"]:.0f} | {ratio(row.get("two_over_one"))} | '
+        f'{row["one"]["images_per_s"]:.1f} | {row["one"]["cpu_ms_per_step"]:.0f} / '
+        f'{row["two"]["cpu_ms_per_step"]:.0f} | '
+        f'{ratio(row.get("two_over_one_cpu"))} | {gf_s} | {hlo} |'
+    )
   return '\n'.join(lines)
 
 
@@ -399,12 +474,19 @@ def platform_info(malloc_kept: bool) -> dict:
   glibc tunables, the malloc setting, and torch's version and threads if importable.
   Shared by the issue-8 benchmarks (``cpu_layers.py``, ``ablate_cpu_step.py``)."""
   import jax
-  info = dict(machine=platform.machine(), cpus=os.cpu_count(), jax=jax.__version__,
-              backend=jax.default_backend(), xla_flags=os.environ.get('XLA_FLAGS', ''),
-              glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
-              malloc_kept=malloc_kept)
+
+  info = dict(
+      machine=platform.machine(),
+      cpus=os.cpu_count(),
+      jax=jax.__version__,
+      backend=jax.default_backend(),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      glibc_tunables=os.environ.get('GLIBC_TUNABLES', ''),
+      malloc_kept=malloc_kept,
+  )
   try:
     import torch
+
     info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   except ImportError:
     pass
@@ -425,25 +507,40 @@ def main(argv=None):
   p.add_argument('--width', type=int, default=64)
   p.add_argument('--resolution', type=int, default=64)
   p.add_argument('--batch', type=int, default=64)
-  p.add_argument('--variants', default='torch,jax-xla,jax-matmul,jax-matmul-approx',
-                 help='comma-separated: torch, jax-IMPL or jax-IMPL-approx (IMPL: xla, '
-                 'matmul; -approx: one-stage mode approx)')
-  p.add_argument('--hugetlb', action='store_true',
-                 help='re-run this command with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
-                 '(transparent huge pages for large allocations, for torch and JAX alike)')
-  p.add_argument('--malloc', choices=('keep', 'default'), default='keep',
-                 help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
-                 "python -m osgan_jax.main does (process-wide: torch runs with it too); "
-                 "'default': glibc's defaults")
+  p.add_argument(
+      '--variants',
+      default='torch,jax-xla,jax-matmul,jax-matmul-approx',
+      help='comma-separated: torch, jax-IMPL or jax-IMPL-approx (IMPL: xla, '
+      'matmul; -approx: one-stage mode approx)',
+  )
+  p.add_argument(
+      '--hugetlb',
+      action='store_true',
+      help='re-run this command with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
+      '(transparent huge pages for large allocations, for torch and JAX alike)',
+  )
+  p.add_argument(
+      '--malloc',
+      choices=('keep', 'default'),
+      default='keep',
+      help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
+      'python -m osgan_jax.main does (process-wide: torch runs with it too); '
+      "'default': glibc's defaults",
+  )
   p.add_argument('--out', default='')
   args = p.parse_args(argv)
   tunable = 'glibc.malloc.hugetlb=1'
   if args.hugetlb and tunable not in os.environ.get('GLIBC_TUNABLES', ''):
-    env = dict(os.environ, GLIBC_TUNABLES=':'.join(
-        t for t in (os.environ.get('GLIBC_TUNABLES', ''), tunable) if t))
+    env = dict(
+        os.environ,
+        GLIBC_TUNABLES=':'.join(
+            t for t in (os.environ.get('GLIBC_TUNABLES', ''), tunable) if t
+        ),
+    )
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
   from osgan_jax import host_memory
+
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
   wanted = [v.strip() for v in args.variants.split(',') if v.strip()]
   variants, flops, compile_s, matmul_flops = {}, {}, {}, {}
@@ -455,9 +552,10 @@ def main(argv=None):
         print('torch is not importable: no PyTorch row')
     elif name.startswith('jax-'):
       t0 = time.perf_counter()
-      impl, _, mode = name[len('jax-'):].partition('-')
-      out = jax_dcgan_steps(args.width, args.resolution, args.batch, conv_impl=impl,
-                            mode=mode or 'exact')
+      impl, _, mode = name[len('jax-') :].partition('-')
+      out = jax_dcgan_steps(
+          args.width, args.resolution, args.batch, conv_impl=impl, mode=mode or 'exact'
+      )
       flops[name], compile_s[name] = out.pop('flops'), out.pop('compile_s')
       matmul_flops[name] = out.pop('matmul_flops')
       out.pop('compiled')
@@ -476,8 +574,12 @@ def main(argv=None):
   print(format_table(rows))
   result = {
       'command': ' '.join([os.path.basename(sys.argv[0])] + list(argv or sys.argv[1:])),
-      'config': dict(width=args.width, resolution=args.resolution, batch=args.batch,
-                     rounds=args.rounds),
+      'config': dict(
+          width=args.width,
+          resolution=args.resolution,
+          batch=args.batch,
+          rounds=args.rounds,
+      ),
       'platform': platform_info(malloc_kept),
       'compile_s': compile_s,
       'rows': rows,

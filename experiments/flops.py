@@ -75,19 +75,27 @@ import jax  # noqa: E402
 from jax import lax  # noqa: E402
 from jax.extend import core as jex_core  # noqa: E402
 
-
 # ---------------------------------------------------------------- per-op formulas
 
-def dot_general_flops(lhs_shape: Sequence[int], out_shape: Sequence[int],
-                      dimension_numbers) -> int:
+
+def dot_general_flops(
+    lhs_shape: Sequence[int], out_shape: Sequence[int], dimension_numbers
+) -> int:
   """2 * (result elements) * (contracted size): 2 M N K for each batch element."""
   (lhs_contract, _), _ = dimension_numbers
   k = math.prod(int(lhs_shape[d]) for d in lhs_contract)
   return 2 * math.prod(int(n) for n in out_shape) * k
 
 
-def conv_valid_positions(in_size: int, kernel_size: int, out_size: int, stride: int,
-                         pad_lo: int, lhs_dilation: int, rhs_dilation: int) -> int:
+def conv_valid_positions(
+    in_size: int,
+    kernel_size: int,
+    out_size: int,
+    stride: int,
+    pad_lo: int,
+    lhs_dilation: int,
+    rhs_dilation: int,
+) -> int:
   """(output position, kernel tap) pairs of one spatial dim that read a real input.
 
   Tap ``k`` of output ``o`` reads position ``o*stride - pad_lo + k*rhs_dilation`` of
@@ -101,9 +109,20 @@ def conv_valid_positions(in_size: int, kernel_size: int, out_size: int, stride: 
   return int(real.sum())
 
 
-def conv_flops(lhs_shape, rhs_shape, out_shape, *, window_strides, padding,
-               lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-               feature_group_count=1, batch_group_count=1, **unused_params) -> int:
+def conv_flops(
+    lhs_shape,
+    rhs_shape,
+    out_shape,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    **unused_params,
+) -> int:
   """Multiply-adds x 2 of a ``conv_general_dilated`` (see the module docstring)."""
   nd = len(lhs_shape) - 2
   dn = dimension_numbers
@@ -113,17 +132,24 @@ def conv_flops(lhs_shape, rhs_shape, out_shape, *, window_strides, padding,
   lhs_dilation = tuple(lhs_dilation or (1,) * nd)
   rhs_dilation = tuple(rhs_dilation or (1,) * nd)
   if isinstance(padding, str):
-    dilated_in = [(int(lhs_shape[lhs_spec[2 + i]]) - 1) * lhs_dilation[i] + 1
-                  for i in range(nd)]
-    dilated_k = [(int(rhs_shape[rhs_spec[2 + i]]) - 1) * rhs_dilation[i] + 1
-                 for i in range(nd)]
+    dilated_in = [
+        (int(lhs_shape[lhs_spec[2 + i]]) - 1) * lhs_dilation[i] + 1 for i in range(nd)
+    ]
+    dilated_k = [
+        (int(rhs_shape[rhs_spec[2 + i]]) - 1) * rhs_dilation[i] + 1 for i in range(nd)
+    ]
     padding = lax.padtype_to_pads(dilated_in, dilated_k, window_strides, padding)
   positions = 1
   for i in range(nd):
     positions *= conv_valid_positions(
-        int(lhs_shape[lhs_spec[2 + i]]), int(rhs_shape[rhs_spec[2 + i]]),
-        int(out_shape[out_spec[2 + i]]), int(window_strides[i]), int(padding[i][0]),
-        int(lhs_dilation[i]), int(rhs_dilation[i]))
+        int(lhs_shape[lhs_spec[2 + i]]),
+        int(rhs_shape[rhs_spec[2 + i]]),
+        int(out_shape[out_spec[2 + i]]),
+        int(window_strides[i]),
+        int(padding[i][0]),
+        int(lhs_dilation[i]),
+        int(rhs_dilation[i]),
+    )
   batch = int(lhs_shape[lhs_spec[0]]) // int(batch_group_count)
   in_features = int(lhs_shape[lhs_spec[1]]) // int(feature_group_count)
   out_features = int(out_shape[out_spec[1]])
@@ -136,14 +162,54 @@ def conv_flops(lhs_shape, rhs_shape, out_shape, *, window_strides, padding,
 # per output element of an arithmetic elementwise op, one per input element of a
 # reduction, none for data movement (reshape, transpose, pad, slice, concatenate, ...)
 # and none for transcendentals (exp, log, tanh, sqrt, ...: XLA counts those apart).
-_ELEMENTWISE = frozenset((
-    'add', 'add_any', 'sub', 'mul', 'div', 'rem', 'max', 'min', 'neg', 'abs', 'sign',
-    'floor', 'ceil', 'round', 'select_n', 'clamp', 'eq', 'ne', 'lt', 'le', 'gt', 'ge',
-    'and', 'or', 'not', 'xor', 'square', 'convert_element_type', 'nextafter',
-    'is_finite', 'copysign'))
-_REDUCTIONS = frozenset((
-    'reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod', 'reduce_and', 'reduce_or',
-    'reduce_xor', 'argmax', 'argmin'))
+_ELEMENTWISE = frozenset(
+    (
+        'add',
+        'add_any',
+        'sub',
+        'mul',
+        'div',
+        'rem',
+        'max',
+        'min',
+        'neg',
+        'abs',
+        'sign',
+        'floor',
+        'ceil',
+        'round',
+        'select_n',
+        'clamp',
+        'eq',
+        'ne',
+        'lt',
+        'le',
+        'gt',
+        'ge',
+        'and',
+        'or',
+        'not',
+        'xor',
+        'square',
+        'convert_element_type',
+        'nextafter',
+        'is_finite',
+        'copysign',
+    )
+)
+_REDUCTIONS = frozenset(
+    (
+        'reduce_sum',
+        'reduce_max',
+        'reduce_min',
+        'reduce_prod',
+        'reduce_and',
+        'reduce_or',
+        'reduce_xor',
+        'argmax',
+        'argmin',
+    )
+)
 
 
 def _size(var) -> int:
@@ -158,7 +224,7 @@ def elementwise_flops(eqn) -> int:
     return sum(_size(v) for v in eqn.outvars)
   if name in _REDUCTIONS:
     return sum(_size(v) for v in eqn.invars)
-  if name == 'integer_pow':   # square-and-multiply, and a divide for negative powers
+  if name == 'integer_pow':  # square-and-multiply, and a divide for negative powers
     y = abs(int(eqn.params['y']))
     muls = max(1, y.bit_length() - 1 + bin(y).count('1') - 1) if y > 1 else 0
     return (muls + (int(eqn.params['y']) < 0)) * _size(eqn.outvars[0])
@@ -170,9 +236,10 @@ class Count:
   """FLOPs of a jaxpr: dots and convolutions (``by_dtype``: the cheapest branch of every
   conditional; ``by_dtype_max``: the most expensive) and, apart, XLA-style elementwise
   FLOPs (``elementwise``, ``elementwise_max``) for the comparison with XLA's count."""
-  by_dtype: dict = dataclasses.field(default_factory=dict)       # cheapest branches
-  by_dtype_max: dict = dataclasses.field(default_factory=dict)   # dearest branches
-  by_primitive: dict = dataclasses.field(default_factory=dict)   # cheapest branches
+
+  by_dtype: dict = dataclasses.field(default_factory=dict)  # cheapest branches
+  by_dtype_max: dict = dataclasses.field(default_factory=dict)  # dearest branches
+  by_primitive: dict = dataclasses.field(default_factory=dict)  # cheapest branches
   elementwise: float = 0.0
   elementwise_max: float = 0.0
   conds: int = 0
@@ -215,24 +282,28 @@ class Count:
     ``flops_max_branch``, ``flops_elementwise`` (cheapest branches),
     ``flops_xla_convention``, ``flops_by_dtype``, ``flops_by_primitive``, ``conds``,
     ``while_loops``."""
-    return {'flops': self.flops, 'flops_max_branch': self.flops_max_branch,
-            'flops_elementwise': self.elementwise,
-            'flops_xla_convention': self.flops_xla_convention,
-            'flops_by_dtype': dict(self.by_dtype),
-            'flops_by_primitive': dict(self.by_primitive),
-            'conds': self.conds, 'while_loops': self.while_loops}
+    return {
+        'flops': self.flops,
+        'flops_max_branch': self.flops_max_branch,
+        'flops_elementwise': self.elementwise,
+        'flops_xla_convention': self.flops_xla_convention,
+        'flops_by_dtype': dict(self.by_dtype),
+        'flops_by_primitive': dict(self.by_primitive),
+        'conds': self.conds,
+        'while_loops': self.while_loops,
+    }
 
 
 def _operand_key(eqn) -> str:
   """The dtype a dot/conv computes in, ``:highest`` for float32 at HIGHEST precision."""
   import jax.numpy as jnp
+
   dtypes = [v.aval.dtype for v in eqn.invars[:2]]
   dtype = jnp.promote_types(*dtypes) if len(dtypes) == 2 else dtypes[0]
   key = np.dtype(dtype).name
   precision = eqn.params.get('precision')
   precisions = precision if isinstance(precision, (tuple, list)) else (precision,)
-  if key == 'float32' and any(p is not None and 'HIGHEST' in str(p)
-                              for p in precisions):
+  if key == 'float32' and any(p is not None and 'HIGHEST' in str(p) for p in precisions):
     key += ':highest'
   return key
 
@@ -264,13 +335,26 @@ def count_jaxpr(jaxpr) -> Count:
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == 'dot_general':
-      total.add_op(name, _operand_key(eqn), dot_general_flops(
-          eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape,
-          eqn.params['dimension_numbers']))
+      total.add_op(
+          name,
+          _operand_key(eqn),
+          dot_general_flops(
+              eqn.invars[0].aval.shape,
+              eqn.outvars[0].aval.shape,
+              eqn.params['dimension_numbers'],
+          ),
+      )
     elif name == 'conv_general_dilated':
-      total.add_op(name, _operand_key(eqn), conv_flops(
-          eqn.invars[0].aval.shape, eqn.invars[1].aval.shape,
-          eqn.outvars[0].aval.shape, **eqn.params))
+      total.add_op(
+          name,
+          _operand_key(eqn),
+          conv_flops(
+              eqn.invars[0].aval.shape,
+              eqn.invars[1].aval.shape,
+              eqn.outvars[0].aval.shape,
+              **eqn.params,
+          ),
+      )
     elif name == 'cond':
       branches = [count_jaxpr(b) for b in eqn.params['branches']]
       cheap = min(branches, key=lambda c: c.flops)
@@ -298,7 +382,7 @@ def count_jaxpr(jaxpr) -> Count:
         total.elementwise += flops
         total.elementwise_max += flops
       times = _mesh_size(eqn.params['mesh']) if name == 'shard_map' else 1
-      for sub in subs:   # jit, closed_call, remat, shard_map, ...
+      for sub in subs:  # jit, closed_call, remat, shard_map, ...
         total.add(count_jaxpr(sub), times=times)
   return total
 
@@ -307,8 +391,10 @@ def dce(closed_jaxpr):
   """The jaxpr without equations whose results are unused (as XLA would prune them)."""
   try:
     from jax._src.interpreters import partial_eval as pe
-    jaxpr, _ = pe.dce_jaxpr(closed_jaxpr.jaxpr, [True] * len(closed_jaxpr.jaxpr.outvars),
-                            instantiate=True)
+
+    jaxpr, _ = pe.dce_jaxpr(
+        closed_jaxpr.jaxpr, [True] * len(closed_jaxpr.jaxpr.outvars), instantiate=True
+    )
     return jex_core.ClosedJaxpr(jaxpr, closed_jaxpr.consts)
   except Exception:  # pylint: disable=broad-except  (internal API moved: count as is)
     return closed_jaxpr
@@ -335,8 +421,9 @@ def analytic_flops(fn, *args, **kwargs) -> Count:
 def _on_cpu(tree):
   """Shapes and dtypes of ``tree``, placed on the CPU device."""
   cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=cpu),
-                      tree)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=cpu), tree
+  )
 
 
 def _cost(compiled) -> dict:
@@ -344,8 +431,10 @@ def _cost(compiled) -> dict:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   cost = cost or {}
-  return {'flops': float(cost.get('flops', 0.0)),
-          'bytes_accessed': float(cost.get('bytes accessed', 0.0))}
+  return {
+      'flops': float(cost.get('flops', 0.0)),
+      'bytes_accessed': float(cost.get('bytes accessed', 0.0)),
+  }
 
 
 def cpu_lowering_flops_many(fns: dict, *args, donate_argnums=()) -> dict:
@@ -355,10 +444,13 @@ def cpu_lowering_flops_many(fns: dict, *args, donate_argnums=()) -> dict:
   the wall time of all the compiles together."""
   import concurrent.futures
   import time
+
   t0 = time.perf_counter()
   cpu_args = _on_cpu(args)
-  lowered = {name: jax.jit(fn, donate_argnums=donate_argnums).lower(*cpu_args)
-             for name, fn in fns.items()}
+  lowered = {
+      name: jax.jit(fn, donate_argnums=donate_argnums).lower(*cpu_args)
+      for name, fn in fns.items()
+  }
   with concurrent.futures.ThreadPoolExecutor(max(1, len(lowered))) as pool:
     futures = {name: pool.submit(low.compile) for name, low in lowered.items()}
     costs = {name: _cost(f.result()) for name, f in futures.items()}
@@ -376,6 +468,7 @@ def cpu_lowering_flops(fn, *args, donate_argnums=()) -> dict:
   'bytes_accessed', 'compile_s'}``.
   """
   import time
+
   t0 = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*_on_cpu(args)).compile()
   return {**_cost(compiled), 'compile_s': time.perf_counter() - t0}
@@ -406,14 +499,14 @@ PEAK_TFLOPS = (
     (r'h100.*pcie', {'bf16': 756.5, 'tf32': 378.0, 'fp32': 51.0}),
     (r'h100.*nvl', {'bf16': 835.5, 'tf32': 417.5, 'fp32': 60.0}),
     (r'h200.*nvl', {'bf16': 835.5, 'tf32': 417.5, 'fp32': 60.0}),
-    (r'h100', {'bf16': 989.5, 'tf32': 494.5, 'fp32': 67.0}),    # SXM ('80GB HBM3')
-    (r'h200', {'bf16': 989.5, 'tf32': 494.5, 'fp32': 67.0}),    # SXM
+    (r'h100', {'bf16': 989.5, 'tf32': 494.5, 'fp32': 67.0}),  # SXM ('80GB HBM3')
+    (r'h200', {'bf16': 989.5, 'tf32': 494.5, 'fp32': 67.0}),  # SXM
     (r'a100', {'bf16': 312.0, 'tf32': 156.0, 'fp32': 19.5}),
-    (r'\bl4\b', {'bf16': 121.0, 'tf32': 60.0, 'fp32': 30.3}),   # not L40/L40S
+    (r'\bl4\b', {'bf16': 121.0, 'tf32': 60.0, 'fp32': 30.3}),  # not L40/L40S
     (r'tpu v4', {'bf16': 275.0, 'tf32': 275.0, 'fp32': 275.0 / 6}),
     (r'tpu v5 ?(lite|e)\b', {'bf16': 197.0, 'tf32': 197.0, 'fp32': 197.0 / 6}),
-    (r'tpu v5', {'bf16': 459.0, 'tf32': 459.0, 'fp32': 459.0 / 6}),   # 'TPU v5', v5p
-    (r'tpu v6', {'bf16': 918.0, 'tf32': 918.0, 'fp32': 918.0 / 6}),   # v6e ('v6 lite')
+    (r'tpu v5', {'bf16': 459.0, 'tf32': 459.0, 'fp32': 459.0 / 6}),  # 'TPU v5', v5p
+    (r'tpu v6', {'bf16': 918.0, 'tf32': 918.0, 'fp32': 918.0 / 6}),  # v6e ('v6 lite')
 )
 
 
@@ -457,9 +550,12 @@ def peak_fields(count: dict, step_s: float | None, peaks: dict | None) -> dict:
   flops = count.get('flops')
   by_dtype = count.get('flops_by_dtype') or {}
   ideal = peak_seconds(by_dtype, peaks)
-  out = {'peak_tflops': (flops / ideal / 1e12) if ideal else None,
-         'peak_classes': sorted({_peak_class(k) for k in by_dtype}) if peaks else None,
-         'tflops_per_s': None, 'fraction_of_peak': None}
+  out = {
+      'peak_tflops': (flops / ideal / 1e12) if ideal else None,
+      'peak_classes': sorted({_peak_class(k) for k in by_dtype}) if peaks else None,
+      'tflops_per_s': None,
+      'fraction_of_peak': None,
+  }
   if step_s and flops:
     out['tflops_per_s'] = flops / step_s / 1e12
     if ideal:
@@ -468,6 +564,7 @@ def peak_fields(count: dict, step_s: float | None, peaks: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------- command line
+
 
 def _parse_value(text: str):
   try:
@@ -491,20 +588,38 @@ def parse_overrides(items: Sequence[str]) -> dict:
 def main(argv=None) -> int:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import benchmark_speed  # pylint: disable=import-error
+
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--config', default='configs/dcgan_celeba.py')
   p.add_argument('--override', action='append', default=[], metavar='KEY=VALUE')
-  p.add_argument('--stage', default='one,two,official_two,one_approx',
-                 help="comma-separated: one, two, official_two, one_approx")
-  p.add_argument('--conv-impl', choices=('auto', 'xla', 'matmul'), default='auto',
-                 help="DCGAN's model.*.conv_impl ('xla': the accelerators' program)")
+  p.add_argument(
+      '--stage',
+      default='one,two,official_two,one_approx',
+      help='comma-separated: one, two, official_two, one_approx',
+  )
+  p.add_argument(
+      '--conv-impl',
+      choices=('auto', 'xla', 'matmul'),
+      default='auto',
+      help="DCGAN's model.*.conv_impl ('xla': the accelerators' program)",
+  )
   p.add_argument('--cpu', action='store_true', help='also the CPU-lowering count')
   args = p.parse_args(argv)
   spec = benchmark_speed.RowSpec(args.config, parse_overrides(args.override))
-  extra = None if args.conv_impl == 'auto' else {
-      f'model.{net}.conv_impl': args.conv_impl for net in ('generator', 'discriminator')}
-  names = {'one': 'one_stage', 'two': 'two_stage', 'official_two': 'official_two_stage',
-           'one_approx': 'one_stage_approx'}
+  extra = (
+      None
+      if args.conv_impl == 'auto'
+      else {
+          f'model.{net}.conv_impl': args.conv_impl
+          for net in ('generator', 'discriminator')
+      }
+  )
+  names = {
+      'one': 'one_stage',
+      'two': 'two_stage',
+      'official_two': 'official_two_stage',
+      'one_approx': 'one_stage_approx',
+  }
   variants = [names.get(s, s) for s in args.stage.split(',') if s]
   for row in benchmark_speed.variant_flops(spec, variants, extra=extra, cpu=args.cpu):
     print(json.dumps(row), flush=True)

@@ -61,6 +61,7 @@ def device_name() -> str:
 def make_images(folder: str, n: int, resolution: int) -> None:
   """``n`` smooth random RGB PNGs (deterministic; PNG-compressible like photos)."""
   from PIL import Image
+
   os.makedirs(folder, exist_ok=True)
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
@@ -69,8 +70,10 @@ def make_images(folder: str, n: int, resolution: int) -> None:
     if os.path.exists(path):
       continue
     f = rng.uniform(1, 6, (3, 2))
-    rgb = np.stack([np.sin(f[c, 0] * xx * 6.28 + i) * np.cos(f[c, 1] * yy * 6.28)
-                    for c in range(3)], -1)
+    rgb = np.stack(
+        [np.sin(f[c, 0] * xx * 6.28 + i) * np.cos(f[c, 1] * yy * 6.28) for c in range(3)],
+        -1,
+    )
     Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(path)
 
 
@@ -100,17 +103,28 @@ class _State:
 
 def trivial_task(cfg, batch: int) -> loop.Task:
   """One phase that reads one pixel: the loop's cost without a model."""
+
   def phase(state, batch_, rng, i):
     del rng, i
-    return (state.replace(step=state.step + 1, acc=state.acc + batch_['image'][0, 0, 0, 0]),
-            {'acc': state.acc})
+    return (
+        state.replace(step=state.step + 1, acc=state.acc + batch_['image'][0, 0, 0, 0]),
+        {'acc': state.acc},
+    )
 
   return loop.Task(
-      name='trivial', make_phases=lambda state: [loop.Phase('main', phase)],
+      name='trivial',
+      make_phases=lambda state: [loop.Phase('main', phase)],
       init=lambda key: _State(jnp.zeros((), jnp.int32), jnp.zeros(())),
       batches=lambda start, index, count: data.make_iterator(
-          cfg, batch, seed=0, start_step=start, process_index=index,
-          process_count=count, image_dtype='uint8'))
+          cfg,
+          batch,
+          seed=0,
+          start_step=start,
+          process_index=index,
+          process_count=count,
+          image_dtype='uint8',
+      ),
+  )
 
 
 def logged_rate(workdir: str) -> tuple[float, int]:
@@ -123,16 +137,27 @@ def logged_rate(workdir: str) -> tuple[float, int]:
 
 def loop_rate(cfg, batch: int, steps_: int, workdir: str) -> float:
   config = config_base.get_base_config()
-  config.update(dict(batch_size=batch, num_train_steps=steps_,
-                     log_every_steps=max(steps_ // 5, 1), checkpoint_every_steps=steps_,
-                     progress_bar=False))
+  config.update(
+      dict(
+          batch_size=batch,
+          num_train_steps=steps_,
+          log_every_steps=max(steps_ // 5, 1),
+          checkpoint_every_steps=steps_,
+          progress_bar=False,
+      )
+  )
   loop.run(config, workdir, trivial_task(cfg, batch))
   return logged_rate(workdir)[0]
 
 
 def real_overrides(width: int, batch: int, resolution: int) -> dict:
-  return {'batch_size': batch, 'data.resolution': resolution, 'data.channels': 3,
-          'model.generator.width': width, 'model.discriminator.width': width}
+  return {
+      'batch_size': batch,
+      'data.resolution': resolution,
+      'data.channels': 3,
+      'model.generator.width': width,
+      'model.discriminator.width': width,
+  }
 
 
 def steps_alone(stages, overrides: dict, rounds: int, per_call: int) -> dict:
@@ -148,33 +173,54 @@ def steps_alone(stages, overrides: dict, rounds: int, per_call: int) -> dict:
     t0 = time.perf_counter()
     states[stage], m = step(states[stage], batch, jax.random.PRNGKey(1))
     jax.block_until_ready(m)
-    print(f'# {stage}-stage step compiled and ran once in '
-          f'{time.perf_counter() - t0:.1f} s', file=sys.stderr)
+    print(
+        f'# {stage}-stage step compiled and ran once in '
+        f'{time.perf_counter() - t0:.1f} s',
+        file=sys.stderr,
+    )
 
     def run(stage=stage, step=step):
       for k in range(per_call):
         states[stage], m = step(states[stage], batch, jax.random.PRNGKey(k))
       jax.block_until_ready(m)
+
     fns[stage] = run
   times = benchmark_speed.run_interleaved(fns, rounds)
   return {s: per_call * batch_size / float(np.median(t)) for s, t in times.items()}
 
 
-def through_main(stage: str, overrides: dict, prepared: str, steps_: int,
-                 workdir: str) -> tuple[float, int]:
+def through_main(
+    stage: str, overrides: dict, prepared: str, steps_: int, workdir: str
+) -> tuple[float, int]:
   """images/s of ``python -m osgan_jax.main`` training on the prepared data."""
-  args = {**overrides, 'stage': stage, 'data.name': 'prepared', 'data.path': prepared,
-          'num_train_steps': steps_, 'log_every_steps': max(steps_ // 10, 1),
-          'sample_every_steps': steps_, 'checkpoint_every_steps': steps_,
-          'progress_bar': False}
-  cmd = [sys.executable, '-m', 'osgan_jax.main', f'--config={REAL_CONFIG}',
-         f'--workdir={workdir}', *[f'--config.{k}={v}' for k, v in args.items()]]
+  args = {
+      **overrides,
+      'stage': stage,
+      'data.name': 'prepared',
+      'data.path': prepared,
+      'num_train_steps': steps_,
+      'log_every_steps': max(steps_ // 10, 1),
+      'sample_every_steps': steps_,
+      'checkpoint_every_steps': steps_,
+      'progress_bar': False,
+  }
+  cmd = [
+      sys.executable,
+      '-m',
+      'osgan_jax.main',
+      f'--config={REAL_CONFIG}',
+      f'--workdir={workdir}',
+      *[f'--config.{k}={v}' for k, v in args.items()],
+  ]
   t0 = time.perf_counter()
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f'main failed: {result.stderr[-3000:]}')
-  print(f'# main {stage}-stage: {steps_} steps in {time.perf_counter() - t0:.1f} s '
-        '(process, compilation included)', file=sys.stderr)
+  print(
+      f'# main {stage}-stage: {steps_} steps in {time.perf_counter() - t0:.1f} s '
+      '(process, compilation included)',
+      file=sys.stderr,
+  )
   return logged_rate(workdir)
 
 
@@ -205,34 +251,56 @@ def main(argv=None) -> int:
   folder, prepared = os.path.join(work, 'folder'), os.path.join(work, 'prepared')
   make_images(folder, args.images, args.resolution)
   if not os.path.exists(os.path.join(prepared, 'meta.json')):
-    prepare_data.prepare(f'folder:{folder}', prepared, resolution=args.resolution,
-                         channels=3, progress_bar=False)
+    prepare_data.prepare(
+        f'folder:{folder}',
+        prepared,
+        resolution=args.resolution,
+        channels=3,
+        progress_bar=False,
+    )
   paths = {'prepared': prepared, 'folder': folder}
   for source in args.sources.split(','):
     cfg = data_config(source, paths[source], args.resolution)
     n = args.trivial_steps if source == 'prepared' else max(args.trivial_steps // 10, 20)
-    emit(source=source, step='none', through_loop=False,
-         images_per_s=iterator_rate(cfg, args.batch, n))
+    emit(
+        source=source,
+        step='none',
+        through_loop=False,
+        images_per_s=iterator_rate(cfg, args.batch, n),
+    )
     workdir = os.path.join(work, f'trivial_{source}')
     shutil.rmtree(workdir, ignore_errors=True)
-    emit(source=source, step='trivial', through_loop=True,
-         images_per_s=loop_rate(cfg, args.batch, n, workdir))
+    emit(
+        source=source,
+        step='trivial',
+        through_loop=True,
+        images_per_s=loop_rate(cfg, args.batch, n, workdir),
+    )
 
   if args.real:
     overrides = real_overrides(args.width, args.batch, args.resolution)
-    for stage, rate in steps_alone(('one', 'two'), overrides, args.rounds,
-                                   args.per_call).items():
+    for stage, rate in steps_alone(
+        ('one', 'two'), overrides, args.rounds, args.per_call
+    ).items():
       emit(source='device_batch', step=stage, through_loop=False, images_per_s=rate)
     for stage in ('one', 'two'):
       workdir = os.path.join(work, f'main_{stage}')
       shutil.rmtree(workdir, ignore_errors=True)
-      rate, intervals = through_main(stage, overrides, prepared, args.real_steps,
-                                     workdir)
-      emit(source='prepared', step=stage, through_loop=True, images_per_s=rate,
-           log_intervals=intervals)
+      rate, intervals = through_main(stage, overrides, prepared, args.real_steps, workdir)
+      emit(
+          source='prepared',
+          step=stage,
+          through_loop=True,
+          images_per_s=rate,
+          log_intervals=intervals,
+      )
 
-  record = {'machine': benchmark_speed.machine(), 'device': device,
-            'args': vars(args), 'rows': rows}
+  record = {
+      'machine': benchmark_speed.machine(),
+      'device': device,
+      'args': vars(args),
+      'rows': rows,
+  }
   path = os.path.join(args.out, 'loop_throughput.json')
   with open(path, 'w') as f:
     json.dump(record, f, indent=1)
@@ -244,17 +312,23 @@ def summary(rows) -> str:
   """A short table: every row, and through-loop / alone for the real steps."""
   lines = [f'{"source":>13} {"step":>8} {"loop":>5} {"images/s":>10}']
   for r in rows:
-    lines.append(f'{r["source"]:>13} {r["step"]:>8} {str(r["through_loop"]):>5} '
-                 f'{r["images_per_s"]:>10.0f}')
-  alone = {r['step']: r['images_per_s'] for r in rows
-           if r['source'] == 'device_batch'}
-  looped = {r['step']: r['images_per_s'] for r in rows
-            if r['through_loop'] and r['step'] in alone}
+    lines.append(
+        f'{r["source"]:>13} {r["step"]:>8} {str(r["through_loop"]):>5} '
+        f'{r["images_per_s"]:>10.0f}'
+    )
+  alone = {r['step']: r['images_per_s'] for r in rows if r['source'] == 'device_batch'}
+  looped = {
+      r['step']: r['images_per_s']
+      for r in rows
+      if r['through_loop'] and r['step'] in alone
+  }
   for s in looped:
     lines.append(f'{s}-stage through main / alone: {looped[s] / alone[s]:.3f}')
   if {'one', 'two'} <= set(looped):
-    lines.append(f'end to end one/two: {looped["one"] / looped["two"]:.3f}; alone: '
-                 f'{alone["one"] / alone["two"]:.3f}')
+    lines.append(
+        f'end to end one/two: {looped["one"] / looped["two"]:.3f}; alone: '
+        f'{alone["one"] / alone["two"]:.3f}'
+    )
   return '\n'.join(lines)
 
 

@@ -34,8 +34,19 @@ import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
 from osgan_jax import steps  # noqa: E402
 
 KINDS = ('conv', 'dot', 'data_movement', 'reduce', 'other_fusion')
-_MOVEMENT = ('concatenate', 'copy', 'slice', 'pad', 'transpose', 'bitcast', 'dynamic',
-             'gather', 'scatter', 'reverse', 'broadcast.')
+_MOVEMENT = (
+    'concatenate',
+    'copy',
+    'slice',
+    'pad',
+    'transpose',
+    'bitcast',
+    'dynamic',
+    'gather',
+    'scatter',
+    'reverse',
+    'broadcast.',
+)
 _NOT_OPS = ('ThunkExecutor', '$', 'PjRt', 'Pjit', 'Execute')
 
 
@@ -103,8 +114,9 @@ def profile_row(name: str, num_steps: int, workdir: str) -> dict:
       for _ in range(num_steps):
         s, m = step(s, batch, rng)
         jax.block_until_ready((s, m))
-    path = glob.glob(os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'),
-                     recursive=True)[0]
+    path = glob.glob(
+        os.path.join(trace_dir, '**', 'perfetto_trace.json.gz'), recursive=True
+    )[0]
     with gzip.open(path) as f:
       trace = json.load(f)
     events = trace['traceEvents'] if isinstance(trace, dict) else trace
@@ -114,12 +126,17 @@ def profile_row(name: str, num_steps: int, workdir: str) -> dict:
 
 def table(name: str, summary: dict) -> str:
   head = ('variant', 'wall ms', 'busy ms', 'busy/wall', 'ops') + tuple(
-      f'{k} ms (ops)' for k in KINDS)
+      f'{k} ms (ops)' for k in KINDS
+  )
   lines = [f'**{name}**', '', '| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for variant, s in summary.items():
-    cells = [variant, f'{s["wall_ms"]:.1f}', f'{s["busy_ms"]:.1f}',
-             f'{s["busy_over_wall"]:.2f}', f'{s["ops"]:.0f}'] + [
-                 f'{s[k + "_ms"]:.1f} ({s[k + "_ops"]:.0f})' for k in KINDS]
+    cells = [
+        variant,
+        f'{s["wall_ms"]:.1f}',
+        f'{s["busy_ms"]:.1f}',
+        f'{s["busy_over_wall"]:.2f}',
+        f'{s["ops"]:.0f}',
+    ] + [f'{s[k + "_ms"]:.1f} ({s[k + "_ops"]:.0f})' for k in KINDS]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 

@@ -26,11 +26,16 @@ BEST_FILE = 'best.json'
 CORRUPT_DIR = 'corrupt'
 
 
-def manager(directory: str, keep: int, *, async_save: bool = True) -> ocp.CheckpointManager:
+def manager(
+    directory: str, keep: int, *, async_save: bool = True
+) -> ocp.CheckpointManager:
   """An orbax manager of ``directory`` keeping the last ``keep`` checkpoints."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
-                                         enable_async_checkpointing=async_save,
-                                         cleanup_tmp_directories=True)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max(int(keep), 1),
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+  )
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -43,17 +48,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   """
   wait(mngr)
   directory = os.fspath(mngr.directory)
-  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)
-             if hasattr(x, 'dtype'))
+  need = sum(
+      x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, 'dtype')
+  )
   free = shutil.disk_usage(directory).free
   if free < 1.1 * need + (1 << 20):
     raise CheckpointError(
         f'no room for checkpoint {step} in {directory}: {free / 2**20:.1f} MiB free, '
         f'about {need / 2**20:.1f} MiB needed; the checkpoints there '
-        f'({_listed(mngr)}) are intact: free space and run the same command to resume')
+        f'({_listed(mngr)}) are intact: free space and run the same command to resume'
+    )
   try:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            meta=ocp.args.JsonSave(meta)))
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+    )
   except (OSError, ValueError) as e:
     raise _write_error(mngr, f'checkpoint {step}', e) from None
 
@@ -67,9 +78,11 @@ def wait(mngr: ocp.CheckpointManager) -> None:
 
 
 def _write_error(mngr: ocp.CheckpointManager, what: str, e: Exception):
-  return CheckpointError(f'cannot write {what} in {mngr.directory} '
-                         f'({" ".join(str(e).split())[:200]}); the checkpoints there '
-                         f'({_listed(mngr)}) are intact')
+  return CheckpointError(
+      f'cannot write {what} in {mngr.directory} '
+      f'({" ".join(str(e).split())[:200]}); the checkpoints there '
+      f'({_listed(mngr)}) are intact'
+  )
 
 
 def close(mngr: ocp.CheckpointManager) -> None:
@@ -87,22 +100,28 @@ def _listed(mngr: ocp.CheckpointManager) -> str:
 
 def abstract(state_shapes, sharding):
   """``jax.ShapeDtypeStruct`` leaves with ``sharding``, to restore onto a mesh."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                      state_shapes)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state_shapes
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step=None):
   """``(state, meta)`` of checkpoint ``step`` (default: the latest)."""
   step = mngr.latest_step() if step is None else step
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+  )
   return restored.state, dict(restored.meta or {})
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   """Only the ``meta`` of checkpoint ``step`` (no arrays are read)."""
-  return dict(mngr.restore(step, args=ocp.args.Composite(
-      meta=ocp.args.JsonRestore())).meta or {})
+  return dict(
+      mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta or {}
+  )
 
 
 class CheckpointError(RuntimeError):
@@ -111,11 +130,16 @@ class CheckpointError(RuntimeError):
 
 def _shapes(tree) -> dict:
   """``{'a/b/c': (shape, dtype)}`` of a tree's arrays, whatever its containers."""
+
   def name(key):
     return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
+
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
-          for path, x in leaves if hasattr(x, 'shape')}
+  return {
+      '/'.join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
+      for path, x in leaves
+      if hasattr(x, 'shape')
+  }
 
 
 def _mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state) -> str | None:
@@ -138,6 +162,7 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     os.replace(os.path.join(directory, str(step)), target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(f'osgan_jax: checkpoint {step} moved aside')
   mngr.reload()
   return target
@@ -184,20 +209,28 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
           pass
         time.sleep(1.0)  # the failed read's other pending reads report on fd 2 meanwhile
     if mismatch:
-      raise CheckpointError(f'checkpoint {step} in {mngr.directory} does not fit this '
-                            f'config ({mismatch})')
+      raise CheckpointError(
+          f'checkpoint {step} in {mngr.directory} does not fit this '
+          f'config ({mismatch})'
+      )
     if problem is None:
       os.remove(log)
       return state, meta, step
     where = _move_aside(mngr, step)
     if jax.process_index() == 0:
       os.replace(log, where + '.log')
-    logging.warning('Checkpoint %d is unusable (%s); moved to %s, trying the one before',
-                    step, problem, where)
+    logging.warning(
+        'Checkpoint %d is unusable (%s); moved to %s, trying the one before',
+        step,
+        problem,
+        where,
+    )
   if steps:
-    raise CheckpointError(f'no usable checkpoint in {mngr.directory}: all {len(steps)} '
-                          f'were moved to {CORRUPT_DIR}/; start afresh with another '
-                          f'--workdir')
+    raise CheckpointError(
+        f'no usable checkpoint in {mngr.directory}: all {len(steps)} '
+        f'were moved to {CORRUPT_DIR}/; start afresh with another '
+        f'--workdir'
+    )
   return None
 
 

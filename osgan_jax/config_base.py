@@ -114,42 +114,108 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.num_devices = 0
   c.progress_bar = True
   c.allow_config_change = ''
-  c.divergence = ml_collections.ConfigDict(dict(
-      policy='stop', max_rollbacks=3, collapse_intervals=3, collapse_loss_d=1e-3,
-      collapse_loss_g=5.0))
+  c.divergence = ml_collections.ConfigDict(
+      dict(
+          policy='stop',
+          max_rollbacks=3,
+          collapse_intervals=3,
+          collapse_loss_d=1e-3,
+          collapse_loss_g=5.0,
+      )
+  )
 
-  c.fid = ml_collections.ConfigDict(dict(
-      every_steps=0, num_samples=10_000, num_real=10_000, batch_size=50, kid=False,
-      keep_best=True, features='inception', classifier_workdir='', real_split='',
-      cache_dir=''))
+  c.fid = ml_collections.ConfigDict(
+      dict(
+          every_steps=0,
+          num_samples=10_000,
+          num_real=10_000,
+          batch_size=50,
+          kid=False,
+          keep_best=True,
+          features='inception',
+          classifier_workdir='',
+          real_split='',
+          cache_dir='',
+      )
+  )
 
-  c.data = ml_collections.ConfigDict(dict(
-      name='fashion_mnist', path='', resolution=64, channels=1, split='train',
-      source='auto', center_crop=-1, interpolation='', shuffle=True, num_threads=4,
-      prefetch=8, num_workers=0, download=False))
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name='fashion_mnist',
+          path='',
+          resolution=64,
+          channels=1,
+          split='train',
+          source='auto',
+          center_crop=-1,
+          interpolation='',
+          shuffle=True,
+          num_threads=4,
+          prefetch=8,
+          num_workers=0,
+          download=False,
+      )
+  )
 
   # DCGAN as the official OSGAN networks: d = 128, biases on every conv.
   c.model = ml_collections.ConfigDict()
   c.model.name = 'dcgan'
   # dtype: the computation dtype ('bfloat16' for mixed precision; parameters, losses
   # and optimiser states stay float32).
-  c.model.generator = ml_collections.ConfigDict(dict(
-      width=128, norm='batch', use_bias=True, embed_dim=0, dtype='float32'))
-  c.model.discriminator = ml_collections.ConfigDict(dict(
-      width=128, norm='batch', num_groups=32, spectral_norm=False, patch=False,
-      use_bias=True, embed_dim=0, dtype='float32'))
+  c.model.generator = ml_collections.ConfigDict(
+      dict(width=128, norm='batch', use_bias=True, embed_dim=0, dtype='float32')
+  )
+  c.model.discriminator = ml_collections.ConfigDict(
+      dict(
+          width=128,
+          norm='batch',
+          num_groups=32,
+          spectral_norm=False,
+          patch=False,
+          use_bias=True,
+          embed_dim=0,
+          dtype='float32',
+      )
+  )
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      g_lr=2e-4, d_lr=2e-4, b1=0.5, b2=0.999, eps=1e-8, weight_clip=0.0,
-      lr_milestones=(), lr_decay=0.1, nan_to_num=False))
-  c.reg = ml_collections.ConfigDict(dict(
-      r1_gamma=0.0, r1_interval=16, pl_weight=0.0, pl_interval=4, pl_decay=0.01,
-      pl_batch_shrink=2))
+  c.optimizer = ml_collections.ConfigDict(
+      dict(
+          g_lr=2e-4,
+          d_lr=2e-4,
+          b1=0.5,
+          b2=0.999,
+          eps=1e-8,
+          weight_clip=0.0,
+          lr_milestones=(),
+          lr_decay=0.1,
+          nan_to_num=False,
+      )
+  )
+  c.reg = ml_collections.ConfigDict(
+      dict(
+          r1_gamma=0.0,
+          r1_interval=16,
+          pl_weight=0.0,
+          pl_interval=4,
+          pl_decay=0.01,
+          pl_batch_shrink=2,
+      )
+  )
   c.ema = ml_collections.ConfigDict(dict(half_life_kimg=0.0, rampup=0.0))
   c.penalty = ml_collections.ConfigDict(dict(r1=0.0, r2=0.0, gp=0.0))
-  c.schedule = ml_collections.ConfigDict(dict(
-      kind='cosine', steps=0, g_lr=-1.0, d_lr=-1.0, b2=-1.0, r1=-1.0, r2=-1.0, gp=-1.0,
-      ema_half_life_kimg=-1.0))
+  c.schedule = ml_collections.ConfigDict(
+      dict(
+          kind='cosine',
+          steps=0,
+          g_lr=-1.0,
+          d_lr=-1.0,
+          b2=-1.0,
+          r1=-1.0,
+          r2=-1.0,
+          gp=-1.0,
+          ema_half_life_kimg=-1.0,
+      )
+  )
   c.sample_truncation_psi = 1.0
   return c
 
@@ -191,8 +257,8 @@ def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
 NUM_EXAMPLES = {
     'mnist': 60_000,
     'fashion_mnist': 60_000,
-    'celeb_a': 162_770,        # tfds celeb_a 'train'
-    'lsun_church': 126_227,    # tfds lsun/church_outdoor 'train'
+    'celeb_a': 162_770,  # tfds celeb_a 'train'
+    'lsun_church': 126_227,  # tfds lsun/church_outdoor 'train'
 }
 
 
@@ -224,21 +290,35 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
   c = get_base_config()
   c.loss = 'non_saturating'
   c.batch_size = 32
-  c.num_train_steps = 25_000_000 // 32        # 25000 kimg
+  c.num_train_steps = 25_000_000 // 32  # 25000 kimg
   c.log_every_steps = 100
-  c.checkpoint_every_steps = 6_250             # 200 kimg, the official snapshot period
+  c.checkpoint_every_steps = 6_250  # 200 kimg, the official snapshot period
   c.sample_every_steps = 1_250
   c.num_samples = 32
   c.z_dim = 512
   no_clamp = lambda: ml_collections.FieldReference(None, field_type=float)
   c.model.name = 'stylegan2'
-  c.model.generator = ml_collections.ConfigDict(dict(
-      w_dim=512, channel_base=32768, channel_max=512, mapping_layers=8,
-      mapping_lr_multiplier=0.01, style_mixing_prob=0.9, num_fp16_res=0,
-      conv_clamp=no_clamp()))
-  c.model.discriminator = ml_collections.ConfigDict(dict(
-      channel_base=32768, channel_max=512, mbstd_group_size=4, num_fp16_res=0,
-      conv_clamp=no_clamp()))
+  c.model.generator = ml_collections.ConfigDict(
+      dict(
+          w_dim=512,
+          channel_base=32768,
+          channel_max=512,
+          mapping_layers=8,
+          mapping_lr_multiplier=0.01,
+          style_mixing_prob=0.9,
+          num_fp16_res=0,
+          conv_clamp=no_clamp(),
+      )
+  )
+  c.model.discriminator = ml_collections.ConfigDict(
+      dict(
+          channel_base=32768,
+          channel_max=512,
+          mbstd_group_size=4,
+          num_fp16_res=0,
+          conv_clamp=no_clamp(),
+      )
+  )
   c.optimizer.g_lr = 0.002
   c.optimizer.d_lr = 0.002
   c.optimizer.b1 = 0.0
@@ -260,10 +340,8 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
 # final EMA half-life (kimg) and the bfloat16 stages; every preset ramps lr 2e-4 ->
 # 5e-5, beta2 0.9 -> 0.99, gamma and the EMA half-life by one cosine over 20M images.
 R3GAN_PRESETS = {
-    'CIFAR10': dict(batch_size=512, gamma=(0.05, 0.005), ema_kimg=5000.0,
-                    mixed_stages=3),
-    'FFHQ-256': dict(batch_size=256, gamma=(150.0, 15.0), ema_kimg=500.0,
-                     mixed_stages=4),
+    'CIFAR10': dict(batch_size=512, gamma=(0.05, 0.005), ema_kimg=5000.0, mixed_stages=3),
+    'FFHQ-256': dict(batch_size=256, gamma=(150.0, 15.0), ema_kimg=500.0, mixed_stages=4),
 }
 R3GAN_DECAY_IMAGES = 20_000_000
 
@@ -290,9 +368,17 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
 
   c.model.name = 'r3gan'
   for net in ('generator', 'discriminator'):
-    c.model[net] = ml_collections.ConfigDict(dict(
-        channel_base=24576, channel_max=768, group_size=16, blocks_per_stage=2,
-        expansion=2, num_mixed_stages=p['mixed_stages'], conv_impl='auto'))
+    c.model[net] = ml_collections.ConfigDict(
+        dict(
+            channel_base=24576,
+            channel_max=768,
+            group_size=16,
+            blocks_per_stage=2,
+            expansion=2,
+            num_mixed_stages=p['mixed_stages'],
+            conv_impl='auto',
+        )
+    )
 
   c.optimizer.g_lr = c.optimizer.d_lr = 2e-4
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.0, 0.9, 1e-8
@@ -331,8 +417,9 @@ def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   c.model.name = 'dfad'
   # DFAD's generator has width 64 (1.05M parameters); 16 keeps a CPU step cheap.
   c.model.generator = ml_collections.ConfigDict(dict(width=16))
-  c.model.discriminator = ml_collections.ConfigDict(dict(
-      arch='lenet5', width=3, blocks=(), spectral_norm=False))
+  c.model.discriminator = ml_collections.ConfigDict(
+      dict(arch='lenet5', width=3, blocks=(), spectral_norm=False)
+  )
   # The generator's Adam (lr 1e-3, PyTorch's default betas) and the student's SGD (lr
   # 0.01, momentum 0.9, weight decay 1e-4), DFAD's MNIST settings.
   c.optimizer.g_lr = 1e-3
@@ -342,13 +429,27 @@ def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.eval_batch_size = 1000
   c.eval_split = 'test'
-  c.teacher = ml_collections.ConfigDict(dict(
-      arch='lenet5', width=6, blocks=(), optimizer='adam', lr=1e-3,
-      lr_schedule='constant', momentum=0.9, weight_decay=0.0))
-  c.dfad = ml_collections.ConfigDict(dict(
-      teacher_workdir='/tmp/dfad_teacher_fmnist',
-      teacher_config='configs/dfad_teacher_fashion_mnist.py',
-      student_steps=5, student_momentum=0.9, student_weight_decay=1e-4))
+  c.teacher = ml_collections.ConfigDict(
+      dict(
+          arch='lenet5',
+          width=6,
+          blocks=(),
+          optimizer='adam',
+          lr=1e-3,
+          lr_schedule='constant',
+          momentum=0.9,
+          weight_decay=0.0,
+      )
+  )
+  c.dfad = ml_collections.ConfigDict(
+      dict(
+          teacher_workdir='/tmp/dfad_teacher_fmnist',
+          teacher_config='configs/dfad_teacher_fashion_mnist.py',
+          student_steps=5,
+          student_momentum=0.9,
+          student_weight_decay=1e-4,
+      )
+  )
   if task == 'teacher':
     c.batch_size = 128
     c.num_train_steps = 2_000
@@ -391,9 +492,18 @@ def dfad_cifar10_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   c.optimizer.lr_decay = 0.1
   # DFAD's step schedule (x0.1 every 80 epochs) is off in its README's command; a
   # cosine decay over the 200 epochs is the usual CIFAR recipe and needs no tuning.
-  c.teacher = ml_collections.ConfigDict(dict(
-      arch='resnet34', width=64, blocks=(), optimizer='sgd', lr=0.1,
-      lr_schedule='cosine', momentum=0.9, weight_decay=5e-4))
+  c.teacher = ml_collections.ConfigDict(
+      dict(
+          arch='resnet34',
+          width=64,
+          blocks=(),
+          optimizer='sgd',
+          lr=0.1,
+          lr_schedule='cosine',
+          momentum=0.9,
+          weight_decay=5e-4,
+      )
+  )
   c.dfad.teacher_workdir = '/tmp/dfad_teacher_cifar10'
   c.dfad.teacher_config = 'configs/dfad_teacher_cifar10.py'
   c.dfad.student_weight_decay = 5e-4
@@ -401,8 +511,7 @@ def dfad_cifar10_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   if task == 'teacher':
     c.batch_size = 128
     steps_per_epoch = -(-CIFAR10_TRAIN_EXAMPLES // c.batch_size)
-    c.num_train_steps = epochs_to_steps(200, CIFAR10_TRAIN_EXAMPLES,
-                                                    c.batch_size)
+    c.num_train_steps = epochs_to_steps(200, CIFAR10_TRAIN_EXAMPLES, c.batch_size)
     c.eval_every_steps = 5 * steps_per_epoch
     c.log_every_steps = 100
     c.checkpoint_every_steps = 5 * steps_per_epoch

@@ -79,37 +79,47 @@ STAGES = ('one', 'two')
 def _validate(config, task: str) -> None:
   if config.get('task', 'gan') != task:
     raise ConfigError(f'config.task={config.get("task", "gan")!r}, expected {task!r}')
-  for key in ('sample_every_steps', 'num_samples', 'eval_every_steps',
-              'eval_batch_size'):
+  for key in ('sample_every_steps', 'num_samples', 'eval_every_steps', 'eval_batch_size'):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
-  for name, arch in (('teacher.arch', config.teacher.arch),
-                     ('model.discriminator.arch', config.model.discriminator.arch)):
+  for name, arch in (
+      ('teacher.arch', config.teacher.arch),
+      ('model.discriminator.arch', config.model.discriminator.arch),
+  ):
     if arch not in classifiers.ARCHS:
-      raise ConfigError(f'config.{name}={arch!r} is not one of '
-                        f'{", ".join(classifiers.ARCHS)}')
+      raise ConfigError(
+          f'config.{name}={arch!r} is not one of ' f'{", ".join(classifiers.ARCHS)}'
+      )
   if config.teacher.optimizer not in ('adam', 'sgd'):
-    raise ConfigError(f"config.teacher.optimizer must be 'adam' or 'sgd', got "
-                      f'{config.teacher.optimizer!r}')
+    raise ConfigError(
+        f"config.teacher.optimizer must be 'adam' or 'sgd', got "
+        f'{config.teacher.optimizer!r}'
+    )
   if config.teacher.lr_schedule not in ('constant', 'cosine'):
-    raise ConfigError(f"config.teacher.lr_schedule must be 'constant' or 'cosine', got "
-                      f'{config.teacher.lr_schedule!r}')
+    raise ConfigError(
+        f"config.teacher.lr_schedule must be 'constant' or 'cosine', got "
+        f'{config.teacher.lr_schedule!r}'
+    )
   if task == 'dfad':
     if config.stage not in STAGES:
-      raise ConfigError(f'config.stage={config.stage!r}: distillation runs '
-                        f'{" or ".join(STAGES)}')
+      raise ConfigError(
+          f'config.stage={config.stage!r}: distillation runs ' f'{" or ".join(STAGES)}'
+      )
     gan_lib.validate_method(config)
     if int(config.dfad.student_steps) < 1:
-      raise ConfigError(f'config.dfad.student_steps must be >= 1, got '
-                        f'{config.dfad.student_steps}')
+      raise ConfigError(
+          f'config.dfad.student_steps must be >= 1, got ' f'{config.dfad.student_steps}'
+      )
     if int(config.num_classes):
       raise ConfigError('config.num_classes must be 0: distillation is unconditional')
   if any(w > 0 for w in config.penalty.values()):
-    raise ConfigError('config.penalty.*: DFAD tasks take no gradient penalties; leave '
-                      'them 0')
+    raise ConfigError(
+        'config.penalty.*: DFAD tasks take no gradient penalties; leave ' 'them 0'
+    )
   if int(config.fid.every_steps):
-    raise ConfigError('config.fid.every_steps: FID is not computed for DFAD tasks; '
-                      'leave it 0')
+    raise ConfigError(
+        'config.fid.every_steps: FID is not computed for DFAD tasks; ' 'leave it 0'
+    )
 
 
 def _data_config(config, split: str, shuffle: bool) -> ml_collections.ConfigDict:
@@ -120,15 +130,20 @@ def _data_config(config, split: str, shuffle: bool) -> ml_collections.ConfigDict
 
 # ------------------------------------------------------------------------ networks
 
+
 def _blocks(network_config) -> tuple:
   return tuple(int(n) for n in network_config.get('blocks', ()) or ())
 
 
 def create_teacher(config, num_outputs: int = 10) -> classifiers.Classifier:
   return classifiers.Classifier(
-      arch=config.teacher.arch, width=int(config.teacher.width),
-      blocks=_blocks(config.teacher), num_outputs=num_outputs,
-      resolution=int(config.data.resolution), channels=int(config.data.channels))
+      arch=config.teacher.arch,
+      width=int(config.teacher.width),
+      blocks=_blocks(config.teacher),
+      num_outputs=num_outputs,
+      resolution=int(config.data.resolution),
+      channels=int(config.data.channels),
+  )
 
 
 def _init_classifier(model, key):
@@ -140,8 +155,11 @@ def _init_classifier(model, key):
 @functools.lru_cache(maxsize=None)
 def _predict(model):
   """Jitted ``(params, model_state, images) -> classes`` in inference mode."""
-  return jax.jit(lambda params, model_state, x: jnp.argmax(
-      model.apply({'params': params, **model_state}, x, train=False), axis=-1))
+  return jax.jit(
+      lambda params, model_state, x: jnp.argmax(
+          model.apply({'params': params, **model_state}, x, train=False), axis=-1
+      )
+  )
 
 
 class TestAccuracy:
@@ -153,8 +171,10 @@ class TestAccuracy:
     data.num_threads = 0
     info = data_lib.dataset_info(data)
     if info['num_classes'] == 0:
-      raise data_lib.DataError(f'{config.data.name} split {config.eval_split!r} has no '
-                               'labels; accuracy needs a labelled test set')
+      raise data_lib.DataError(
+          f'{config.data.name} split {config.eval_split!r} has no '
+          'labels; accuracy needs a labelled test set'
+      )
     self.num_examples = n = int(info['num_examples'])
     self.num_classes = int(info['num_classes'])
     self.every_steps = int(config.eval_every_steps)
@@ -186,6 +206,7 @@ class TestAccuracy:
 
 # ------------------------------------------------------------------------ teacher
 
+
 @flax.struct.dataclass
 class TeacherState:
   step: jax.Array
@@ -210,8 +231,13 @@ def _teacher_optimizer(config) -> optax.GradientTransformation:
 def _teacher_init(model, tx):
   def init(key):
     params, model_state = _init_classifier(model, key)
-    return TeacherState(step=jnp.zeros((), jnp.int32), params=params,
-                        model_state=model_state, opt_state=tx.init(params))
+    return TeacherState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+    )
+
   return init
 
 
@@ -220,26 +246,36 @@ def _teacher_step(model, tx, state: TeacherState, batch, rng, i):
   del rng, i
 
   def objective(params):
-    logits, model_state = models.apply(model, params, state.model_state,
-                                       batch['image'], None, True)
+    logits, model_state = models.apply(
+        model, params, state.model_state, batch['image'], None, True
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return jnp.mean(loss), (logits, model_state)
 
   (loss, (logits, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-      state.params)
+      state.params
+  )
   params, opt_state = steps.apply_optimizer(tx, grads, state.opt_state, state.params)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  return (state.replace(step=state.step + 1, params=params, model_state=model_state,
-                        opt_state=opt_state),
-          {'loss': loss, 'train_accuracy': accuracy})
+  return (
+      state.replace(
+          step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+      ),
+      {'loss': loss, 'train_accuracy': accuracy},
+  )
 
 
 def _teacher_meta(config, num_outputs: int) -> dict:
-  return {'arch': str(config.teacher.arch), 'width': int(config.teacher.width),
-          'blocks': list(_blocks(config.teacher)),
-          'resolution': int(config.data.resolution),
-          'channels': int(config.data.channels), 'num_outputs': int(num_outputs),
-          'data': str(config.data.name), 'num_train_steps': int(config.num_train_steps)}
+  return {
+      'arch': str(config.teacher.arch),
+      'width': int(config.teacher.width),
+      'blocks': list(_blocks(config.teacher)),
+      'resolution': int(config.data.resolution),
+      'channels': int(config.data.channels),
+      'num_outputs': int(num_outputs),
+      'data': str(config.data.name),
+      'num_train_steps': int(config.num_train_steps),
+  }
 
 
 def teacher_task(config, workdir: str) -> loop.Task:
@@ -256,15 +292,25 @@ def teacher_task(config, workdir: str) -> loop.Task:
 
   def batches(start_step, process_index, process_count):
     return data_lib.make_iterator(
-        train_data, int(config.batch_size), seed=int(config.seed), start_step=start_step,
-        process_index=process_index, process_count=process_count, image_dtype='uint8')
+        train_data,
+        int(config.batch_size),
+        seed=int(config.seed),
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+        image_dtype='uint8',
+    )
 
   return loop.Task(
-      name='teacher', init=_teacher_init(model, tx),
-      make_phases=lambda state: [loop.Phase('main', functools.partial(
-          _teacher_step, model, tx))],
-      batches=batches, evaluators=[test],
-      meta=_teacher_meta(config, test.num_classes))
+      name='teacher',
+      init=_teacher_init(model, tx),
+      make_phases=lambda state: [
+          loop.Phase('main', functools.partial(_teacher_step, model, tx))
+      ],
+      batches=batches,
+      evaluators=[test],
+      meta=_teacher_meta(config, test.num_classes),
+  )
 
 
 def load_teacher(config, num_outputs: int):
@@ -275,16 +321,21 @@ def load_teacher(config, num_outputs: int):
   describes.
   """
   workdir = os.path.abspath(os.path.expanduser(config.dfad.teacher_workdir))
-  command = (f'python -m osgan_jax.main --config={config.dfad.teacher_config} '
-             f'--workdir={workdir}')
-  missing = ConfigError(f'no teacher checkpoint in {workdir} (config.dfad.teacher_'
-                        f'workdir); train the teacher first: {command}')
+  command = (
+      f'python -m osgan_jax.main --config={config.dfad.teacher_config} '
+      f'--workdir={workdir}'
+  )
+  missing = ConfigError(
+      f'no teacher checkpoint in {workdir} (config.dfad.teacher_'
+      f'workdir); train the teacher first: {command}'
+  )
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise missing
   model = create_teacher(config, num_outputs)
   init = _teacher_init(model, _teacher_optimizer(config))
-  manager = checkpoint.manager(os.path.join(workdir, 'checkpoints'), 1 << 30,
-                               async_save=False)
+  manager = checkpoint.manager(
+      os.path.join(workdir, 'checkpoints'), 1 << 30, async_save=False
+  )
   try:
     step = manager.latest_step()
     if step is None:
@@ -296,28 +347,42 @@ def load_teacher(config, num_outputs: int):
         raise ConfigError(
             f'the teacher checkpoint in {workdir} has {key}={meta.get(key)!r} but this '
             f'config expects {expected[key]!r} (config.teacher / config.data); retrain it '
-            f'with {command}, or point config.dfad.teacher_workdir at a matching one')
+            f'with {command}, or point config.dfad.teacher_workdir at a matching one'
+        )
     # Host arrays: the teacher may have been trained on another number of processes or
     # devices (orbax refuses that topology for device arrays); the loop places them.
-    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
-                          jax.eval_shape(init, jax.random.PRNGKey(0)))
+    target = jax.tree.map(
+        lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(init, jax.random.PRNGKey(0))
+    )
     try:
       state, meta = checkpoint.restore(manager, target, step)
     except (ValueError, KeyError, TypeError) as e:
-      raise ConfigError(f'cannot restore the teacher checkpoint {workdir} at step {step} '
-                        f'with config.teacher ({type(e).__name__}: '
-                        f'{" ".join(str(e).split())[:300]})') from None
+      raise ConfigError(
+          f'cannot restore the teacher checkpoint {workdir} at step {step} '
+          f'with config.teacher ({type(e).__name__}: '
+          f'{" ".join(str(e).split())[:300]})'
+      ) from None
   finally:
     manager.close()
   if step < int(meta.get('num_train_steps', step)):
-    logging.warning('The teacher in %s is at step %d of %d (its run was interrupted)',
-                    workdir, step, meta['num_train_steps'])
-  logging.info('Teacher %s from %s, step %d, test accuracy %s', meta.get('arch'),
-               workdir, step, meta.get('test_accuracy'))
+    logging.warning(
+        'The teacher in %s is at step %d of %d (its run was interrupted)',
+        workdir,
+        step,
+        meta['num_train_steps'],
+    )
+  logging.info(
+      'Teacher %s from %s, step %d, test accuracy %s',
+      meta.get('arch'),
+      workdir,
+      step,
+      meta.get('test_accuracy'),
+  )
   return model, {'params': state.params, **state.model_state}, meta
 
 
 # ------------------------------------------------------------------------ distillation
+
 
 def make_gan(config, generator, student, teacher) -> steps.GAN:
   """The DFAD game as a ``steps.GAN`` without real data; the student plays D.
@@ -336,8 +401,9 @@ def make_gan(config, generator, student, teacher) -> steps.GAN:
     del rng
     x = batch['image']
     t = teacher.apply(model_state['teacher'], x, train=False)
-    s, student_state = models.apply(student, params, model_state['student'], x,
-                                     None, train)
+    s, student_state = models.apply(
+        student, params, model_state['student'], x, None, train
+    )
     discrepancy = jnp.mean(jnp.abs(t.astype(jnp.float32) - s.astype(jnp.float32)), -1)
     return discrepancy, {'student': student_state, 'teacher': model_state['teacher']}
 
@@ -346,10 +412,16 @@ def make_gan(config, generator, student, teacher) -> steps.GAN:
 
   optimizer_g, optimizer_d = make_optimizers(config)
   return steps.GAN(
-      generate=generate, discriminate=discriminate, sample_latent=sample_latent,
-      loss=config.loss, optimizer_g=optimizer_g, optimizer_d=optimizer_d,
-      batch_keys=(), mode=config.one_stage_mode,
-      fake_batch_size=int(config.batch_size))
+      generate=generate,
+      discriminate=discriminate,
+      sample_latent=sample_latent,
+      loss=config.loss,
+      optimizer_g=optimizer_g,
+      optimizer_d=optimizer_d,
+      batch_keys=(),
+      mode=config.one_stage_mode,
+      fake_batch_size=int(config.batch_size),
+  )
 
 
 def make_optimizers(config):
@@ -363,18 +435,21 @@ def make_optimizers(config):
     if not milestones:
       return base
     return optax.piecewise_constant_schedule(
-        base, {m * updates_per_step: float(opt.lr_decay) for m in milestones})
+        base, {m * updates_per_step: float(opt.lr_decay) for m in milestones}
+    )
 
   optimizer_g = optax.adam(lr(float(opt.g_lr)), b1=float(opt.b1), b2=float(opt.b2))
-  student = [optax.sgd(lr(float(opt.d_lr), per_step),
-                       momentum=float(d.student_momentum) or None)]
+  student = [
+      optax.sgd(lr(float(opt.d_lr), per_step), momentum=float(d.student_momentum) or None)
+  ]
   if d.student_weight_decay:
     student.insert(0, optax.add_decayed_weights(float(d.student_weight_decay)))
   return optimizer_g, optax.chain(*student)
 
 
-def two_stage_step(gan: steps.GAN, state: steps.TrainState, batch, rng, *,
-                   student_steps: int):
+def two_stage_step(
+    gan: steps.GAN, state: steps.TrainState, batch, rng, *, student_steps: int
+):
   """DFAD's schedule: ``student_steps`` student updates, then one generator update.
 
   Each student update is on fresh generated inputs with the generator frozen; the
@@ -386,8 +461,12 @@ def two_stage_step(gan: steps.GAN, state: steps.TrainState, batch, rng, *,
 
   def student_update(state, key):
     rng_z, rng_g, rng_d = jax.random.split(key, 3)
-    fake, _ = gan.generate(state.params_g, state.model_state_g,
-                           gan.sample_latent(rng_z, gan.fake_batch_size), rng_g)
+    fake, _ = gan.generate(
+        state.params_g,
+        state.model_state_g,
+        gan.sample_latent(rng_z, gan.fake_batch_size),
+        rng_g,
+    )
     fake = jax.lax.stop_gradient(fake)
 
     def objective(params_d):
@@ -396,11 +475,17 @@ def two_stage_step(gan: steps.GAN, state: steps.TrainState, batch, rng, *,
       return loss.d(logits[:0], logits, state.loss_state), model_state_d
 
     (loss_d, model_state_d), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params_d)
-    params_d, opt_state_d = steps.apply_optimizer(gan.optimizer_d, grads,
-                                                  state.opt_state_d, state.params_d)
-    return state.replace(params_d=params_d, opt_state_d=opt_state_d,
-                         model_state_d=model_state_d), loss_d
+        state.params_d
+    )
+    params_d, opt_state_d = steps.apply_optimizer(
+        gan.optimizer_d, grads, state.opt_state_d, state.params_d
+    )
+    return (
+        state.replace(
+            params_d=params_d, opt_state_d=opt_state_d, model_state_d=model_state_d
+        ),
+        loss_d,
+    )
 
   state, _ = jax.lax.scan(student_update, state, keys[:-1])
   return steps.two_stage_step(gan, state, batch, keys[-1])
@@ -422,12 +507,13 @@ def distill_task(config, workdir: str) -> loop.Task:
   """
   _validate(config, 'dfad')
   generator, student = gan_lib.create_models(config)
-  test = TestAccuracy(config, lambda s: (s.params_d, s.model_state_d['student']),
-                      student)
+  test = TestAccuracy(config, lambda s: (s.params_d, s.model_state_d['student']), student)
   teacher, teacher_vars, teacher_meta = load_teacher(config, test.num_classes)
   if student.num_outputs != test.num_classes:
-    raise ConfigError(f'the student has {student.num_outputs} outputs but the data has '
-                      f'{test.num_classes} classes')
+    raise ConfigError(
+        f'the student has {student.num_outputs} outputs but the data has '
+        f'{test.num_classes} classes'
+    )
   gan = make_gan(config, generator, student, teacher)
 
   def init(key, teacher_vars):
@@ -435,38 +521,66 @@ def distill_task(config, workdir: str) -> loop.Task:
     g_vars = dict(generator.init(key_g, jnp.zeros((2, int(config.z_dim))), train=False))
     params_g = g_vars.pop('params')
     params_d, student_state = _init_classifier(student, key_d)
-    return steps.init_state(gan, params_g, params_d, g_vars,
-                            {'student': student_state, 'teacher': teacher_vars})
+    return steps.init_state(
+        gan,
+        params_g,
+        params_d,
+        g_vars,
+        {'student': student_state, 'teacher': teacher_vars},
+    )
 
   teacher_accuracy = teacher_meta.get('test_accuracy')
   if teacher_accuracy is None:
     teacher_accuracy = test.accuracy(
-        teacher_vars['params'], {k: v for k, v in teacher_vars.items() if k != 'params'},
-        teacher)
+        teacher_vars['params'],
+        {k: v for k, v in teacher_vars.items() if k != 'params'},
+        teacher,
+    )
   test.extra['teacher_test_accuracy'] = float(teacher_accuracy)
-  fixed_z = gan.sample_latent(jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2),
-                              int(config.num_samples))
-  sampler = jax.jit(lambda params_g, model_state_g: _display(gan.generate(
-      params_g, model_state_g, fixed_z, None)[0]['image']))
-  logging.info('DFAD %s-stage: teacher %s (test accuracy %.4f), student %s (width %d), '
-               'batch %d', config.stage, config.teacher.arch, teacher_accuracy,
-               student.arch, student.width, config.batch_size)
+  fixed_z = gan.sample_latent(
+      jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2), int(config.num_samples)
+  )
+  sampler = jax.jit(
+      lambda params_g, model_state_g: _display(
+          gan.generate(params_g, model_state_g, fixed_z, None)[0]['image']
+      )
+  )
+  logging.info(
+      'DFAD %s-stage: teacher %s (test accuracy %.4f), student %s (width %d), '
+      'batch %d',
+      config.stage,
+      config.teacher.arch,
+      teacher_accuracy,
+      student.arch,
+      student.width,
+      config.batch_size,
+  )
 
   def make_phases(state):
     probed = steps.probe_per_sample(gan, state)
-    logging.info('DFAD: the student treats samples %s',
-                 'independently' if probed.per_sample else 'jointly (BatchNorm)')
+    logging.info(
+        'DFAD: the student treats samples %s',
+        'independently' if probed.per_sample else 'jointly (BatchNorm)',
+    )
     if config.stage == 'one':
       step = functools.partial(steps.one_stage_step, probed)
     else:
-      step = functools.partial(two_stage_step, probed,
-                               student_steps=int(config.dfad.student_steps))
+      step = functools.partial(
+          two_stage_step, probed, student_steps=int(config.dfad.student_steps)
+      )
     return [loop.Phase('main', lambda state, batch, rng, i: step(state, batch, rng))]
 
   samples = evaluators.SampleGrid(
-      workdir, lambda s: sampler(s.params_g, s.model_state_g), config.sample_every_steps,
-      is_main=parallel.is_main_process())
+      workdir,
+      lambda s: sampler(s.params_g, s.model_state_g),
+      config.sample_every_steps,
+      is_main=parallel.is_main_process(),
+  )
   return loop.Task(
-      name=f'dfad {config.stage}-stage', init=init, init_args=(teacher_vars,),
-      make_phases=make_phases, evaluators=[test, samples],
-      meta={'teacher_workdir': os.path.abspath(config.dfad.teacher_workdir)})
+      name=f'dfad {config.stage}-stage',
+      init=init,
+      init_args=(teacher_vars,),
+      make_phases=make_phases,
+      evaluators=[test, samples],
+      meta={'teacher_workdir': os.path.abspath(config.dfad.teacher_workdir)},
+  )

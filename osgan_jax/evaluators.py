@@ -27,26 +27,27 @@ FID_STATS_FILE = 'fid_stats_real.npz'
 _LOW_RANK_MAX = 2048
 
 
-def image_grid(images, ncol: int | None = None, pad: int = 2,
-               pad_value: int = 128) -> np.ndarray:
+def image_grid(
+    images, ncol: int | None = None, pad: int = 2, pad_value: int = 128
+) -> np.ndarray:
   """[N, H, W, C] images in [-1, 1] -> one uint8 [H', W', C] grid, ``ncol`` per row."""
   x = np.asarray(images, np.float32)
   x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
   n, h, w, c = x.shape
   ncol = ncol or int(math.ceil(math.sqrt(n)))
   nrow = int(math.ceil(n / ncol))
-  grid = np.full((pad + nrow * (h + pad), pad + ncol * (w + pad), c), pad_value,
-                 np.uint8)
+  grid = np.full((pad + nrow * (h + pad), pad + ncol * (w + pad), c), pad_value, np.uint8)
   for i in range(n):
     r, q = divmod(i, ncol)
     top, left = pad + r * (h + pad), pad + q * (w + pad)
-    grid[top:top + h, left:left + w] = x[i]
+    grid[top : top + h, left : left + w] = x[i]
   return grid
 
 
 def save_png(grid: np.ndarray, path: str) -> None:
   """Writes a uint8 grid atomically (a kill never leaves half a PNG)."""
   from PIL import Image
+
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   image.save(path + '.tmp', format='PNG')
   os.replace(path + '.tmp', path)
@@ -56,8 +57,14 @@ class SampleGrid:
   """``workdir/samples/step_000100.png`` and a TensorBoard image of ``sample(state)``
   (images in [-1, 1], e.g. G on a fixed z), every ``every_steps``."""
 
-  def __init__(self, workdir: str, sample: Callable, every_steps: int,
-               ncol: int | None = None, is_main: bool = True):
+  def __init__(
+      self,
+      workdir: str,
+      sample: Callable,
+      every_steps: int,
+      ncol: int | None = None,
+      is_main: bool = True,
+  ):
     self.dir = os.path.join(workdir, 'samples')
     self.sample, self.every_steps = sample, int(every_steps)
     self.ncol, self.is_main = ncol, is_main
@@ -101,14 +108,22 @@ class Fid:
   anything is trained.
   """
 
-  def __init__(self, config, workdir: str, generate: Callable,
-               num_examples: int | None, is_main: bool):
+  def __init__(
+      self,
+      config,
+      workdir: str,
+      generate: Callable,
+      num_examples: int | None,
+      is_main: bool,
+  ):
     from osgan_jax.config_base import ConfigError
+
     cfg = config.fid
     self.features = str(cfg.get('features', 'inception'))
     if self.features not in FEATURES:
-      raise ConfigError(f'config.fid.features={self.features!r} is not one of '
-                        f'{", ".join(FEATURES)}')
+      raise ConfigError(
+          f'config.fid.features={self.features!r} is not one of ' f'{", ".join(FEATURES)}'
+      )
     self.metric = METRIC[self.features]
     self.every_steps = int(cfg.every_steps)
     self.data_config = ml_collections.ConfigDict(config.data.to_dict())
@@ -120,8 +135,9 @@ class Fid:
       num_examples = data_lib.dataset_info(self.data_config)['num_examples']
     self.generate, self.is_main = generate, is_main
     self.num_samples, self.batch_size = int(cfg.num_samples), int(cfg.batch_size)
-    self.num_real = int(num_examples if int(cfg.num_real) < 0
-                        else min(int(cfg.num_real), num_examples))
+    self.num_real = int(
+        num_examples if int(cfg.num_real) < 0 else min(int(cfg.num_real), num_examples)
+    )
     self.kid = bool(cfg.kid)
     self.best = (self.metric, 'min') if cfg.keep_best else None
     # Real features are kept for KID, and for few images (cheap; FID from features).
@@ -129,82 +145,121 @@ class Fid:
     self.progress = bool(config.progress_bar)
     cache_dir = os.path.expanduser(str(cfg.get('cache_dir', '')) or workdir)
     self.stats_path = os.path.join(
-        cache_dir, fid_stats_file(self.features, split, str(config.data.split)))
-    self.identity = {'features': self.features, 'data': str(config.data.name),
-                     'split': split, 'resolution': int(config.data.resolution)}
+        cache_dir, fid_stats_file(self.features, split, str(config.data.split))
+    )
+    self.identity = {
+        'features': self.features,
+        'data': str(config.data.name),
+        'split': split,
+        'resolution': int(config.data.resolution),
+    }
     self._extractor = self._real = None
     if not is_main:
       return
     if self.features == 'inception':
       from osgan_jax.metrics import inception
+
       if inception.default_weights_path() is None:  # fail before training, not after it
-        raise ConfigError(f'config.fid.every_steps={cfg.every_steps} needs the '
-                          f'Inception weights: {inception.INSTALL_HINT}')
+        raise ConfigError(
+            f'config.fid.every_steps={cfg.every_steps} needs the '
+            f'Inception weights: {inception.INSTALL_HINT}'
+        )
     else:
       if not cfg.get('classifier_workdir', ''):
-        raise ConfigError("config.fid.features='classifier' needs "
-                          'config.fid.classifier_workdir (a trained teacher task)')
+        raise ConfigError(
+            "config.fid.features='classifier' needs "
+            'config.fid.classifier_workdir (a trained teacher task)'
+        )
       from osgan_jax.metrics import classifier
+
       self._extractor = classifier.ClassifierFeatures(
-          str(cfg.classifier_workdir), batch_size=self.batch_size,
-          resolution=int(config.data.resolution), channels=int(config.data.channels))
+          str(cfg.classifier_workdir),
+          batch_size=self.batch_size,
+          resolution=int(config.data.resolution),
+          channels=int(config.data.channels),
+      )
       self.identity.update(self._extractor.identity)
 
   def _features(self, batches, total: int, desc: str) -> np.ndarray:
     if self._extractor is None:
       from osgan_jax.metrics import fid as fid_lib
+
       self._extractor = fid_lib.FeatureExtractor(batch_size=self.batch_size)
-    return self._extractor.extract_batches(batches, total=total, desc=desc,
-                                           progress=self.progress)[:total]
+    return self._extractor.extract_batches(
+        batches, total=total, desc=desc, progress=self.progress
+    )[:total]
 
   def real_stats(self) -> dict:
     """``{'mu', 'sigma', 'features', 'n'}`` of the real images (process 0), cached in
     ``stats_path`` and recomputed when ``num_real``, ``kid`` or the features (the
     classifier, the split) changed."""
     from osgan_jax.metrics import fid as fid_lib
+
     if self._real is not None:
       return self._real
     if os.path.exists(self.stats_path):
       ref = fid_lib.load_stats(self.stats_path)
       # Files from before the identity was saved: Inception on the training data.
-      same = (ref['meta'] == self.identity if ref['meta'] is not None
-              else self.stats_path.endswith(FID_STATS_FILE))
-      if same and ref['n'] == self.num_real and (ref['features'] is not None
-                                                 or not self._keep_features):
+      same = (
+          ref['meta'] == self.identity
+          if ref['meta'] is not None
+          else self.stats_path.endswith(FID_STATS_FILE)
+      )
+      if (
+          same
+          and ref['n'] == self.num_real
+          and (ref['features'] is not None or not self._keep_features)
+      ):
         self._real = ref
         return ref
-      logging.info('FID: %s does not fit fid.num_real=%d / fid.kid=%s / %s; recomputing',
-                   self.stats_path, self.num_real, self.kid, self.identity)
+      logging.info(
+          'FID: %s does not fit fid.num_real=%d / fid.kid=%s / %s; recomputing',
+          self.stats_path,
+          self.num_real,
+          self.kid,
+          self.identity,
+      )
     # A fixed random subset: the first num_real images of the seed-0 permutation
     # (every image exactly once for num_real = all).
     data_config = ml_collections.ConfigDict(self.data_config.to_dict())
     data_config.shuffle = True
     it = data_lib.make_iterator(data_config, self.batch_size, seed=0)
     try:
+
       def batches():
         left = self.num_real
         while left > 0:
           images = np.asarray(next(it)['image'])[:left]
           left -= len(images)
           yield images
+
       features = self._features(batches(), self.num_real, f'{self.metric} real features')
     finally:
       it.close()
     mu, sigma = fid_lib.statistics(features)
     features = features if self._keep_features else None
     tmp = f'{self.stats_path}.{os.getpid()}.tmp'
-    fid_lib.save_stats(tmp, mu, sigma, features=features, n=self.num_real,
-                       meta=self.identity)
+    fid_lib.save_stats(
+        tmp, mu, sigma, features=features, n=self.num_real, meta=self.identity
+    )
     os.replace(tmp, self.stats_path)
-    self._real = {'mu': mu, 'sigma': sigma, 'features': features, 'n': self.num_real,
-                  'meta': self.identity}
+    self._real = {
+        'mu': mu,
+        'sigma': sigma,
+        'features': features,
+        'n': self.num_real,
+        'meta': self.identity,
+    }
     return self._real
 
   def __call__(self, state, step: int, writer) -> dict:
     from osgan_jax.metrics import fid as fid_lib
+
     del step, writer
-    batches = (np.asarray(jax.device_get(self.generate(state, i)))
-               for i in range(-(-self.num_samples // self.batch_size)))
+    batches = (
+        np.asarray(jax.device_get(self.generate(state, i)))
+        for i in range(-(-self.num_samples // self.batch_size))
+    )
     if not self.is_main:
       for _ in batches:  # take part in the generator's collectives
         pass
@@ -216,12 +271,19 @@ class Fid:
     if ref['features'] is not None and max(len(fake), ref['n']) <= _LOW_RANK_MAX:
       out = {name: fid_lib.fid_from_features(fake, ref['features'])}  # exact
     else:
-      out = {name: fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'],
-                                          ref['sigma'])}
+      out = {
+          name: fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'], ref['sigma'])
+      }
     if self.kid:
       kid = 'kid' if self.features == 'inception' else f'kid_{self.features}'
       out[f'{kid}_mean'], out[f'{kid}_std'] = fid_lib.kid(fake, ref['features'])
     out[f'{name}_seconds'] = time.perf_counter() - t0
-    logging.info('%s %.4g on %d samples vs %d real (%.1f s)', name, out[name],
-                 self.num_samples, ref['n'], out[f'{name}_seconds'])
+    logging.info(
+        '%s %.4g on %d samples vs %d real (%.1f s)',
+        name,
+        out[name],
+        self.num_samples,
+        ref['n'],
+        out[f'{name}_seconds'],
+    )
     return out

@@ -35,8 +35,12 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 # Never give the heap's top back to the kernel; grow it in large steps (address space,
 # not resident memory).
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1),
-             (_M_TOP_PAD, 1 << 30))
+_SETTINGS = (
+    (_M_ARENA_MAX, 1),
+    (_M_MMAP_MAX, 0),
+    (_M_TRIM_THRESHOLD, 2**31 - 1),
+    (_M_TOP_PAD, 1 << 30),
+)
 
 
 def _glibc():
@@ -51,8 +55,14 @@ def _glibc():
 
 
 # Packages that give JAX a GPU or TPU backend.
-_ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
-                        'jax_rocm7_plugin', 'libtpu', 'libtpu_nightly')
+_ACCELERATOR_PLUGINS = (
+    'jax_cuda12_plugin',
+    'jax_cuda13_plugin',
+    'jax_rocm60_plugin',
+    'jax_rocm7_plugin',
+    'libtpu',
+    'libtpu_nightly',
+)
 
 
 def cpu_only() -> bool:
@@ -72,6 +82,7 @@ def jax_backends_started() -> bool:
   if 'jax' not in sys.modules:
     return False
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
   return xla_bridge.backends_are_initialized()
 
 
@@ -86,15 +97,19 @@ def keep_freed_memory() -> bool:
     logging.info('host_memory: not glibc; malloc settings left alone')
     return False
   if jax_backends_started():
-    logging.warning('host_memory: JAX has already started its backends; call '
-                    'keep_freed_memory() before the first JAX computation (malloc '
-                    'settings left alone)')
+    logging.warning(
+        'host_memory: JAX has already started its backends; call '
+        'keep_freed_memory() before the first JAX computation (malloc '
+        'settings left alone)'
+    )
     return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
   if ok:
-    logging.info('host_memory: freed memory stays mapped (one malloc arena, no mmap, '
-                 'no trimming)')
+    logging.info(
+        'host_memory: freed memory stays mapped (one malloc arena, no mmap, '
+        'no trimming)'
+    )
   else:
     logging.warning('host_memory: glibc rejected a malloc setting')
   return ok

@@ -34,8 +34,13 @@ from osgan_jax import parallel
 _DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 
 
-def child_env(base: dict, coordinator: str, num_processes: int, process_id: int,
-              devices_per_process: int = 0) -> dict:
+def child_env(
+    base: dict,
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    devices_per_process: int = 0,
+) -> dict:
   """The environment of copy ``process_id``."""
   env = dict(base)
   env[parallel.COORDINATOR_ENV] = coordinator
@@ -44,8 +49,9 @@ def child_env(base: dict, coordinator: str, num_processes: int, process_id: int,
   env['PYTHONUNBUFFERED'] = '1'  # lines arrive as they are printed
   if devices_per_process:
     flags = re.sub(rf'{_DEVICE_COUNT_FLAG}=\S*', '', env.get('XLA_FLAGS', ''))
-    env['XLA_FLAGS'] = ' '.join([*flags.split(),
-                                 f'{_DEVICE_COUNT_FLAG}={devices_per_process}'])
+    env['XLA_FLAGS'] = ' '.join(
+        [*flags.split(), f'{_DEVICE_COUNT_FLAG}={devices_per_process}']
+    )
     env['JAX_PLATFORMS'] = 'cpu'
   return env
 
@@ -74,25 +80,40 @@ class _Prefixer(threading.Thread):
 class Launch:
   """``num_processes`` copies of ``command`` with their output prefixed."""
 
-  def __init__(self, command, num_processes: int, devices_per_process: int = 0,
-               grace_seconds: float = 10.0, port: int = 0):
+  def __init__(
+      self,
+      command,
+      num_processes: int,
+      devices_per_process: int = 0,
+      grace_seconds: float = 10.0,
+      port: int = 0,
+  ):
     import portpicker
+
     port = port or portpicker.pick_unused_port()
     self.coordinator = f'localhost:{port}'
     self.grace = float(grace_seconds)
     lock = threading.Lock()
     self.procs, self.threads = [], []
     for i in range(num_processes):
-      env = child_env(os.environ, self.coordinator, num_processes, i,
-                      devices_per_process)
-      proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, start_new_session=True)
+      env = child_env(os.environ, self.coordinator, num_processes, i, devices_per_process)
+      proc = subprocess.Popen(
+          command,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          start_new_session=True,
+      )
       self.procs.append(proc)
-      _say(f'process {i} of {num_processes}: pid {proc.pid}, coordinator '
-           f'{self.coordinator}')
+      _say(
+          f'process {i} of {num_processes}: pid {proc.pid}, coordinator '
+          f'{self.coordinator}'
+      )
       prefix = f'[{i}] '.encode()
-      for pipe, out in ((proc.stdout, sys.stdout.buffer),
-                        (proc.stderr, sys.stderr.buffer)):
+      for pipe, out in (
+          (proc.stdout, sys.stdout.buffer),
+          (proc.stderr, sys.stderr.buffer),
+      ):
         self.threads.append(_Prefixer(pipe, out, prefix, lock))
         self.threads[-1].start()
 
@@ -112,8 +133,10 @@ class Launch:
         code = proc.poll()
         if code and not status:
           status, failed_at = _exit_status(code), time.monotonic()
-          _say(f'process {i} exited with status {status}; stopping the others in '
-               f'{self.grace:g} s')
+          _say(
+              f'process {i} exited with status {status}; stopping the others in '
+              f'{self.grace:g} s'
+          )
       if failed_at is not None:
         late = time.monotonic() - failed_at
         if signalled == 0 and late >= self.grace:
@@ -144,19 +167,29 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog='python -m osgan_jax.launch',
       usage='%(prog)s --num_processes=N [--devices_per_process=K] -- COMMAND...',
-      description='Runs N copies of COMMAND as the processes of one JAX job.')
+      description='Runs N copies of COMMAND as the processes of one JAX job.',
+  )
   parser.add_argument('--num_processes', type=int, required=True)
-  parser.add_argument('--devices_per_process', type=int, default=0,
-                      help='K CPU devices per process (JAX_PLATFORMS=cpu); 0: leave the '
-                      'platform alone')
-  parser.add_argument('--grace_seconds', type=float, default=10.0,
-                      help='after one process fails, how long the others may run on')
-  parser.add_argument('--port', type=int, default=0,
-                      help='coordinator port on localhost (0: a free one)')
+  parser.add_argument(
+      '--devices_per_process',
+      type=int,
+      default=0,
+      help='K CPU devices per process (JAX_PLATFORMS=cpu); 0: leave the '
+      'platform alone',
+  )
+  parser.add_argument(
+      '--grace_seconds',
+      type=float,
+      default=10.0,
+      help='after one process fails, how long the others may run on',
+  )
+  parser.add_argument(
+      '--port', type=int, default=0, help='coordinator port on localhost (0: a free one)'
+  )
   if '--' not in argv:
     parser.error('give the command after --')
   split = argv.index('--')
-  options, command = parser.parse_args(argv[:split]), argv[split + 1:]
+  options, command = parser.parse_args(argv[:split]), argv[split + 1 :]
   if not command:
     parser.error('give the command after --')
   if options.num_processes < 1 or options.devices_per_process < 0:
@@ -166,10 +199,17 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   options, command = parse_args(sys.argv[1:] if argv is None else list(argv))
-  launch = Launch(command, options.num_processes, options.devices_per_process,
-                  options.grace_seconds, options.port)
-  previous = {sig: signal.signal(sig, lambda signum, _: launch.signal_all(signum))
-              for sig in (signal.SIGINT, signal.SIGTERM)}
+  launch = Launch(
+      command,
+      options.num_processes,
+      options.devices_per_process,
+      options.grace_seconds,
+      options.port,
+  )
+  previous = {
+      sig: signal.signal(sig, lambda signum, _: launch.signal_all(signum))
+      for sig in (signal.SIGINT, signal.SIGTERM)
+  }
   try:
     return launch.wait()
   finally:

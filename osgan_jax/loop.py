@@ -60,6 +60,7 @@ class TrainingError(RuntimeError):
 class Phase:
   """``fn(state, batch, rng, iteration) -> (state, metrics)``, pure, run at iterations
   ``i`` with ``i % interval == 0`` in list order; ``rng`` is ``fold_in(key, i)``."""
+
   name: str
   fn: Callable
   interval: int = 1
@@ -76,6 +77,7 @@ class Task:
   with ``image_dtype='uint8'``), or ``None`` for a task without data; ``meta`` is
   stored in every checkpoint.
   """
+
   name: str
   init: Callable
   make_phases: Callable[[Any], Sequence[Phase]]
@@ -87,17 +89,24 @@ class Task:
 
 def validate(config) -> None:
   """The keys the loop itself reads."""
-  for key in ('batch_size', 'num_train_steps', 'log_every_steps',
-              'checkpoint_every_steps', 'keep_checkpoints'):
+  for key in (
+      'batch_size',
+      'num_train_steps',
+      'log_every_steps',
+      'checkpoint_every_steps',
+      'keep_checkpoints',
+  ):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
   div = config.divergence
   if div.policy not in POLICIES:
-    raise ConfigError(f'config.divergence.policy={div.policy!r} is not one of '
-                      f'{", ".join(POLICIES)}')
+    raise ConfigError(
+        f'config.divergence.policy={div.policy!r} is not one of ' f'{", ".join(POLICIES)}'
+    )
   if int(div.max_rollbacks) < 0 or int(div.collapse_intervals) < 1:
-    raise ConfigError('config.divergence.max_rollbacks must be >= 0 and '
-                      'collapse_intervals >= 1')
+    raise ConfigError(
+        'config.divergence.max_rollbacks must be >= 0 and ' 'collapse_intervals >= 1'
+    )
 
 
 def abstract_state(task: Task, key):
@@ -106,21 +115,34 @@ def abstract_state(task: Task, key):
   one-line ``ConfigError`` before anything is written."""
   try:
     shapes = jax.eval_shape(task.init, key, *task.init_args)
-  except (ValueError, TypeError, KeyError, IndexError, AssertionError,
-          ZeroDivisionError) as e:
-    raise ConfigError(f'{task.name}: the networks cannot be built with this config '
-                      f'({type(e).__name__}: {" ".join(str(e).split())[:300]})') from None
+  except (
+      ValueError,
+      TypeError,
+      KeyError,
+      IndexError,
+      AssertionError,
+      ZeroDivisionError,
+  ) as e:
+    raise ConfigError(
+        f'{task.name}: the networks cannot be built with this config '
+        f'({type(e).__name__}: {" ".join(str(e).split())[:300]})'
+    ) from None
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
     if 0 in getattr(leaf, 'shape', ()):
-      raise ConfigError(f'{task.name}: {jax.tree_util.keystr(path)} would be empty '
-                        f'{leaf.shape}; a size in the config is 0 (z_dim?)')
+      raise ConfigError(
+          f'{task.name}: {jax.tree_util.keystr(path)} would be empty '
+          f'{leaf.shape}; a size in the config is 0 (z_dim?)'
+      )
   return shapes
 
 
 @jax.jit
 def _all_finite(tree):
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -128,7 +150,9 @@ def _divergence(state, fetched: list, done: int) -> str | None:
   """What is non-finite at step ``done`` (the state, or a ``loss*`` metric of the
   interval ``fetched``), or None: checked at every boundary, before anything is
   evaluated or saved."""
-  problems = [] if bool(_all_finite(state)) else ['non-finite parameters or optimiser state']
+  problems = (
+      [] if bool(_all_finite(state)) else ['non-finite parameters or optimiser state']
+  )
   first = done - len(fetched)
   for j, metrics in enumerate(fetched):
     bad = [k for k, v in metrics.items() if k.startswith('loss') and not np.isfinite(v)]
@@ -141,16 +165,23 @@ def _divergence(state, fetched: list, done: int) -> str | None:
 def _collapsed(values: dict, div, streak: int) -> int:
   """Log intervals in a row in which D wins outright (``|loss_d|`` ~ 0) and G's loss
   is large; flags ``values['collapsed']`` and warns once per streak."""
-  hit = ('loss_d' in values and 'loss_g' in values
-         and abs(values['loss_d']) <= float(div.collapse_loss_d)
-         and values['loss_g'] >= float(div.collapse_loss_g))
+  hit = (
+      'loss_d' in values
+      and 'loss_g' in values
+      and abs(values['loss_d']) <= float(div.collapse_loss_d)
+      and values['loss_g'] >= float(div.collapse_loss_g)
+  )
   streak = streak + 1 if hit else 0
   if streak >= int(div.collapse_intervals):
     values['collapsed'] = 1.0
     if streak == int(div.collapse_intervals):
-      logging.warning('The game looks collapsed: loss_d %.3g and loss_g %.3g for %d log '
-                      'intervals (D wins outright, G learns nothing useful)',
-                      values['loss_d'], values['loss_g'], streak)
+      logging.warning(
+          'The game looks collapsed: loss_d %.3g and loss_g %.3g for %d log '
+          'intervals (D wins outright, G learns nothing useful)',
+          values['loss_d'],
+          values['loss_g'],
+          streak,
+      )
   return streak
 
 
@@ -177,8 +208,11 @@ class _StopOnSignal:
       raise KeyboardInterrupt
     self.received = signal.Signals(signum).name
     # No logging here (its locks are not reentrant): a plain write is signal-safe.
-    os.write(2, f'\n{self.received} received: saving a checkpoint after this step, '
-                'then stopping\n'.encode())
+    os.write(
+        2,
+        f'\n{self.received} received: saving a checkpoint after this step, '
+        'then stopping\n'.encode(),
+    )
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -241,11 +275,17 @@ def _no_data():
 
 def _jit_phases(phases, state_sharding, batch_sharding):
   """Each phase as one jitted program ``(state, batch, key, i)``, the state donated."""
+
   def program(fn):
     def run(state, batch, key, i):
       return fn(state, data_lib.to_float(batch), jax.random.fold_in(key, i), i)
-    return steps.jit_state_step(run, state_sharding=state_sharding,
-                                arg_shardings=(batch_sharding, state_sharding, None))
+
+    return steps.jit_state_step(
+        run,
+        state_sharding=state_sharding,
+        arg_shardings=(batch_sharding, state_sharding, None),
+    )
+
   return [(p, program(p.fn)) for p in phases]
 
 
@@ -259,9 +299,11 @@ def run(config, workdir: str, task: Task):
   try:
     return _run(config, workdir, task)
   except OSError as e:
-    raise TrainingError(workdir_lib.os_error(e, 'cannot write') + '; the checkpoints '
-                        'saved so far are intact: fix it and run the same command to '
-                        'resume') from None
+    raise TrainingError(
+        workdir_lib.os_error(e, 'cannot write') + '; the checkpoints '
+        'saved so far are intact: fix it and run the same command to '
+        'resume'
+    ) from None
 
 
 def _run(config, workdir: str, task: Task):
@@ -274,10 +316,15 @@ def _run(config, workdir: str, task: Task):
   except ValueError as e:
     raise ConfigError(f'config.num_devices: {e}') from None
   if batch_size % mesh.size or batch_size % jax.process_count():
-    where = (f' ({jax.process_count()} processes x {jax.local_device_count()} devices)'
-             if jax.process_count() > 1 else '')
-    raise ConfigError(f'config.batch_size={batch_size} must be a multiple of the '
-                      f'{mesh.size} devices{where}')
+    where = (
+        f' ({jax.process_count()} processes x {jax.local_device_count()} devices)'
+        if jax.process_count() > 1
+        else ''
+    )
+    raise ConfigError(
+        f'config.batch_size={batch_size} must be a multiple of the '
+        f'{mesh.size} devices{where}'
+    )
   state_sharding = parallel.replicated(mesh)
   batch_sharding = parallel.data_sharding(mesh)
   root = jax.random.PRNGKey(int(config.seed))
@@ -296,7 +343,8 @@ def _run(config, workdir: str, task: Task):
     ckpt = checkpoint.manager(ckpt_dir, config.keep_checkpoints)
     cleanup.callback(checkpoint.close, ckpt)  # waits for an asynchronous save
     restored = checkpoint.restore_latest(
-        ckpt, abstract, lambda s: None if bool(_all_finite(s)) else 'non-finite values')
+        ckpt, abstract, lambda s: None if bool(_all_finite(s)) else 'non-finite values'
+    )
     if restored is None:
       state, start, meta, latest = init(init_key, *task.init_args), 0, {}, None
     else:
@@ -304,8 +352,11 @@ def _run(config, workdir: str, task: Task):
       start = int(jax.device_get(state.step))
       logging.info('Resumed from the checkpoint at step %d in %s', start, workdir)
     if start >= num_steps:
-      logging.info('Nothing to do: the checkpoint is at step %d and num_train_steps=%d',
-                   start, num_steps)
+      logging.info(
+          'Nothing to do: the checkpoint is at step %d and num_train_steps=%d',
+          start,
+          num_steps,
+      )
       return state
     meta = {**meta, **task.meta}
     # The metrics of the steps since the last log boundary, kept by the checkpoint so
@@ -319,8 +370,11 @@ def _run(config, workdir: str, task: Task):
     last_saved = None if latest is None else start
 
     phases = _jit_phases(task.make_phases(state), state_sharding, batch_sharding)
-    it = (task.batches(start, jax.process_index(), jax.process_count())
-          if task.batches is not None else None)
+    it = (
+        task.batches(start, jax.process_index(), jax.process_count())
+        if task.batches is not None
+        else None
+    )
     if it is None:
       batches = _no_data()
     else:
@@ -336,13 +390,26 @@ def _run(config, workdir: str, task: Task):
         best[id(e)] = checkpoint.Best(workdir, *e.best)
         cleanup.callback(best[id(e)].close)
     n_params = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, 'size'))
-    logging.info('%s: %d devices, batch %d, phases %s, state of %d numbers', task.name,
-                 mesh.size, batch_size,
-                 ', '.join(f'{p.name}/{p.interval}' for p, _ in phases), n_params)
-    pbar = cleanup.enter_context(tqdm.tqdm(
-        total=num_steps, initial=start, unit='step', dynamic_ncols=True, desc=task.name,
-        smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30,
-        disable=not (is_main and config.progress_bar)))
+    logging.info(
+        '%s: %d devices, batch %d, phases %s, state of %d numbers',
+        task.name,
+        mesh.size,
+        batch_size,
+        ', '.join(f'{p.name}/{p.interval}' for p, _ in phases),
+        n_params,
+    )
+    pbar = cleanup.enter_context(
+        tqdm.tqdm(
+            total=num_steps,
+            initial=start,
+            unit='step',
+            dynamic_ncols=True,
+            desc=task.name,
+            smoothing=0.05,
+            mininterval=0.5 if sys.stderr.isatty() else 30,
+            disable=not (is_main and config.progress_bar),
+        )
+    )
 
     in_flight = collections.deque()
     interval_steps, interval_seconds = 0, 0.0
@@ -365,8 +432,9 @@ def _run(config, workdir: str, task: Task):
       pbar.update(1)
       if i == start:  # compilation is not training time
         jax.block_until_ready(state)
-        logging.info('First step (with compilation) took %.1f s',
-                     time.perf_counter() - clock)
+        logging.info(
+            'First step (with compilation) took %.1f s', time.perf_counter() - clock
+        )
         clock = time.perf_counter()
       else:
         interval_steps += 1
@@ -393,22 +461,39 @@ def _run(config, workdir: str, task: Task):
         checkpoint.wait(ckpt)
         last_good = ckpt.latest_step()
         if div.policy != 'rollback' or rollbacks >= int(div.max_rollbacks):
-          saved = (f'the last good checkpoint is {ckpt_dir}/{last_good}' if last_good
-                   else 'no checkpoint was saved yet')
+          saved = (
+              f'the last good checkpoint is {ckpt_dir}/{last_good}'
+              if last_good
+              else 'no checkpoint was saved yet'
+          )
           tried = f' after {rollbacks} rollbacks' if rollbacks else ''
           raise TrainingError(
               f'training diverged at step {done}{tried}: {problem}; {saved} (a '
               f'non-finite state is never saved). Lower the learning rates, or set '
-              f'--config.divergence.policy=rollback')
+              f'--config.divergence.policy=rollback'
+          )
         rollbacks += 1
-        state = (init(init_key, *task.init_args) if last_good is None
-                 else checkpoint.restore(ckpt, abstract, last_good)[0])
-        state = state.replace(step=jax.device_put(  # skip ahead: data and keys go on
-            np.asarray(done, state.step.dtype), state_sharding))
+        state = (
+            init(init_key, *task.init_args)
+            if last_good is None
+            else checkpoint.restore(ckpt, abstract, last_good)[0]
+        )
+        state = state.replace(
+            step=jax.device_put(  # skip ahead: data and keys go on
+                np.asarray(done, state.step.dtype), state_sharding
+            )
+        )
         meta['rollbacks'] = rollbacks
-        logging.warning('Step %d: %s; rolled back to step %s and skipping ahead to step '
-                        '%d (rollback %d of %d)', done, problem, last_good or 0, done,
-                        rollbacks, int(div.max_rollbacks))
+        logging.warning(
+            'Step %d: %s; rolled back to step %s and skipping ahead to step '
+            '%d (rollback %d of %d)',
+            done,
+            problem,
+            last_good or 0,
+            done,
+            rollbacks,
+            int(div.max_rollbacks),
+        )
         writer.write_scalars(done, {'rollbacks': rollbacks})
         history, interval_steps, interval_seconds = [], 0, 0.0
         clock = time.perf_counter()
@@ -432,20 +517,43 @@ def _run(config, workdir: str, task: Task):
           continue
         value = evaluation.get(tracker.metric)  # None on processes other than 0
         if parallel.any_process(value is not None and tracker.improves(value)):
-          tracker.update(done, state, np.nan if value is None else value,
-                         {**meta, 'skipped_images': parallel.sum_over_processes(skipped)},
-                         is_main)
+          tracker.update(
+              done,
+              state,
+              np.nan if value is None else value,
+              {**meta, 'skipped_images': parallel.sum_over_processes(skipped)},
+              is_main,
+          )
       if values:
         values['train_seconds'] = train_seconds
       writer.write_scalars(done, values)
-      pbar.set_postfix({k: f'{values[k]:.3g}' for k in (
-          'images_per_sec', 'loss_d', 'loss_g', 'loss', 'test_accuracy', 'fid')
-                        if k in values}, refresh=False)
+      pbar.set_postfix(
+          {
+              k: f'{values[k]:.3g}'
+              for k in (
+                  'images_per_sec',
+                  'loss_d',
+                  'loss_g',
+                  'loss',
+                  'test_accuracy',
+                  'fid',
+              )
+              if k in values
+          },
+          refresh=False,
+      )
       if at_ckpt and last_saved != done:
-        checkpoint.save(ckpt, done, state, {
-            **meta, 'train_seconds': train_seconds,
-            'skipped_images': parallel.sum_over_processes(skipped),
-            'pending_metrics': [{k: float(v) for k, v in m.items()} for m in history]})
+        checkpoint.save(
+            ckpt,
+            done,
+            state,
+            {
+                **meta,
+                'train_seconds': train_seconds,
+                'skipped_images': parallel.sum_over_processes(skipped),
+                'pending_metrics': [{k: float(v) for k, v in m.items()} for m in history],
+            },
+        )
         last_saved = done
       if stopped_by is not None:
         break
@@ -453,9 +561,19 @@ def _run(config, workdir: str, task: Task):
 
   where = os.path.join(workdir, 'checkpoints')
   if stopped_by is not None and done < num_steps:
-    logging.warning('Stopped by %s at step %d; checkpoint saved in %s. Run the same '
-                    'command again to resume.', stopped_by, done, where)
+    logging.warning(
+        'Stopped by %s at step %d; checkpoint saved in %s. Run the same '
+        'command again to resume.',
+        stopped_by,
+        done,
+        where,
+    )
   else:
-    logging.info('Finished %d steps (%.1f s of training steps); checkpoint at step %s '
-                 'in %s', done, train_seconds, last_saved, where)
+    logging.info(
+        'Finished %d steps (%.1f s of training steps); checkpoint at step %s ' 'in %s',
+        done,
+        train_seconds,
+        last_saved,
+        where,
+    )
   return state

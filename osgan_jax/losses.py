@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Loss:
   """A GAN objective: D minimises ``d_loss``, G minimises ``g_loss``.
@@ -78,9 +77,15 @@ class Loss:
 _REGISTRY: dict[str, Loss] = {}
 
 
-def register(name: str, d_loss: Callable, g_loss: Callable, description: str = '',
-             overwrite: bool = False, init_state: Callable | None = None,
-             update_state: Callable | None = None) -> Loss:
+def register(
+    name: str,
+    d_loss: Callable,
+    g_loss: Callable,
+    description: str = '',
+    overwrite: bool = False,
+    init_state: Callable | None = None,
+    update_state: Callable | None = None,
+) -> Loss:
   """Adds a loss to the registry, so configs and tools can name it (see ``Loss`` for
   ``init_state``/``update_state``)."""
   if name in _REGISTRY and not overwrite:
@@ -99,8 +104,9 @@ def get(name_or_loss: str | Loss) -> Loss:
   try:
     return _REGISTRY[name_or_loss]
   except KeyError:
-    raise ValueError(f'unknown loss {name_or_loss!r}; valid names: '
-                     f'{", ".join(names())}') from None
+    raise ValueError(
+        f'unknown loss {name_or_loss!r}; valid names: ' f'{", ".join(names())}'
+    ) from None
 
 
 def names() -> list[str]:
@@ -119,7 +125,8 @@ def is_symmetric(loss: str | Loss, num_probes: int = 64, seed: int = 0) -> bool:
   fake = jnp.asarray(rng.normal(scale=3.0, size=num_probes), jnp.float32)
   _, d_fake, g_fake = loss.coefficients(real, fake)  # a stateful loss: initial state
   return bool(jnp.all(jnp.abs(d_fake) > 0)) and bool(
-      jnp.allclose(g_fake, -d_fake, rtol=1e-6, atol=0.0))
+      jnp.allclose(g_fake, -d_fake, rtol=1e-6, atol=0.0)
+  )
 
 
 _softplus = jax.nn.softplus
@@ -127,42 +134,54 @@ _mean = jnp.mean
 
 # Minimax GAN (Goodfellow et al.): D maximises log D(x) + log(1 - D(G(z))), G
 # minimises log(1 - D(G(z))). Symmetric: gamma = -1.
-register('minimax',
-         d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
-         g_loss=lambda r, f: -_mean(_softplus(f)),
-         description='saturating minimax GAN (symmetric)')
+register(
+    'minimax',
+    d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
+    g_loss=lambda r, f: -_mean(_softplus(f)),
+    description='saturating minimax GAN (symmetric)',
+)
 
 # Non-saturating GAN: G maximises log D(G(z)). gamma = -exp(-l).
-register('non_saturating',
-         d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
-         g_loss=lambda r, f: _mean(_softplus(-f)),
-         description='non-saturating GAN (asymmetric)')
+register(
+    'non_saturating',
+    d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
+    g_loss=lambda r, f: _mean(_softplus(-f)),
+    description='non-saturating GAN (asymmetric)',
+)
 
 # WGAN critic loss. Symmetric. (Weight clipping or a penalty is the optimiser's job.)
-register('wgan',
-         d_loss=lambda r, f: _mean(f) - _mean(r),
-         g_loss=lambda r, f: -_mean(f),
-         description='Wasserstein GAN (symmetric)')
+register(
+    'wgan',
+    d_loss=lambda r, f: _mean(f) - _mean(r),
+    g_loss=lambda r, f: -_mean(f),
+    description='Wasserstein GAN (symmetric)',
+)
 
 # LSGAN with targets a=0 (fake), b=1 (real), c=1 (G's target). gamma = (D - 1) / D,
 # singular at D(fake) = 0.
-register('lsgan',
-         d_loss=lambda r, f: _mean(jnp.square(r - 1.0)) + _mean(jnp.square(f)),
-         g_loss=lambda r, f: _mean(jnp.square(f - 1.0)),
-         description='least-squares GAN, targets 0/1 (asymmetric)')
+register(
+    'lsgan',
+    d_loss=lambda r, f: _mean(jnp.square(r - 1.0)) + _mean(jnp.square(f)),
+    g_loss=lambda r, f: _mean(jnp.square(f - 1.0)),
+    description='least-squares GAN, targets 0/1 (asymmetric)',
+)
 
 # Hinge loss (GeoGAN, SNGAN). dL_D/d fake = 0 once f < -1 while dL_G/d fake = -1:
 # the coefficient is undefined there, where the official code produces -inf.
-register('hinge',
-         d_loss=lambda r, f: _mean(jax.nn.relu(1.0 - r)) + _mean(jax.nn.relu(1.0 + f)),
-         g_loss=lambda r, f: -_mean(f),
-         description='hinge loss (asymmetric, singular for fake logits < -1)')
+register(
+    'hinge',
+    d_loss=lambda r, f: _mean(jax.nn.relu(1.0 - r)) + _mean(jax.nn.relu(1.0 + f)),
+    g_loss=lambda r, f: -_mean(f),
+    description='hinge loss (asymmetric, singular for fake logits < -1)',
+)
 
 # Relativistic standard GAN (RSGAN): pairs real sample i with fake sample i.
-register('relativistic',
-         d_loss=lambda r, f: _mean(_softplus(-(r - f))),
-         g_loss=lambda r, f: _mean(_softplus(-(f - r))),
-         description='relativistic standard GAN, paired (asymmetric)')
+register(
+    'relativistic',
+    d_loss=lambda r, f: _mean(_softplus(-(r - f))),
+    g_loss=lambda r, f: _mean(_softplus(-(f - r))),
+    description='relativistic standard GAN, paired (asymmetric)',
+)
 
 
 def _rasgan_d(r, f):
@@ -174,22 +193,30 @@ def _rasgan_g(r, f):
 
 
 # Relativistic average GAN (RaSGAN): each logit is compared with the other side's mean.
-register('relativistic_average', d_loss=_rasgan_d, g_loss=_rasgan_g,
-         description='relativistic average standard GAN (asymmetric)')
+register(
+    'relativistic_average',
+    d_loss=_rasgan_d,
+    g_loss=_rasgan_g,
+    description='relativistic average standard GAN (asymmetric)',
+)
 
 # Data-free adversarial distillation (DFAD, Fang et al. 2019): the "logits" are a
 # per-sample teacher-student discrepancy on generated inputs; the student (D) minimises
 # it and the generator maximises it. There is no real term (no real data). Symmetric.
-register('dfad',
-         d_loss=lambda r, f: _mean(f),
-         g_loss=lambda r, f: -_mean(f),
-         description='data-free distillation: discrepancy on fakes only (symmetric)')
+register(
+    'dfad',
+    d_loss=lambda r, f: _mean(f),
+    g_loss=lambda r, f: -_mean(f),
+    description='data-free distillation: discrepancy on fakes only (symmetric)',
+)
 
 # Boundary-seeking GAN: G minimises 0.5 (log D - log(1 - D))^2 = 0.5 l^2.
-register('bgan',
-         d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
-         g_loss=lambda r, f: 0.5 * _mean(jnp.square(f)),
-         description='boundary-seeking GAN (asymmetric)')
+register(
+    'bgan',
+    d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
+    g_loss=lambda r, f: 0.5 * _mean(jnp.square(f)),
+    description='boundary-seeking GAN (asymmetric)',
+)
 
 
 def fisher(rho: float = 1e-6) -> dict:
@@ -200,6 +227,7 @@ def fisher(rho: float = 1e-6) -> dict:
   that objective's gradient, ``lam <- lam - rho (1 - Omega)``; G maximises
   ``E f(G(z))``. The state is ``{'lam': scalar}``, starting at 0.
   """
+
   def omega(r, f):
     return 0.5 * (_mean(jnp.square(r)) + _mean(jnp.square(f)))
 
@@ -210,12 +238,18 @@ def fisher(rho: float = 1e-6) -> dict:
   def update(state, r, f):
     return {'lam': state['lam'] - rho * (1.0 - omega(r, f))}
 
-  return dict(d_loss=d_loss, g_loss=lambda r, f, state: -_mean(f),
-              init_state=lambda: {'lam': jnp.zeros((), jnp.float32)},
-              update_state=update)
+  return dict(
+      d_loss=d_loss,
+      g_loss=lambda r, f, state: -_mean(f),
+      init_state=lambda: {'lam': jnp.zeros((), jnp.float32)},
+      update_state=update,
+  )
 
 
 # Fisher GAN with the penalty weight of its paper's experiments (rho = 1e-6).
-register('fisher', **fisher(1e-6),
-         description='Fisher GAN: constrained critic, Lagrange multiplier as loss state '
-         '(asymmetric)')
+register(
+    'fisher',
+    **fisher(1e-6),
+    description='Fisher GAN: constrained critic, Lagrange multiplier as loss state '
+    '(asymmetric)',
+)

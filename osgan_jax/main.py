@@ -26,24 +26,38 @@ from ml_collections import config_flags
 from osgan_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file (configs/*.py); override keys with '
-    '--config.KEY=VALUE.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
-                               'TensorBoard events and samples.')
+    'config',
+    None,
+    'Training config file (configs/*.py); override keys with ' '--config.KEY=VALUE.',
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    'Directory for checkpoints, metrics, ' 'TensorBoard events and samples.',
+)
 _TUNE_MALLOC = flags.DEFINE_enum(
-    'tune_malloc', 'auto', ['auto', 'on', 'off'], 'Keep freed host memory mapped '
+    'tune_malloc',
+    'auto',
+    ['auto', 'on', 'off'],
+    'Keep freed host memory mapped '
     '(glibc mallopt, before JAX starts) so that XLA:CPU steps do not page-fault their '
     'buffers afresh every step. auto: when JAX runs on the CPU only; see '
-    'osgan_jax/host_memory.py.')
+    'osgan_jax/host_memory.py.',
+)
 _HELPCONFIG = flags.DEFINE_bool(
-    'helpconfig', False, 'Print every key of --config (with the overrides applied) and '
-    'what it means, then exit.')
+    'helpconfig',
+    False,
+    'Print every key of --config (with the overrides applied) and '
+    'what it means, then exit.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def print_config_help(config) -> None:
   """Every key with its value, then what the keys mean (``config_base``'s docs)."""
   from osgan_jax import config_base
+
   def walk(node, prefix=''):
     for key in sorted(node.keys()):
       value = node[key]
@@ -51,10 +65,11 @@ def print_config_help(config) -> None:
         walk(value, f'{prefix}{key}.')
       else:
         print(f'  --config.{prefix}{key}={value!r}')
+
   print('Keys of this config (override any as --config.KEY=VALUE):')
   walk(config)
   doc = config_base.__doc__
-  print('\nWhat they mean (osgan_jax/config_base.py):\n' + doc[doc.index('Keys'):])
+  print('\nWhat they mean (osgan_jax/config_base.py):\n' + doc[doc.index('Keys') :])
 
 
 def _quiet_orbax(record) -> bool:
@@ -75,8 +90,10 @@ def main(argv):
     print_config_help(config)
     return
   from osgan_jax import host_memory
-  if _TUNE_MALLOC.value == 'on' or (_TUNE_MALLOC.value == 'auto' and
-                                    host_memory.cpu_only()):
+
+  if _TUNE_MALLOC.value == 'on' or (
+      _TUNE_MALLOC.value == 'auto' and host_memory.cpu_only()
+  ):
     host_memory.keep_freed_memory()
   # Imported here so that flag errors are reported without loading JAX.
   from osgan_jax import checkpoint

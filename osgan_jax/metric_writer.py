@@ -25,8 +25,8 @@ class MetricWriter:
     self.path = os.path.join(workdir, METRICS_FILE)
     self._truncate(start_step)
     from tensorboardX import SummaryWriter
-    self._tb = SummaryWriter(logdir=workdir, purge_step=start_step or None,
-                             flush_secs=30)
+
+    self._tb = SummaryWriter(logdir=workdir, purge_step=start_step or None, flush_secs=30)
 
   def _truncate(self, start_step: int) -> None:
     """Drops lines logged after the checkpoint we resume from (a crash's leftovers)."""

@@ -61,6 +61,7 @@ MODES = ('exact', 'approx')
 
 # ----------------------------------------------------------------------------- pytrees
 
+
 def _is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
@@ -80,19 +81,23 @@ def _per_sample(scalars, leaf):
 
 def _scale(gamma, tree):
   """gamma * tree on float leaves; float0 (integer-input) cotangents pass through."""
+
   def f(leaf):
     if leaf.dtype == jax.dtypes.float0:
       return leaf
     return (_per_sample(gamma, leaf) * leaf).astype(leaf.dtype)
+
   return jax.tree.map(f, tree)
 
 
 def _select(mask, a_tree, b_tree):
   """Per sample: a where mask else b (float leaves)."""
+
   def f(a, b):
     if a.dtype == jax.dtypes.float0:
       return a
     return jnp.where(_per_sample(mask, a), a, b)
+
   return jax.tree.map(f, a_tree, b_tree)
 
 
@@ -114,6 +119,7 @@ def call_with_aux(fn, has_aux, *args):
 
 # ------------------------------------------------------------------ the decomposition
 
+
 def project(d, g, axes):
   """Least-squares gamma with g ~ gamma * d over ``axes``, and whether it is exact.
 
@@ -130,16 +136,23 @@ def project(d, g, axes):
   scale = jnp.expand_dims(jnp.where(usable, d_scale, 1.0), axes)
   d_unit = d / scale
   g_unit = jnp.where(jnp.expand_dims(usable, axes), g / scale, 0.0)
-  gamma = jnp.where(usable, jnp.sum(g_unit * d_unit, axis=axes) / jnp.maximum(
-      jnp.sum(d_unit * d_unit, axis=axes), 1.0), 0.0)
+  gamma = jnp.where(
+      usable,
+      jnp.sum(g_unit * d_unit, axis=axes)
+      / jnp.maximum(jnp.sum(d_unit * d_unit, axis=axes), 1.0),
+      0.0,
+  )
   residual = g_unit - jnp.expand_dims(gamma, axes) * d_unit
-  exact = usable & (jnp.sum(jnp.square(residual), axis=axes)
-                    <= rtol**2 * jnp.sum(jnp.square(g_unit), axis=axes))
+  exact = usable & (
+      jnp.sum(jnp.square(residual), axis=axes)
+      <= rtol**2 * jnp.sum(jnp.square(g_unit), axis=axes)
+  )
   return gamma, exact | (g_scale == 0)
 
 
-def samples_independent(discriminate: Callable, params_d: PyTree, images: PyTree, *,
-                        has_aux: bool = False) -> bool:
+def samples_independent(
+    discriminate: Callable, params_d: PyTree, images: PyTree, *, has_aux: bool = False
+) -> bool:
   """Whether D's logits for sample i depend on image i alone.
 
   A forward-mode probe: perturb sample 0 and see whether any other sample's logits
@@ -151,45 +164,72 @@ def samples_independent(discriminate: Callable, params_d: PyTree, images: PyTree
   batch = _batch_size(images)
   if batch < 2:
     return True
-  traced = any(isinstance(l, jax.core.Tracer)
-               for l in jax.tree.leaves((params_d, images)))
+  traced = any(
+      isinstance(l, jax.core.Tracer) for l in jax.tree.leaves((params_d, images))
+  )
   try:
     with jax.ensure_compile_time_eval():
       key = jax.random.PRNGKey(0)
       if traced:
         params_d, images = _stand_ins(key, (params_d, images))
       tangent = jax.tree.map(
-          lambda l: (jax.random.normal(key, l.shape, l.dtype).at[1:].set(0)
-                     if _is_float(l) else np.zeros(l.shape, jax.dtypes.float0)),
-          images)
-      _, t_out = jax.jvp(lambda x: call_with_aux(discriminate, has_aux, params_d, x)[0],
-                         (images,), (tangent,))
+          lambda l: (
+              jax.random.normal(key, l.shape, l.dtype).at[1:].set(0)
+              if _is_float(l)
+              else np.zeros(l.shape, jax.dtypes.float0)
+          ),
+          images,
+      )
+      _, t_out = jax.jvp(
+          lambda x: call_with_aux(discriminate, has_aux, params_d, x)[0],
+          (images,),
+          (tangent,),
+      )
       moved = jnp.any(jnp.abs(t_out[1:]) > 0) | ~jnp.all(jnp.isfinite(t_out[1:]))
       return not bool(moved)
   except Exception as e:  # pylint: disable=broad-except
-    warnings.warn('one_stage: could not probe whether the discriminator treats samples '
-                  f'independently ({type(e).__name__}); assuming it couples them (exact, '
-                  'one extra input backward). Pass per_sample=True/False to skip the '
-                  'probe.')
+    warnings.warn(
+        'one_stage: could not probe whether the discriminator treats samples '
+        f'independently ({type(e).__name__}); assuming it couples them (exact, '
+        'one extra input backward). Pass per_sample=True/False to skip the '
+        'probe.'
+    )
     return False
 
 
 def _stand_ins(key, tree):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
-  new = [jax.random.normal(k, l.shape, l.dtype) * 0.1 if _is_float(l)
-         else jnp.zeros(l.shape, l.dtype) for k, l in zip(keys, leaves)]
+  new = [
+      jax.random.normal(k, l.shape, l.dtype) * 0.1
+      if _is_float(l)
+      else jnp.zeros(l.shape, l.dtype)
+      for k, l in zip(keys, leaves)
+  ]
   return jax.tree.unflatten(treedef, new)
 
 
 # ----------------------------------------------------------------------- the gradients
 
-def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree,
-                    params_d: PyTree, z: PyTree, x_real: PyTree, loss, *,
-                    mode: str = 'exact', per_sample: bool | None = None,
-                    g_has_aux: bool = False, d_has_aux: bool = False,
-                    measure_error: bool = False, loss_state=None, penalties=None,
-                    penalty_rng=None):
+
+def one_stage_grads(
+    generate: Callable,
+    discriminate: Callable,
+    params_g: PyTree,
+    params_d: PyTree,
+    z: PyTree,
+    x_real: PyTree,
+    loss,
+    *,
+    mode: str = 'exact',
+    per_sample: bool | None = None,
+    g_has_aux: bool = False,
+    d_has_aux: bool = False,
+    measure_error: bool = False,
+    loss_state=None,
+    penalties=None,
+    penalty_rng=None,
+):
   """Gradients of L_G (for G) and L_D (for D) from one shared forward and backward.
 
   Args:
@@ -238,43 +278,69 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   if mode not in MODES:
     raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
 
-  x_fake, vjp_g, g_aux = jax.vjp(lambda p: call_with_aux(generate, g_has_aux, p, z), params_g,
-                                 has_aux=True)
+  x_fake, vjp_g, g_aux = jax.vjp(
+      lambda p: call_with_aux(generate, g_has_aux, p, z), params_g, has_aux=True
+  )
   batch = _batch_size(x_fake)
   has_real = _has_real(x_real)
   if per_sample is None:
-    per_sample = samples_independent(discriminate, params_d,
-                                     x_real if has_real else x_fake, has_aux=d_has_aux)
+    per_sample = samples_independent(
+        discriminate, params_d, x_real if has_real else x_fake, has_aux=d_has_aux
+    )
 
   weights = penalties_lib.validate(penalties)
-  if _penalty_shares_forward(mode, has_real, per_sample, weights, measure_error,
-                             discriminate, params_d, x_fake, d_has_aux):
+  if _penalty_shares_forward(
+      mode,
+      has_real,
+      per_sample,
+      weights,
+      measure_error,
+      discriminate,
+      params_d,
+      x_fake,
+      d_has_aux,
+  ):
     # R2 (with or without R1): D's input gradient at the fakes, which R2 needs, is
     # also G's image cotangent up to the per-sample dL_G/dlogit, so one forward of D,
     # its input backward and the double backward give everything.
-    (r32, f32, c_fake, g_fake, grads_d, g_cot, d_aux, aux) = _grads_sharing_r2(
-        discriminate, params_d, x_real, x_fake, loss, loss_state, weights, d_has_aux,
-        batch)
+    r32, f32, c_fake, g_fake, grads_d, g_cot, d_aux, aux = _grads_sharing_r2(
+        discriminate,
+        params_d,
+        x_real,
+        x_fake,
+        loss,
+        loss_state,
+        weights,
+        d_has_aux,
+        batch,
+    )
     sample_axes = ()  # one logit per sample
     gamma, _ = project(c_fake, g_fake, sample_axes)
     n_exact = jnp.asarray(0)
     weights = {k: w for k, w in weights.items() if k not in ('r1', 'r2')}
   else:
     if not has_real:
+
       def forward(p, xf):
         fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
         return (fake_logits[:0], fake_logits), aux
+
     elif per_sample:
+
       def forward(p, xf):
         logits, aux = call_with_aux(discriminate, d_has_aux, p, _concat(x_real, xf))
         return (logits[:batch], logits[batch:]), aux
+
     else:
+
       def forward(p, xf):
         real_logits, _ = call_with_aux(discriminate, d_has_aux, p, x_real)
         fake_logits, aux = call_with_aux(discriminate, d_has_aux, p, xf)
         return (real_logits, fake_logits), aux
-    (real_logits, fake_logits), vjp_d, d_aux = jax.vjp(forward, params_d, x_fake,
-                                                       has_aux=True)
+
+    (real_logits, fake_logits), vjp_d, d_aux = jax.vjp(
+        forward, params_d, x_fake, has_aux=True
+    )
 
     # Cotangents at the logits, computed in float32 whatever D's compute dtype.
     r32, f32 = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
@@ -283,7 +349,9 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
     gamma, decomposable = project(c_fake, g_fake, sample_axes)
 
     def backward(cot_real, cot_fake):
-      return vjp_d((cot_real.astype(real_logits.dtype), cot_fake.astype(fake_logits.dtype)))
+      return vjp_d(
+          (cot_real.astype(real_logits.dtype), cot_fake.astype(fake_logits.dtype))
+      )
 
     def exact_image_cotangent(g_cot_fake):
       """Input-only backward of D with G's cotangent (D's parameter grads unused)."""
@@ -296,7 +364,8 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
       branch, which XLA would otherwise materialise as branch operands on every step,
       taken or not."""
       _, vjp_x = jax.vjp(
-          lambda xf: call_with_aux(discriminate, d_has_aux, params_d, xf)[0], x_fake)
+          lambda xf: call_with_aux(discriminate, d_has_aux, params_d, xf)[0], x_fake
+      )
       return vjp_x(g_cot_fake.astype(fake_logits.dtype))[0]
 
     aux = {}
@@ -317,15 +386,18 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
         n_exact = jnp.sum(~decomposable)
         if not per_sample:
           global_gamma, global_ok = project(c_fake, g_fake, tuple(range(f32.ndim)))
-          fits = global_ok & jnp.all(jnp.abs(gamma - global_gamma)
-                                     <= 1e-6 * jnp.abs(global_gamma))
+          fits = global_ok & jnp.all(
+              jnp.abs(gamma - global_gamma) <= 1e-6 * jnp.abs(global_gamma)
+          )
           n_exact = jnp.where(fits, 0, batch)
         if measure_error:
           exact = exact_image_cotangent(g_fake)
-          diff = jax.tree.map(lambda a, b: a if a.dtype == jax.dtypes.float0 else a - b,
-                              g_cot, exact)
-          aux['approx_rel_err'] = jnp.sqrt(_sq_norm(diff) / jnp.maximum(
-              _sq_norm(exact), np.finfo(np.float32).tiny))
+          diff = jax.tree.map(
+              lambda a, b: a if a.dtype == jax.dtypes.float0 else a - b, g_cot, exact
+          )
+          aux['approx_rel_err'] = jnp.sqrt(
+              _sq_norm(diff) / jnp.maximum(_sq_norm(exact), np.finfo(np.float32).tiny)
+          )
     else:
       # Coupled D, exact: one global gamma is exact (symmetric losses) or nothing is.
       # The loss decides the path statically, so D's backward never sits inside a
@@ -338,8 +410,9 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
         grads_d, x_bar = backward(c_real, c_fake)
         g_cot = _scale(jnp.full((batch,), global_gamma), x_bar)
         # Where the logits leave no global gamma (e.g. every coefficient zero).
-        g_cot = jax.lax.cond(global_ok, lambda c: c,
-                             lambda c: fake_image_cotangent(g_fake), g_cot)
+        g_cot = jax.lax.cond(
+            global_ok, lambda c: c, lambda c: fake_image_cotangent(g_fake), g_cot
+        )
         n_exact = jnp.where(global_ok, 0, batch)
       else:
         grads_d = backward(c_real, c_fake)[0]
@@ -348,8 +421,9 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
 
   (grads_g,) = vjp_g(g_cot)
   if weights:
-    grads_p, penalty_metrics = _penalty_grads(discriminate, params_d, x_real, x_fake,
-                                              weights, penalty_rng, d_has_aux)
+    grads_p, penalty_metrics = _penalty_grads(
+        discriminate, params_d, x_real, x_fake, weights, penalty_rng, d_has_aux
+    )
     grads_d = jax.tree.map(jnp.add, grads_d, grads_p)
     aux.update(penalty_metrics)
 
@@ -373,16 +447,31 @@ def one_stage_grads(generate: Callable, discriminate: Callable, params_g: PyTree
   return grads_g, grads_d, aux
 
 
-def _penalty_shares_forward(mode, has_real, per_sample, weights, measure_error,
-                            discriminate, params_d, x_fake, d_has_aux) -> bool:
+def _penalty_shares_forward(
+    mode,
+    has_real,
+    per_sample,
+    weights,
+    measure_error,
+    discriminate,
+    params_d,
+    x_fake,
+    d_has_aux,
+) -> bool:
   """Whether ``_grads_sharing_r2`` applies: exact mode, real data, R2 requested, and a
   D that scores each sample by itself with one logit (so d sum_j D(x_j) / d x_i is
   dD(x_i)/dx_i)."""
-  if not (mode == 'exact' and has_real and per_sample and 'r2' in weights
-          and not measure_error):
+  if not (
+      mode == 'exact'
+      and has_real
+      and per_sample
+      and 'r2' in weights
+      and not measure_error
+  ):
     return False
   logits = jax.eval_shape(
-      lambda p, x: call_with_aux(discriminate, d_has_aux, p, x)[0], params_d, x_fake)
+      lambda p, x: call_with_aux(discriminate, d_has_aux, p, x)[0], params_d, x_fake
+  )
   return logits.ndim == 1
 
 
@@ -391,13 +480,18 @@ def _cotangent_like(x, float_cotangents):
   float0 zeros at its integer leaves (labels)."""
   leaves, treedef = jax.tree.flatten(x)
   it = iter(float_cotangents)
-  out = [next(it).astype(l.dtype) if _is_float(l)
-         else np.zeros(np.shape(l), jax.dtypes.float0) for l in leaves]
+  out = [
+      next(it).astype(l.dtype)
+      if _is_float(l)
+      else np.zeros(np.shape(l), jax.dtypes.float0)
+      for l in leaves
+  ]
   return jax.tree.unflatten(treedef, out)
 
 
-def _grads_sharing_r2(discriminate, params_d, x_real, x_fake, loss, loss_state, weights,
-                      d_has_aux, batch):
+def _grads_sharing_r2(
+    discriminate, params_d, x_real, x_fake, loss, loss_state, weights, d_has_aux, batch
+):
   """D's gradient of L_D + R1/R2 and G's image cotangent from one forward of D.
 
   One forward of D on [reals; fakes] and its input backward give the logits and
@@ -409,11 +503,14 @@ def _grads_sharing_r2(discriminate, params_d, x_real, x_fake, loss, loss_state, 
   x_cat = _concat(x_real, jax.lax.stop_gradient(x_fake))
 
   def objective(p):
-    grads_x, logits, aux = penalties_lib.input_grads(discriminate, p, x_cat,
-                                                     has_aux=d_has_aux)
+    grads_x, logits, aux = penalties_lib.input_grads(
+        discriminate, p, x_cat, has_aux=d_has_aux
+    )
     l32 = logits.astype(jnp.float32)
     r32, f32 = l32[:batch], l32[batch:]
-    c_real, c_fake, g_fake = jax.lax.stop_gradient(loss.coefficients(r32, f32, loss_state))
+    c_real, c_fake, g_fake = jax.lax.stop_gradient(
+        loss.coefficients(r32, f32, loss_state)
+    )
     sq = penalties_lib.sq_norms(grads_x)
     metrics, total = {}, jnp.sum(c_real * r32) + jnp.sum(c_fake * f32)
     for name, half in (('r1', sq[:batch]), ('r2', sq[batch:])):
@@ -424,10 +521,19 @@ def _grads_sharing_r2(discriminate, params_d, x_real, x_fake, loss, loss_state, 
     return total, (r32, f32, c_fake, g_fake, fake_grads, aux, metrics)
 
   grads_d, (r32, f32, c_fake, g_fake, fake_grads, d_aux, metrics) = jax.grad(
-      objective, has_aux=True)(params_d)
+      objective, has_aux=True
+  )(params_d)
   g_cot = _cotangent_like(x_fake, [_per_sample(g_fake, g) * g for g in fake_grads])
-  return (jax.lax.stop_gradient(r32), jax.lax.stop_gradient(f32), c_fake, g_fake,
-          grads_d, g_cot, d_aux, metrics)
+  return (
+      jax.lax.stop_gradient(r32),
+      jax.lax.stop_gradient(f32),
+      c_fake,
+      g_fake,
+      grads_d,
+      g_cot,
+      d_aux,
+      metrics,
+  )
 
 
 def _penalty_grads(discriminate, params_d, x_real, x_fake, weights, rng, has_aux):
@@ -435,15 +541,30 @@ def _penalty_grads(discriminate, params_d, x_real, x_fake, weights, rng, has_aux
   weights = penalties_lib.validate(weights)
   if not _has_real(x_real) and {'r1', 'gp'} & set(weights):
     raise ValueError('the r1 and gp penalties need real data')
-  return jax.grad(lambda p: penalties_lib.loss(discriminate, p, x_real, x_fake, weights,
-                                               rng, has_aux=has_aux), has_aux=True)(
-                                                   params_d)
+  return jax.grad(
+      lambda p: penalties_lib.loss(
+          discriminate, p, x_real, x_fake, weights, rng, has_aux=has_aux
+      ),
+      has_aux=True,
+  )(params_d)
 
 
-def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree,
-                    params_d: PyTree, z: PyTree, x_real: PyTree, loss, *,
-                    g_has_aux: bool = False, d_has_aux: bool = False, loss_state=None,
-                    penalties=None, penalty_rng=None, **unused_options):
+def reference_grads(
+    generate: Callable,
+    discriminate: Callable,
+    params_g: PyTree,
+    params_d: PyTree,
+    z: PyTree,
+    x_real: PyTree,
+    loss,
+    *,
+    g_has_aux: bool = False,
+    d_has_aux: bool = False,
+    loss_state=None,
+    penalties=None,
+    penalty_rng=None,
+    **unused_options,
+):
   """Ground truth: two independent ``jax.grad`` calls at the same parameters and z:
   of ``L_D + penalties`` for D and of ``L_G`` for G.
 
@@ -467,8 +588,12 @@ def reference_grads(generate: Callable, discriminate: Callable, params_g: PyTree
     fake_logits = disc(pd, x_fake)
     value = loss.d(real(pd, fake_logits), fake_logits, loss_state)
     if penalties:
-      value = value + penalties_lib.loss(discriminate, pd, x_real, x_fake, penalties,
-                                         penalty_rng, has_aux=d_has_aux)[0]
+      value = (
+          value
+          + penalties_lib.loss(
+              discriminate, pd, x_real, x_fake, penalties, penalty_rng, has_aux=d_has_aux
+          )[0]
+      )
     return value
 
   def g_objective(pg):

@@ -69,14 +69,22 @@ def explicit_cluster() -> dict | None:
     pid = int(os.environ.get(PROCESS_ID_ENV, ''))
     timeout = int(os.environ.get(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT))
   except ValueError:
-    raise ConfigError(f'${COORDINATOR_ENV}={address} is set, so ${NUM_PROCESSES_ENV} '
-                      f'and ${PROCESS_ID_ENV} must be integers (and ${INIT_TIMEOUT_ENV} '
-                      'if set)') from None
+    raise ConfigError(
+        f'${COORDINATOR_ENV}={address} is set, so ${NUM_PROCESSES_ENV} '
+        f'and ${PROCESS_ID_ENV} must be integers (and ${INIT_TIMEOUT_ENV} '
+        'if set)'
+    ) from None
   if not 0 <= pid < num or timeout <= 0:
-    raise ConfigError(f'${PROCESS_ID_ENV}={pid} must be in [0, ${NUM_PROCESSES_ENV}='
-                      f'{num}) and ${INIT_TIMEOUT_ENV}={timeout} positive')
-  return dict(coordinator_address=address, num_processes=num, process_id=pid,
-              initialization_timeout=timeout)
+    raise ConfigError(
+        f'${PROCESS_ID_ENV}={pid} must be in [0, ${NUM_PROCESSES_ENV}='
+        f'{num}) and ${INIT_TIMEOUT_ENV}={timeout} positive'
+    )
+  return dict(
+      coordinator_address=address,
+      num_processes=num,
+      process_id=pid,
+      initialization_timeout=timeout,
+  )
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -101,9 +109,11 @@ def wait_for_coordinator(address: str, timeout: float) -> None:
     except OSError as e:
       error = e
     if time.monotonic() >= deadline:
-      raise ConfigError(f'cannot reach the coordinator at {address} within {timeout:g} s '
-                        f'({type(error).__name__}: {error}); is process 0 running there '
-                        f'and the port open? (${COORDINATOR_ENV}, ${INIT_TIMEOUT_ENV})')
+      raise ConfigError(
+          f'cannot reach the coordinator at {address} within {timeout:g} s '
+          f'({type(error).__name__}: {error}); is process 0 running there '
+          f'and the port open? (${COORDINATOR_ENV}, ${INIT_TIMEOUT_ENV})'
+      )
     time.sleep(0.2)
 
 
@@ -113,15 +123,18 @@ def check_port_free(address: str) -> None:
   _, port = _host_port(address)
   try:
     if socket.has_dualstack_ipv6():  # JAX listens on [::]:port
-      server = socket.create_server(('', port), family=socket.AF_INET6,
-                                    dualstack_ipv6=True)
+      server = socket.create_server(
+          ('', port), family=socket.AF_INET6, dualstack_ipv6=True
+      )
     else:
       server = socket.create_server(('', port))
     server.close()
   except OSError as e:
-    raise ConfigError(f'cannot serve the coordinator on port {port} of {address} '
-                      f'({type(e).__name__}: {e}); is an earlier run still using it? '
-                      f'(${COORDINATOR_ENV})') from None
+    raise ConfigError(
+        f'cannot serve the coordinator on port {port} of {address} '
+        f'({type(e).__name__}: {e}); is an earlier run still using it? '
+        f'(${COORDINATOR_ENV})'
+    ) from None
 
 
 def initialize(multihost: bool = False) -> bool:
@@ -137,6 +150,7 @@ def initialize(multihost: bool = False) -> bool:
   if _initialized or (cluster is None and not multihost_requested(multihost)):
     return False
   from osgan_jax import host_memory
+
   if host_memory.cpu_only():
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if cluster is None:
@@ -147,9 +161,13 @@ def initialize(multihost: bool = False) -> bool:
       check_port_free(address)
     else:
       wait_for_coordinator(address, cluster['initialization_timeout'])
-    logging.info('Joining %d processes as process %d through %s (timeout %d s)',
-                 cluster['num_processes'], cluster['process_id'], address,
-                 cluster['initialization_timeout'])
+    logging.info(
+        'Joining %d processes as process %d through %s (timeout %d s)',
+        cluster['num_processes'],
+        cluster['process_id'],
+        address,
+        cluster['initialization_timeout'],
+    )
     left = cluster['initialization_timeout'] - int(time.monotonic() - start)
     jax.distributed.initialize(**{**cluster, 'initialization_timeout': max(left, 1)})
   _initialized = True
@@ -165,8 +183,9 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.devices()
   if num_devices:
     if not 0 < num_devices <= len(devices):
-      raise ValueError(f'num_devices={num_devices}, but {len(devices)} devices are '
-                       'available')
+      raise ValueError(
+          f'num_devices={num_devices}, but {len(devices)} devices are ' 'available'
+      )
     if jax.process_count() > 1 and num_devices != len(devices):
       raise ValueError('num_devices must be 0 (all) in multi-host runs')
     devices = devices[:num_devices]
@@ -175,8 +194,9 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     # slice of the batch is rows [i * b, (i + 1) * b) (jax.make_mesh may reorder).
     devices = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+      (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -191,8 +211,10 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """This process's slice of the batch (numpy) -> global ``jax.Array`` s."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
 
 
 def any_process(flag: bool) -> bool:
@@ -200,6 +222,7 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
+
   flags = multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))
   return bool(np.any(flags))
 
@@ -209,6 +232,7 @@ def sum_over_processes(value: int) -> int:
   if jax.process_count() == 1:
     return int(value)
   from jax.experimental import multihost_utils
+
   return int(np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
@@ -221,14 +245,17 @@ def check_same_config(config) -> None:
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
+
   text = config.to_json_best_effort(sort_keys=True)
   digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
   digests = np.asarray(multihost_utils.process_allgather(digest))
   differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
   if differ:
-    raise ConfigError(f'the config differs between processes: process(es) '
-                      f'{", ".join(map(str, differ))} run another config than process 0; '
-                      'start every process with the same command and overrides')
+    raise ConfigError(
+        f'the config differs between processes: process(es) '
+        f'{", ".join(map(str, differ))} run another config than process 0; '
+        'start every process with the same command and overrides'
+    )
 
 
 def is_main_process() -> bool:

@@ -28,8 +28,9 @@ NAMES = ('r1', 'r2', 'gp')
 def _float_leaves(x):
   """``(float leaves, rebuild)``: rebuild(new float leaves) -> x with them in place."""
   leaves, treedef = jax.tree.flatten(x)
-  index = [i for i, l in enumerate(leaves)
-           if jnp.issubdtype(jnp.result_type(l), jnp.inexact)]
+  index = [
+      i for i, l in enumerate(leaves) if jnp.issubdtype(jnp.result_type(l), jnp.inexact)
+  ]
 
   def rebuild(floats):
     out = list(leaves)
@@ -82,8 +83,16 @@ def validate(weights) -> dict:
   return weights
 
 
-def loss(discriminate: Callable, params_d, x_real, x_fake, weights, rng=None, *,
-         has_aux: bool = False):
+def loss(
+    discriminate: Callable,
+    params_d,
+    x_real,
+    x_fake,
+    weights,
+    rng=None,
+    *,
+    has_aux: bool = False,
+):
   """``(weighted sum of the penalties, {'r1_penalty', ...})`` for D's parameters.
 
   ``x_fake`` is detached here. ``rng`` draws the interpolation weights of ``gp``.

@@ -84,13 +84,15 @@ EMA_KIMG = 10.0
 
 # ----------------------------------------------------------------------------- penalties
 
+
 def _at_least_f32(x):
   """float32 for bfloat16/float16/float32 values, float64 stays float64."""
   return jnp.asarray(x).astype(jnp.promote_types(jnp.result_type(x), jnp.float32))
 
 
-def r1_penalty(discriminate: Callable, params_d: PyTree, x_real: jax.Array, *,
-               has_aux: bool = False):
+def r1_penalty(
+    discriminate: Callable, params_d: PyTree, x_real: jax.Array, *, has_aux: bool = False
+):
   """R1: ``mean_i sum_pixels (d sum_j D(x_j) / d x_i)^2`` (official ``r1_penalty``).
 
   Args:
@@ -111,8 +113,9 @@ def r1_penalty(discriminate: Callable, params_d: PyTree, x_real: jax.Array, *,
   discriminator that couples samples (minibatch std) it includes the cross-sample
   terms; for a per-sample discriminator it is the per-sample input gradient.
   """
-  per_sample, logits, aux = penalties.input_grad_sq_norms(discriminate, params_d, x_real,
-                                                          has_aux=has_aux)
+  per_sample, logits, aux = penalties.input_grad_sq_norms(
+      discriminate, params_d, x_real, has_aux=has_aux
+  )
   penalty = jnp.mean(per_sample)
   return (penalty, (logits, aux)) if has_aux else (penalty, logits)
 
@@ -132,10 +135,10 @@ def path_lengths(synthesize: Callable, params_g: PyTree, ws: jax.Array, rng) -> 
   pl_noise = jax.random.normal(rng, img.shape, dtype) / np.sqrt(h * w)
   (pl_grads,) = vjp(pl_noise.astype(img.dtype))
   sq = jnp.square(_at_least_f32(pl_grads))
-  sq = jnp.sum(sq, axis=-1)                                  # .square().sum(2)
+  sq = jnp.sum(sq, axis=-1)  # .square().sum(2)
   if sq.ndim > 1:
-    sq = jnp.mean(sq, axis=tuple(range(1, sq.ndim)))         # .mean(1)
-  return jnp.sqrt(sq)                                        # .sqrt()
+    sq = jnp.mean(sq, axis=tuple(range(1, sq.ndim)))  # .mean(1)
+  return jnp.sqrt(sq)  # .sqrt()
 
 
 def _pl_penalty(lengths, pl_mean, pl_decay):
@@ -148,8 +151,15 @@ def _pl_penalty(lengths, pl_mean, pl_decay):
   return penalty, stored
 
 
-def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, rng,
-                        pl_mean, *, pl_decay: float = PL_DECAY):
+def path_length_penalty(
+    synthesize: Callable,
+    params_g: PyTree,
+    ws: jax.Array,
+    rng,
+    pl_mean,
+    *,
+    pl_decay: float = PL_DECAY,
+):
   """Path-length penalty and the updated running mean (official ``Gpl``).
 
   Args:
@@ -172,6 +182,7 @@ def path_length_penalty(synthesize: Callable, params_g: PyTree, ws: jax.Array, r
 
 # ------------------------------------------------------------------ lazy regularisation
 
+
 def lazy_ratio(interval: Optional[int]) -> float:
   """The official ``mb_ratio = interval / (interval + 1)`` (1 for ``None``: no lazy
   regularisation): a lazily regularised player's Adam runs with ``lr * mb_ratio``
@@ -191,8 +202,12 @@ def lazy_hparams(lr: float, betas: Sequence[float], interval: Optional[int]):
   return float(lr) * ratio, tuple(float(b) ** ratio for b in betas)
 
 
-def lazy_adam(lr: float = 0.002, betas: Sequence[float] = (0.0, 0.99), eps: float = 1e-8,
-              interval: Optional[int] = None) -> optax.GradientTransformation:
+def lazy_adam(
+    lr: float = 0.002,
+    betas: Sequence[float] = (0.0, 0.99),
+    eps: float = 1e-8,
+    interval: Optional[int] = None,
+) -> optax.GradientTransformation:
   """``optax.adam`` with the official lazy-regularisation correction for ``interval``.
 
   Official (``training_loop.py``): for a network regularised every ``interval`` steps,
@@ -206,24 +221,37 @@ def lazy_adam(lr: float = 0.002, betas: Sequence[float] = (0.0, 0.99), eps: floa
   return optax.adam(lr, b1=b1, b2=b2, eps=eps)
 
 
-def nan_to_num_grads(nan: float = 0.0, posinf: float = 1e5,
-                     neginf: float = -1e5) -> optax.GradientTransformation:
+def nan_to_num_grads(
+    nan: float = 0.0, posinf: float = 1e5, neginf: float = -1e5
+) -> optax.GradientTransformation:
   """The official loop's gradient sanitising before every ``opt.step()``
   (``misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5)``).
 
   Chain it first: ``optax.chain(nan_to_num_grads(), lazy_adam(...))``.
   """
+
   def update(updates, state, params=None):
     del params
-    return jax.tree.map(
-        lambda g: jnp.nan_to_num(g, nan=nan, posinf=posinf, neginf=neginf), updates), state
+    return (
+        jax.tree.map(
+            lambda g: jnp.nan_to_num(g, nan=nan, posinf=posinf, neginf=neginf), updates
+        ),
+        state,
+    )
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 # ----------------------------------------------------------------------------- EMA
 
-def ema_beta(batch_size: int, cur_nimg, *, half_life_kimg: float = EMA_KIMG,
-             rampup: Optional[float] = None):
+
+def ema_beta(
+    batch_size: int,
+    cur_nimg,
+    *,
+    half_life_kimg: float = EMA_KIMG,
+    rampup: Optional[float] = None,
+):
   """The official EMA decay for one iteration of ``batch_size`` images.
 
   ``ema_nimg = half_life_kimg * 1000``; with ``rampup``,
@@ -243,8 +271,9 @@ def ema_beta(batch_size: int, cur_nimg, *, half_life_kimg: float = EMA_KIMG,
   ema_nimg = jnp.asarray(ema_nimg, jnp.float32)
   if rampup is not None:
     ema_nimg = jnp.minimum(ema_nimg, jnp.asarray(cur_nimg, jnp.float32) * rampup)
-  return jnp.power(jnp.float32(0.5),
-                   jnp.asarray(batch_size, jnp.float32) / jnp.maximum(ema_nimg, 1e-8))
+  return jnp.power(
+      jnp.float32(0.5), jnp.asarray(batch_size, jnp.float32) / jnp.maximum(ema_nimg, 1e-8)
+  )
 
 
 def ema_update(ema_params: PyTree, params: PyTree, beta) -> PyTree:
@@ -253,8 +282,14 @@ def ema_update(ema_params: PyTree, params: PyTree, beta) -> PyTree:
   return jax.tree.map(lambda n, old: n.astype(jnp.result_type(old)), new, ema_params)
 
 
-def ema_step(state, cur_nimg, *, batch_size: int, half_life_kimg: float = EMA_KIMG,
-             rampup: Optional[float] = None):
+def ema_step(
+    state,
+    cur_nimg,
+    *,
+    batch_size: int,
+    half_life_kimg: float = EMA_KIMG,
+    rampup: Optional[float] = None,
+):
   """One official G_ema update of ``state.ema_params_g``: ``(state, {'ema_beta'})``.
 
   Parameters are lerped towards ``state.params_g`` with ``ema_beta(batch_size,
@@ -265,8 +300,9 @@ def ema_step(state, cur_nimg, *, batch_size: int, half_life_kimg: float = EMA_KI
   iteration, so a separate copy would always be equal to it.
   """
   if state.ema_params_g is None:
-    raise ValueError('ema_step needs a state with ema_params_g: '
-                     'steps.init_state(..., ema=True)')
+    raise ValueError(
+        'ema_step needs a state with ema_params_g: ' 'steps.init_state(..., ema=True)'
+    )
   beta = ema_beta(batch_size, cur_nimg, half_life_kimg=half_life_kimg, rampup=rampup)
   state = state.replace(ema_params_g=ema_update(state.ema_params_g, state.params_g, beta))
   return state, {'ema_beta': jnp.asarray(beta, jnp.float32)}
@@ -274,14 +310,25 @@ def ema_step(state, cur_nimg, *, batch_size: int, half_life_kimg: float = EMA_KI
 
 # ----------------------------------------------------------------------------- steps
 
+
 def _check_structure(name, new, old):
   if jax.tree.structure(new) != jax.tree.structure(old):
-    raise ValueError(f'{name} changed its pytree structure ({jax.tree.structure(old)} '
-                     f'-> {jax.tree.structure(new)}); the jitted steps would retrace')
+    raise ValueError(
+        f'{name} changed its pytree structure ({jax.tree.structure(old)} '
+        f'-> {jax.tree.structure(new)}); the jitted steps would retrace'
+    )
 
 
-def r1_step(gan, state, batch, rng, *, r1_gamma: float = R1_GAMMA, interval: int = 1,
-            image_key: str = 'image'):
+def r1_step(
+    gan,
+    state,
+    batch,
+    rng,
+    *,
+    r1_gamma: float = R1_GAMMA,
+    interval: int = 1,
+    image_key: str = 'image',
+):
   """The official 'Dreg' phase: D's update with ``interval * r1_gamma / 2 * R1``.
 
   Args:
@@ -306,26 +353,42 @@ def r1_step(gan, state, batch, rng, *, r1_gamma: float = R1_GAMMA, interval: int
     def disc(p, x):
       return gan.discriminate(p, state.model_state_d, {**real, image_key: x}, rng)
 
-    penalty, (logits, model_state_d) = r1_penalty(disc, params_d, real[image_key],
-                                                  has_aux=True)
+    penalty, (logits, model_state_d) = r1_penalty(
+        disc, params_d, real[image_key], has_aux=True
+    )
     loss = penalty * (r1_gamma / 2)
     return loss * interval, (penalty, loss, model_state_d)
 
   (_, (penalty, loss, model_state_d)), grads = jax.value_and_grad(
-      objective, has_aux=True)(state.params_d)
+      objective, has_aux=True
+  )(state.params_d)
   _check_structure('discriminate (model_state_d)', model_state_d, state.model_state_d)
-  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads, state.opt_state_d,
-                                 state.params_d)
-  state = state.replace(params_d=params_d, opt_state_d=opt_state_d,
-                        model_state_d=model_state_d)
-  return state, {'r1_penalty': penalty.astype(jnp.float32),
-                 'loss_d_reg': loss.astype(jnp.float32)}
+  params_d, opt_state_d = apply_optimizer(
+      gan.optimizer_d, grads, state.opt_state_d, state.params_d
+  )
+  state = state.replace(
+      params_d=params_d, opt_state_d=opt_state_d, model_state_d=model_state_d
+  )
+  return state, {
+      'r1_penalty': penalty.astype(jnp.float32),
+      'loss_d_reg': loss.astype(jnp.float32),
+  }
 
 
-def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
-                     *, batch_size: int, pl_weight: float = PL_WEIGHT,
-                     interval: int = 1, pl_batch_shrink: int = PL_BATCH_SHRINK,
-                     pl_decay: float = PL_DECAY, map_has_aux: bool = False):
+def path_length_step(
+    gan,
+    map_fn: Callable,
+    synthesize_fn: Callable,
+    state,
+    rng,
+    *,
+    batch_size: int,
+    pl_weight: float = PL_WEIGHT,
+    interval: int = 1,
+    pl_batch_shrink: int = PL_BATCH_SHRINK,
+    pl_decay: float = PL_DECAY,
+    map_has_aux: bool = False,
+):
   """The official 'Greg' phase: G's update with ``interval * pl_weight * PL``.
 
   Args:
@@ -353,35 +416,53 @@ def path_length_step(gan, map_fn: Callable, synthesize_fn: Callable, state, rng,
     ``pl_mean`` (the new running mean, also in ``state.pl_mean``).
   """
   if state.pl_mean is None:
-    raise ValueError('path_length_step needs a state with a pl_mean: '
-                     'steps.init_state(..., path_length=True)')
+    raise ValueError(
+        'path_length_step needs a state with a pl_mean: '
+        'steps.init_state(..., path_length=True)'
+    )
   pl_mean = state.pl_mean
   n = batch_size // pl_batch_shrink
   if n < 1:
-    raise ValueError(f'batch_size // pl_batch_shrink must be >= 1 '
-                     f'({batch_size} // {pl_batch_shrink})')
+    raise ValueError(
+        f'batch_size // pl_batch_shrink must be >= 1 '
+        f'({batch_size} // {pl_batch_shrink})'
+    )
   rng_z, rng_map, rng_syn, rng_noise = jax.random.split(rng, 4)
   z = gan.sample_latent(rng_z, n)
 
   def objective(params_g):
-    ws, model_state_g = call_with_aux(map_fn, map_has_aux, params_g, state.model_state_g, z,
-                              rng_map)
+    ws, model_state_g = call_with_aux(
+        map_fn, map_has_aux, params_g, state.model_state_g, z, rng_map
+    )
     if not map_has_aux:
       model_state_g = state.model_state_g
     lengths = path_lengths(
-        lambda p, w: synthesize_fn(p, state.model_state_g, w, rng_syn), params_g, ws,
-        rng_noise)
+        lambda p, w: synthesize_fn(p, state.model_state_g, w, rng_syn),
+        params_g,
+        ws,
+        rng_noise,
+    )
     penalty, new_mean = _pl_penalty(lengths, pl_mean, pl_decay)
     loss = penalty * pl_weight
     return loss * interval, (penalty, loss, new_mean, jnp.mean(lengths), model_state_g)
 
   (_, (penalty, loss, new_mean, mean_len, model_state_g)), grads = jax.value_and_grad(
-      objective, has_aux=True)(state.params_g)
+      objective, has_aux=True
+  )(state.params_g)
   _check_structure('map_fn (model_state_g)', model_state_g, state.model_state_g)
-  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads, state.opt_state_g,
-                                 state.params_g)
-  state = state.replace(params_g=params_g, opt_state_g=opt_state_g,
-                        model_state_g=model_state_g, pl_mean=new_mean)
+  params_g, opt_state_g = apply_optimizer(
+      gan.optimizer_g, grads, state.opt_state_g, state.params_g
+  )
+  state = state.replace(
+      params_g=params_g,
+      opt_state_g=opt_state_g,
+      model_state_g=model_state_g,
+      pl_mean=new_mean,
+  )
   f32 = lambda x: jnp.asarray(x, jnp.float32)
-  return state, {'pl_penalty': f32(penalty), 'loss_g_reg': f32(loss),
-                 'pl_length': f32(mean_len), 'pl_mean': f32(new_mean)}
+  return state, {
+      'pl_penalty': f32(penalty),
+      'loss_g_reg': f32(loss),
+      'pl_length': f32(mean_len),
+      'pl_mean': f32(new_mean),
+  }

@@ -70,8 +70,9 @@ def value(config, name: str) -> Value:
 def final(config, name: str) -> float:
   """The value ``name`` ends at (its constant value when it is not scheduled)."""
   section, key = STARTS[name]
-  return float(config.schedule[name] if is_scheduled(config, name)
-               else config[section][key])
+  return float(
+      config.schedule[name] if is_scheduled(config, name) else config[section][key]
+  )
 
 
 def active(config, name: str) -> bool:
@@ -94,8 +95,10 @@ def validate(config) -> None:
     raise ConfigError(f'config.schedule.steps must be >= 0, got {s.steps}')
   ramped = [n for n in STARTS if float(s[n]) >= 0]
   if ramped and int(s.steps) == 0:
-    raise ConfigError(f'config.schedule.{ramped[0]} is set but config.schedule.steps is '
-                      f'0; give the ramp length in steps')
+    raise ConfigError(
+        f'config.schedule.{ramped[0]} is set but config.schedule.steps is '
+        f'0; give the ramp length in steps'
+    )
   if is_scheduled(config, 'b2') and not float(s.b2) < 1:
     raise ConfigError(f'config.schedule.b2 must be in [0, 1), got {s.b2}')
   for n in ('g_lr', 'd_lr'):

@@ -42,12 +42,13 @@ class TrainState:
   (``osgan_jax.regularizers``); the main steps pass them through untouched.
   ``loss_state`` is a stateful loss's state (Fisher GAN's multiplier), else ``None``.
   """
+
   step: jax.Array
   params_g: PyTree
   params_d: PyTree
   opt_state_g: PyTree
   opt_state_d: PyTree
-  model_state_g: PyTree   # non-differentiated model state, e.g. BatchNorm statistics
+  model_state_g: PyTree  # non-differentiated model state, e.g. BatchNorm statistics
   model_state_d: PyTree
   ema_params_g: PyTree = None
   pl_mean: PyTree = None
@@ -76,6 +77,7 @@ class GAN:
       step (``osgan_jax.penalties``); a weight may be an optax-style schedule
       ``step -> weight``.
   """
+
   generate: Callable
   discriminate: Callable
   sample_latent: Callable
@@ -85,7 +87,7 @@ class GAN:
   batch_keys: tuple[str, ...] = ('image',)
   mode: str = 'exact'
   per_sample: bool | None = None
-  fake_batch_size: int = 0   # samples per step when there is no real batch
+  fake_batch_size: int = 0  # samples per step when there is no real batch
   penalties: Any = None
 
   def penalty_weights(self, step):
@@ -95,21 +97,30 @@ class GAN:
     return {k: w(step) if callable(w) else w for k, w in dict(self.penalties).items()}
 
 
-def init_state(gan: GAN, params_g, params_d, model_state_g=None,
-               model_state_d=None, *, ema: bool = False,
-               path_length: bool = False) -> TrainState:
+def init_state(
+    gan: GAN,
+    params_g,
+    params_d,
+    model_state_g=None,
+    model_state_d=None,
+    *,
+    ema: bool = False,
+    path_length: bool = False,
+) -> TrainState:
   """The state at step 0; ``ema`` adds ``ema_params_g`` (a copy of ``params_g``) and
   ``path_length`` a float32 ``pl_mean`` of 0 (the official initial value)."""
   return TrainState(
       step=jnp.zeros((), jnp.int32),
-      params_g=params_g, params_d=params_d,
+      params_g=params_g,
+      params_d=params_d,
       opt_state_g=gan.optimizer_g.init(params_g),
       opt_state_d=gan.optimizer_d.init(params_d),
       model_state_g={} if model_state_g is None else model_state_g,
       model_state_d={} if model_state_d is None else model_state_d,
       ema_params_g=jax.tree.map(jnp.copy, params_g) if ema else None,
       pl_mean=jnp.zeros((), jnp.float32) if path_length else None,
-      loss_state=_initial_loss_state(gan))
+      loss_state=_initial_loss_state(gan),
+  )
 
 
 def _initial_loss_state(gan: GAN):
@@ -128,14 +139,17 @@ def probe_per_sample(gan: GAN, state: TrainState, batch=None) -> GAN:
     return gan
   # Jitted, so the eager probe compiles D once instead of op by op.
   discriminate = jax.jit(
-      lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0)))
+      lambda p, x: gan.discriminate(p, state.model_state_d, x, jax.random.PRNGKey(0))
+  )
   images = {} if batch is None else _real(gan, batch)
   if not jax.tree.leaves(images):
     key = jax.random.PRNGKey(0)
     images = jax.jit(lambda p, s: gan.generate(p, s, gan.sample_latent(key, 4), key)[0])(
-        state.params_g, state.model_state_g)
+        state.params_g, state.model_state_g
+    )
   independent = one_stage.samples_independent(
-      discriminate, state.params_d, images, has_aux=True)
+      discriminate, state.params_d, images, has_aux=True
+  )
   return dataclasses.replace(gan, per_sample=independent)
 
 
@@ -146,12 +160,15 @@ def clip_params(limit: float) -> optax.GradientTransformation:
 
   Chain it last: ``optax.chain(optax.adam(...), clip_params(0.01))``.
   """
+
   def update(updates, state, params):
     if params is None:
       raise ValueError('clip_params needs params; call update(grads, state, params)')
-    clipped = jax.tree.map(lambda u, p: jnp.clip(p + u, -limit, limit) - p,
-                           updates, params)
+    clipped = jax.tree.map(
+        lambda u, p: jnp.clip(p + u, -limit, limit) - p, updates, params
+    )
     return clipped, state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -194,21 +211,50 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
   grads_g, grads_d, aux = one_stage.one_stage_grads(
       lambda p, z: gan.generate(p, state.model_state_g, z, rng_g),
       lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
-      state.params_g, state.params_d, z, real, gan.loss,
-      mode=gan.mode, per_sample=gan.per_sample, g_has_aux=True, d_has_aux=True,
-      loss_state=state.loss_state, penalties=gan.penalty_weights(state.step),
-      penalty_rng=rng_p)
-  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads_g, state.opt_state_g,
-                                 state.params_g)
-  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
-                                 state.params_d)
-  state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
-                        opt_state_g=opt_state_g, opt_state_d=opt_state_d,
-                        model_state_g=aux['g_aux'], model_state_d=aux['d_aux'],
-                        loss_state=aux['loss_state'])
-  metrics = {k: _f32(aux[k]) for k in
-             ('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact',
-              'r1_penalty', 'r2_penalty', 'gp_penalty') if k in aux}
+      state.params_g,
+      state.params_d,
+      z,
+      real,
+      gan.loss,
+      mode=gan.mode,
+      per_sample=gan.per_sample,
+      g_has_aux=True,
+      d_has_aux=True,
+      loss_state=state.loss_state,
+      penalties=gan.penalty_weights(state.step),
+      penalty_rng=rng_p,
+  )
+  params_g, opt_state_g = apply_optimizer(
+      gan.optimizer_g, grads_g, state.opt_state_g, state.params_g
+  )
+  params_d, opt_state_d = apply_optimizer(
+      gan.optimizer_d, grads_d, state.opt_state_d, state.params_d
+  )
+  state = state.replace(
+      step=state.step + 1,
+      params_g=params_g,
+      params_d=params_d,
+      opt_state_g=opt_state_g,
+      opt_state_d=opt_state_d,
+      model_state_g=aux['g_aux'],
+      model_state_d=aux['d_aux'],
+      loss_state=aux['loss_state'],
+  )
+  metrics = {
+      k: _f32(aux[k])
+      for k in (
+          'loss_d',
+          'loss_g',
+          'gamma_mean',
+          'gamma_min',
+          'gamma_max',
+          'n_exact',
+          'r1_penalty',
+          'r2_penalty',
+          'gp_penalty',
+      )
+      if k in aux
+  }
   return state, {**metrics, **_loss_state_metrics(state.loss_state)}
 
 
@@ -226,31 +272,46 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   rng_z1, rng_z2, rng_g1, rng_g2, rng_d1, rng_d2 = jax.random.split(rng, 6)
 
   # Stage 1: D on real and fake, G frozen (forward only).
-  fake, _ = gan.generate(state.params_g, state.model_state_g,
-                         gan.sample_latent(rng_z1, batch_size), rng_g1)
+  fake, _ = gan.generate(
+      state.params_g, state.model_state_g, gan.sample_latent(rng_z1, batch_size), rng_g1
+  )
   fake = jax.lax.stop_gradient(fake)
 
   weights = gan.penalty_weights(state.step)
 
   def d_objective(params_d):
-    fake_logits, model_state_d = gan.discriminate(params_d, state.model_state_d, fake,
-                                                  rng_d1)
-    real_logits = _real_logits(gan, params_d, state.model_state_d, real, rng_d1,
-                               fake_logits)
+    fake_logits, model_state_d = gan.discriminate(
+        params_d, state.model_state_d, fake, rng_d1
+    )
+    real_logits = _real_logits(
+        gan, params_d, state.model_state_d, real, rng_d1, fake_logits
+    )
     r32, f32 = _f32(real_logits), _f32(fake_logits)
     penalty, penalty_metrics = 0.0, {}
     if weights:
       penalty, penalty_metrics = penalties_lib.loss(
-          lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d1), params_d,
-          real, fake, weights, jax.random.fold_in(rng, 6), has_aux=True)
+          lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d1),
+          params_d,
+          real,
+          fake,
+          weights,
+          jax.random.fold_in(rng, 6),
+          has_aux=True,
+      )
     loss_d = loss.d(r32, f32, state.loss_state)
-    return loss_d + penalty, (loss_d, model_state_d, penalty_metrics,
-                              loss.updated(state.loss_state, r32, f32))
+    return loss_d + penalty, (
+        loss_d,
+        model_state_d,
+        penalty_metrics,
+        loss.updated(state.loss_state, r32, f32),
+    )
 
-  (_, (loss_d, model_state_d, penalty_metrics, loss_state)), grads_d = (
-      jax.value_and_grad(d_objective, has_aux=True)(state.params_d))
-  params_d, opt_state_d = apply_optimizer(gan.optimizer_d, grads_d, state.opt_state_d,
-                                 state.params_d)
+  (_, (loss_d, model_state_d, penalty_metrics, loss_state)), grads_d = jax.value_and_grad(
+      d_objective, has_aux=True
+  )(state.params_d)
+  params_d, opt_state_d = apply_optimizer(
+      gan.optimizer_d, grads_d, state.opt_state_d, state.params_d
+  )
 
   # Stage 2: G against the updated D, fresh z.
   z2 = gan.sample_latent(rng_z2, batch_size)
@@ -264,17 +325,26 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   metrics = {k: _f32(v) for k, v in penalty_metrics.items()}
   if official:
     (loss_g, model_state_g), (grads_g, wasted) = jax.value_and_grad(
-        g_objective, argnums=(0, 1), has_aux=True)(state.params_g, params_d)
+        g_objective, argnums=(0, 1), has_aux=True
+    )(state.params_g, params_d)
     metrics['wasted_d_grad_norm'] = _f32(optax.tree.norm(wasted))
   else:
     (loss_g, model_state_g), grads_g = jax.value_and_grad(g_objective, has_aux=True)(
-        state.params_g, params_d)
-  params_g, opt_state_g = apply_optimizer(gan.optimizer_g, grads_g, state.opt_state_g,
-                                 state.params_g)
-  state = state.replace(step=state.step + 1, params_g=params_g, params_d=params_d,
-                        opt_state_g=opt_state_g, opt_state_d=opt_state_d,
-                        model_state_g=model_state_g, model_state_d=model_state_d,
-                        loss_state=loss_state)
+        state.params_g, params_d
+    )
+  params_g, opt_state_g = apply_optimizer(
+      gan.optimizer_g, grads_g, state.opt_state_g, state.params_g
+  )
+  state = state.replace(
+      step=state.step + 1,
+      params_g=params_g,
+      params_d=params_d,
+      opt_state_g=opt_state_g,
+      opt_state_d=opt_state_d,
+      model_state_g=model_state_g,
+      model_state_d=model_state_d,
+      loss_state=loss_state,
+  )
   metrics.update(loss_d=_f32(loss_d), loss_g=_f32(loss_g))
   return state, {**metrics, **_loss_state_metrics(loss_state)}
 
@@ -289,8 +359,11 @@ def official_two_stage_step(gan: GAN, state: TrainState, batch, rng):
   return _two_stage(gan, state, batch, rng, official=True)
 
 
-STEPS = {'one': one_stage_step, 'two': two_stage_step,
-         'official_two': official_two_stage_step}
+STEPS = {
+    'one': one_stage_step,
+    'two': two_stage_step,
+    'official_two': official_two_stage_step,
+}
 
 
 def jit_state_step(fn, *, state_sharding=None, arg_shardings=(None,)):
@@ -302,8 +375,12 @@ def jit_state_step(fn, *, state_sharding=None, arg_shardings=(None,)):
   """
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(state_sharding, *arg_shardings),
-                 out_shardings=(state_sharding, None))
+  return jax.jit(
+      fn,
+      donate_argnums=0,
+      in_shardings=(state_sharding, *arg_shardings),
+      out_shardings=(state_sharding, None),
+  )
 
 
 def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_sharding=None):
@@ -314,6 +391,8 @@ def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_shardin
   """
   if stage not in STEPS:
     raise ValueError(f'unknown stage {stage!r}; valid: {", ".join(STEPS)}')
-  return jit_state_step(functools.partial(STEPS[stage], gan),
-                        state_sharding=state_sharding,
-                        arg_shardings=(batch_sharding, None))
+  return jit_state_step(
+      functools.partial(STEPS[stage], gan),
+      state_sharding=state_sharding,
+      arg_shardings=(batch_sharding, None),
+  )

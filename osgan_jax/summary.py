@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+
 def _count(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
@@ -74,8 +75,11 @@ def abstract_variables(module, *args, **kwargs):
       calls[path] = []
     out = next_fun(*a, **kw)
     if is_call:
-      calls[path] = [(tuple(l.shape), str(l.dtype)) for l in jax.tree_util.tree_leaves(out)
-                     if hasattr(l, 'shape')]
+      calls[path] = [
+          (tuple(l.shape), str(l.dtype))
+          for l in jax.tree_util.tree_leaves(out)
+          if hasattr(l, 'shape')
+      ]
     return out
 
   def run(*args):
@@ -115,10 +119,15 @@ def module_rows(variables, calls, depth: int) -> List[Dict[str, Any]]:
   def row(key):
     if key not in rows:
       out = calls.get(key, [])
-      rows[key] = dict(module='/'.join(key) or '<root>', params=0, buffers=0, tensors=0,
-                       output=' '.join(_fmt_shape(s) for s, _ in out) or '-',
-                       dtype=' '.join(sorted({d for _, d in out})) or '-',
-                       param_shapes=[])
+      rows[key] = dict(
+          module='/'.join(key) or '<root>',
+          params=0,
+          buffers=0,
+          tensors=0,
+          output=' '.join(_fmt_shape(s) for s, _ in out) or '-',
+          dtype=' '.join(sorted({d for _, d in out})) or '-',
+          param_shapes=[],
+      )
     return rows[key]
 
   keys = {k[:-1][:depth] for k in params} | {k[1:-1][:depth] for k in buffers}
@@ -137,14 +146,36 @@ def module_rows(variables, calls, depth: int) -> List[Dict[str, Any]]:
   return list(rows.values())
 
 
-def format_table(title: str, rows: Sequence[Dict[str, Any]], total_params: int,
-                 total_buffers: int, verbose: bool = False) -> str:
+def format_table(
+    title: str,
+    rows: Sequence[Dict[str, Any]],
+    total_params: int,
+    total_buffers: int,
+    verbose: bool = False,
+) -> str:
   headers = ('Module', 'Parameters', 'Buffers', 'Tensors', 'Output shape', 'Datatype')
-  body = [(r['module'], f"{r['params']:,}", f"{r['buffers']:,}", str(r['tensors']),
-           r['output'], r['dtype']) for r in rows]
-  total = ('Total', f'{total_params:,}', f'{total_buffers:,}',
-           str(sum(r['tensors'] for r in rows)), '', '')
-  widths = [max(len(h), *(len(b[i]) for b in body + [total])) for i, h in enumerate(headers)]
+  body = [
+      (
+          r['module'],
+          f"{r['params']:,}",
+          f"{r['buffers']:,}",
+          str(r['tensors']),
+          r['output'],
+          r['dtype'],
+      )
+      for r in rows
+  ]
+  total = (
+      'Total',
+      f'{total_params:,}',
+      f'{total_buffers:,}',
+      str(sum(r['tensors'] for r in rows)),
+      '',
+      '',
+  )
+  widths = [
+      max(len(h), *(len(b[i]) for b in body + [total])) for i, h in enumerate(headers)
+  ]
 
   def line(cells):
     out = []
@@ -163,9 +194,16 @@ def format_table(title: str, rows: Sequence[Dict[str, Any]], total_params: int,
   return '\n'.join(lines)
 
 
-def summarize(generator, discriminator, batch_size: int = 4,
-              g_depth: Optional[int] = None, d_depth: Optional[int] = None,
-              verbose: bool = False, out=None, num_classes: int = 0) -> Dict[str, int]:
+def summarize(
+    generator,
+    discriminator,
+    batch_size: int = 4,
+    g_depth: Optional[int] = None,
+    d_depth: Optional[int] = None,
+    verbose: bool = False,
+    out=None,
+    num_classes: int = 0,
+) -> Dict[str, int]:
   """Prints the tables of ``generator`` / ``discriminator``; returns the JSON totals.
 
   ``num_classes > 0``: both networks are conditional and get integer labels."""
@@ -174,10 +212,11 @@ def summarize(generator, discriminator, batch_size: int = 4,
   resolution = int(getattr(generator, 'resolution'))
   channels = _img_channels(generator)
   z = jax.ShapeDtypeStruct((batch_size, z_dim), jnp.float32)
-  images = jax.ShapeDtypeStruct((batch_size, resolution, resolution, channels), jnp.float32)
+  images = jax.ShapeDtypeStruct(
+      (batch_size, resolution, resolution, channels), jnp.float32
+  )
 
-  labels = ((jax.ShapeDtypeStruct((batch_size,), jnp.int32),) if num_classes > 0
-            else ())
+  labels = (jax.ShapeDtypeStruct((batch_size,), jnp.int32),) if num_classes > 0 else ()
   g_vars, g_calls = abstract_variables(generator, z, *labels, train=False)
   d_vars, d_calls = abstract_variables(discriminator, images, *labels, train=False)
   g_params = g_vars.get('params', {})
@@ -198,43 +237,86 @@ def summarize(generator, discriminator, batch_size: int = 4,
     totals['G_synthesis'] = _count(g_params['synthesis'])
   totals['D'] = _count(d_vars.get('params', {}))
 
-  g_title = (f'Generator {type(generator).__module__}.{type(generator).__name__} '
-             f'(z [{batch_size},{z_dim}] -> images [{batch_size},{resolution},'
-             f'{resolution},{channels}])')
-  print(format_table(g_title, module_rows(g_vars, g_calls, g_depth), totals['G'],
-                     buffers(g_vars), verbose), file=out)
+  g_title = (
+      f'Generator {type(generator).__module__}.{type(generator).__name__} '
+      f'(z [{batch_size},{z_dim}] -> images [{batch_size},{resolution},'
+      f'{resolution},{channels}])'
+  )
+  print(
+      format_table(
+          g_title,
+          module_rows(g_vars, g_calls, g_depth),
+          totals['G'],
+          buffers(g_vars),
+          verbose,
+      ),
+      file=out,
+  )
   for key in ('G_mapping', 'G_synthesis'):
     if key in totals:
       print(f'  {key[2:]}: {totals[key]:,} parameters', file=out)
   print(file=out)
-  d_title = (f'Discriminator {type(discriminator).__module__}.'
-             f'{type(discriminator).__name__} (images [{batch_size},{resolution},'
-             f'{resolution},{channels}] -> logits)')
-  print(format_table(d_title, module_rows(d_vars, d_calls, d_depth), totals['D'],
-                     buffers(d_vars), verbose), file=out)
+  d_title = (
+      f'Discriminator {type(discriminator).__module__}.'
+      f'{type(discriminator).__name__} (images [{batch_size},{resolution},'
+      f'{resolution},{channels}] -> logits)'
+  )
+  print(
+      format_table(
+          d_title,
+          module_rows(d_vars, d_calls, d_depth),
+          totals['D'],
+          buffers(d_vars),
+          verbose,
+      ),
+      file=out,
+  )
   print(file=out)
   print(json.dumps(totals), file=out)
   return totals
 
 
-def summarize_config(config, batch_size: int = 4, g_depth: Optional[int] = None,
-                     d_depth: Optional[int] = None, verbose: bool = False,
-                     out=None) -> Dict[str, int]:
+def summarize_config(
+    config,
+    batch_size: int = 4,
+    g_depth: Optional[int] = None,
+    d_depth: Optional[int] = None,
+    verbose: bool = False,
+    out=None,
+) -> Dict[str, int]:
   """``summarize`` of the networks ``config`` trains (``gan.create_models``)."""
   from osgan_jax import gan
+
   generator, discriminator = gan.create_models(config)
-  return summarize(generator, discriminator, batch_size=batch_size, g_depth=g_depth,
-                   d_depth=d_depth, verbose=verbose, out=out,
-                   num_classes=int(config.num_classes))
+  return summarize(
+      generator,
+      discriminator,
+      batch_size=batch_size,
+      g_depth=g_depth,
+      d_depth=d_depth,
+      verbose=verbose,
+      out=out,
+      num_classes=int(config.num_classes),
+  )
 
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config file (configs/*.py); override keys with '
-    '--config.KEY=VALUE.', lock_config=True)
-_BATCH = flags.DEFINE_integer('batch_size', 4, 'Batch of the traced forward passes '
-                              '(only the printed output shapes depend on it).')
-_G_DEPTH = flags.DEFINE_integer('g_depth', None, 'Module depth of the G rows '
-                                '(default: 2 if G has mapping/synthesis, else 1).')
+    'config',
+    None,
+    'Training config file (configs/*.py); override keys with ' '--config.KEY=VALUE.',
+    lock_config=True,
+)
+_BATCH = flags.DEFINE_integer(
+    'batch_size',
+    4,
+    'Batch of the traced forward passes '
+    '(only the printed output shapes depend on it).',
+)
+_G_DEPTH = flags.DEFINE_integer(
+    'g_depth',
+    None,
+    'Module depth of the G rows ' '(default: 2 if G has mapping/synthesis, else 1).',
+)
 _D_DEPTH = flags.DEFINE_integer('d_depth', None, 'Module depth of the D rows.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'List every parameter tensor.')
 
@@ -243,9 +325,15 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from osgan_jax.config_base import ConfigError
+
   try:
-    summarize_config(_CONFIG.value, batch_size=_BATCH.value, g_depth=_G_DEPTH.value,
-                     d_depth=_D_DEPTH.value, verbose=_VERBOSE.value)
+    summarize_config(
+        _CONFIG.value,
+        batch_size=_BATCH.value,
+        g_depth=_G_DEPTH.value,
+        d_depth=_D_DEPTH.value,
+        verbose=_VERBOSE.value,
+    )
   except (ConfigError, OSError, ValueError, TypeError) as e:  # bad keys, bad sizes
     print(f'osgan_jax.summary: error: {" ".join(str(e).split())}', file=sys.stderr)
     sys.exit(1)
@@ -253,5 +341,6 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   from osgan_jax import cli
+
   flags.mark_flags_as_required(['config'])
   app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, 'osgan_jax.summary'))

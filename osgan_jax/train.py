@@ -36,8 +36,10 @@ def build_task(config, workdir: str) -> loop.Task:
   task = config.get('task', 'gan')
   if task == 'gan':
     from osgan_jax import gan
+
     return gan.build_task(config, workdir)
   from osgan_jax import dfad
+
   if task == 'teacher':
     return dfad.teacher_task(config, workdir)
   if task == 'dfad':

@@ -19,11 +19,27 @@ from osgan_jax.config_base import ConfigError
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'
 # Keys (or key prefixes ending in '.') a resumed run may change freely.
-HARMLESS = ('num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
-            'sample_every_steps', 'keep_checkpoints', 'progress_bar', 'num_samples',
-            'eval_every_steps', 'eval_batch_size', 'num_devices', 'multihost',
-            'allow_config_change', 'fid.', 'divergence.', 'data.num_threads',
-            'data.prefetch', 'data.num_workers', 'data.path', 'data.download')
+HARMLESS = (
+    'num_train_steps',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'sample_every_steps',
+    'keep_checkpoints',
+    'progress_bar',
+    'num_samples',
+    'eval_every_steps',
+    'eval_batch_size',
+    'num_devices',
+    'multihost',
+    'allow_config_change',
+    'fid.',
+    'divergence.',
+    'data.num_threads',
+    'data.prefetch',
+    'data.num_workers',
+    'data.path',
+    'data.download',
+)
 
 
 def _flatten(tree, prefix: str = '') -> dict:
@@ -43,8 +59,11 @@ def _harmless(key: str) -> bool:
 def changes(old: dict, new: dict) -> dict:
   """``{key: [old value, new value]}`` of the keys that differ (flattened)."""
   old, new = _flatten(old), _flatten(new)
-  return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k)}
+  return {
+      k: [old.get(k), new.get(k)]
+      for k in sorted(set(old) | set(new))
+      if old.get(k) != new.get(k)
+  }
 
 
 def os_error(e: OSError, what: str) -> str:
@@ -63,24 +82,31 @@ def prepare(workdir: str, config, resuming: bool, is_main: bool) -> None:
       with open(path) as f:
         changed = changes(json.load(f), new)
     except (OSError, ValueError) as e:
-      raise ConfigError(f'{path} is unreadable ({e}); it describes the checkpoints in '
-                        f'{workdir}: restore it or use another --workdir') from None
+      raise ConfigError(
+          f'{path} is unreadable ({e}); it describes the checkpoints in '
+          f'{workdir}: restore it or use another --workdir'
+      ) from None
   allowed = {k.strip() for k in str(config.get('allow_config_change', '')).split(',')}
-  refused = [k for k in changed if not _harmless(k) and k not in allowed
-             and '*' not in allowed]
+  refused = [
+      k for k in changed if not _harmless(k) and k not in allowed and '*' not in allowed
+  ]
   if refused:
     listed = ', '.join(f'{k}: {changed[k][0]!r} -> {changed[k][1]!r}' for k in refused)
-    raise ConfigError(f'{workdir} holds checkpoints of another config ({listed}); use a '
-                      f'new --workdir, or allow it with '
-                      f'--config.allow_config_change={",".join(refused)}')
+    raise ConfigError(
+        f'{workdir} holds checkpoints of another config ({listed}); use a '
+        f'new --workdir, or allow it with '
+        f'--config.allow_config_change={",".join(refused)}'
+    )
   if not is_main:
     return
   try:
     os.makedirs(workdir, exist_ok=True)
     if changed:
       with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
-        f.write(json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
-                            'changed': changed}) + '\n')
+        f.write(
+            json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'changed': changed})
+            + '\n'
+        )
     with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     os.replace(path + '.tmp', path)

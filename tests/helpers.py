@@ -10,7 +10,9 @@ def write_blob_pngs(root, n: int, seed: int = 0) -> None:
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[0:20, 0:24]
   for i in range(n):
-    blob = np.exp(-((yy - rng.uniform(5, 15)) ** 2 + (xx - rng.uniform(5, 19)) ** 2)
-                  / rng.uniform(4, 30))
+    blob = np.exp(
+        -((yy - rng.uniform(5, 15)) ** 2 + (xx - rng.uniform(5, 19)) ** 2)
+        / rng.uniform(4, 30)
+    )
     rgb = np.stack([blob * rng.uniform(0.3, 1) for _ in range(3)], -1)
     Image.fromarray((rgb * 255).astype(np.uint8)).save(root / f'{i:02d}.png')

@@ -13,16 +13,48 @@ from osgan_jax import config_base, models
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIGS]
-EXPECTED = {'dcgan_fashion_mnist', 'dcgan_mnist', 'dcgan_celeba', 'dcgan_minimax_celeba',
-            'wgan_celeba', 'lsgan_celeba', 'hinge_celeba', 'relgan_celeba', 'cgan_mnist',
-            'dcgan_lsun_church', 'stylegan2_ffhq', 'stylegan2_tiny', 'r3gan_fashion_mnist',
-            'r3gan_cifar10', 'r3gan_ffhq256'}
-COMMON_KEYS = ('stage', 'seed', 'batch_size', 'num_train_steps', 'log_every_steps',
-               'checkpoint_every_steps', 'sample_every_steps', 'data.name', 'data.path',
-               'data.resolution', 'data.channels', 'loss', 'one_stage_mode', 'model.name',
-               'model.generator', 'model.discriminator', 'optimizer.g_lr',
-               'optimizer.d_lr', 'optimizer.b1', 'optimizer.b2', 'optimizer.weight_clip',
-               'z_dim', 'num_classes')
+EXPECTED = {
+    'dcgan_fashion_mnist',
+    'dcgan_mnist',
+    'dcgan_celeba',
+    'dcgan_minimax_celeba',
+    'wgan_celeba',
+    'lsgan_celeba',
+    'hinge_celeba',
+    'relgan_celeba',
+    'cgan_mnist',
+    'dcgan_lsun_church',
+    'stylegan2_ffhq',
+    'stylegan2_tiny',
+    'r3gan_fashion_mnist',
+    'r3gan_cifar10',
+    'r3gan_ffhq256',
+}
+COMMON_KEYS = (
+    'stage',
+    'seed',
+    'batch_size',
+    'num_train_steps',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'sample_every_steps',
+    'data.name',
+    'data.path',
+    'data.resolution',
+    'data.channels',
+    'loss',
+    'one_stage_mode',
+    'model.name',
+    'model.generator',
+    'model.discriminator',
+    'optimizer.g_lr',
+    'optimizer.d_lr',
+    'optimizer.b1',
+    'optimizer.b2',
+    'optimizer.weight_clip',
+    'z_dim',
+    'num_classes',
+)
 
 
 def _get(config, dotted):
@@ -54,8 +86,14 @@ def test_config_has_common_keys_and_documents_its_command(path):
   name = os.path.basename(path)
   module_doc = open(path).read().split('"""')[1]
   assert f'python -m osgan_jax.main --config=configs/{name} --workdir=' in module_doc
-  assert config.data.name in ('fashion_mnist', 'mnist', 'cifar10', 'celeb_a', 'lsun_church',
-                              'folder')
+  assert config.data.name in (
+      'fashion_mnist',
+      'mnist',
+      'cifar10',
+      'celeb_a',
+      'lsun_church',
+      'folder',
+  )
 
 
 def test_paper_settings():
@@ -63,8 +101,13 @@ def test_paper_settings():
   assert cfg['dcgan_fashion_mnist'].data.name == 'fashion_mnist'
   assert cfg['dcgan_fashion_mnist'].batch_size == 64
   celeba = cfg['dcgan_celeba']
-  assert (celeba.data.resolution, celeba.batch_size, celeba.model.generator.width,
-          celeba.optimizer.g_lr, celeba.optimizer.b1) == (64, 128, 128, 2e-4, 0.5)
+  assert (
+      celeba.data.resolution,
+      celeba.batch_size,
+      celeba.model.generator.width,
+      celeba.optimizer.g_lr,
+      celeba.optimizer.b1,
+  ) == (64, 128, 128, 2e-4, 0.5)
   assert celeba.loss == 'non_saturating' and celeba.model.discriminator.norm == 'group'
   assert cfg['dcgan_minimax_celeba'].loss == 'minimax'
   assert cfg['dcgan_minimax_celeba'].model.discriminator.norm == 'batch'
@@ -78,15 +121,31 @@ def test_paper_settings():
   assert cfg['dcgan_lsun_church'].data.name == 'lsun_church'
   ffhq = cfg['stylegan2_ffhq']
   assert (ffhq.model.name, ffhq.data.resolution, ffhq.batch_size, ffhq.loss) == (
-      'stylegan2', 1024, 32, 'non_saturating')
-  assert (ffhq.optimizer.g_lr, ffhq.optimizer.b1, ffhq.optimizer.b2,
-          ffhq.optimizer.eps) == (0.002, 0.0, 0.99, 1e-8)
-  assert (ffhq.reg.r1_gamma, ffhq.reg.r1_interval, ffhq.reg.pl_weight,
-          ffhq.reg.pl_interval, ffhq.reg.pl_decay) == (10.0, 16, 2.0, 4, 0.01)
+      'stylegan2',
+      1024,
+      32,
+      'non_saturating',
+  )
+  assert (
+      ffhq.optimizer.g_lr,
+      ffhq.optimizer.b1,
+      ffhq.optimizer.b2,
+      ffhq.optimizer.eps,
+  ) == (0.002, 0.0, 0.99, 1e-8)
+  assert (
+      ffhq.reg.r1_gamma,
+      ffhq.reg.r1_interval,
+      ffhq.reg.pl_weight,
+      ffhq.reg.pl_interval,
+      ffhq.reg.pl_decay,
+  ) == (10.0, 16, 2.0, 4, 0.01)
   assert ffhq.ema.half_life_kimg == 10.0 and ffhq.model.generator.style_mixing_prob == 0.9
   tiny = cfg['stylegan2_tiny']
   assert (tiny.data.name, tiny.data.resolution, tiny.data.channels) == (
-      'fashion_mnist', 32, 1)
+      'fashion_mnist',
+      32,
+      1,
+  )
 
 
 def test_lazy_regularisation_corrects_adam():
@@ -94,6 +153,7 @@ def test_lazy_regularisation_corrects_adam():
   import jax.numpy as jnp
   import numpy as np
   from osgan_jax import gan
+
   config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
   opt_g, opt_d = gan.make_optimizers(config)
   params = {'w': jnp.zeros(3)}
@@ -101,10 +161,13 @@ def test_lazy_regularisation_corrects_adam():
   for opt, k in ((opt_g, 4), (opt_d, 16)):
     updates, _ = opt.update(grads, opt.init(params), params)
     # Adam's first step is -lr * sign(g) (bias-corrected moments); NaN -> 0 first.
-    np.testing.assert_allclose(updates['w'], [-0.002 * k / (k + 1),
-                                              0.002 * k / (k + 1), 0.0], rtol=1e-5)
-  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
-                                   {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False})
+    np.testing.assert_allclose(
+        updates['w'], [-0.002 * k / (k + 1), 0.002 * k / (k + 1), 0.0], rtol=1e-5
+    )
+  config = config_base.load_config(
+      os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
+      {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False},
+  )
   opt_g, _ = gan.make_optimizers(config)
   updates, _ = opt_g.update(grads, opt_g.init(params), params)
   np.testing.assert_allclose(updates['w'][:2], [-0.002, 0.002], rtol=1e-5)
@@ -120,13 +183,15 @@ def test_summary_of_every_config(path):
   import json
   import jax
   from osgan_jax import gan, summary
+
   config = config_base.load_config(path)
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)
   assert json.loads(buf.getvalue().strip().splitlines()[-1]) == totals
-  init = gan.make_init(config, gan.make_gan(config, *gan.create_models(config)),
-                       *gan.create_models(config))
+  init = gan.make_init(
+      config, gan.make_gan(config, *gan.create_models(config)), *gan.create_models(config)
+  )
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
   count = lambda t: sum(x.size for x in jax.tree.leaves(t))
   assert totals['G'] == count(state.params_g) and totals['D'] == count(state.params_d)
@@ -147,8 +212,13 @@ def test_load_config_rejects_unknown_keys_and_wrong_types():
 
 
 def _main(*args, timeout=300):
-  cmd = [sys.executable, '-m', 'osgan_jax.main',
-         f'--config={os.path.join(REPO, "configs", "dcgan_fashion_mnist.py")}', *args]
+  cmd = [
+      sys.executable,
+      '-m',
+      'osgan_jax.main',
+      f'--config={os.path.join(REPO, "configs", "dcgan_fashion_mnist.py")}',
+      *args,
+  ]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -166,26 +236,40 @@ def test_main_rejects_unknown_config_key(tmp_path):
 
 def test_main_reports_data_errors_in_one_line(tmp_path):
   missing = tmp_path / 'no_such_folder'
-  result = _main(f'--workdir={tmp_path / "run"}', '--config.data.name=folder',
-                 f'--config.data.path={missing}')
+  result = _main(
+      f'--workdir={tmp_path / "run"}',
+      '--config.data.name=folder',
+      f'--config.data.path={missing}',
+  )
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   errors = [l for l in result.stderr.splitlines() if l.startswith('osgan_jax.main:')]
-  assert errors == [f'osgan_jax.main: error: data: image folder {missing} does not exist '
-                    'or is not a directory (set data.path)']
+  assert errors == [
+      f'osgan_jax.main: error: data: image folder {missing} does not exist '
+      'or is not a directory (set data.path)'
+  ]
   # On this CPU-only install main applied the malloc settings, before JAX had started
   # (else it would refuse).
   assert 'host_memory: freed memory stays mapped' in result.stderr
   assert 'already started' not in result.stderr
-  result = _main(f'--workdir={tmp_path / "run"}', '--config.data.name=folder',
-                 f'--config.data.path={missing}', '--tune_malloc=off')
+  result = _main(
+      f'--workdir={tmp_path / "run"}',
+      '--config.data.name=folder',
+      f'--config.data.path={missing}',
+      '--tune_malloc=off',
+  )
   assert result.returncode == 1
   assert 'host_memory' not in result.stderr
 
 
 def test_main_reports_a_missing_config_file_in_one_line(tmp_path):
-  cmd = [sys.executable, '-m', 'osgan_jax.main', '--config=configs/no_such_config.py',
-         f'--workdir={tmp_path}']
+  cmd = [
+      sys.executable,
+      '-m',
+      'osgan_jax.main',
+      '--config=configs/no_such_config.py',
+      f'--workdir={tmp_path}',
+  ]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   assert 'Traceback' not in result.stderr

@@ -49,15 +49,15 @@ def _check(fast, ref, x, w, rtol):
 # large output (both code paths), its final full-window conv, the patch D's 3x3 and
 # 4x4 'SAME' convs, plus strides/paddings DCGAN does not use.
 CONV_CASES = [
-    (8, 4, 2, ((1, 1), (1, 1))),     # 4x4 output: patches
-    (26, 4, 2, ((1, 1), (1, 1))),    # 13x13 output: XLA forward, matmul derivatives
-    (7, 4, 2, ((1, 1), (1, 1))),     # odd size: padded to a multiple of the stride
+    (8, 4, 2, ((1, 1), (1, 1))),  # 4x4 output: patches
+    (26, 4, 2, ((1, 1), (1, 1))),  # 13x13 output: XLA forward, matmul derivatives
+    (7, 4, 2, ((1, 1), (1, 1))),  # odd size: padded to a multiple of the stride
     (9, 4, 2, 'SAME'),
-    (4, 4, 1, 'VALID'),              # D's last layer: one matmul
-    (7, 7, 1, 'VALID'),              # its 28x28 variant
-    (4, 3, 1, 'SAME'),               # patch logits
+    (4, 4, 1, 'VALID'),  # D's last layer: one matmul
+    (7, 7, 1, 'VALID'),  # its 28x28 variant
+    (4, 3, 1, 'SAME'),  # patch logits
     (4, 4, 1, 'SAME'),
-    (13, 3, 1, 'SAME'),              # large stride-1 output
+    (13, 3, 1, 'SAME'),  # large stride-1 output
     (9, 3, 3, 'SAME'),
 ]
 
@@ -66,10 +66,13 @@ CONV_CASES = [
 def test_conv2d_matches_xla(hw, k, s, padding):
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, hw, hw, 3)), _rand(rng, (k, k, 3, 5))
-  _check(lambda x, w: conv_ops.conv2d(x, w, (s, s), padding, impl='matmul'),
-         lambda x, w: lax.conv_general_dilated(x, w, (s, s), padding,
-                                               dimension_numbers=DN),
-         x, w, rtol=1e-5)
+  _check(
+      lambda x, w: conv_ops.conv2d(x, w, (s, s), padding, impl='matmul'),
+      lambda x, w: lax.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=DN),
+      x,
+      w,
+      rtol=1e-5,
+  )
 
 
 # G's 1x1 -> s x s first layer (stride 1, 'VALID') and its stride-2 4x4 layers
@@ -83,7 +86,7 @@ CONV_T_CASES = [
     (3, 4, 2, ((1, 3), (3, 1))),
     (3, 3, 3, ((2, 2), (2, 2))),
     (4, 3, 1, 'SAME'),
-    (3, 4, 2, 'VALID'),              # output not s * H: falls back to XLA
+    (3, 4, 2, 'VALID'),  # output not s * H: falls back to XLA
 ]
 
 
@@ -91,9 +94,13 @@ CONV_T_CASES = [
 def test_conv_transpose2d_matches_xla(hw, k, s, padding):
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, hw, hw, 3)), _rand(rng, (k, k, 3, 5))
-  _check(lambda x, w: conv_ops.conv_transpose2d(x, w, (s, s), padding, impl='matmul'),
-         lambda x, w: lax.conv_transpose(x, w, (s, s), padding, dimension_numbers=DN),
-         x, w, rtol=1e-5)
+  _check(
+      lambda x, w: conv_ops.conv_transpose2d(x, w, (s, s), padding, impl='matmul'),
+      lambda x, w: lax.conv_transpose(x, w, (s, s), padding, dimension_numbers=DN),
+      x,
+      w,
+      rtol=1e-5,
+  )
 
 
 def test_float64_agrees_to_rounding():
@@ -102,27 +109,49 @@ def test_float64_agrees_to_rounding():
   with jax.enable_x64(True):
     rng = np.random.default_rng(0)
     x, w = _rand(rng, (2, 26, 26, 3), np.float64), _rand(rng, (4, 4, 3, 5), np.float64)
-    _check(lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)), impl='matmul'),
-           lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
-                                                 dimension_numbers=DN),
-           x, w, rtol=1e-12)
+    _check(
+        lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)), impl='matmul'),
+        lambda x, w: lax.conv_general_dilated(
+            x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN
+        ),
+        x,
+        w,
+        rtol=1e-12,
+    )
     x = _rand(rng, (2, 12, 12, 3), np.float64)
-    _check(lambda x, w: conv_ops.conv_transpose2d(x, w, (2, 2), ((2, 2), (2, 2)),
-                                                  impl='matmul'),
-           lambda x, w: lax.conv_transpose(x, w, (2, 2), ((2, 2), (2, 2)),
-                                           dimension_numbers=DN),
-           x, w, rtol=1e-12)
+    _check(
+        lambda x, w: conv_ops.conv_transpose2d(
+            x, w, (2, 2), ((2, 2), (2, 2)), impl='matmul'
+        ),
+        lambda x, w: lax.conv_transpose(
+            x, w, (2, 2), ((2, 2), (2, 2)), dimension_numbers=DN
+        ),
+        x,
+        w,
+        rtol=1e-12,
+    )
 
 
-@pytest.mark.parametrize('conv,ref', [
-    (lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)), impl='matmul'),
-     lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
-                                           dimension_numbers=DN)),
-    (lambda x, w: conv_ops.conv_transpose2d(x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)),
-                                            impl='matmul'),
-     lambda x, w: lax.conv_transpose(x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)),
-                                     dimension_numbers=DN)),
-], ids=['conv', 'transpose'])
+@pytest.mark.parametrize(
+    'conv,ref',
+    [
+        (
+            lambda x, w: conv_ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)), impl='matmul'),
+            lambda x, w: lax.conv_general_dilated(
+                x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN
+            ),
+        ),
+        (
+            lambda x, w: conv_ops.conv_transpose2d(
+                x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)), impl='matmul'
+            ),
+            lambda x, w: lax.conv_transpose(
+                x, w[:, :, :, :3], (2, 2), ((2, 2), (2, 2)), dimension_numbers=DN
+            ),
+        ),
+    ],
+    ids=['conv', 'transpose'],
+)
 def test_second_order_gradient(conv, ref):
   """Gradient penalties differentiate the input gradient again (reverse over reverse);
   the transposed conv's derivatives are themselves transposes of conv2d."""
@@ -132,7 +161,8 @@ def test_second_order_gradient(conv, ref):
   def penalty(conv):
     def f(w):
       grad_x = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
-      return jnp.sum(grad_x ** 2)
+      return jnp.sum(grad_x**2)
+
     return jax.grad(f)(w)
 
   _close(penalty(conv), penalty(ref), 1e-4)
@@ -144,6 +174,7 @@ def test_transposed_conv_work_is_exact():
   where plain XLA dilates the input with zeros."""
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'experiments'))
   from cpu_throughput import hlo_matmul_flops  # pylint: disable=import-error
+
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, 8, 8, 6)), _rand(rng, (4, 4, 6, 5))
   ct = _rand(rng, (2, 16, 16, 5))
@@ -151,9 +182,15 @@ def test_transposed_conv_work_is_exact():
 
   def step(impl):
     def f(x, w, ct):
-      y, vjp = jax.vjp(lambda x, w: conv_ops.conv_transpose2d(
-          x, w, (2, 2), ((2, 2), (2, 2)), impl=impl), x, w)
+      y, vjp = jax.vjp(
+          lambda x, w: conv_ops.conv_transpose2d(
+              x, w, (2, 2), ((2, 2), (2, 2)), impl=impl
+          ),
+          x,
+          w,
+      )
       return y, vjp(ct)
+
     return jax.jit(f).lower(x, w, ct).compile().as_text()
 
   hlo = step('matmul')
@@ -164,7 +201,8 @@ def test_transposed_conv_work_is_exact():
 
 def test_impl_names():
   assert conv_ops.resolve_impl('auto') == (
-      'matmul' if jax.default_backend() == 'cpu' else 'xla')
+      'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  )
   assert conv_ops.resolve_impl('xla') == 'xla'
   with pytest.raises(ValueError, match='conv impl'):
     conv_ops.resolve_impl('cudnn')
@@ -175,46 +213,63 @@ def test_unsupported_arguments_fall_back_to_xla():
   x, w = _rand(rng, (2, 9, 9, 4)), _rand(rng, (3, 3, 2, 6))
   conv = conv_ops.conv_general_dilated('matmul')
   grouped = conv(x, w, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2)
-  ref = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN,
-                                 feature_group_count=2)
+  ref = lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=DN, feature_group_count=2
+  )
   np.testing.assert_array_equal(grouped, ref)
   w = _rand(rng, (3, 3, 4, 6))
   dilated = conv(x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN)
-  np.testing.assert_array_equal(dilated, lax.conv_general_dilated(
-      x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN))
+  np.testing.assert_array_equal(
+      dilated,
+      lax.conv_general_dilated(
+          x, w, (1, 1), 'SAME', rhs_dilation=(2, 2), dimension_numbers=DN
+      ),
+  )
 
 
 def test_conv_transpose_layer_has_the_parameters_of_flax():
   x = jnp.ones((2, 4, 4, 3))
-  kwargs = dict(strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=True,
-                kernel_init=nn.initializers.normal(0.02),
-                bias_init=nn.initializers.normal(0.5))
+  kwargs = dict(
+      strides=(2, 2),
+      padding=((2, 2), (2, 2)),
+      use_bias=True,
+      kernel_init=nn.initializers.normal(0.02),
+      bias_init=nn.initializers.normal(0.5),
+  )
   ref = nn.ConvTranspose(5, (4, 4), **kwargs)
   fast = conv_ops.ConvTranspose(5, (4, 4), impl='matmul', **kwargs)
   v_ref, v_fast = ref.init(KEY, x), fast.init(KEY, x)
   assert jax.tree.structure(v_ref) == jax.tree.structure(v_fast)
   for a, b in zip(jax.tree.leaves(v_ref), jax.tree.leaves(v_fast)):
-    np.testing.assert_array_equal(a, b)   # same names, shapes and initial values
+    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
   _close(fast.apply(v_ref, x), ref.apply(v_ref, x), 1e-5)
 
 
 # ------------------------------------------------------------------------------- DCGAN
+
 
 def _variables(module, x, labels=None):
   """Initial variables with non-zero biases, so a misplaced bias would show."""
   variables = module.init(KEY, x, labels, train=False)
   rng = np.random.default_rng(3)
   return jax.tree_util.tree_map_with_path(
-      lambda p, v: (jnp.asarray(0.1 * rng.standard_normal(v.shape), v.dtype)
-                    if getattr(p[-1], 'key', '') == 'bias' else v), variables)
+      lambda p, v: (
+          jnp.asarray(0.1 * rng.standard_normal(v.shape), v.dtype)
+          if getattr(p[-1], 'key', '') == 'bias'
+          else v
+      ),
+      variables,
+  )
 
 
 def _outputs_and_grads(module, variables, x, labels, collections):
   """Training-mode output, new state, and gradients w.r.t. the params and the input
   (jitted: one compilation is faster than running every op eagerly)."""
+
   def f(params, x):
-    return module.apply({**variables, 'params': params}, x, labels, train=True,
-                        mutable=collections)
+    return module.apply(
+        {**variables, 'params': params}, x, labels, train=True, mutable=collections
+    )
 
   @jax.jit
   def run(params, x):
@@ -235,7 +290,7 @@ def _compare_impls(cls, kwargs, x, labels=None, collections=('batch_stats',)):
   got = _outputs_and_grads(fast, variables, x, labels, list(collections))
   for part_got, part_ref in zip(got, ref):
     if not jax.tree.leaves(part_ref):
-      continue   # no state collection
+      continue  # no state collection
     # Relative to the part's largest entry: a conv bias before BatchNorm has a zero
     # gradient, which both compute as rounding noise of the other gradients' size.
     scale = max(float(jnp.max(jnp.abs(l))) for l in jax.tree.leaves(part_ref))
@@ -243,10 +298,13 @@ def _compare_impls(cls, kwargs, x, labels=None, collections=('batch_stats',)):
       _close(a, b, 2e-4, scale)
 
 
-@pytest.mark.parametrize('resolution,kwargs', [
-    (64, dict(norm='batch', use_bias=True)),
-    (28, dict(norm='none', num_classes=3, embed_dim=2)),
-])
+@pytest.mark.parametrize(
+    'resolution,kwargs',
+    [
+        (64, dict(norm='batch', use_bias=True)),
+        (28, dict(norm='none', num_classes=3, embed_dim=2)),
+    ],
+)
 def test_generator_impls_agree(resolution, kwargs):
   g_kwargs = dict(resolution=resolution, channels=3, width=4, z_dim=6, **kwargs)
   z = _rand(np.random.default_rng(0), (2, 6))
@@ -254,15 +312,19 @@ def test_generator_impls_agree(resolution, kwargs):
   _compare_impls(Generator, g_kwargs, z, labels)
 
 
-@pytest.mark.parametrize('resolution,kwargs', [
-    (64, dict(norm='group', use_bias=True)),
-    (32, dict(norm='none', spectral_norm=True)),
-    (32, dict(norm='batch', patch=True, patch_kernel=4)),
-    (28, dict(norm='layer', num_classes=3, patch=True, patch_kernel=3)),
-])
+@pytest.mark.parametrize(
+    'resolution,kwargs',
+    [
+        (64, dict(norm='group', use_bias=True)),
+        (32, dict(norm='none', spectral_norm=True)),
+        (32, dict(norm='batch', patch=True, patch_kernel=4)),
+        (28, dict(norm='layer', num_classes=3, patch=True, patch_kernel=3)),
+    ],
+)
 def test_discriminator_impls_agree(resolution, kwargs):
   d_kwargs = dict(resolution=resolution, channels=3, width=4, **kwargs)
-  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, resolution, resolution, 3)),
-                  jnp.float32)
+  x = jnp.asarray(
+      np.random.default_rng(0).uniform(-1, 1, (2, resolution, resolution, 3)), jnp.float32
+  )
   labels = jnp.array([0, 2]) if kwargs.get('num_classes') else None
   _compare_impls(Discriminator, d_kwargs, x, labels)

@@ -9,8 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'experiments'))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'
+    ),
+)
 
 import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
 import compare_quality as quality  # noqa: E402  pylint: disable=import-error
@@ -23,13 +27,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 # A DCGAN small enough to compile four steps in seconds, built through a real config.
-TINY = bench.RowSpec('configs/dcgan_fashion_mnist.py', {
-    'data.resolution': 16, 'batch_size': 4, 'z_dim': 8,
-    'model.generator.width': 4, 'model.discriminator.width': 4,
-    'model.discriminator.norm': 'none'})
+TINY = bench.RowSpec(
+    'configs/dcgan_fashion_mnist.py',
+    {
+        'data.resolution': 16,
+        'batch_size': 4,
+        'z_dim': 8,
+        'model.generator.width': 4,
+        'model.discriminator.width': 4,
+        'model.discriminator.norm': 'none',
+    },
+)
 
 
 # ------------------------------------------------------------------ speed
+
 
 def test_run_interleaved_rotates_order_and_times_every_round():
   calls = []
@@ -43,10 +55,12 @@ def test_run_interleaved_rotates_order_and_times_every_round():
     def fn():
       calls.append(name)
       now[0] += cost[name]
+
     return fn
 
-  times = bench.run_interleaved({n: make(n) for n in cost}, rounds=4, warmup=1,
-                                clock=clock)
+  times = bench.run_interleaved(
+      {n: make(n) for n in cost}, rounds=4, warmup=1, clock=clock
+  )
   assert calls[:3] == ['a', 'b', 'c']  # warm-up
   assert calls[3:] == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b', 'a', 'b', 'c']
   assert times == {'a': [1.0] * 4, 'b': [2.0] * 4, 'c': [4.0] * 4}
@@ -54,8 +68,7 @@ def test_run_interleaved_rotates_order_and_times_every_round():
 
 def test_ratio_summary_uses_per_round_ratios():
   # Round 2 is slow for everyone (machine load): per-round ratios ignore it.
-  times = {'one_stage': [1.0, 1.0, 3.0, 1.0, 1.0],
-           'two_stage': [1.5, 1.2, 4.5, 1.4, 1.3]}
+  times = {'one_stage': [1.0, 1.0, 3.0, 1.0, 1.0], 'two_stage': [1.5, 1.2, 4.5, 1.4, 1.3]}
   s = bench.ratio_summary(times)
   assert s['one_stage']['ratio_to_one_stage_median'] == 1.0
   assert s['one_stage']['ratio_to_one_stage_min'] == 1.0
@@ -83,8 +96,11 @@ def test_measure_row_fields_and_ratios(tiny_row, tmp_path):
     assert r['flops'] > 0
     assert r['peak_bytes'] > 0
     assert r['step_ms_median'] > 0 and r['images_per_s'] > 0
-    assert r['ratio_to_one_stage_min'] <= r['ratio_to_one_stage_median'] <= (
-        r['ratio_to_one_stage_max'])
+    assert (
+        r['ratio_to_one_stage_min']
+        <= r['ratio_to_one_stage_median']
+        <= (r['ratio_to_one_stage_max'])
+    )
     assert r['images_per_s'] == pytest.approx(4 / (r['step_ms_median'] / 1e3))
   one = by_variant['one_stage']
   assert one['ratio_to_one_stage_median'] == one['flop_ratio'] == 1.0
@@ -122,16 +138,32 @@ def test_speed_rows_are_built_from_existing_configs():
 
 # ------------------------------------------------------------------ CPU throughput
 
+
 def test_cpu_throughput_rows_side_by_side(tmp_path):
   """Issue 8's script at a tiny size: both conv implementations, both stages,
   interleaved, with XLA's FLOPs; one-stage does less matmul work than two-stage."""
   out = tmp_path / 'throughput.json'
-  result = throughput.main(['--width', '8', '--resolution', '16', '--batch', '4',
-                            '--rounds', '2', '--variants', 'jax-matmul,jax-xla',
-                            '--malloc', 'default', '--out', str(out)])
+  result = throughput.main(
+      [
+          '--width',
+          '8',
+          '--resolution',
+          '16',
+          '--batch',
+          '4',
+          '--rounds',
+          '2',
+          '--variants',
+          'jax-matmul,jax-xla',
+          '--malloc',
+          'default',
+          '--out',
+          str(out),
+      ]
+  )
   saved = json.loads(out.read_text())['rows']
   assert saved.keys() == result['rows'].keys() == {'jax-matmul', 'jax-xla'}
-  assert result['platform']['malloc_kept'] is False   # --malloc default
+  assert result['platform']['malloc_kept'] is False  # --malloc default
   for name in ('jax-matmul', 'jax-xla'):
     row = result['rows'][name]
     for stage in ('one', 'two'):
@@ -139,7 +171,8 @@ def test_cpu_throughput_rows_side_by_side(tmp_path):
       assert saved[name][stage]['seconds'] == row[stage]['seconds']
       assert row[stage]['ms_per_step'] > 0
       assert row[stage]['images_per_s'] == pytest.approx(
-          4 / np.median(row[stage]['seconds']))
+          4 / np.median(row[stage]['seconds'])
+      )
     assert row['one']['hlo_gflop'] < row['two']['hlo_gflop']
     ratios = np.asarray(row['two']['seconds']) / np.asarray(row['one']['seconds'])
     assert row['two_over_one']['median'] == pytest.approx(np.median(ratios))
@@ -150,18 +183,36 @@ def test_cpu_layers_times_every_dcgan_conv(tmp_path):
   exact FLOPs, both JAX implementations agreeing, and a row per variant present."""
   layers = cpu_layers.dcgan_layers(width=8, resolution=16, batch=4)
   assert [(l['name'], l['batch'], l['size'], l['c_in'], l['c_out']) for l in layers] == [
-      ('D conv0', 8, 16, 3, 8), ('D conv1', 8, 8, 8, 16),
-      ('G convT1', 4, 4, 16, 8), ('G convT2', 4, 8, 8, 3)]
+      ('D conv0', 8, 16, 3, 8),
+      ('D conv1', 8, 8, 8, 16),
+      ('G convT1', 4, 4, 16, 8),
+      ('G convT2', 4, 8, 8, 3),
+  ]
   # conv: output pixels x 16 taps x C_in x C_out; transposed: input pixels x ...
   assert layers[1]['gflop'] == pytest.approx(2 * 8 * 4 * 4 * 16 * 8 * 16 / 1e9)
   assert layers[2]['gflop'] == pytest.approx(2 * 4 * 4 * 4 * 16 * 16 * 8 / 1e9)
   out = tmp_path / 'layers.json'
-  result = cpu_layers.main(['--width', '8', '--resolution', '16', '--batch', '4',
-                            '--rounds', '1', '--variants', 'jax-matmul,jax-xla,gemm',
-                            '--malloc', 'default', '--out', str(out)])
+  result = cpu_layers.main(
+      [
+          '--width',
+          '8',
+          '--resolution',
+          '16',
+          '--batch',
+          '4',
+          '--rounds',
+          '1',
+          '--variants',
+          'jax-matmul,jax-xla,gemm',
+          '--malloc',
+          'default',
+          '--out',
+          str(out),
+      ]
+  )
   assert json.loads(out.read_text())['rows'] == result['rows']
   assert result['variants'] == ['jax-matmul', 'jax-xla', 'gemm']
-  assert result['platform']['malloc_kept'] is False   # --malloc default
+  assert result['platform']['malloc_kept'] is False  # --malloc default
   for row in result['rows']:
     assert row['max_abs_diff'] < 1e-4
     assert set(row['ms']) == {'jax-matmul', 'jax-xla', 'gemm'}
@@ -177,28 +228,50 @@ def test_ablations_undo_their_change(tmp_path):
   size every formulation is exact), and the patched module attributes are restored
   afterwards."""
   from osgan_jax.models import conv_ops, norms
-  before = (conv_ops._transposed_strided, conv_ops._patch_conv_kernel_tangent,
-            norms.GroupNorm)
-  result = ablate.main(['--width', '8', '--resolution', '16', '--batch', '4',
-                        '--rounds', '1', '--malloc', 'default',
-                        '--out', str(tmp_path / 'ablate.json')])
+
+  before = (
+      conv_ops._transposed_strided,
+      conv_ops._patch_conv_kernel_tangent,
+      norms.GroupNorm,
+  )
+  result = ablate.main(
+      [
+          '--width',
+          '8',
+          '--resolution',
+          '16',
+          '--batch',
+          '4',
+          '--rounds',
+          '1',
+          '--malloc',
+          'default',
+          '--out',
+          str(tmp_path / 'ablate.json'),
+      ]
+  )
   rows = result['rows']
-  assert result['platform']['malloc_kept'] is False   # --malloc default
+  assert result['platform']['malloc_kept'] is False  # --malloc default
   assert set(rows) == set(ablate.ABLATIONS)
   for name, row in rows.items():
     assert row['same_hlo'] is False, name
     assert row['gflop_undone'] == pytest.approx(row['gflop_current'])
-  assert before == (conv_ops._transposed_strided, conv_ops._patch_conv_kernel_tangent,
-                    norms.GroupNorm)
+  assert before == (
+      conv_ops._transposed_strided,
+      conv_ops._patch_conv_kernel_tangent,
+      norms.GroupNorm,
+  )
   with pytest.raises(ValueError, match='unknown ablation'):
     ablate.main(['--ablations', 'nope'])
 
 
 # ------------------------------------------------------------------ quality (issue 17)
 
+
 def test_quality_verdict_rule():
   """Welch's t-test decides better/worse; a tight CI within 10% is 'same'."""
   from scipy import stats
+
   verdict = quality.verdict
   assert verdict([10.0, 10.5, 9.8], [20.0, 21.0, 19.5])['verdict'] == 'better'
   assert verdict([20.0, 21.0, 19.5], [10.0, 10.5, 9.8])['verdict'] == 'worse'
@@ -210,7 +283,8 @@ def test_quality_verdict_rule():
   assert verdict([10.0], [20.0, 21.0])['verdict'] == 'not distinguishable'
   a, b = [10.0, 12.0, 11.0], [14.0, 13.0, 15.5]
   assert verdict(a, b)['p'] == pytest.approx(
-      stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+      stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9
+  )
 
 
 def test_quality_summary_at_equal_steps_and_equal_time():
@@ -220,11 +294,19 @@ def test_quality_summary_at_equal_steps_and_equal_time():
   for stage, sec_per_step in (('one', 0.2), ('two', 0.3)):
     for seed in range(3):
       for step in (100, 200, 300):
-        rows.append({'loss': 'hinge', 'stage': stage, 'seed': seed, 'step': step,
-                     'train_seconds': step * sec_per_step,
-                     'fid_classifier': 100.0 - step * 0.1 + seed,
-                     'fid_inception': 50.0 + seed if step == 300 else None,
-                     'fid_classifier_samples': 64, 'fid_inception_samples': 16})
+        rows.append(
+            {
+                'loss': 'hinge',
+                'stage': stage,
+                'seed': seed,
+                'step': step,
+                'train_seconds': step * sec_per_step,
+                'fid_classifier': 100.0 - step * 0.1 + seed,
+                'fid_inception': 50.0 + seed if step == 300 else None,
+                'fid_classifier_samples': 64,
+                'fid_inception_samples': 16,
+            }
+        )
   e = quality.summarize(rows)['hinge']
   assert e['final_step'] == 300 and e['seeds'] == [0, 1, 2]
   assert e['budget_seconds'] == pytest.approx(60.0)
@@ -245,6 +327,7 @@ def test_quality_summary_at_equal_steps_and_equal_time():
 def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
   """The GPU size's 42 MiB weights: float16 on disk, float32 in the network."""
   from osgan_jax.metrics import inception
+
   path = inception.default_weights_path()
   if path is None:
     pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
@@ -266,8 +349,10 @@ def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
 def test_fid_evaluator_config_errors(tmp_path):
   from osgan_jax import config_base
   from osgan_jax import evaluators
-  config = config_base.load_config(os.path.join(REPO, quality.CONFIG), {
-      'fid.every_steps': 1, 'fid.features': 'nope'})
+
+  config = config_base.load_config(
+      os.path.join(REPO, quality.CONFIG), {'fid.every_steps': 1, 'fid.features': 'nope'}
+  )
   with pytest.raises(config_base.ConfigError, match='fid.features'):
     evaluators.Fid(config, str(tmp_path), None, 10, True)
   with config.unlocked():
@@ -280,14 +365,18 @@ def test_fid_evaluator_config_errors(tmp_path):
     evaluators.Fid(config, str(tmp_path), None, 10, True)
 
 
-@pytest.mark.skipif(not all(os.path.exists(os.path.join(FASHION_MNIST, f'{s}-images-idx3-'
-                                                       'ubyte.gz'))
-                            for s in ('train', 't10k')),
-                    reason='apt-get install dataset-fashion-mnist')
+@pytest.mark.skipif(
+    not all(
+        os.path.exists(os.path.join(FASHION_MNIST, f'{s}-images-idx3-' 'ubyte.gz'))
+        for s in ('train', 't10k')
+    ),
+    reason='apt-get install dataset-fashion-mnist',
+)
 def test_quality_study_tiny_end_to_end(tmp_path):
   """Issue 17's study at its tiny size (16x16, 2 seeds, 1 loss, 4 steps, FID at 2, 4):
   the rows, their resumption from the runs' logs, the table and the plots."""
   from PIL import Image
+
   out, wd = tmp_path / 'out', tmp_path / 'wd'
   argv = ['--tiny', '--out', str(out), '--workdir', str(wd)]
   assert quality.main(argv) == 0
@@ -325,33 +414,64 @@ def test_quality_study_tiny_end_to_end(tmp_path):
   again = quality.read_rows(str(jsonl))
   assert len(again) == len(rows) and len(open(jsonl).readlines()) == len(rows)
   key = lambda r: (r['stage'], r['seed'], r['step'])  # noqa: E731
-  assert ({key(r): r['fid_classifier'] for r in again}
-          == {key(r): r['fid_classifier'] for r in rows})
+  assert {key(r): r['fid_classifier'] for r in again} == {
+      key(r): r['fid_classifier'] for r in rows
+  }
 
   # Render from the rows alone.
   os.remove(out / 'tiny_fid_vs_steps.png')
   os.remove(out / 'tiny.md')
   assert quality.main(['--render', '--study', 'tiny', '--out', str(out)]) == 0
-  assert (out / 'tiny_fid_vs_steps.png').exists() and (out / 'tiny.md').read_text() == table
+  assert (out / 'tiny_fid_vs_steps.png').exists() and (
+      out / 'tiny.md'
+  ).read_text() == table
 
 
 def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
   """Issue 14's benchmark end to end at toy sizes: both sources, the trivial step
   through the loop, and the real one-/two-stage steps alone and through main."""
   out = tmp_path / 'out'
-  loop_throughput.main(['--images', '24', '--resolution', '16', '--batch', '8',
-                        '--trivial_steps', '20', '--real', '--real_steps', '4',
-                        '--width', '4', '--rounds', '2', '--per_call', '1',
-                        '--work', str(tmp_path / 'work'), '--out', str(out)])
-  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()
-           if l.startswith('{')]
+  loop_throughput.main(
+      [
+          '--images',
+          '24',
+          '--resolution',
+          '16',
+          '--batch',
+          '8',
+          '--trivial_steps',
+          '20',
+          '--real',
+          '--real_steps',
+          '4',
+          '--width',
+          '4',
+          '--rounds',
+          '2',
+          '--per_call',
+          '1',
+          '--work',
+          str(tmp_path / 'work'),
+          '--out',
+          str(out),
+      ]
+  )
+  lines = [
+      json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith('{')
+  ]
   saved = json.loads((out / 'loop_throughput.json').read_text())
   assert saved['rows'] == lines
   keys = [(r['source'], r['step'], r['through_loop']) for r in lines]
-  assert keys == [('prepared', 'none', False), ('prepared', 'trivial', True),
-                  ('folder', 'none', False), ('folder', 'trivial', True),
-                  ('device_batch', 'one', False), ('device_batch', 'two', False),
-                  ('prepared', 'one', True), ('prepared', 'two', True)]
+  assert keys == [
+      ('prepared', 'none', False),
+      ('prepared', 'trivial', True),
+      ('folder', 'none', False),
+      ('folder', 'trivial', True),
+      ('device_batch', 'one', False),
+      ('device_batch', 'two', False),
+      ('prepared', 'one', True),
+      ('prepared', 'two', True),
+  ]
   for r in lines:
     assert r['images_per_s'] > 0 and r['device'].startswith('cpu') and r['batch'] == 8
   # The trivial runs are the loop's own: its checkpoint and metrics are there.
@@ -388,30 +508,48 @@ def _input_cotangent(**kw):
 
 
 _CONV_CASES = {
-    'same_stride1': (_conv(window_strides=(1, 1), padding='SAME'),
-                     [(2, 9, 9, 3), (3, 3, 3, 5)]),
-    'stride2_pad1': (_conv(window_strides=(2, 2), padding=((1, 1), (1, 1))),
-                     [(2, 16, 16, 3), (4, 4, 3, 5)]),
-    'transposed_stride2': (lambda x, w: lax.conv_transpose(
-        x, w, (2, 2), 'SAME', dimension_numbers=_DN), [(2, 8, 8, 3), (4, 4, 3, 5)]),
-    'lhs_dilation_uneven_pads': (_conv(window_strides=(1, 1), padding=((2, 3), (1, 0)),
-                                       lhs_dilation=(3, 2)),
-                                 [(2, 7, 6, 4), (3, 2, 4, 5)]),
-    'rhs_dilation': (_conv(window_strides=(1, 1), padding=((2, 2), (2, 2)),
-                           rhs_dilation=(2, 2)), [(2, 9, 9, 3), (3, 3, 3, 5)]),
-    'feature_groups': (_conv(window_strides=(1, 1), padding='SAME',
-                             feature_group_count=4), [(2, 9, 9, 8), (3, 3, 2, 12)]),
-    'depthwise': (_conv(window_strides=(1, 1), padding='VALID', feature_group_count=8),
-                  [(2, 9, 9, 8), (3, 3, 1, 8)]),
+    'same_stride1': (
+        _conv(window_strides=(1, 1), padding='SAME'),
+        [(2, 9, 9, 3), (3, 3, 3, 5)],
+    ),
+    'stride2_pad1': (
+        _conv(window_strides=(2, 2), padding=((1, 1), (1, 1))),
+        [(2, 16, 16, 3), (4, 4, 3, 5)],
+    ),
+    'transposed_stride2': (
+        lambda x, w: lax.conv_transpose(x, w, (2, 2), 'SAME', dimension_numbers=_DN),
+        [(2, 8, 8, 3), (4, 4, 3, 5)],
+    ),
+    'lhs_dilation_uneven_pads': (
+        _conv(window_strides=(1, 1), padding=((2, 3), (1, 0)), lhs_dilation=(3, 2)),
+        [(2, 7, 6, 4), (3, 2, 4, 5)],
+    ),
+    'rhs_dilation': (
+        _conv(window_strides=(1, 1), padding=((2, 2), (2, 2)), rhs_dilation=(2, 2)),
+        [(2, 9, 9, 3), (3, 3, 3, 5)],
+    ),
+    'feature_groups': (
+        _conv(window_strides=(1, 1), padding='SAME', feature_group_count=4),
+        [(2, 9, 9, 8), (3, 3, 2, 12)],
+    ),
+    'depthwise': (
+        _conv(window_strides=(1, 1), padding='VALID', feature_group_count=8),
+        [(2, 9, 9, 8), (3, 3, 1, 8)],
+    ),
     'kernel_cotangent_grouped': (
-        _kernel_cotangent(window_strides=(2, 2), padding=((1, 1), (1, 1)),
-                          feature_group_count=4),
-        [(2, 8, 8, 8), (4, 4, 2, 12), (2, 4, 4, 12)]),
+        _kernel_cotangent(
+            window_strides=(2, 2), padding=((1, 1), (1, 1)), feature_group_count=4
+        ),
+        [(2, 8, 8, 8), (4, 4, 2, 12), (2, 4, 4, 12)],
+    ),
     'input_cotangent_stride2': (
         _input_cotangent(window_strides=(2, 2), padding=((1, 1), (1, 1))),
-        [(2, 8, 8, 8), (4, 4, 8, 12), (2, 4, 4, 12)]),
-    'nch_1d': (lambda x, w: lax.conv_general_dilated(x, w, (1,), ((1, 1),)),
-               [(2, 3, 10), (5, 3, 3)]),
+        [(2, 8, 8, 8), (4, 4, 8, 12), (2, 4, 4, 12)],
+    ),
+    'nch_1d': (
+        lambda x, w: lax.conv_general_dilated(x, w, (1,), ((1, 1),)),
+        [(2, 3, 10), (5, 3, 3)],
+    ),
 }
 
 
@@ -437,14 +575,18 @@ def test_conv_valid_positions_by_hand():
   assert flop_count.conv_valid_positions(4, 4, 8, 1, 2, 2, 1) == 14
   # 2 x B x C_out x C_in/groups x positions.
   assert flop_count.conv_flops(
-      (2, 9, 9, 8), (3, 3, 2, 12), (2, 9, 9, 12), window_strides=(1, 1),
-      padding=((1, 1), (1, 1)), dimension_numbers=lax.conv_dimension_numbers(
-          (2, 9, 9, 8), (3, 3, 2, 12), _DN), feature_group_count=4) == (
-              2 * 2 * 12 * 2 * 25 * 25)
+      (2, 9, 9, 8),
+      (3, 3, 2, 12),
+      (2, 9, 9, 12),
+      window_strides=(1, 1),
+      padding=((1, 1), (1, 1)),
+      dimension_numbers=lax.conv_dimension_numbers((2, 9, 9, 8), (3, 3, 2, 12), _DN),
+      feature_group_count=4,
+  ) == (2 * 2 * 12 * 2 * 25 * 25)
 
 
 def test_count_jaxpr_walks_control_flow_and_prunes_dead_code():
-  mm = 2 * 4 * 8 * 8   # one [4, 8] @ [8, 8]
+  mm = 2 * 4 * 8 * 8  # one [4, 8] @ [8, 8]
 
   @jax.custom_jvp
   def twice(x, w):
@@ -453,29 +595,33 @@ def test_count_jaxpr_walks_control_flow_and_prunes_dead_code():
   twice.defjvp(lambda p, t: (twice(*p), t[0] @ p[1] @ p[1]))
 
   def f(x, w, p):
-    unused = x @ w @ w @ w                                       # pruned (DCE)
+    unused = x @ w @ w @ w  # pruned (DCE)
     del unused
-    y = lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]   # 3 mm
-    y = lax.cond(p > 0, lambda y: y @ w @ w, lambda y: y, y)         # 0 or 2 mm
+    y = lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]  # 3 mm
+    y = lax.cond(p > 0, lambda y: y @ w @ w, lambda y: y, y)  # 0 or 2 mm
     y = lax.while_loop(lambda c: jnp.sum(c) < 0, lambda c: c @ w, y)  # 1 mm, once
-    y = jax.jit(twice)(y, w)                                          # 2 mm
-    return y.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)            # 1 mm in bf16
+    y = jax.jit(twice)(y, w)  # 2 mm
+    return y.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16)  # 1 mm in bf16
 
-  args = (jax.ShapeDtypeStruct((4, 8), jnp.float32),
-          jax.ShapeDtypeStruct((8, 8), jnp.float32), jax.ShapeDtypeStruct((), jnp.int32))
+  args = (
+      jax.ShapeDtypeStruct((4, 8), jnp.float32),
+      jax.ShapeDtypeStruct((8, 8), jnp.float32),
+      jax.ShapeDtypeStruct((), jnp.int32),
+  )
   count = flop_count.analytic_flops(f, *args)
   assert count.by_dtype == {'float32': 6 * mm, 'bfloat16': mm}
   assert count.flops == 7 * mm and count.flops_max_branch == 9 * mm
   assert count.conds == 1 and count.while_loops == 1
   assert count.by_primitive == {'dot_general': 7 * mm}
   high = flop_count.analytic_flops(
-      lambda a, b: jnp.dot(a, b, precision=lax.Precision.HIGHEST), *args[:2])
+      lambda a, b: jnp.dot(a, b, precision=lax.Precision.HIGHEST), *args[:2]
+  )
   assert high.by_dtype == {'float32:highest': mm}
 
 
 def test_device_peaks_and_fraction_of_peak():
   peaks = flop_count.device_peaks
-  assert peaks('NVIDIA H100 80GB HBM3')['bf16'] == 989.5    # H100 SXM
+  assert peaks('NVIDIA H100 80GB HBM3')['bf16'] == 989.5  # H100 SXM
   assert peaks('NVIDIA H100 PCIe')['tf32'] == 378.0
   assert peaks('NVIDIA H200')['tf32'] == 494.5
   assert peaks('NVIDIA A100-SXM4-80GB')['bf16'] == 312.0
@@ -486,7 +632,7 @@ def test_device_peaks_and_fraction_of_peak():
   h200 = peaks('NVIDIA H200')
   row = {'flops': 3e12, 'flops_by_dtype': {'bfloat16': 2e12, 'float32': 1e12}}
   out = flop_count.peak_fields(row, 0.01, h200)
-  ideal = 2e12 / 989.5e12 + 1e12 / 494.5e12   # bf16 at the bf16 peak, f32 at TF32
+  ideal = 2e12 / 989.5e12 + 1e12 / 494.5e12  # bf16 at the bf16 peak, f32 at TF32
   assert out['tflops_per_s'] == pytest.approx(300.0)
   assert out['fraction_of_peak'] == pytest.approx(ideal / 0.01)
   assert out['peak_tflops'] == pytest.approx(3.0 / ideal)
@@ -496,25 +642,36 @@ def test_device_peaks_and_fraction_of_peak():
 
 
 def test_parse_overrides():
-  assert flop_count.parse_overrides(['batch_size=64', 'data.name=folder',
-                                     'model.generator.conv_clamp=256']) == {
-      'batch_size': 64, 'data.name': 'folder', 'model.generator.conv_clamp': 256}
+  assert flop_count.parse_overrides(
+      ['batch_size=64', 'data.name=folder', 'model.generator.conv_clamp=256']
+  ) == {'batch_size': 64, 'data.name': 'folder', 'model.generator.conv_clamp': 256}
   with pytest.raises(ValueError, match='KEY=VALUE'):
     flop_count.parse_overrides(['batch_size'])
 
 
-@pytest.mark.parametrize('impl,variants', [
-    ('auto', tuple(bench.VARIANTS)), ('xla', ('one_stage', 'two_stage'))])
+@pytest.mark.parametrize(
+    'impl,variants',
+    [('auto', tuple(bench.VARIANTS)), ('xla', ('one_stage', 'two_stage'))],
+)
 def test_analytic_flops_agree_with_cpu_lowering_for_dcgan(impl, variants):
   """Issue 15: the DCGAN 64 config's steps (d=64, 16x16, batch 8), each variant, with
   the CPU's patch-matmul convolutions ('auto' here) and with XLA's convolutions ('xla',
   what a GPU runs): the analytic count plus XLA-style elementwise FLOPs is XLA:CPU's
   count to 1%; dots and convolutions alone are over 95% of it."""
-  spec = bench.RowSpec('configs/dcgan_celeba.py', {
-      'data.resolution': 16, 'batch_size': 8, 'model.generator.width': 64,
-      'model.discriminator.width': 64})
-  extra = None if impl == 'auto' else {'model.generator.conv_impl': impl,
-                                       'model.discriminator.conv_impl': impl}
+  spec = bench.RowSpec(
+      'configs/dcgan_celeba.py',
+      {
+          'data.resolution': 16,
+          'batch_size': 8,
+          'model.generator.width': 64,
+          'model.discriminator.width': 64,
+      },
+  )
+  extra = (
+      None
+      if impl == 'auto'
+      else {'model.generator.conv_impl': impl, 'model.discriminator.conv_impl': impl}
+  )
   _, gan, _, batch, abstract = bench.prepare(spec, extra=extra)
   rng = jax.random.PRNGKey(1)
   counts, fns = {}, {}
@@ -550,11 +707,13 @@ def test_compile_row_counts_an_accelerator_step_on_the_cpu(monkeypatch):
     assert row['flops_xla_cpu'] == row['flops_xla'] > 0, variant
     assert row['flops_xla_cpu_compile_s'] > 0
     assert row['xla_cpu_over_xla_convention'] == pytest.approx(
-        row['flops_xla'] / row['flops_xla_convention'])
+        row['flops_xla'] / row['flops_xla_convention']
+    )
     assert set(row['flops_by_primitive']) == {'conv_general_dilated'}
-  off = bench.compile_row('tiny', dataclasses.replace(spec, variants=('one_stage',)),
-                          log=lambda s: None)
-  assert off.rows['one_stage']['flops_xla_cpu'] is None   # 'gpu' without cpu_flops
+  off = bench.compile_row(
+      'tiny', dataclasses.replace(spec, variants=('one_stage',)), log=lambda s: None
+  )
+  assert off.rows['one_stage']['flops_xla_cpu'] is None  # 'gpu' without cpu_flops
 
 
 def test_device_suite_tiny_end_to_end(tmp_path):
@@ -562,10 +721,20 @@ def test_device_suite_tiny_end_to_end(tmp_path):
   CUDA), fresh-process compiles for DCGAN, overrides applied, the JSON's fields."""
   out = tmp_path / 'device'
   result = subprocess.run(
-      [sys.executable, os.path.join(os.path.dirname(bench.__file__),
-                                    'benchmark_speed.py'),
-       '--suite=device', '--tiny', '--override', 'batch_size=4', '--out', str(out)],
-      capture_output=True, text=True, timeout=900)
+      [
+          sys.executable,
+          os.path.join(os.path.dirname(bench.__file__), 'benchmark_speed.py'),
+          '--suite=device',
+          '--tiny',
+          '--override',
+          'batch_size=4',
+          '--out',
+          str(out),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| model | variant | ms/step |' in result.stdout
   [path] = [p for p in os.listdir(out) if p.endswith('.json')]
@@ -584,10 +753,11 @@ def test_device_suite_tiny_end_to_end(tmp_path):
   for v, r in dcgan.items():
     assert r['batch'] == 4 and r['mode'] == 'timed', v
     assert r['flops'] > 0 and r['flops_xla'] > 0
-    assert r['flops_xla_cpu'] == r['flops_xla']   # a CPU backend: the same compile
+    assert r['flops_xla_cpu'] == r['flops_xla']  # a CPU backend: the same compile
     assert r['xla_backend'] == 'cpu'
     assert r['tflops_per_s'] == pytest.approx(
-        r['flops'] / (r['step_ms_median'] / 1e3) / 1e12)
+        r['flops'] / (r['step_ms_median'] / 1e3) / 1e12
+    )
     assert r['fraction_of_peak'] is None and r['peak_tflops'] is None
     assert r['compile_mode'] == 'subprocess'
     assert 0 < r['compile_s'] < r['compile_fresh_process_s']
@@ -598,7 +768,7 @@ def test_device_suite_tiny_end_to_end(tmp_path):
   for r in rows:  # where a row's time went, beside its compiles
     if r['model'] in bench.DEVICE_ROWS:
       assert r['setup_build_s'] > 0 and r['setup_init_s'] > 0, (r['model'], r['variant'])
-      assert r['setup_probe_s'] >= 0   # 0 where the config settles D's coupling
+      assert r['setup_probe_s'] >= 0  # 0 where the config settles D's coupling
       assert r['first_call_s'] > 0, (r['model'], r['variant'])
 
   for name in ('stylegan2_256_f32', 'stylegan2_256_bf16'):
@@ -607,14 +777,18 @@ def test_device_suite_tiny_end_to_end(tmp_path):
       assert r['batch'] == 4 and r['resolution'] == 8 and r['mode'] == 'timed'
       assert r['compile_mode'] == 'in_process' and r['tflops_per_s'] > 0
       dtypes = set(r['flops_by_dtype'])
-      assert dtypes == ({'float32', 'bfloat16'} if name.endswith('bf16')
-                        else {'float32'}), (name, v)
+      assert dtypes == (
+          {'float32', 'bfloat16'} if name.endswith('bf16') else {'float32'}
+      ), (name, v)
   loop = [r for r in rows if r['model'] == 'loop_dcgan64']
-  assert [r['variant'] for r in loop] == ['prepared/none',
-                                          'prepared/trivial/through_loop']
+  assert [r['variant'] for r in loop] == [
+      'prepared/none',
+      'prepared/trivial/through_loop',
+  ]
   assert all(r['images_per_s'] > 0 and r['batch'] == 4 for r in loop)
   try:
     import torch  # pylint: disable=import-outside-toplevel
+
     has_cuda = torch.cuda.is_available()
   except ImportError:
     has_cuda = False
@@ -629,15 +803,37 @@ def test_device_suite_budget_skips_rows_and_prints_their_command(tmp_path):
   out = tmp_path / 'device'
   script = os.path.join(os.path.dirname(bench.__file__), 'benchmark_speed.py')
   result = subprocess.run(
-      [sys.executable, script, '--suite=device', '--tiny', '--budget-s', '0',
-       '--models', 'dcgan64_d128,loop', '--override', 'batch_size=4', '--out', str(out)],
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          script,
+          '--suite=device',
+          '--tiny',
+          '--budget-s',
+          '0',
+          '--models',
+          'dcgan64_d128,loop',
+          '--override',
+          'batch_size=4',
+          '--out',
+          str(out),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   record = json.loads((out / 'tiny_cpu_cpu.json').read_text())
   assert record['skipped'] == ['dcgan64_d128', 'loop'] and record['rows'] == []
   [line] = [l for l in result.stdout.splitlines() if l.startswith('skipped (budget)')]
   command = line.split('run them with: ')[1]
   assert shlex.split(command) == [
-      'python', 'experiments/benchmark_speed.py', '--suite=device', '--models',
-      'dcgan64_d128,loop', '--out', str(out / 'tiny_cpu_cpu_rest.json'), '--tiny',
-      '--override=batch_size=4']
+      'python',
+      'experiments/benchmark_speed.py',
+      '--suite=device',
+      '--models',
+      'dcgan64_d128,loop',
+      '--out',
+      str(out / 'tiny_cpu_cpu_rest.json'),
+      '--tiny',
+      '--override=batch_size=4',
+  ]

@@ -32,9 +32,14 @@ def _eqns(jaxpr):
 def _traced(prob):
   """Equations of the one-stage and the reference gradients, traced in the precision
   context in effect, as ``check`` traces them."""
-  return [eqn for fn in (lambda: gradcheck.run_one_stage(prob, 'exact'),
-                         lambda: gradcheck.run_reference(prob))
-          for eqn in _eqns(jax.make_jaxpr(fn)().jaxpr)]
+  return [
+      eqn
+      for fn in (
+          lambda: gradcheck.run_one_stage(prob, 'exact'),
+          lambda: gradcheck.run_reference(prob),
+      )
+      for eqn in _eqns(jax.make_jaxpr(fn)().jaxpr)
+  ]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -56,8 +61,9 @@ def test_verdict_runs_every_matmul_and_conv_at_highest_and_unemulated():
   # At the default the same code rounds (so the check above can fail).
   default = _traced(prob)
   assert any(e.primitive.name == 'reduce_precision' for e in default)
-  assert all(e.params['precision'] is None for e in default
-             if e.primitive.name in MATMUL_OPS)
+  assert all(
+      e.params['precision'] is None for e in default if e.primitive.name in MATMUL_OPS
+  )
 
 
 @pytest.mark.parametrize('emulate,disc', [('tf32', 'conv'), ('bf16', 'mlp')])
@@ -100,8 +106,12 @@ def test_within_rounding_is_false_where_one_stage_is_wrong():
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'osgan_jax.gradcheck', *args],
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+      [sys.executable, '-m', 'osgan_jax.gradcheck', *args],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
 
 def test_command_emulates_tf32_and_exits_0():
@@ -119,8 +129,15 @@ def test_gradcheck_command_reports_json_and_exit_status():
   ok = _cli('--loss', 'hinge', '--disc', 'mbstd', '--logits', 'extreme')
   assert ok.returncode == 0, ok.stderr
   report = json.loads(ok.stdout.strip().splitlines()[-1])
-  assert {'loss', 'disc', 'mode', 'rel_err_g', 'rel_err_d', 'fd_rel_err',
-          'finite'} <= set(report)
+  assert {
+      'loss',
+      'disc',
+      'mode',
+      'rel_err_g',
+      'rel_err_d',
+      'fd_rel_err',
+      'finite',
+  } <= set(report)
   assert report['finite'] is True and report['rel_err_g'] <= 1e-5  # float32 tolerance
   wrong = _cli('--loss', 'non_saturating', '--disc', 'batchnorm', '--mode', 'approx')
   assert wrong.returncode == 1

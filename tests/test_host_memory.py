@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A jitted op whose 64 MiB output (above glibc's largest mmap threshold) is freed after
 # every call; minor page faults per call, counted by the kernel.
-_PROBE = textwrap.dedent('''
+_PROBE = textwrap.dedent("""
     import json, resource, sys
     from osgan_jax import host_memory
     applied = host_memory.keep_freed_memory() if sys.argv[1] == '1' else False
@@ -30,16 +30,28 @@ _PROBE = textwrap.dedent('''
       y = f(x); y.block_until_ready(); del y
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({'applied': applied, 'faults': faults}))
-''')
+""")
 
 
 def _probe(tune: bool) -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  for key in ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
-              'MALLOC_TOP_PAD_', 'MALLOC_MMAP_THRESHOLD_', 'GLIBC_TUNABLES'):
+  for key in (
+      'MALLOC_ARENA_MAX',
+      'MALLOC_MMAP_MAX_',
+      'MALLOC_TRIM_THRESHOLD_',
+      'MALLOC_TOP_PAD_',
+      'MALLOC_MMAP_THRESHOLD_',
+      'GLIBC_TUNABLES',
+  ):
     env.pop(key, None)
-  out = subprocess.run([sys.executable, '-c', _PROBE, '1' if tune else '0'], env=env,
-                       capture_output=True, text=True, timeout=300, check=True)
+  out = subprocess.run(
+      [sys.executable, '-c', _PROBE, '1' if tune else '0'],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -48,7 +60,7 @@ def test_freed_buffers_stop_page_faulting():
   pages = 64 * 2**20 // os.sysconf('SC_PAGE_SIZE')
   plain = _probe(tune=False)
   assert not plain['applied']
-  assert min(plain['faults'][8:]) >= 0.9 * pages     # every call maps fresh pages
+  assert min(plain['faults'][8:]) >= 0.9 * pages  # every call maps fresh pages
   tuned = _probe(tune=True)
   assert tuned['applied']
   # The heap still grows now and then (a buffer can be freed after the next call

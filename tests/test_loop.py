@@ -49,15 +49,19 @@ class Batches:
 def phase_a(state, batch, rng, i):
   del rng
   x = batch['image']  # float on the device: pixel p -> p / 127.5 - 1
-  return (state.replace(step=state.step + 1, total=state.total + jnp.mean(x)),
-          {'mean_pixel': jnp.mean(x), 'i': i.astype(jnp.float32),
-           'dtype_is_f32': jnp.float32(x.dtype == jnp.float32)})
+  return (
+      state.replace(step=state.step + 1, total=state.total + jnp.mean(x)),
+      {
+          'mean_pixel': jnp.mean(x),
+          'i': i.astype(jnp.float32),
+          'dtype_is_f32': jnp.float32(x.dtype == jnp.float32),
+      },
+  )
 
 
 def phase_b(state, batch, rng, i):
   del batch, i
-  return state.replace(b_calls=state.b_calls + 1), {
-      'b_rng': jax.random.uniform(rng)}
+  return state.replace(b_calls=state.b_calls + 1), {'b_rng': jax.random.uniform(rng)}
 
 
 class Recorder:
@@ -78,8 +82,11 @@ class Recorder:
 def make_task(evaluator=None, fail_at=None, record=None):
   def init(key):
     del key
-    return State(step=jnp.zeros((), jnp.int32), total=jnp.zeros(()),
-                 b_calls=jnp.zeros((), jnp.int32))
+    return State(
+        step=jnp.zeros((), jnp.int32),
+        total=jnp.zeros(()),
+        b_calls=jnp.zeros((), jnp.int32),
+    )
 
   def batches(start, process_index, process_count):
     assert (process_index, process_count) == (0, 1)
@@ -88,17 +95,28 @@ def make_task(evaluator=None, fail_at=None, record=None):
       record.append(it)
     return it
 
-  return loop.Task(name='toy', init=init,
-                   make_phases=lambda state: [loop.Phase('a', phase_a),
-                                              loop.Phase('b', phase_b, 3)],
-                   batches=batches, evaluators=[evaluator] if evaluator else [],
-                   meta={'task_meta': 7})
+  return loop.Task(
+      name='toy',
+      init=init,
+      make_phases=lambda state: [loop.Phase('a', phase_a), loop.Phase('b', phase_b, 3)],
+      batches=batches,
+      evaluators=[evaluator] if evaluator else [],
+      meta={'task_meta': 7},
+  )
 
 
 def config(**overrides):
   c = config_base.get_base_config()
-  c.update(dict(batch_size=4, num_train_steps=7, log_every_steps=2,
-                checkpoint_every_steps=4, keep_checkpoints=10, progress_bar=False))
+  c.update(
+      dict(
+          batch_size=4,
+          num_train_steps=7,
+          log_every_steps=2,
+          checkpoint_every_steps=4,
+          keep_checkpoints=10,
+          progress_bar=False,
+      )
+  )
   c.update(overrides)
   return c
 
@@ -137,7 +155,9 @@ def test_resume_continues_the_same_run(tmp_path):
   straight = jax.device_get(loop.run(config(), str(tmp_path / 'a'), make_task()))
   loop.run(config(num_train_steps=4), str(tmp_path / 'b'), make_task())
   record = []
-  resumed = jax.device_get(loop.run(config(), str(tmp_path / 'b'), make_task(record=record)))
+  resumed = jax.device_get(
+      loop.run(config(), str(tmp_path / 'b'), make_task(record=record))
+  )
   assert record[0].step > 4 and record[0].closed  # started at batch 4, closed at the end
   assert jax.tree.map(np.array_equal, straight, resumed) == State(True, True, True)
   assert [r['step'] for r in metrics(tmp_path / 'b')] == [2, 4, 6, 7]
@@ -157,6 +177,7 @@ def test_invalid_loop_settings_are_config_errors(tmp_path):
 
 
 # ------------------------------------------------------------------ transfer guard
+
 
 @contextlib.contextmanager
 def strict_transfer_guard():
@@ -196,8 +217,9 @@ def guarded_scenario(name: str, workdir: str) -> None:
   with strict_transfer_guard():
     if name == 'toy':
       evaluator = Recorder(every_steps=5)
-      state = loop.run(config(num_train_steps=12, log_every_steps=6), workdir,
-                       make_task(evaluator))
+      state = loop.run(
+          config(num_train_steps=12, log_every_steps=6), workdir, make_task(evaluator)
+      )
       assert int(state.step) == 12 and evaluator.calls == [5, 10, 12]
     elif name == 'fetch_every_step':  # a phase whose metrics are fetched every step
       jit = steps.jit_state_step
@@ -209,6 +231,7 @@ def guarded_scenario(name: str, workdir: str) -> None:
           state, m = jitted(*args)
           float(m['mean_pixel'])
           return state, m
+
         return call
 
       steps.jit_state_step = fetching
@@ -216,19 +239,33 @@ def guarded_scenario(name: str, workdir: str) -> None:
     elif name == 'gan':  # the GAN task, a tiny DCGAN on a folder of PNGs
       from PIL import Image
       from osgan_jax import train
+
       folder = os.path.join(workdir, 'images')
       os.makedirs(folder)
       for i in range(8):
         Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(
-            os.path.join(folder, f'{i}.png'))
+            os.path.join(folder, f'{i}.png')
+        )
       c = config_base.load_config(
-          os.path.join(os.path.dirname(__file__), '..', 'configs',
-                       'dcgan_fashion_mnist.py'),
-          {'batch_size': 4, 'num_train_steps': 6, 'log_every_steps': 3,
-           'sample_every_steps': 6, 'checkpoint_every_steps': 6, 'num_samples': 4,
-           'progress_bar': False, 'data.name': 'folder', 'data.path': folder,
-           'data.resolution': 16, 'data.channels': 3, 'model.generator.width': 4,
-           'model.discriminator.width': 4})
+          os.path.join(
+              os.path.dirname(__file__), '..', 'configs', 'dcgan_fashion_mnist.py'
+          ),
+          {
+              'batch_size': 4,
+              'num_train_steps': 6,
+              'log_every_steps': 3,
+              'sample_every_steps': 6,
+              'checkpoint_every_steps': 6,
+              'num_samples': 4,
+              'progress_bar': False,
+              'data.name': 'folder',
+              'data.path': folder,
+              'data.resolution': 16,
+              'data.channels': 3,
+              'model.generator.width': 4,
+              'model.discriminator.width': 4,
+          },
+      )
       state = train.train_and_evaluate(c, os.path.join(workdir, 'run'))
       assert int(state.step) == 6
   print('scenario passed')
@@ -246,16 +283,27 @@ test_loop.guarded_scenario(sys.argv[2], sys.argv[3])
 
 def _run_scenario(name, tmp_path):
   return subprocess.run(
-      [sys.executable, '-c', _GUARD_SCRIPT, os.path.dirname(__file__), name,
-       str(tmp_path)], capture_output=True, text=True, timeout=600,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      [
+          sys.executable,
+          '-c',
+          _GUARD_SCRIPT,
+          os.path.dirname(__file__),
+          name,
+          str(tmp_path),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
 
 
 @pytest.mark.parametrize('name', ['toy', 'gan'])
 def test_steps_between_boundaries_make_no_device_to_host_transfer(name, tmp_path):
   result = _run_scenario(name, tmp_path)
-  assert result.returncode == 0 and 'scenario passed' in result.stdout, (
-      result.stderr[-3000:])
+  assert result.returncode == 0 and 'scenario passed' in result.stdout, result.stderr[
+      -3000:
+  ]
 
 
 def test_a_fetch_in_the_step_path_is_caught(tmp_path):

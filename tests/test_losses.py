@@ -7,8 +7,16 @@ import pytest
 
 from osgan_jax import losses
 
-BUILT_IN = ('minimax', 'non_saturating', 'wgan', 'lsgan', 'hinge', 'relativistic',
-            'relativistic_average', 'bgan')
+BUILT_IN = (
+    'minimax',
+    'non_saturating',
+    'wgan',
+    'lsgan',
+    'hinge',
+    'relativistic',
+    'relativistic_average',
+    'bgan',
+)
 
 
 def test_registry_has_the_built_in_losses():
@@ -52,15 +60,18 @@ def test_gamma_matches_the_paper_table():
   np.testing.assert_allclose(_gamma('minimax', l), -np.ones(7), rtol=1e-6)
   np.testing.assert_allclose(_gamma('wgan', l), -np.ones(7), rtol=1e-6)
   np.testing.assert_allclose(_gamma('non_saturating', l), -np.exp(-l), rtol=1e-5)
-  np.testing.assert_allclose(_gamma('lsgan', l[l != 0]), (l[l != 0] - 1) / l[l != 0],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      _gamma('lsgan', l[l != 0]), (l[l != 0] - 1) / l[l != 0], rtol=1e-5
+  )
   np.testing.assert_allclose(_gamma('bgan', l), l / s, rtol=1e-5)
   above = l[l > -1]
   np.testing.assert_allclose(_gamma('hinge', above), -np.ones(above.shape), rtol=1e-6)
 
 
 def test_hinge_coefficient_is_singular_below_minus_one():
-  _, d_fake, g_fake = losses.get('hinge').coefficients(jnp.zeros(2), jnp.array([-2., 0.]))
+  _, d_fake, g_fake = losses.get('hinge').coefficients(
+      jnp.zeros(2), jnp.array([-2.0, 0.0])
+  )
   assert float(d_fake[0]) == 0.0 and float(g_fake[0]) < 0.0
 
 
@@ -68,7 +79,8 @@ def test_user_registered_loss():
   loss = losses.register(
       'test_least_squares_pm1',
       d_loss=lambda r, f: jnp.mean((r - 1) ** 2) + jnp.mean((f + 1) ** 2),
-      g_loss=lambda r, f: jnp.mean(f ** 2))
+      g_loss=lambda r, f: jnp.mean(f**2),
+  )
   assert losses.get('test_least_squares_pm1') is loss
   assert not losses.is_symmetric(loss)
   with pytest.raises(ValueError, match='already registered'):

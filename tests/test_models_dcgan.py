@@ -56,8 +56,9 @@ def fill(shapes, seed=0):
 
 
 def z_batch(g, batch=B, seed=1):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, g.z_dim)),
-                     jnp.float32)
+  return jnp.asarray(
+      np.random.default_rng(seed).standard_normal((batch, g.z_dim)), jnp.float32
+  )
 
 
 def x_batch(d, batch=B, seed=2):
@@ -81,6 +82,7 @@ def apply_train(module, variables, x, labels=None):
 
 
 # ----------------------------------------------------------------------------- shapes
+
 
 @pytest.mark.parametrize('resolution', [32, 64])
 @pytest.mark.parametrize('channels', [1, 3])
@@ -112,11 +114,21 @@ def test_official_layer_structure_64():
   g = Generator(resolution=64, channels=3, width=2, z_dim=5)
   shapes = jax.eval_shape(lambda: g.init(KEY, jnp.zeros((1, 5))))['params']
   assert [shapes[f'convT{i}']['kernel'].shape for i in range(5)] == [
-      (4, 4, 5, 16), (4, 4, 16, 8), (4, 4, 8, 4), (4, 4, 4, 2), (4, 4, 2, 3)]
+      (4, 4, 5, 16),
+      (4, 4, 16, 8),
+      (4, 4, 8, 4),
+      (4, 4, 4, 2),
+      (4, 4, 2, 3),
+  ]
   d = Discriminator(resolution=64, channels=3, width=2)
   shapes = jax.eval_shape(lambda: d.init(KEY, jnp.zeros((1, 64, 64, 3))))['params']
   assert [shapes[f'conv{i}']['kernel'].shape for i in range(5)] == [
-      (4, 4, 3, 2), (4, 4, 2, 4), (4, 4, 4, 8), (4, 4, 8, 16), (4, 4, 16, 1)]
+      (4, 4, 3, 2),
+      (4, 4, 2, 4),
+      (4, 4, 4, 8),
+      (4, 4, 8, 16),
+      (4, 4, 16, 1),
+  ]
   assert 'norm0' not in shapes  # no norm on the first layer
   assert set(shapes) == {f'conv{i}' for i in range(5)} | {'norm1', 'norm2', 'norm3'}
 
@@ -152,14 +164,20 @@ def test_input_validation():
   with pytest.raises(ValueError, match='features'):
     jax.eval_shape(g.init, KEY, jnp.zeros((2, 5)))
   with pytest.raises(ValueError, match='norm'):
-    jax.eval_shape(Generator(norm='group', resolution=32, width=2, z_dim=4).init, KEY,
-                   jnp.zeros((2, 4)))
+    jax.eval_shape(
+        Generator(norm='group', resolution=32, width=2, z_dim=4).init,
+        KEY,
+        jnp.zeros((2, 4)),
+    )
   d = Discriminator(resolution=32, channels=1, width=2)
   with pytest.raises(ValueError, match='shape'):
     jax.eval_shape(d.init, KEY, jnp.zeros((2, 32, 32, 3)))
   with pytest.raises(ValueError, match='norm'):
-    jax.eval_shape(Discriminator(norm='instance', resolution=32, channels=1, width=2).init,
-                   KEY, jnp.zeros((2, 32, 32, 1)))
+    jax.eval_shape(
+        Discriminator(norm='instance', resolution=32, channels=1, width=2).init,
+        KEY,
+        jnp.zeros((2, 32, 32, 1)),
+    )
   # z as [B, 1, 1, z_dim] (PyTorch layout [B, z, 1, 1] transposed) is accepted.
   out = jax.eval_shape(lambda: g.init_with_output(KEY, jnp.zeros((2, 1, 1, 4)))[0])
   assert out.shape == (2, 32, 32, 1)
@@ -167,16 +185,24 @@ def test_input_validation():
 
 @pytest.mark.parametrize('resolution,kernel,hw', [(64, 3, 4), (32, 4, 4), (28, 3, 7)])
 def test_patch_logits(resolution, kernel, hw):
-  d = Discriminator(resolution=resolution, channels=3, width=4, norm='group', patch=True,
-                    patch_kernel=kernel)
+  d = Discriminator(
+      resolution=resolution,
+      channels=3,
+      width=4,
+      norm='group',
+      patch=True,
+      patch_kernel=kernel,
+  )
   variables, x = init_d(d)
   logits = d.apply(variables, x)
   assert logits.shape == (B, hw, hw)
   assert variables['params'][f'conv{len(dcgan.channel_schedule(resolution, 4))}'][
-      'kernel'].shape == (kernel, kernel, 4 * min(resolution // (2 * hw), 8), 1)
+      'kernel'
+  ].shape == (kernel, kernel, 4 * min(resolution // (2 * hw), 8), 1)
 
 
 # --------------------------------------------------------------------- parameter counts
+
 
 def _official_counts(z, d, c, bias):
   """PyTorch counts of the DCGAN example (bias=False) / official OSGAN nets (bias)."""
@@ -211,7 +237,8 @@ def test_param_counts_official_osgan():
   g_vars = jax.eval_shape(lambda: g.init(KEY, jnp.zeros((1, 100))))
   d_vars = jax.eval_shape(lambda: d.init(KEY, jnp.zeros((1, 64, 64, 1))))
   assert (n_params(g_vars['params']), n_params(d_vars['params'])) == _official_counts(
-      100, 128, 1, bias=True)
+      100, 128, 1, bias=True
+  )
   assert 'batch_stats' not in d_vars
 
 
@@ -242,6 +269,7 @@ def test_initialisation():
 
 # ----------------------------------------------------------------- BatchNorm behaviour
 
+
 def test_batchnorm_state_updates_in_train_mode_only():
   g = Generator(resolution=32, channels=1, width=4, z_dim=8)
   variables, z = init_g(g)
@@ -266,7 +294,6 @@ def _logit_coupling(d, train=True, labels=None):
       return d.apply(variables, x, labels, train=True, mutable=['batch_stats'])[0]
     return d.apply(variables, x, labels, train=False)
 
-
   x2 = x.at[0].set(-x[0] + 0.3)
   a, b = logits(x), logits(x2)
   assert not np.allclose(a[0], b[0])  # sample 0 itself moved
@@ -279,16 +306,19 @@ def test_batchnorm_d_couples_samples_in_train_mode():
   assert change > 1e-3 * scale
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(norm='batch', train=False),
-    dict(norm='group'),
-    dict(norm='layer'),
-    dict(norm='none'),
-    dict(norm='none', spectral_norm=True),
-    dict(norm='group', spectral_norm=True),
-    dict(norm='group', patch=True),
-    dict(norm='group', num_classes=5),
-])
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        dict(norm='batch', train=False),
+        dict(norm='group'),
+        dict(norm='layer'),
+        dict(norm='none'),
+        dict(norm='none', spectral_norm=True),
+        dict(norm='group', spectral_norm=True),
+        dict(norm='group', patch=True),
+        dict(norm='group', num_classes=5),
+    ],
+)
 def test_per_sample_discriminators_are_independent(kwargs):
   kwargs = dict(kwargs)
   train = kwargs.pop('train', True)
@@ -321,6 +351,7 @@ def test_group_norm_groups():
 
 
 # ---------------------------------------------------------------------- spectral norm
+
 
 def test_spectral_norm_updates_collection_and_converges():
   d = Discriminator(resolution=32, channels=3, width=8, norm='none', spectral_norm=True)
@@ -370,8 +401,14 @@ def test_spectral_norm_normalises_the_kernel():
 
 
 def test_spectral_norm_custom_collection():
-  d = Discriminator(resolution=32, channels=3, width=8, norm='batch', spectral_norm=True,
-                    sn_collection='spectral')
+  d = Discriminator(
+      resolution=32,
+      channels=3,
+      width=8,
+      norm='batch',
+      spectral_norm=True,
+      sn_collection='spectral',
+  )
   variables, x = init_d(d)
   assert set(variables) == {'params', 'batch_stats', 'spectral'}
   _, state = d.apply(variables, x, mutable=['batch_stats', 'spectral'])
@@ -380,10 +417,12 @@ def test_spectral_norm_custom_collection():
 
 # ----------------------------------------------------------------------- conditioning
 
+
 @pytest.mark.parametrize('embed_dim', [0, 6])
 def test_conditional_generator(embed_dim):
-  g = Generator(resolution=32, channels=1, width=4, z_dim=8, num_classes=10,
-                embed_dim=embed_dim)
+  g = Generator(
+      resolution=32, channels=1, width=4, z_dim=8, num_classes=10, embed_dim=embed_dim
+  )
   labels = jnp.array([0, 1, 2, 3])
   variables, z = init_g(g, labels=labels)
   if embed_dim:
@@ -408,8 +447,14 @@ def test_conditional_generator(embed_dim):
 
 @pytest.mark.parametrize('embed_dim', [0, 3])
 def test_conditional_discriminator(embed_dim):
-  d = Discriminator(resolution=32, channels=3, width=4, norm='group', num_classes=10,
-                    embed_dim=embed_dim)
+  d = Discriminator(
+      resolution=32,
+      channels=3,
+      width=4,
+      norm='group',
+      num_classes=10,
+      embed_dim=embed_dim,
+  )
   labels = jnp.array([0, 1, 2, 3])
   variables, x = init_d(d, labels=labels)
   k = embed_dim or 10
@@ -433,6 +478,7 @@ def test_unconditional_rejects_labels():
 
 
 # ------------------------------------------------------------------------- misc
+
 
 def test_bfloat16_compute():
   g = Generator(resolution=8, channels=3, width=4, z_dim=8, dtype=jnp.bfloat16)
@@ -464,36 +510,55 @@ def test_registry():
 
 # ------------------------------------------------- equality with the PyTorch reference
 
+
 def _torch_models(torch, z_dim, d, c, bias):
   tnn = torch.nn
   g = tnn.Sequential(
-      tnn.ConvTranspose2d(z_dim, d * 8, 4, 1, 0, bias=bias), tnn.BatchNorm2d(d * 8),
+      tnn.ConvTranspose2d(z_dim, d * 8, 4, 1, 0, bias=bias),
+      tnn.BatchNorm2d(d * 8),
       tnn.ReLU(),
-      tnn.ConvTranspose2d(d * 8, d * 4, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d * 4),
+      tnn.ConvTranspose2d(d * 8, d * 4, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d * 4),
       tnn.ReLU(),
-      tnn.ConvTranspose2d(d * 4, d * 2, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d * 2),
+      tnn.ConvTranspose2d(d * 4, d * 2, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d * 2),
       tnn.ReLU(),
-      tnn.ConvTranspose2d(d * 2, d, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d), tnn.ReLU(),
-      tnn.ConvTranspose2d(d, c, 4, 2, 1, bias=bias), tnn.Tanh())
+      tnn.ConvTranspose2d(d * 2, d, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d),
+      tnn.ReLU(),
+      tnn.ConvTranspose2d(d, c, 4, 2, 1, bias=bias),
+      tnn.Tanh(),
+  )
   disc = tnn.Sequential(
-      tnn.Conv2d(c, d, 4, 2, 1, bias=bias), tnn.LeakyReLU(0.2),
-      tnn.Conv2d(d, d * 2, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d * 2), tnn.LeakyReLU(0.2),
-      tnn.Conv2d(d * 2, d * 4, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d * 4),
+      tnn.Conv2d(c, d, 4, 2, 1, bias=bias),
       tnn.LeakyReLU(0.2),
-      tnn.Conv2d(d * 4, d * 8, 4, 2, 1, bias=bias), tnn.BatchNorm2d(d * 8),
+      tnn.Conv2d(d, d * 2, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d * 2),
       tnn.LeakyReLU(0.2),
-      tnn.Conv2d(d * 8, 1, 4, 1, 0, bias=bias))
+      tnn.Conv2d(d * 2, d * 4, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d * 4),
+      tnn.LeakyReLU(0.2),
+      tnn.Conv2d(d * 4, d * 8, 4, 2, 1, bias=bias),
+      tnn.BatchNorm2d(d * 8),
+      tnn.LeakyReLU(0.2),
+      tnn.Conv2d(d * 8, 1, 4, 1, 0, bias=bias),
+  )
   return g, disc
 
 
 def _to_torch(torch, module_params, torch_seq):
   """Copies Flax params into the torch Sequential (convs and BatchNorms in order)."""
-  convs = [m for m in torch_seq if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+  convs = [
+      m for m in torch_seq if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+  ]
   bns = [m for m in torch_seq if isinstance(m, torch.nn.BatchNorm2d)]
-  conv_names = sorted((k for k in module_params if k.startswith('conv')),
-                      key=lambda k: int(k.lstrip('convT')))
-  norm_names = sorted((k for k in module_params if k.startswith('norm')),
-                      key=lambda k: int(k[4:]))
+  conv_names = sorted(
+      (k for k in module_params if k.startswith('conv')),
+      key=lambda k: int(k.lstrip('convT')),
+  )
+  norm_names = sorted(
+      (k for k in module_params if k.startswith('norm')), key=lambda k: int(k[4:])
+  )
   with torch.no_grad():
     for name, m in zip(conv_names, convs, strict=True):
       k = np.asarray(module_params[name]['kernel'])  # [kh, kw, in, out]
@@ -542,29 +607,45 @@ def test_bfloat16_compute_from_the_config():
   is not one is a one-line error."""
   import os
   from osgan_jax import config_base, gan, steps
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   path = os.path.join(repo, 'configs', 'dcgan_fashion_mnist.py')
-  config = config_base.load_config(path, {
-      'model.generator.width': 8, 'model.discriminator.width': 8, 'batch_size': 8,
-      'data.resolution': 16, 'model.generator.dtype': 'bfloat16',
-      'model.discriminator.dtype': 'bfloat16'})
+  config = config_base.load_config(
+      path,
+      {
+          'model.generator.width': 8,
+          'model.discriminator.width': 8,
+          'batch_size': 8,
+          'data.resolution': 16,
+          'model.generator.dtype': 'bfloat16',
+          'model.discriminator.dtype': 'bfloat16',
+      },
+  )
   g_net, d_net = gan.create_models(config)
   g = gan.make_gan(config, g_net, d_net)
   state = jax.jit(gan.make_init(config, g, g_net, d_net))(jax.random.PRNGKey(0))
   step = functools.partial(steps.STEPS['one'], steps.probe_per_sample(g, state, None))
-  batch = {'image': jax.random.uniform(jax.random.PRNGKey(1), (8, 16, 16, 1),
-                                       minval=-1.0, maxval=1.0)}
+  batch = {
+      'image': jax.random.uniform(
+          jax.random.PRNGKey(1), (8, 16, 16, 1), minval=-1.0, maxval=1.0
+      )
+  }
   jaxpr = str(jax.make_jaxpr(step)(state, batch, jax.random.PRNGKey(2)))
   # (On CPU the convolutions are matmul reformulations: conv_ops' 'auto'.)
-  ops = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l or 'dot_general' in l]
+  ops = [
+      l for l in jaxpr.splitlines() if 'conv_general_dilated' in l or 'dot_general' in l
+  ]
   in_bf16 = [l for l in ops if 'bf16' in l]
   assert ops and len(in_bf16) >= 0.9 * len(ops), (len(in_bf16), len(ops))
   new, metrics = jax.jit(step)(state, batch, jax.random.PRNGKey(2))
-  for leaf in jax.tree.leaves((new.params_g, new.params_d, new.opt_state_g,
-                               new.opt_state_d)):
+  for leaf in jax.tree.leaves(
+      (new.params_g, new.params_d, new.opt_state_g, new.opt_state_d)
+  ):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   assert metrics['loss_d'].dtype == jnp.float32 and np.isfinite(metrics['loss_d'])
   bad = config_base.load_config(path, {'model.discriminator.dtype': 'bfloat17'})
-  with pytest.raises(config_base.ConfigError,
-                     match="config.model.discriminator.dtype='bfloat17' is not a dtype"):
+  with pytest.raises(
+      config_base.ConfigError,
+      match="config.model.discriminator.dtype='bfloat17' is not a dtype",
+  ):
     gan.create_models(bad)

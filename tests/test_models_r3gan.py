@@ -36,8 +36,12 @@ KEY = jax.random.key(0, impl='unsafe_rbg')
 def randomised(tree, seed, scale=0.3, offset=0.0):
   """Every leaf replaced by offset-shifted N(0, scale^2) numpy draws (no XLA compiles)."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda a: jnp.asarray(
-      offset * np.asarray(a) + scale * rng.standard_normal(a.shape), jnp.float32), tree)
+  return jax.tree.map(
+      lambda a: jnp.asarray(
+          offset * np.asarray(a) + scale * rng.standard_normal(a.shape), jnp.float32
+      ),
+      tree,
+  )
 
 
 def n_params(tree):
@@ -47,14 +51,22 @@ def n_params(tree):
 # ------------------------------------------------------------ official parameter counts
 
 # train.py presets (G's lists, 4x4 first; D gets them reversed). ExpansionFactor = 2.
-CIFAR10 = dict(widths=[3 * x // 4 for x in [1024, 1024, 1024, 1024]],
-               blocks=[2 * x for x in [1, 1, 1, 1]],
-               cardinalities=[3 * x for x in [32, 32, 32, 32]],
-               noise_dim=64, expansion=2, resolution=32)
-FFHQ256 = dict(widths=[3 * x // 4 for x in [1024, 1024, 1024, 1024, 512, 256, 128]],
-               blocks=[2 * x for x in [1, 1, 1, 1, 1, 1, 1]],
-               cardinalities=[3 * x for x in [32, 32, 32, 32, 16, 8, 4]],
-               noise_dim=64, expansion=2, resolution=256)
+CIFAR10 = dict(
+    widths=[3 * x // 4 for x in [1024, 1024, 1024, 1024]],
+    blocks=[2 * x for x in [1, 1, 1, 1]],
+    cardinalities=[3 * x for x in [32, 32, 32, 32]],
+    noise_dim=64,
+    expansion=2,
+    resolution=32,
+)
+FFHQ256 = dict(
+    widths=[3 * x // 4 for x in [1024, 1024, 1024, 1024, 512, 256, 128]],
+    blocks=[2 * x for x in [1, 1, 1, 1, 1, 1, 1]],
+    cardinalities=[3 * x for x in [32, 32, 32, 32, 16, 8, 4]],
+    noise_dim=64,
+    expansion=2,
+    resolution=256,
+)
 
 
 def official_residual_block(width, cardinality, expansion, kernel=3):
@@ -65,8 +77,17 @@ def official_residual_block(width, cardinality, expansion, kernel=3):
   return width * e + e * (e // cardinality) * kernel * kernel + e * width + 2 * e
 
 
-def official_generator_params(widths, cardinalities, blocks, noise_dim, expansion,
-                              c_dim=None, embed_dim=0, img_channels=3, **_):
+def official_generator_params(
+    widths,
+    cardinalities,
+    blocks,
+    noise_dim,
+    expansion,
+    c_dim=None,
+    embed_dim=0,
+    img_channels=3,
+    **_,
+):
   n = 0
   if c_dim is not None:  # EmbeddingLayer: Linear(c_dim -> embed, bias=False)
     n += c_dim * embed_dim
@@ -80,8 +101,9 @@ def official_generator_params(widths, cardinalities, blocks, noise_dim, expansio
   return n + widths[-1] * img_channels  # AggregationLayer: Conv(W -> 3, 1x1)
 
 
-def official_discriminator_params(widths, cardinalities, blocks, expansion, c_dim=None,
-                                  embed_dim=0, img_channels=3, **_):
+def official_discriminator_params(
+    widths, cardinalities, blocks, expansion, c_dim=None, embed_dim=0, img_channels=3, **_
+):
   w, c, b = widths[::-1], cardinalities[::-1], blocks[::-1]  # D_kwargs: reversed
   n = img_channels * w[0]  # ExtractionLayer: Conv(3 -> W, 1x1)
   for i in range(len(w) - 1):  # blocks, then DownsampleLayer (1x1 if the width changes)
@@ -97,13 +119,17 @@ def official_discriminator_params(widths, cardinalities, blocks, expansion, c_di
 
 
 def summary_counts(preset, num_classes=0, g_embed=None, d_embed=None):
-  kw = dict(resolution=preset['resolution'], widths=preset['widths'],
-            cardinalities=preset['cardinalities'], blocks_per_stage=preset['blocks'],
-            expansion=preset['expansion'], num_classes=num_classes)
+  kw = dict(
+      resolution=preset['resolution'],
+      widths=preset['widths'],
+      cardinalities=preset['cardinalities'],
+      blocks_per_stage=preset['blocks'],
+      expansion=preset['expansion'],
+      num_classes=num_classes,
+  )
   g = r3gan.Generator(z_dim=preset['noise_dim'], embed_dim=g_embed, **kw)
   d = r3gan.Discriminator(embed_dim=d_embed, **kw)
-  return summary.summarize(g, d, batch_size=2, num_classes=num_classes,
-                           out=io.StringIO())
+  return summary.summarize(g, d, batch_size=2, num_classes=num_classes, out=io.StringIO())
 
 
 def test_param_counts_cifar10_conditional_match_official():
@@ -120,8 +146,10 @@ def test_param_counts_cifar10_conditional_match_official():
   assert (totals['G'], totals['D']) == (expected_g, expected_d)
   # Unconditional CIFAR-10 (the repository's other CIFAR run).
   totals = summary_counts(p)
-  assert (totals['G'], totals['D']) == (official_generator_params(**p),
-                                        official_discriminator_params(**p))
+  assert (totals['G'], totals['D']) == (
+      official_generator_params(**p),
+      official_discriminator_params(**p),
+  )
   assert (totals['G'], totals['D']) == (20_732_160, 20_683_776)
 
 
@@ -157,17 +185,20 @@ TINY = dict(channel_base=128, channel_max=16, group_size=8, blocks_per_stage=1)
 
 def tiny(resolution=16, channels=3, num_classes=0, **kw):
   kw = {**TINY, **kw}
-  g = r3gan.Generator(resolution=resolution, channels=channels, z_dim=8,
-                      num_classes=num_classes, **kw)
-  d = r3gan.Discriminator(resolution=resolution, channels=channels,
-                          num_classes=num_classes, **kw)
+  g = r3gan.Generator(
+      resolution=resolution, channels=channels, z_dim=8, num_classes=num_classes, **kw
+  )
+  d = r3gan.Discriminator(
+      resolution=resolution, channels=channels, num_classes=num_classes, **kw
+  )
   return g, d
 
 
 def init_both(g, d, batch=3, num_classes=0, seed=0):
   k = jax.random.fold_in(KEY, seed)
-  z = jnp.asarray(np.random.default_rng(seed).standard_normal((batch, g.z_dim)),
-                  jnp.float32)
+  z = jnp.asarray(
+      np.random.default_rng(seed).standard_normal((batch, g.z_dim)), jnp.float32
+  )
   y = jnp.asarray(np.arange(batch) % num_classes, jnp.int32) if num_classes else None
   gv = jax.jit(g.init)(jax.random.fold_in(k, 2), z, y)
   x = jax.jit(g.apply)(gv, z, y)
@@ -185,10 +216,12 @@ def test_shapes_tiny(resolution, num_classes):
   assert logits.shape == (3,) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(x))) and np.all(np.isfinite(np.asarray(logits)))
   # train has no effect.
-  np.testing.assert_array_equal(jax.jit(g.apply, static_argnames='train')(
-      gv, z, y, train=False), x)
-  np.testing.assert_array_equal(jax.jit(d.apply, static_argnames='train')(
-      dv, x, y, train=False), logits)
+  np.testing.assert_array_equal(
+      jax.jit(g.apply, static_argnames='train')(gv, z, y, train=False), x
+  )
+  np.testing.assert_array_equal(
+      jax.jit(d.apply, static_argnames='train')(dv, x, y, train=False), logits
+  )
   if num_classes:
     with pytest.raises(ValueError, match='conditional'):
       g.apply(gv, z)
@@ -216,6 +249,7 @@ def test_registry_and_config_fields():
 
 
 # ---------------------------------------------------------------- initialisation
+
 
 def _block_paths(params):
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -245,35 +279,50 @@ def test_msr_init_scales():
   """std = gain / sqrt(fan_in): the branch gain sqrt(2 / 1.04) * L^(-1/4) for conv1 /
   conv2 (fan_in = in / groups * k * k), gain 1 elsewhere; the G basis ~ N(0, 1)."""
   L = 8
-  assert math.isclose(r3gan.branch_gain(L), math.sqrt(2 / (1 + 0.2 ** 2)) * L ** -0.25)
+  assert math.isclose(r3gan.branch_gain(L), math.sqrt(2 / (1 + 0.2**2)) * L**-0.25)
   block = r3gan.ResidualBlock(cardinality=4, expansion=2, num_blocks_total=L)
   p = jax.jit(block.init)(KEY, jnp.zeros((1, 4, 4, 64)))['params']
   gain = r3gan.branch_gain(L)
   assert p['conv1']['kernel'].shape == (1, 1, 64, 128)
-  assert p['conv2']['kernel'].shape == (3, 3, 32, 128)   # 128 / 4 groups
+  assert p['conv2']['kernel'].shape == (3, 3, 32, 128)  # 128 / 4 groups
   assert p['conv3']['kernel'].shape == (1, 1, 128, 64)
   np.testing.assert_allclose(np.std(p['conv1']['kernel']), gain / 8, rtol=0.05)
-  np.testing.assert_allclose(np.std(p['conv2']['kernel']), gain / math.sqrt(9 * 32),
-                             rtol=0.05)
-  g = r3gan.Generator(resolution=8, z_dim=64, widths=(64, 32), cardinalities=(8, 4),
-                      blocks_per_stage=1, num_classes=10)
+  np.testing.assert_allclose(
+      np.std(p['conv2']['kernel']), gain / math.sqrt(9 * 32), rtol=0.05
+  )
+  g = r3gan.Generator(
+      resolution=8,
+      z_dim=64,
+      widths=(64, 32),
+      cardinalities=(8, 4),
+      blocks_per_stage=1,
+      num_classes=10,
+  )
   gp = jax.jit(g.init)(KEY, jnp.zeros((1, 64)), jnp.zeros((1,), jnp.int32))['params']
   np.testing.assert_allclose(np.std(gp['stage0']['basis']['basis']), 1.0, rtol=0.1)
-  np.testing.assert_allclose(np.std(gp['stage0']['basis']['kernel']), 1 / math.sqrt(128),
-                             rtol=0.05)
-  np.testing.assert_allclose(np.std(gp['embed']['embedding']), 1 / math.sqrt(10),
-                             rtol=0.15)
-  d = r3gan.Discriminator(resolution=8, widths=(64, 32), cardinalities=(8, 4),
-                          blocks_per_stage=1, num_classes=10)
-  dp = jax.jit(d.init)(KEY, jnp.zeros((1, 8, 8, 3)),
-                       jnp.zeros((1,), jnp.int32))['params']
+  np.testing.assert_allclose(
+      np.std(gp['stage0']['basis']['kernel']), 1 / math.sqrt(128), rtol=0.05
+  )
+  np.testing.assert_allclose(
+      np.std(gp['embed']['embedding']), 1 / math.sqrt(10), rtol=0.15
+  )
+  d = r3gan.Discriminator(
+      resolution=8,
+      widths=(64, 32),
+      cardinalities=(8, 4),
+      blocks_per_stage=1,
+      num_classes=10,
+  )
+  dp = jax.jit(d.init)(KEY, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,), jnp.int32))['params']
   assert dp['embed']['embedding'].shape == (10, 64)
-  np.testing.assert_allclose(np.std(dp['embed']['embedding']), 1 / math.sqrt(64 * 10),
-                             rtol=0.1)
+  np.testing.assert_allclose(
+      np.std(dp['embed']['embedding']), 1 / math.sqrt(64 * 10), rtol=0.1
+  )
   np.testing.assert_allclose(np.std(dp['stage1']['basis']['basis']), 1 / 4, rtol=0.15)
 
 
 # ---------------------------------------------------------------- resampling
+
 
 def ref_upsample(x, k2):
   """Official reference upsampler: per-channel conv_transpose2d(4 * K, stride 2,
@@ -283,7 +332,9 @@ def ref_upsample(x, k2):
   full = np.zeros((b, c, 2 * (h - 1) + kh, 2 * (w - 1) + kh))
   for i in range(h):
     for j in range(w):
-      full[:, :, 2 * i:2 * i + kh, 2 * j:2 * j + kh] += x[:, :, i, j, None, None] * 4 * k2
+      full[:, :, 2 * i : 2 * i + kh, 2 * j : 2 * j + kh] += (
+          x[:, :, i, j, None, None] * 4 * k2
+      )
   return full[:, :, 1:-1, 1:-1]
 
 
@@ -295,7 +346,9 @@ def ref_downsample(x, k2):
   out = np.zeros((b, c, h // 2, w // 2))
   for a in range(kh):
     for bb in range(kh):
-      out += xp[:, :, a:a + h:2, bb:bb + w:2][:, :, :h // 2, :w // 2] * k2[a, bb]
+      out += (
+          xp[:, :, a : a + h : 2, bb : bb + w : 2][:, :, : h // 2, : w // 2] * k2[a, bb]
+      )
   return out
 
 
@@ -327,12 +380,16 @@ def test_resampling_known_cases():
   np.testing.assert_allclose(up[0, 0], 9 / 16, rtol=1e-6)
   # Upsampling then downsampling keeps constants (interior) and is otherwise the
   # low-pass [3, 10, 3] / 16 per axis: (2 * ([1,3,3,1] * [1,3,3,1])[::2]) / 64.
-  np.testing.assert_allclose(np.asarray(r3gan.downsample(r3gan.upsample(ones, f), f))
-                             [0, 1:-1, 1:-1, 0], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(r3gan.downsample(r3gan.upsample(ones, f), f))[0, 1:-1, 1:-1, 0],
+      1.0,
+      rtol=1e-6,
+  )
   delta = jnp.zeros((1, 9, 9, 1)).at[0, 4, 4, 0].set(1.0)
   h = np.asarray(r3gan.downsample(r3gan.upsample(delta, f), f))[0, :, :, 0]
-  np.testing.assert_allclose(h[3:6, 3:6], np.outer([3, 10, 3], [3, 10, 3]) / 256,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+      h[3:6, 3:6], np.outer([3, 10, 3], [3, 10, 3]) / 256, atol=1e-7
+  )
   assert np.abs(h).sum() == pytest.approx(1.0)
 
 
@@ -346,15 +403,24 @@ def test_grouped_conv_impls_agree():
   assert dense.shape == (3, 3, 12, 12)
   np.testing.assert_array_equal(dense[:, :, 4:8, 4:8], w[:, :, :, 4:8])
   assert np.all(np.asarray(dense[:, :, :4, 4:]) == 0)
-  f = lambda impl: jax.jit(jax.value_and_grad(
-      lambda x, w: jnp.sum(jnp.sin(r3gan.grouped_conv(x, w, 3, impl))), argnums=(0, 1)))
+  f = lambda impl: jax.jit(
+      jax.value_and_grad(
+          lambda x, w: jnp.sum(jnp.sin(r3gan.grouped_conv(x, w, 3, impl))), argnums=(0, 1)
+      )
+  )
   (va, ga), (vb, gb) = f('dense')(x, w), f('xla')(x, w)
   np.testing.assert_allclose(va, vb, rtol=1e-5)
   for a, b in zip(ga, gb):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # Second order (a gradient penalty's kernel gradient).
-  r1 = lambda impl: jax.jit(jax.grad(lambda w: jnp.sum(jax.grad(
-      lambda x: jnp.sum(jnp.sin(r3gan.grouped_conv(x, w, 3, impl))))(x) ** 2)))
+  r1 = lambda impl: jax.jit(
+      jax.grad(
+          lambda w: jnp.sum(
+              jax.grad(lambda x: jnp.sum(jnp.sin(r3gan.grouped_conv(x, w, 3, impl))))(x)
+              ** 2
+          )
+      )
+  )
   np.testing.assert_allclose(r1('dense')(w), r1('xla')(w), rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match='conv_impl'):
     r3gan.grouped_conv(x, w, 3, 'nope')
@@ -362,18 +428,22 @@ def test_grouped_conv_impls_agree():
 
 # ------------------------------------------------- numpy reference of the official code
 
+
 def np_conv(x, w, groups=1):
   """torch conv2d, stride 1, padding (k - 1) // 2; x NCHW, w [out, in / groups, k, k]."""
   b, c, h, wd = x.shape
   o, cg, k, _ = w.shape
   p = (k - 1) // 2
-  xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))).reshape(b, groups, cg, h + 2 * p,
-                                                            wd + 2 * p)
+  xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p))).reshape(
+      b, groups, cg, h + 2 * p, wd + 2 * p
+  )
   wg = w.reshape(groups, o // groups, cg, k, k)
   out = np.zeros((b, groups, o // groups, h, wd))
   for a in range(k):
     for bb in range(k):
-      out += np.einsum('bgchw,goc->bgohw', xp[..., a:a + h, bb:bb + wd], wg[..., a, bb])
+      out += np.einsum(
+          'bgchw,goc->bgohw', xp[..., a : a + h, bb : bb + wd], wg[..., a, bb]
+      )
   return out.reshape(b, o, h, wd)
 
 
@@ -441,8 +511,14 @@ def ref_discriminator(params, x, y_onehot, widths, cards, blocks):
 @pytest.mark.parametrize('num_classes', [0, 3])
 def test_matches_numpy_reference_of_official_networks(num_classes):
   kw = dict(widths=(16, 16, 8), cardinalities=(4, 2, 2), blocks_per_stage=(1, 2, 1))
-  g = r3gan.Generator(resolution=16, channels=3, z_dim=8, num_classes=num_classes,
-                      embed_dim=5 if num_classes else None, **kw)
+  g = r3gan.Generator(
+      resolution=16,
+      channels=3,
+      z_dim=8,
+      num_classes=num_classes,
+      embed_dim=5 if num_classes else None,
+      **kw,
+  )
   d = r3gan.Discriminator(resolution=16, channels=3, num_classes=num_classes, **kw)
   gv, dv, z, y, _ = init_both(g, d, batch=2, num_classes=num_classes, seed=4)
   # Random weights everywhere (fix-up zeros would hide the residual branches).
@@ -451,16 +527,20 @@ def test_matches_numpy_reference_of_official_networks(num_classes):
   lists = ([16, 16, 8], [4, 2, 2], [1, 2, 1])
   x = jax.jit(g.apply)({'params': gp}, z, y)
   expected = np.transpose(ref_generator(gp, z, onehot, *lists), (0, 2, 3, 1))
-  np.testing.assert_allclose(np.asarray(x), expected, rtol=2e-4,
-                             atol=2e-4 * np.abs(expected).max())
+  np.testing.assert_allclose(
+      np.asarray(x), expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max()
+  )
   logits = jax.jit(d.apply)({'params': dp}, x, y)
-  expected = ref_discriminator(dp, np.transpose(np.asarray(x), (0, 3, 1, 2)), onehot,
-                               *lists)
-  np.testing.assert_allclose(np.asarray(logits), expected, rtol=2e-4,
-                             atol=2e-4 * np.abs(expected).max())
+  expected = ref_discriminator(
+      dp, np.transpose(np.asarray(x), (0, 3, 1, 2)), onehot, *lists
+  )
+  np.testing.assert_allclose(
+      np.asarray(logits), expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max()
+  )
 
 
 # ---------------------------------------------------------------- independence
+
 
 def test_samples_independent():
   g, d = tiny(16, num_classes=3)
@@ -470,12 +550,14 @@ def test_samples_independent():
   discriminate = jax.jit(lambda p, images: d.apply(p, images, y))
   assert one_stage.samples_independent(discriminate, dv, x)
   _, tangent = jax.jit(lambda z, t: jax.jvp(lambda z: g.apply(gv, z, y), (z,), (t,)))(
-      z, jnp.zeros_like(z).at[0].set(1.0))
+      z, jnp.zeros_like(z).at[0].set(1.0)
+  )
   assert np.any(np.asarray(tangent[0]) != 0)
   assert np.all(np.asarray(tangent[1:]) == 0)
 
 
 # ---------------------------------------------------------------- mixed precision
+
 
 def test_mixed_precision_stages():
   g, d = tiny(16, num_mixed_stages=2)
@@ -490,11 +572,15 @@ def test_mixed_precision_stages():
     return out
 
   import flax.linen as nn
+
   with nn.intercept_methods(record):
     xm = jax.jit(g.apply)(gv, z)
   # G: the two highest-resolution stages (8x8, 16x16) in bfloat16.
-  assert [calls[(f'stage{i}',)] for i in range(3)] == [jnp.float32, jnp.bfloat16,
-                                                       jnp.bfloat16]
+  assert [calls[(f'stage{i}',)] for i in range(3)] == [
+      jnp.float32,
+      jnp.bfloat16,
+      jnp.bfloat16,
+  ]
   calls.clear()
   with nn.intercept_methods(record):
     lm = jax.jit(d.apply)(dv, x)
@@ -516,7 +602,10 @@ CONFIG = os.path.join(REPO, 'configs', 'r3gan_fashion_mnist.py')
 def test_config_summary():
   config = config_base.load_config(CONFIG)
   assert (config.model.name, config.loss, config.num_classes) == (
-      'r3gan', 'relativistic', 10)
+      'r3gan',
+      'relativistic',
+      10,
+  )
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)
@@ -528,19 +617,34 @@ def test_config_summary():
 @pytest.mark.slow
 def test_config_trains_two_steps(tmp_path):
   overrides = {
-      'batch_size': 8, 'num_train_steps': 2, 'log_every_steps': 1,
-      'sample_every_steps': 2, 'checkpoint_every_steps': 1000, 'num_samples': 20,
-      'progress_bar': False, 'data.resolution': 16, 'data.num_threads': 0,
-      'model.generator.channel_base': 64, 'model.generator.channel_max': 16,
-      'model.discriminator.channel_base': 64, 'model.discriminator.channel_max': 16,
-      'model.generator.blocks_per_stage': 1, 'model.discriminator.blocks_per_stage': 1,
+      'batch_size': 8,
+      'num_train_steps': 2,
+      'log_every_steps': 1,
+      'sample_every_steps': 2,
+      'checkpoint_every_steps': 1000,
+      'num_samples': 20,
+      'progress_bar': False,
+      'data.resolution': 16,
+      'data.num_threads': 0,
+      'model.generator.channel_base': 64,
+      'model.generator.channel_max': 16,
+      'model.discriminator.channel_base': 64,
+      'model.discriminator.channel_max': 16,
+      'model.generator.blocks_per_stage': 1,
+      'model.discriminator.blocks_per_stage': 1,
   }
   if not os.path.exists(FASHION_MNIST):  # unlabeled stand-in images
     folder = tmp_path / 'images'
     folder.mkdir()
     write_blob_pngs(folder, 12)
-    overrides.update({'data.name': 'folder', 'data.path': str(folder),
-                      'num_classes': 0, 'num_samples': 4})
+    overrides.update(
+        {
+            'data.name': 'folder',
+            'data.path': str(folder),
+            'num_classes': 0,
+            'num_samples': 4,
+        }
+    )
   config = config_base.load_config(CONFIG, overrides)
   workdir = tmp_path / 'run'
   state = train.train_and_evaluate(config, str(workdir))
@@ -553,15 +657,20 @@ def test_config_trains_two_steps(tmp_path):
   assert all(np.isfinite(r['loss_d']) and np.isfinite(r['loss_g']) for r in records)
 
 
-@pytest.mark.parametrize('name,counts,batch,gamma', [
-    ('r3gan_cifar10', (20_781_952, 21_280_512), 512, (0.05, 0.005)),
-    ('r3gan_ffhq256', (23_057_952, 23_009_568), 256, (150.0, 15.0))])
+@pytest.mark.parametrize(
+    'name,counts,batch,gamma',
+    [
+        ('r3gan_cifar10', (20_781_952, 21_280_512), 512, (0.05, 0.005)),
+        ('r3gan_ffhq256', (23_057_952, 23_009_568), 256, (150.0, 15.0)),
+    ],
+)
 def test_paper_configs_are_the_official_presets(name, counts, batch, gamma):
   """The two paper configs build the official networks (parameter counts from
   ``summary``) and ramp lr, beta2, gamma and the EMA half-life as the official loop
   does per image: ``cosine_decay_with_warmup(cur_nimg, base, 2e7, final)``."""
   import math
   from osgan_jax import gan, schedules
+
   config = config_base.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
   with contextlib.redirect_stdout(io.StringIO()):
     totals = summary.summarize_config(config)
@@ -578,12 +687,15 @@ def test_paper_configs_are_the_official_presets(name, counts, batch, gamma):
   for step in (0, 1000, 20_000, 39_000, 80_000):
     nimg = step * batch
     for key in ('g_lr', 'd_lr'):
-      np.testing.assert_allclose(float(schedules.value(config, key)(step)),
-                                 official(nimg, 2e-4, 5e-5), rtol=2e-4)
-    np.testing.assert_allclose(float(schedules.value(config, 'b2')(step)),
-                               official(nimg, 0.9, 0.99), rtol=2e-4)
+      np.testing.assert_allclose(
+          float(schedules.value(config, key)(step)), official(nimg, 2e-4, 5e-5), rtol=2e-4
+      )
+    np.testing.assert_allclose(
+        float(schedules.value(config, 'b2')(step)), official(nimg, 0.9, 0.99), rtol=2e-4
+    )
     weights = g.penalty_weights(step)
     for key in ('r1', 'r2'):
       np.testing.assert_allclose(float(weights[key]), official(nimg, *gamma), rtol=2e-4)
-    np.testing.assert_allclose(float(ema(step)), official(nimg, 0.0, ema_final),
-                               rtol=2e-4, atol=1e-3)
+    np.testing.assert_allclose(
+        float(ema(step)), official(nimg, 0.0, ema_final), rtol=2e-4, atol=1e-3
+    )

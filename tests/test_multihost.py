@@ -29,15 +29,25 @@ import pytest
 from osgan_jax import config_base, dfad, launch, parallel, train
 from osgan_jax.config_base import ConfigError
 from helpers import write_blob_pngs  # pylint: disable=import-error
-from test_train import (REPO, _cli, assert_trees_equal, checkpoint_steps, config_path,
-                        read_metrics, tiny_overrides)
+from test_train import (
+    REPO,
+    _cli,
+    assert_trees_equal,
+    checkpoint_steps,
+    config_path,
+    read_metrics,
+    tiny_overrides,
+)
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
 DCGAN = 'dcgan_fashion_mnist'
 # BatchNorm D (statistics over the global batch); no conv biases, as
 # test_train.test_eight_devices_equal_one_device explains.
-BATCHNORM = {'model.discriminator.norm': 'batch', 'model.generator.use_bias': False,
-             'model.discriminator.use_bias': False}
+BATCHNORM = {
+    'model.discriminator.norm': 'batch',
+    'model.generator.use_bias': False,
+    'model.discriminator.use_bias': False,
+}
 TIMEOUT = 300
 
 
@@ -52,18 +62,37 @@ def images(tmp_path_factory):
 
 
 def launch_command(num_processes, devices, command, grace=10):
-  return [sys.executable, '-m', 'osgan_jax.launch', f'--num_processes={num_processes}',
-          f'--devices_per_process={devices}', f'--grace_seconds={grace}', '--', *command]
+  return [
+      sys.executable,
+      '-m',
+      'osgan_jax.launch',
+      f'--num_processes={num_processes}',
+      f'--devices_per_process={devices}',
+      f'--grace_seconds={grace}',
+      '--',
+      *command,
+  ]
 
 
 def main_command(name, workdir, overrides):
-  return [sys.executable, '-m', 'osgan_jax.main', f'--config={config_path(name)}',
-          f'--workdir={workdir}', *_cli(overrides)]
+  return [
+      sys.executable,
+      '-m',
+      'osgan_jax.main',
+      f'--config={config_path(name)}',
+      f'--workdir={workdir}',
+      *_cli(overrides),
+  ]
 
 
 def run_launch(num_processes, devices, command, **kwargs):
-  return subprocess.run(launch_command(num_processes, devices, command, **kwargs),
-                        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+  return subprocess.run(
+      launch_command(num_processes, devices, command, **kwargs),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT,
+  )
 
 
 def ok(result):
@@ -79,8 +108,15 @@ def restore(name, workdir, overrides):
 
 
 def max_diff(a, b):
-  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(
-      np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0)), a, b)
+  diffs = jax.tree.map(
+      lambda x, y: float(
+          np.max(
+              np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0
+          )
+      ),
+      a,
+      b,
+  )
   return max(jax.tree.leaves(diffs))
 
 
@@ -90,7 +126,7 @@ def error_lines(stderr):
 
 # ---------------------------------------------------------------------------- launcher
 
-_CHILD = textwrap.dedent('''
+_CHILD = textwrap.dedent("""
     import os, signal, sys, time
     i, mode = int(os.environ['OSGAN_PROCESS_ID']), sys.argv[1]
     def stop(signum, frame):
@@ -107,28 +143,41 @@ _CHILD = textwrap.dedent('''
     else:
       print('ready', flush=True)
       time.sleep(60)
-''')
+""")
 
 
 def test_launcher_env_prefixes_and_exit_status():
-  result = subprocess.run(launch_command(2, 3, [sys.executable, '-c', _CHILD, 'env']),
-                          cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_'
-                               'device_count=8 --xla_cpu_foo=1'})
+  result = subprocess.run(
+      launch_command(2, 3, [sys.executable, '-c', _CHILD, 'env']),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      env={
+          **os.environ,
+          'XLA_FLAGS': '--xla_force_host_platform_' 'device_count=8 --xla_cpu_foo=1',
+      },
+  )
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   coordinator = re.search(r'\[0\] (localhost:\d+) ', result.stdout).group(1)
   for i in (0, 1):
-    assert f'[{i}] {coordinator} 2 {i} cpu --xla_cpu_foo=1 ' \
-           '--xla_force_host_platform_device_count=3' in lines
+    assert (
+        f'[{i}] {coordinator} 2 {i} cpu --xla_cpu_foo=1 '
+        '--xla_force_host_platform_device_count=3' in lines
+    )
     assert f'[{i}] no newline' in lines
     assert f'[{i}] on stderr' in result.stderr.splitlines()
 
   # One fails: its status is the launcher's, the other is terminated after the grace.
   start = time.monotonic()
-  result = subprocess.run(launch_command(2, 0, [sys.executable, '-c', _CHILD, 'fail'],
-                                         grace=2), cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+  result = subprocess.run(
+      launch_command(2, 0, [sys.executable, '-c', _CHILD, 'fail'], grace=2),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
   assert result.returncode == 3, result.stderr
   assert '[0] got SIGTERM' in result.stdout.splitlines()
   assert '[launch] process 1 exited with status 3' in result.stderr
@@ -136,9 +185,13 @@ def test_launcher_env_prefixes_and_exit_status():
 
 
 def test_launcher_forwards_sigterm_to_every_process():
-  proc = subprocess.Popen(launch_command(2, 0, [sys.executable, '-c', _CHILD, 'wait']),
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(
+      launch_command(2, 0, [sys.executable, '-c', _CHILD, 'wait']),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   try:
     ready = [proc.stdout.readline() for _ in range(2)]
     assert sorted(ready) == ['[0] ready\n', '[1] ready\n']
@@ -152,8 +205,12 @@ def test_launcher_forwards_sigterm_to_every_process():
 
 
 def test_cluster_environment_variables(monkeypatch):
-  for name in (parallel.COORDINATOR_ENV, parallel.NUM_PROCESSES_ENV,
-               parallel.PROCESS_ID_ENV, parallel.INIT_TIMEOUT_ENV):
+  for name in (
+      parallel.COORDINATOR_ENV,
+      parallel.NUM_PROCESSES_ENV,
+      parallel.PROCESS_ID_ENV,
+      parallel.INIT_TIMEOUT_ENV,
+  ):
     monkeypatch.delenv(name, raising=False)
   assert parallel.explicit_cluster() is None
   env = launch.child_env({}, 'localhost:1234', 4, 3)
@@ -161,8 +218,11 @@ def test_cluster_environment_variables(monkeypatch):
   for name, value in env.items():
     monkeypatch.setenv(name, value)
   assert parallel.explicit_cluster() == dict(
-      coordinator_address='localhost:1234', num_processes=4, process_id=3,
-      initialization_timeout=parallel.DEFAULT_INIT_TIMEOUT)
+      coordinator_address='localhost:1234',
+      num_processes=4,
+      process_id=3,
+      initialization_timeout=parallel.DEFAULT_INIT_TIMEOUT,
+  )
   monkeypatch.setenv(parallel.PROCESS_ID_ENV, '4')
   with pytest.raises(ConfigError, match='must be in'):
     parallel.explicit_cluster()
@@ -175,7 +235,7 @@ def test_cluster_environment_variables(monkeypatch):
 
 # ------------------------------------------------------------------------ data, RNG
 
-_BATCH_SCRIPT = textwrap.dedent('''
+_BATCH_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
     from jax.experimental import multihost_utils
@@ -208,26 +268,37 @@ _BATCH_SCRIPT = textwrap.dedent('''
     np.testing.assert_array_equal(multihost_utils.process_allgather(z, tiled=True),
                                   jax.random.normal(key, (8, 3)))
     print('checked on process', i)
-''')
+""")
 
 
 def test_global_batch_rng_and_collectives_equal_one_process(images):
   """Each process loads only its slice; assembled, the slices are the batch one
   process loads; latents drawn sharded are the unsharded draw; skips sum up."""
-  result = ok(run_launch(2, 2, [sys.executable, '-c', _BATCH_SCRIPT, config_path(DCGAN),
-                                str(images)]))
+  result = ok(
+      run_launch(
+          2, 2, [sys.executable, '-c', _BATCH_SCRIPT, config_path(DCGAN), str(images)]
+      )
+  )
   assert sorted(re.findall(r'checked on process \d', result.stdout)) == [
-      'checked on process 0', 'checked on process 1']
+      'checked on process 0',
+      'checked on process 1',
+  ]
 
 
 # ------------------------------------------------------------ 2x2 == 1x4 == 1x1, FID
 
+
 def _fid_overrides():
   from osgan_jax.metrics import inception
+
   if inception.default_weights_path() is None:
     return {}
-  return {'fid.every_steps': 3, 'fid.num_samples': 8, 'fid.num_real': 8,
-          'fid.batch_size': 8}
+  return {
+      'fid.every_steps': 3,
+      'fid.num_samples': 8,
+      'fid.num_real': 8,
+      'fid.batch_size': 8,
+  }
 
 
 def test_two_processes_equal_one_process(images, tmp_path):
@@ -236,13 +307,17 @@ def test_two_processes_equal_one_process(images, tmp_path):
   2x2 and 1x4 run the same partitioned program (gloo or in-process all-reduces) and
   agree bit for bit; 1 device sums the batch in another order (within 1e-6).
   """
-  overrides = tiny_overrides(DCGAN, images, num_train_steps=3, sample_every_steps=3,
-                             **BATCHNORM)
+  overrides = tiny_overrides(
+      DCGAN, images, num_train_steps=3, sample_every_steps=3, **BATCHNORM
+  )
   fid = _fid_overrides()
   for n, k in ((2, 2), (1, 4)):
     ok(run_launch(n, k, main_command(DCGAN, tmp_path / f'{n}x{k}', {**overrides, **fid})))
-  one = jax.device_get(train.train_and_evaluate(
-      config_base.load_config(config_path(DCGAN), overrides), str(tmp_path / '1x1')))
+  one = jax.device_get(
+      train.train_and_evaluate(
+          config_base.load_config(config_path(DCGAN), overrides), str(tmp_path / '1x1')
+      )
+  )
   two = restore(DCGAN, tmp_path / '2x2', overrides)  # 2 processes' checkpoint, 1 device
   four = restore(DCGAN, tmp_path / '1x4', overrides)
   assert int(two.step) == 3
@@ -254,8 +329,9 @@ def test_two_processes_equal_one_process(images, tmp_path):
   assert [r['step'] for r in records] == [1, 2, 3]
   assert len(list((tmp_path / '2x2').glob('events.out.tfevents.*'))) == 1
   assert os.listdir(tmp_path / '2x2' / 'samples') == ['step_000003.png']
-  np.testing.assert_allclose([r['loss_d'] for r in records],
-                             [r['loss_d'] for r in reference], rtol=1e-5)
+  np.testing.assert_allclose(
+      [r['loss_d'] for r in records], [r['loss_d'] for r in reference], rtol=1e-5
+  )
   # Each process counts the corrupt image in its own slices; the sum is 1 process's.
   skipped = [r['data_skipped_images'] for r in records]
   assert skipped == [r['data_skipped_images'] for r in reference] and skipped[-1] > 0
@@ -267,18 +343,28 @@ def test_two_processes_equal_one_process(images, tmp_path):
 
 # -------------------------------------------------------------------------- SIGTERM
 
+
 def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path):
   """A preemption notice on one host: both stop at the same step (agreed at the next
   log boundary) with one checkpoint; the same launch resumes bit for bit (against
   1x4, which is 2x2's program), and 1 process on 1 device resumes it too."""
-  overrides = tiny_overrides(DCGAN, images, num_train_steps=100_000,
-                             checkpoint_every_steps=100_000, sample_every_steps=100_000,
-                             **BATCHNORM)
+  overrides = tiny_overrides(
+      DCGAN,
+      images,
+      num_train_steps=100_000,
+      checkpoint_every_steps=100_000,
+      sample_every_steps=100_000,
+      **BATCHNORM,
+  )
   workdir = tmp_path / 'interrupted'
   out, err = tmp_path / 'stdout', tmp_path / 'stderr'
   with open(out, 'w') as stdout, open(err, 'w') as stderr:
-    proc = subprocess.Popen(launch_command(2, 2, main_command(DCGAN, workdir, overrides)),
-                            cwd=REPO, stdout=stdout, stderr=stderr)
+    proc = subprocess.Popen(
+        launch_command(2, 2, main_command(DCGAN, workdir, overrides)),
+        cwd=REPO,
+        stdout=stdout,
+        stderr=stderr,
+    )
   try:
     deadline = time.time() + TIMEOUT
     metrics = workdir / 'metrics.jsonl'
@@ -294,11 +380,18 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
       proc.kill()
   log = err.read_text()
   assert proc.returncode == 0 and 'Traceback' not in log, log[-4000:]
-  stops = {i: (by, int(step)) for i, by, step in re.findall(
-      r'\[(\d)\] .*Stopped by (SIGTERM|a signal to another process) at step (\d+)', log)}
+  stops = {
+      i: (by, int(step))
+      for i, by, step in re.findall(
+          r'\[(\d)\] .*Stopped by (SIGTERM|a signal to another process) at step (\d+)',
+          log,
+      )
+  }
   stopped_at = stops['1'][1]
-  assert stops == {'0': ('a signal to another process', stopped_at),
-                   '1': ('SIGTERM', stopped_at)}
+  assert stops == {
+      '0': ('a signal to another process', stopped_at),
+      '1': ('SIGTERM', stopped_at),
+  }
   assert checkpoint_steps(workdir) == [stopped_at]  # one, complete:
   assert not [d for d in os.listdir(workdir / 'checkpoints') if 'tmp' in d]
   assert [r['step'] for r in read_metrics(workdir)] == list(range(1, stopped_at + 1))
@@ -313,8 +406,11 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
   assert int(resumed.step) == stopped_at + 2
   assert_trees_equal(resumed, straight)
   assert checkpoint_steps(workdir) == [stopped_at, stopped_at + 2]
-  single = jax.device_get(train.train_and_evaluate(config_base.load_config(
-      config_path(DCGAN), overrides), str(tmp_path / 'single')))
+  single = jax.device_get(
+      train.train_and_evaluate(
+          config_base.load_config(config_path(DCGAN), overrides), str(tmp_path / 'single')
+      )
+  )
   assert max_diff(single, straight) < 1e-6
   # The skip count goes on from the checkpoint's total, in 2 processes and in 1.
   expected = [r['data_skipped_images'] for r in read_metrics(tmp_path / 'straight')]
@@ -324,10 +420,12 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
 
 # ------------------------------------------------------------ StyleGAN2, distillation
 
+
 def test_stylegan2_trains_in_two_processes(images, tmp_path):
   """Minibatch std over groups that span devices, R1, path length and EMA phases."""
-  overrides = tiny_overrides('stylegan2_tiny', images, num_train_steps=2,
-                             sample_every_steps=2)
+  overrides = tiny_overrides(
+      'stylegan2_tiny', images, num_train_steps=2, sample_every_steps=2
+  )
   ok(run_launch(2, 2, main_command('stylegan2_tiny', tmp_path, overrides)))
   records = read_metrics(tmp_path)
   assert [r['step'] for r in records] == [1, 2]
@@ -338,15 +436,26 @@ def test_stylegan2_trains_in_two_processes(images, tmp_path):
   assert os.listdir(tmp_path / 'samples') == ['step_000002.png']
 
 
-DFAD_TINY = {'data.resolution': 16, 'data.num_threads': 0, 'progress_bar': False,
-             'eval_batch_size': 2000, 'num_samples': 4, 'z_dim': 16,
-             'model.generator.width': 8, 'batch_size': 16, 'num_train_steps': 2,
-             'log_every_steps': 1, 'eval_every_steps': 100,
-             'checkpoint_every_steps': 100, 'sample_every_steps': 2}
+DFAD_TINY = {
+    'data.resolution': 16,
+    'data.num_threads': 0,
+    'progress_bar': False,
+    'eval_batch_size': 2000,
+    'num_samples': 4,
+    'z_dim': 16,
+    'model.generator.width': 8,
+    'batch_size': 16,
+    'num_train_steps': 2,
+    'log_every_steps': 1,
+    'eval_every_steps': 100,
+    'checkpoint_every_steps': 100,
+    'sample_every_steps': 2,
+}
 
 
-@pytest.mark.skipif(not os.path.exists(FASHION_MNIST),
-                    reason='offline Fashion-MNIST not installed')
+@pytest.mark.skipif(
+    not os.path.exists(FASHION_MNIST), reason='offline Fashion-MNIST not installed'
+)
 def test_teacher_and_distillation_train_in_two_processes(tmp_path):
   """Both tasks of data-free distillation; test accuracy on replicated parameters."""
   teacher_dir, student_dir = tmp_path / 'teacher', tmp_path / 'student'
@@ -357,7 +466,8 @@ def test_teacher_and_distillation_train_in_two_processes(tmp_path):
   config = config_base.load_config(config_path('dfad_fashion_mnist'), overrides)
   model, teacher, meta = dfad.load_teacher(config, 10)  # 1 process, 1 device
   accuracy = dfad.TestAccuracy(config, None, model).accuracy(
-      teacher['params'], {k: v for k, v in teacher.items() if k != 'params'})
+      teacher['params'], {k: v for k, v in teacher.items() if k != 'params'}
+  )
   teacher_records = read_metrics(teacher_dir)
   assert teacher_records[-1]['test_accuracy'] == meta['test_accuracy'] == accuracy
   records = read_metrics(student_dir)
@@ -372,13 +482,22 @@ def test_teacher_and_distillation_train_in_two_processes(tmp_path):
 
 # --------------------------------------------------------------------------- errors
 
+
 def _main_alone(workdir, address, process_id):
   """main as process ``process_id`` of 2, the other never started."""
-  env = {**os.environ, **launch.child_env({}, address, 2, process_id),
-         parallel.INIT_TIMEOUT_ENV: '2'}
-  result = subprocess.run(main_command(DCGAN, workdir, {'progress_bar': False}),
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+  env = {
+      **os.environ,
+      **launch.child_env({}, address, 2, process_id),
+      parallel.INIT_TIMEOUT_ENV: '2',
+  }
+  result = subprocess.run(
+      main_command(DCGAN, workdir, {'progress_bar': False}),
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=TIMEOUT,
+  )
   assert result.returncode == 1, result.stderr[-4000:]
   assert 'Traceback' not in result.stderr
   (line,) = error_lines(result.stderr)
@@ -391,13 +510,15 @@ def test_unreachable_coordinator_is_a_one_line_error(tmp_path):
   start = time.monotonic()
   assert _main_alone(tmp_path, address, 1).startswith(
       f'osgan_jax.main: error: config: cannot reach the coordinator at {address} '
-      'within 2 s (ConnectionRefusedError')
+      'within 2 s (ConnectionRefusedError'
+  )
   assert time.monotonic() - start < 60
   with socket.create_server(('localhost', 0)) as server:  # the port is taken
     address = f'localhost:{server.getsockname()[1]}'
     assert _main_alone(tmp_path, address, 0).startswith(
         'osgan_jax.main: error: config: cannot serve the coordinator on port '
-        f'{server.getsockname()[1]} of {address} (OSError')
+        f'{server.getsockname()[1]} of {address} (OSError'
+    )
   assert not os.listdir(tmp_path)
 
 
@@ -407,7 +528,9 @@ def test_batch_not_divisible_by_every_device_is_an_error(images, tmp_path):
   assert result.returncode == 1, result.stderr[-4000:]
   assert sorted(error_lines(result.stderr)) == [
       f'[{i}] osgan_jax.main: error: config: config.batch_size=6 must be a multiple of '
-      'the 4 devices (2 processes x 2 devices)' for i in (0, 1)]
+      'the 4 devices (2 processes x 2 devices)'
+      for i in (0, 1)
+  ]
 
 
 def test_different_configs_in_the_processes_are_an_error(images, tmp_path):
@@ -418,5 +541,7 @@ def test_different_configs_in_the_processes_are_an_error(images, tmp_path):
   assert sorted(error_lines(result.stderr)) == [
       f'[{i}] osgan_jax.main: error: config: the config differs between processes: '
       'process(es) 1 run another config than process 0; start every process with the '
-      'same command and overrides' for i in (0, 1)]
+      'same command and overrides'
+      for i in (0, 1)
+  ]
   assert not (tmp_path / 'checkpoints').exists()

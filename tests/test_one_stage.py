@@ -4,7 +4,6 @@ Every registered loss x every discriminator kind, with normal logits and in the 
 where the paper's decomposition breaks (the official code's crashes and silent errors).
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +11,16 @@ import pytest
 
 from osgan_jax import gradcheck, losses, one_stage
 
-LOSSES = ('minimax', 'non_saturating', 'wgan', 'lsgan', 'hinge', 'relativistic',
-          'relativistic_average', 'bgan')
+LOSSES = (
+    'minimax',
+    'non_saturating',
+    'wgan',
+    'lsgan',
+    'hinge',
+    'relativistic',
+    'relativistic_average',
+    'bgan',
+)
 KINDS = gradcheck.DISC_KINDS
 TOL = 1e-5
 
@@ -24,8 +31,9 @@ def _both(prob, **options):
 
   @jax.jit
   def run(params_g, params_d):
-    ours = one_stage.one_stage_grads(params_g=params_g, params_d=params_d, **fixed,
-                                     **options)
+    ours = one_stage.one_stage_grads(
+        params_g=params_g, params_d=params_d, **fixed, **options
+    )
     ref = one_stage.reference_grads(params_g=params_g, params_d=params_d, **fixed)
     return ours, ref
 
@@ -52,11 +60,17 @@ def _both_losses(kind, regime, names, seed, **options):
 
   @jax.jit
   def run(params_g, params_d):
-    return {name: (one_stage.one_stage_grads(params_g=params_g, params_d=params_d,
-                                             loss=name, **fixed, **options),
-                   one_stage.reference_grads(params_g=params_g, params_d=params_d,
-                                             loss=name, **fixed))
-            for name in names}
+    return {
+        name: (
+            one_stage.one_stage_grads(
+                params_g=params_g, params_d=params_d, loss=name, **fixed, **options
+            ),
+            one_stage.reference_grads(
+                params_g=params_g, params_d=params_d, loss=name, **fixed
+            ),
+        )
+        for name in names
+    }
 
   with gradcheck.full_precision():
     return run(prob['params_g'], prob['params_d'])
@@ -73,9 +87,11 @@ def test_exact_for_every_loss_and_discriminator(kind):
 
 # The official code's failure cases: singular or underflowing coefficients (hinge fake
 # logits below -1, non-saturating sigmoid underflow at +-100 and +-1e4, LSGAN at 0).
-EXTREME = [(kind, 'extreme', LOSSES) for kind in KINDS] + [
-    (kind, 'huge', ('non_saturating', 'hinge', 'lsgan')) for kind in KINDS] + [
-    (kind, 'zero', ('lsgan',)) for kind in ('mlp', 'conv', 'patch')]
+EXTREME = (
+    [(kind, 'extreme', LOSSES) for kind in KINDS]
+    + [(kind, 'huge', ('non_saturating', 'hinge', 'lsgan')) for kind in KINDS]
+    + [(kind, 'zero', ('lsgan',)) for kind in ('mlp', 'conv', 'patch')]
+)
 
 
 @pytest.mark.parametrize('kind,regime,names', EXTREME)
@@ -104,8 +120,9 @@ def test_approx_mode_is_exact_where_theory_says(kind):
   # Symmetric losses with a per-sample D: gamma = -1, the paper's trick is exact.
   _assert_exact(*_both(gradcheck.problem('minimax', kind, seed=3), mode='approx'))
   if kind != 'patch':  # scalar logits: any loss, as long as gamma is defined
-    _assert_exact(*_both(gradcheck.problem('non_saturating', kind, seed=3),
-                         mode='approx'))
+    _assert_exact(
+        *_both(gradcheck.problem('non_saturating', kind, seed=3), mode='approx')
+    )
 
 
 @pytest.mark.parametrize('kind', ['batchnorm', 'mbstd'])
@@ -149,12 +166,21 @@ def test_probe_tells_coupled_discriminators_apart():
   for kind in KINDS:
     prob = gradcheck.problem('minimax', kind)
     expected = kind not in ('batchnorm', 'mbstd')
-    assert one_stage.samples_independent(prob['discriminate'], prob['params_d'],
-                                         prob['x_real'],
-                                         has_aux=prob['d_has_aux']) == expected
+    assert (
+        one_stage.samples_independent(
+            prob['discriminate'],
+            prob['params_d'],
+            prob['x_real'],
+            has_aux=prob['d_has_aux'],
+        )
+        == expected
+    )
     # Under jit the probe runs on stand-ins of the traced values.
-    traced = jax.jit(lambda p, x, d=prob['discriminate'], a=prob['d_has_aux']:
-                     jnp.asarray(one_stage.samples_independent(d, p, x, has_aux=a)))
+    traced = jax.jit(
+        lambda p, x, d=prob['discriminate'], a=prob['d_has_aux']: jnp.asarray(
+            one_stage.samples_independent(d, p, x, has_aux=a)
+        )
+    )
     assert bool(traced(prob['params_d'], prob['x_real'])) == expected
 
 
@@ -185,23 +211,29 @@ def test_conditional_pytree_inputs_with_integer_labels():
     shift = embed[batch['label']].reshape(batch['image'].shape)
     return base['discriminate'](params, batch['image'] + shift)
 
-  prob = dict(base, generate=generate, discriminate=discriminate,
-              z={'z': base['z'], 'label': labels_fake},
-              x_real={'image': base['x_real'], 'label': labels_real})
+  prob = dict(
+      base,
+      generate=generate,
+      discriminate=discriminate,
+      z={'z': base['z'], 'label': labels_fake},
+      x_real={'image': base['x_real'], 'label': labels_real},
+  )
   _assert_exact(*_both(prob))
 
 
 def test_user_registered_loss_needs_no_engine_change():
   name = 'test_softplus_wgan_mix'
   if name not in losses.names():
-    losses.register(name,
-                    d_loss=lambda r, f: jnp.mean(jax.nn.softplus(-r)) + jnp.mean(f ** 2),
-                    g_loss=lambda r, f: -jnp.mean(jnp.tanh(f)))
+    losses.register(
+        name,
+        d_loss=lambda r, f: jnp.mean(jax.nn.softplus(-r)) + jnp.mean(f**2),
+        g_loss=lambda r, f: -jnp.mean(jnp.tanh(f)),
+    )
   for kind in ('conv', 'mbstd'):
     _assert_exact(*_both(gradcheck.problem(name, kind, seed=8)))
 
 
 def test_bad_mode_is_rejected():
   prob = gradcheck.problem('wgan', 'mlp')
-  with pytest.raises(ValueError, match="mode must be one of"):
+  with pytest.raises(ValueError, match='mode must be one of'):
     one_stage.one_stage_grads(**prob, mode='fast')

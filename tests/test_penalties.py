@@ -17,11 +17,16 @@ FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 
 # mlp and mbstd take the same paths as conv (per-sample D) and batchnorm (coupled D):
 # slow, run with -m slow.
-@pytest.mark.parametrize('disc', [
-    pytest.param(d, marks=pytest.mark.slow) if d in ('mlp', 'mbstd') else d
-    for d in gradcheck.DISC_KINDS])
-@pytest.mark.parametrize('loss,penalty', [('relativistic', 'r1r2'), ('wgan', 'gp'),
-                                          ('fisher', 'none')])
+@pytest.mark.parametrize(
+    'disc',
+    [
+        pytest.param(d, marks=pytest.mark.slow) if d in ('mlp', 'mbstd') else d
+        for d in gradcheck.DISC_KINDS
+    ],
+)
+@pytest.mark.parametrize(
+    'loss,penalty', [('relativistic', 'r1r2'), ('wgan', 'gp'), ('fisher', 'none')]
+)
 def test_exact_against_the_reference_and_finite_differences(loss, penalty, disc):
   with jax.enable_x64(True):  # the finite differences run in float64, as the CLI's
     report = gradcheck.check(loss, disc, penalty=penalty, default_precision=False)
@@ -34,11 +39,15 @@ def test_penalty_values_for_a_linear_discriminator():
   w = jnp.arange(6.0).reshape(2, 3) / 10
   disc = lambda p, x: jnp.sum(x * p, axis=(1, 2))
   x_real, x_fake = jnp.ones((4, 2, 3)), -jnp.ones((4, 2, 3))
-  total, m = penalties.loss(disc, w, x_real, x_fake, {'r1': 2.0, 'r2': 4.0, 'gp': 3.0},
-                            jax.random.PRNGKey(0))
+  total, m = penalties.loss(
+      disc, w, x_real, x_fake, {'r1': 2.0, 'r2': 4.0, 'gp': 3.0}, jax.random.PRNGKey(0)
+  )
   sq = float(jnp.sum(w * w))
-  np.testing.assert_allclose([m['r1_penalty'], m['r2_penalty'], m['gp_penalty']],
-                             [sq, sq, (np.sqrt(sq) - 1) ** 2], rtol=1e-6)
+  np.testing.assert_allclose(
+      [m['r1_penalty'], m['r2_penalty'], m['gp_penalty']],
+      [sq, sq, (np.sqrt(sq) - 1) ** 2],
+      rtol=1e-6,
+  )
   np.testing.assert_allclose(total, sq + 2 * sq + 3 * (np.sqrt(sq) - 1) ** 2, rtol=1e-6)
   with pytest.raises(ValueError, match='unknown penalties'):
     penalties.loss(disc, w, x_real, x_fake, {'r3': 1.0})
@@ -53,14 +62,25 @@ def test_penalties_reach_d_only_and_need_real_data_for_r1():
   for a, b in zip(jax.tree.leaves(plain[0]), jax.tree.leaves(pen[0])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-9)
   # ... and R2's gradient through the fakes, were it to leak, is far above that.
-  leak = jax.grad(lambda pg: 5.0 / 2 * jnp.mean(penalties.input_grad_sq_norms(
-      prob['discriminate'], prob['params_d'], prob['generate'](pg, prob['z']),
-      has_aux=prob['d_has_aux'])[0]))(prob['params_g'])
+  leak = jax.grad(
+      lambda pg: 5.0
+      / 2
+      * jnp.mean(
+          penalties.input_grad_sq_norms(
+              prob['discriminate'],
+              prob['params_d'],
+              prob['generate'](pg, prob['z']),
+              has_aux=prob['d_has_aux'],
+          )[0]
+      )
+  )(prob['params_g'])
   leak_norm = np.sqrt(sum(float(jnp.sum(jnp.square(l))) for l in jax.tree.leaves(leak)))
   g_norm = np.sqrt(sum(float(jnp.sum(jnp.square(l))) for l in jax.tree.leaves(plain[0])))
   assert leak_norm > 1e-3 * g_norm
-  assert any(not np.allclose(a, b) for a, b in
-             zip(jax.tree.leaves(plain[1]), jax.tree.leaves(pen[1])))
+  assert any(
+      not np.allclose(a, b)
+      for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(pen[1]))
+  )
   assert float(pen[2]['r1_penalty']) > 0 and float(pen[2]['r2_penalty']) > 0
   with pytest.raises(ValueError, match='need real data'):
     one_stage.one_stage_grads(**{**prob, 'x_real': None, 'penalties': {'r1': 1.0}})
@@ -83,17 +103,30 @@ def test_fisher_multiplier_moves_against_the_constraint():
 
 
 def _tiny(**overrides):
-  return config_base.load_config(os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'), {
-      'model.generator.width': 8, 'model.discriminator.width': 8, 'batch_size': 16,
-      'data.resolution': 16, 'data.num_threads': 0, 'log_every_steps': 2,
-      'sample_every_steps': 100, 'checkpoint_every_steps': 2, 'keep_checkpoints': 5,
-      'num_train_steps': 4, 'progress_bar': False, **overrides})
+  return config_base.load_config(
+      os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'),
+      {
+          'model.generator.width': 8,
+          'model.discriminator.width': 8,
+          'batch_size': 16,
+          'data.resolution': 16,
+          'data.num_threads': 0,
+          'log_every_steps': 2,
+          'sample_every_steps': 100,
+          'checkpoint_every_steps': 2,
+          'keep_checkpoints': 5,
+          'num_train_steps': 4,
+          'progress_bar': False,
+          **overrides,
+      },
+  )
 
 
 @pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason='needs Fashion-MNIST')
 @pytest.mark.parametrize('stage', ['one', 'two'])
 def test_fisher_and_penalties_train_checkpoint_and_resume_exactly(stage, tmp_path):
   import shutil
+
   config = _tiny(loss='fisher', stage=stage, **{'penalty.r1': 0.1, 'penalty.r2': 0.1})
   straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / 'a')))
   assert float(straight.loss_state['lam']) != 0.0  # moved, and is part of the state
@@ -103,6 +136,7 @@ def test_fisher_and_penalties_train_checkpoint_and_resume_exactly(stage, tmp_pat
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
   import json
+
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     last = [json.loads(line) for line in f][-1]
   assert {'loss_state_lam', 'r1_penalty', 'r2_penalty'} <= set(last)

@@ -18,14 +18,27 @@ from osgan_jax.config_base import ConfigError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
-pytestmark = pytest.mark.skipif(not os.path.exists(FASHION_MNIST),
-                                reason='needs the offline Fashion-MNIST files')
-TINY = {'model.generator.width': 8, 'model.discriminator.width': 8, 'batch_size': 16,
-        'data.resolution': 16, 'data.num_threads': 0, 'log_every_steps': 5,
-        'sample_every_steps': 1000, 'checkpoint_every_steps': 10, 'keep_checkpoints': 10,
-        'num_train_steps': 20, 'progress_bar': False}
-DIVERGE = {'optimizer.g_lr': 1e30, 'optimizer.d_lr': 1e30,
-           'allow_config_change': 'optimizer.g_lr,optimizer.d_lr'}
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(FASHION_MNIST), reason='needs the offline Fashion-MNIST files'
+)
+TINY = {
+    'model.generator.width': 8,
+    'model.discriminator.width': 8,
+    'batch_size': 16,
+    'data.resolution': 16,
+    'data.num_threads': 0,
+    'log_every_steps': 5,
+    'sample_every_steps': 1000,
+    'checkpoint_every_steps': 10,
+    'keep_checkpoints': 10,
+    'num_train_steps': 20,
+    'progress_bar': False,
+}
+DIVERGE = {
+    'optimizer.g_lr': 1e30,
+    'optimizer.d_lr': 1e30,
+    'allow_config_change': 'optimizer.g_lr,optimizer.d_lr',
+}
 
 
 def config(**overrides):
@@ -33,8 +46,9 @@ def config(**overrides):
 
 
 def steps_on_disk(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if d.isdigit())
+  return sorted(
+      int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()
+  )
 
 
 def metrics(workdir):
@@ -49,9 +63,19 @@ def assert_trees_equal(a, b):
 
 def main_cli(workdir, overrides):
   return subprocess.run(
-      [sys.executable, '-m', 'osgan_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
-       *[f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'osgan_jax.main',
+          f'--config={CONFIG}',
+          f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()],
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def error_line(result):
@@ -66,16 +90,20 @@ def finite_run(tmp_path_factory):
   """20 finite steps with checkpoints at 10 and 20, and their files' bytes."""
   workdir = str(tmp_path_factory.mktemp('finite'))
   state = jax.device_get(train.train_and_evaluate(config(), workdir))
-  files = {p: open(p, 'rb').read() for p in glob.glob(
-      os.path.join(workdir, 'checkpoints', '**', '*'), recursive=True)
-           if os.path.isfile(p)}
+  files = {
+      p: open(p, 'rb').read()
+      for p in glob.glob(os.path.join(workdir, 'checkpoints', '**', '*'), recursive=True)
+      if os.path.isfile(p)
+  }
   return workdir, state, files
 
 
 # ------------------------------------------------------------------ 1. divergence
 
+
 def test_a_diverging_run_stops_in_one_line_and_keeps_every_finite_checkpoint(
-    finite_run, tmp_path):
+    finite_run, tmp_path
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
   result = main_cli(workdir, {**DIVERGE, 'num_train_steps': 60})
@@ -90,11 +118,15 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_every_finite_checkpoint(
 
 
 def test_rollback_restores_the_last_checkpoint_skips_ahead_and_caps_retries(
-    finite_run, tmp_path):
+    finite_run, tmp_path
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
-  c = config(**DIVERGE, num_train_steps=60, **{'divergence.policy': 'rollback',
-                                                'divergence.max_rollbacks': 2})
+  c = config(
+      **DIVERGE,
+      num_train_steps=60,
+      **{'divergence.policy': 'rollback', 'divergence.max_rollbacks': 2},
+  )
   with pytest.raises(loop.TrainingError, match='diverged at step 35 after 2 rollbacks'):
     train.train_and_evaluate(c, workdir)
   rollbacks = [r for r in metrics(workdir) if 'rollbacks' in r]
@@ -104,35 +136,50 @@ def test_rollback_restores_the_last_checkpoint_skips_ahead_and_caps_retries(
 
 def test_a_collapsed_game_is_flagged(tmp_path, caplog):
   # D's learning rate huge, G's zero: D separates perfectly, loss_d -> 0, G stuck.
-  c = config(num_train_steps=40, log_every_steps=4, checkpoint_every_steps=40,
-             **{'optimizer.d_lr': 0.05, 'optimizer.g_lr': 0.0,
-                'divergence.collapse_loss_d': 0.02})
+  c = config(
+      num_train_steps=40,
+      log_every_steps=4,
+      checkpoint_every_steps=40,
+      **{
+          'optimizer.d_lr': 0.05,
+          'optimizer.g_lr': 0.0,
+          'divergence.collapse_loss_d': 0.02,
+      },
+  )
   train.train_and_evaluate(c, str(tmp_path))
   records = metrics(tmp_path)
   flagged = [r['step'] for r in records if r.get('collapsed')]
   assert flagged, [(r['loss_d'], r['loss_g']) for r in records]
   first = records.index(next(r for r in records if r.get('collapsed')))
-  assert first >= 2 and all(abs(r['loss_d']) <= 0.02 and r['loss_g'] >= 5.0
-                            for r in records[first - 2:first + 1])
+  assert first >= 2 and all(
+      abs(r['loss_d']) <= 0.02 and r['loss_g'] >= 5.0
+      for r in records[first - 2 : first + 1]
+  )
   assert 'The game looks collapsed' in caplog.text
 
 
 # ------------------------------------------------------------------ 2. corrupt checkpoints
 
+
 def test_a_truncated_latest_checkpoint_resumes_from_the_one_before(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
-  data_file = sorted(glob.glob(os.path.join(workdir, 'checkpoints', '20', 'state', 'd',
-                                            '*')))[0]
+  data_file = sorted(
+      glob.glob(os.path.join(workdir, 'checkpoints', '20', 'state', 'd', '*'))
+  )[0]
   with open(data_file, 'r+b') as f:
     f.truncate(100)
   resumed = jax.device_get(train.train_and_evaluate(config(num_train_steps=30), workdir))
-  (moved,) = [d for d in os.listdir(os.path.join(workdir, 'checkpoints', 'corrupt'))
-              if not d.endswith('.log')]
+  (moved,) = [
+      d
+      for d in os.listdir(os.path.join(workdir, 'checkpoints', 'corrupt'))
+      if not d.endswith('.log')
+  ]
   assert moved.startswith('20.')  # moved aside, not deleted
   assert steps_on_disk(workdir) == [10, 20, 30]
-  straight = jax.device_get(train.train_and_evaluate(config(num_train_steps=30),
-                                                     str(tmp_path / 'straight')))
+  straight = jax.device_get(
+      train.train_and_evaluate(config(num_train_steps=30), str(tmp_path / 'straight'))
+  )
   assert_trees_equal(resumed, straight)  # from step 10, bit-identical
 
 
@@ -149,13 +196,17 @@ def test_no_readable_checkpoint_is_one_line(finite_run, tmp_path):
 
 # ------------------------------------------------------------------ 3. changed configs
 
+
 def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
   with open(os.path.join(workdir, 'config.json'), 'rb') as f:
     before = f.read()
-  with pytest.raises(ConfigError, match=r'model.generator.width: 8 -> 12.*'
-                     r'allow_config_change=model.generator.width'):
+  with pytest.raises(
+      ConfigError,
+      match=r'model.generator.width: 8 -> 12.*'
+      r'allow_config_change=model.generator.width',
+  ):
     train.train_and_evaluate(config(**{'model.generator.width': 12}), workdir)
   with pytest.raises(ConfigError, match=r'batch_size: 16 -> 32'):
     train.train_and_evaluate(config(batch_size=32), workdir)
@@ -163,8 +214,9 @@ def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
     assert f.read() == before
   # Allowed anyway, the checkpoints do not fit: one line, not a shape traceback.
   with pytest.raises(checkpoint.CheckpointError, match='does not fit this config'):
-    train.train_and_evaluate(config(**{'model.generator.width': 12,
-                                       'allow_config_change': '*'}), workdir)
+    train.train_and_evaluate(
+        config(**{'model.generator.width': 12, 'allow_config_change': '*'}), workdir
+    )
   assert steps_on_disk(workdir) == [10, 20]  # a misfit is not corruption
 
 
@@ -181,11 +233,13 @@ def test_harmless_changes_resume_and_are_recorded(finite_run, tmp_path):
 
 # ------------------------------------------------------------------ 4. filesystem
 
+
 def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
   mount = tmp_path / 'small'
   mount.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)],
-                    capture_output=True).returncode:
+  if subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)], capture_output=True
+  ).returncode:
     pytest.skip('cannot mount a tmpfs here')
   try:
     workdir = str(mount / 'run')
@@ -195,8 +249,13 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     line = error_line(result)
     failed = int(line.split('no room for checkpoint ')[1].split()[0])
     kept = list(range(10, failed, 10))
-    assert steps_on_disk(workdir) == kept and f'({", ".join(map(str, kept)) or "none"}' \
-        in line.replace('steps ', '').replace('none yet', 'none')
+    assert steps_on_disk(
+        workdir
+    ) == kept and f'({", ".join(map(str, kept)) or "none"}' in line.replace(
+        'steps ', ''
+    ).replace(
+        'none yet', 'none'
+    )
     subprocess.run(['mount', '-o', 'remount,size=16m', str(mount)], check=True)
     result = main_cli(workdir, {**big, 'num_train_steps': 30})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -205,9 +264,13 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     subprocess.run(['umount', str(mount)])
 
 
-@pytest.mark.parametrize('make,cause', [
-    (lambda p: p.write_text('x'), 'File exists'),
-    (lambda p: (p.parent / 'file').write_text('x'), 'Not a directory')])
+@pytest.mark.parametrize(
+    'make,cause',
+    [
+        (lambda p: p.write_text('x'), 'File exists'),
+        (lambda p: (p.parent / 'file').write_text('x'), 'Not a directory'),
+    ],
+)
 def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path, make, cause):
   workdir = tmp_path / 'w'
   make(workdir)
@@ -218,20 +281,27 @@ def test_a_workdir_that_cannot_be_made_is_one_line(tmp_path, make, cause):
 
 # ------------------------------------------------------------------ 5. late crashes
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'z_dim': 0}, r"convT0'\]\['kernel'\] would be empty"),
-    ({'data.resolution': 30}, 'resolution 30 is not supported'),
-    ({'model.discriminator.norm': 'bogus'}, "norm must be one of .* got 'bogus'"),
-    ({'num_devices': 5}, 'num_devices=5, but 1 devices'),
-    ({'divergence.policy': 'retry'}, 'divergence.policy')])
-def test_values_that_crashed_late_fail_before_anything_is_written(tmp_path, overrides,
-                                                                   message):
+
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'z_dim': 0}, r"convT0'\]\['kernel'\] would be empty"),
+        ({'data.resolution': 30}, 'resolution 30 is not supported'),
+        ({'model.discriminator.norm': 'bogus'}, "norm must be one of .* got 'bogus'"),
+        ({'num_devices': 5}, 'num_devices=5, but 1 devices'),
+        ({'divergence.policy': 'retry'}, 'divergence.policy'),
+    ],
+)
+def test_values_that_crashed_late_fail_before_anything_is_written(
+    tmp_path, overrides, message
+):
   with pytest.raises(ConfigError, match=message):
     train.train_and_evaluate(config(**overrides), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
 # ------------------------------------------------------------------ 6. metrics
+
 
 def test_the_first_interval_after_a_resume_is_the_uninterrupted_runs(tmp_path):
   """Checkpoints at 6 fall inside a log interval (every 4): the resumed run logs
@@ -249,15 +319,33 @@ def test_the_first_interval_after_a_resume_is_the_uninterrupted_runs(tmp_path):
 
 # ------------------------------------------------------------------ 7. the commands
 
-@pytest.mark.parametrize('module,args,status,message', [
-    ('osgan_jax.summary', ['--config.bogus=1'], 2, "unknown config key 'bogus'"),
-    ('osgan_jax.summary', ['--config.model.discriminator.norm=bogus'], 1,
-     "norm must be one of"),
-    ('osgan_jax.main', ['--workdir=/tmp/unused', '--config.bogus=1'], 2,
-     "unknown config key 'bogus' in --config.bogus")])
+
+@pytest.mark.parametrize(
+    'module,args,status,message',
+    [
+        ('osgan_jax.summary', ['--config.bogus=1'], 2, "unknown config key 'bogus'"),
+        (
+            'osgan_jax.summary',
+            ['--config.model.discriminator.norm=bogus'],
+            1,
+            'norm must be one of',
+        ),
+        (
+            'osgan_jax.main',
+            ['--workdir=/tmp/unused', '--config.bogus=1'],
+            2,
+            "unknown config key 'bogus' in --config.bogus",
+        ),
+    ],
+)
 def test_commands_report_bad_input_in_one_line(module, args, status, message):
-  result = subprocess.run([sys.executable, '-m', module, f'--config={CONFIG}', *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, '-m', module, f'--config={CONFIG}', *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == status, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   (line,) = [l for l in result.stderr.splitlines() if l.startswith(f'{module}: error:')]
@@ -265,12 +353,28 @@ def test_commands_report_bad_input_in_one_line(module, args, status, message):
 
 
 def test_helpconfig_lists_every_key_with_its_meaning():
-  result = subprocess.run([sys.executable, '-m', 'osgan_jax.main', f'--config={CONFIG}',
-                           '--helpconfig', '--config.batch_size=32'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'osgan_jax.main',
+          f'--config={CONFIG}',
+          '--helpconfig',
+          '--config.batch_size=32',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   c = config_base.load_config(CONFIG)
-  for key in ('batch_size=32', 'model.generator.width', 'divergence.policy',
-              'data.resolution', 'fid.every_steps'):
+  for key in (
+      'batch_size=32',
+      'model.generator.width',
+      'divergence.policy',
+      'data.resolution',
+      'fid.every_steps',
+  ):
     assert f'--config.{key}' in result.stdout
   assert '``divergence.*``' in result.stdout and c.loss in result.stdout

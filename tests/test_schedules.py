@@ -25,16 +25,18 @@ def official_cosine(cur_nimg, base_value, total_nimg, final_value):
 
 
 def _config(**overrides):
-  return config_base.load_config(os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'),
-                                 overrides)
+  return config_base.load_config(
+      os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'), overrides
+  )
 
 
 @pytest.mark.parametrize('start,final', [(2e-4, 5e-5), (0.9, 0.99), (0.0, 5000.0)])
 def test_cosine_ramp_is_r3gans(start, final):
   ramp = schedules.ramp(start, final, 100, 'cosine')
   for step in (0, 1, 37, 50, 99, 100, 101, 10_000):
-    np.testing.assert_allclose(float(ramp(step)), official_cosine(step, start, 100, final),
-                               rtol=2e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        float(ramp(step)), official_cosine(step, start, 100, final), rtol=2e-6, atol=1e-9
+    )
   line = schedules.ramp(start, final, 100, 'linear')
   np.testing.assert_allclose(float(line(25)), start + 0.25 * (final - start), rtol=1e-6)
   np.testing.assert_allclose(float(line(500)), final, rtol=1e-6)
@@ -44,8 +46,16 @@ def test_adam_follows_the_ramped_lr_and_beta2():
   """Both players' Adam at step t uses lr(t), beta2(t): checked against Adam written
   out with the per-step values (bias corrections with the current beta2, as PyTorch's
   Adam with param_groups updated each step, the official R3GAN loop)."""
-  config = _config(**{'optimizer.g_lr': 2e-4, 'optimizer.b1': 0.0, 'optimizer.b2': 0.9,
-                      'schedule.steps': 6, 'schedule.g_lr': 5e-5, 'schedule.b2': 0.99})
+  config = _config(
+      **{
+          'optimizer.g_lr': 2e-4,
+          'optimizer.b1': 0.0,
+          'optimizer.b2': 0.9,
+          'schedule.steps': 6,
+          'schedule.g_lr': 5e-5,
+          'schedule.b2': 0.99,
+      }
+  )
   opt_g, _ = gan.make_optimizers(config)
   rng = np.random.default_rng(0)
   params = {'w': jnp.asarray(rng.normal(size=5), jnp.float32)}
@@ -67,8 +77,15 @@ def test_adam_follows_the_ramped_lr_and_beta2():
 
 
 def test_lazy_regularisation_correction_applies_to_the_ramp():
-  config = _config(**{'optimizer.d_lr': 2e-3, 'schedule.steps': 10, 'schedule.d_lr': 1e-3,
-                      'reg.r1_gamma': 1.0, 'reg.r1_interval': 4})
+  config = _config(
+      **{
+          'optimizer.d_lr': 2e-3,
+          'schedule.steps': 10,
+          'schedule.d_lr': 1e-3,
+          'reg.r1_gamma': 1.0,
+          'reg.r1_interval': 4,
+      }
+  )
   _, opt_d = gan.make_optimizers(config)
   params = {'w': jnp.ones(3)}
   state = opt_d.init(params)
@@ -79,32 +96,56 @@ def test_lazy_regularisation_correction_applies_to_the_ramp():
 
 
 def test_penalty_weights_and_ema_half_life_ramp_with_the_step():
-  config = _config(**{'penalty.r1': 0.05, 'penalty.r2': 0.05, 'schedule.steps': 100,
-                      'schedule.r1': 0.005, 'schedule.r2': 0.005,
-                      'schedule.ema_half_life_kimg': 5.0})
+  config = _config(
+      **{
+          'penalty.r1': 0.05,
+          'penalty.r2': 0.05,
+          'schedule.steps': 100,
+          'schedule.r1': 0.005,
+          'schedule.r2': 0.005,
+          'schedule.ema_half_life_kimg': 5.0,
+      }
+  )
   g = gan.make_gan(config, *gan.create_models(config))
   for step in (0, 30, 100, 200):
     w = g.penalty_weights(jnp.int32(step))
     for k in ('r1', 'r2'):
-      np.testing.assert_allclose(float(w[k]), official_cosine(step, 0.05, 100, 0.005),
-                                 rtol=1e-5)
+      np.testing.assert_allclose(
+          float(w[k]), official_cosine(step, 0.05, 100, 0.005), rtol=1e-5
+      )
   # The EMA exists although its starting half-life is 0, and follows the ramp.
   assert schedules.active(config, 'ema_half_life_kimg')
   half_life = schedules.value(config, 'ema_half_life_kimg')
   b = int(config.batch_size)
   beta = regularizers.ema_beta(b, jnp.float32(50 * b), half_life_kimg=half_life(50))
-  np.testing.assert_allclose(float(beta), 0.5 ** (b / (official_cosine(50, 0, 100, 5) *
-                                                       1000)), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(beta), 0.5 ** (b / (official_cosine(50, 0, 100, 5) * 1000)), rtol=1e-5
+  )
   assert float(regularizers.ema_beta(b, jnp.float32(0), half_life_kimg=half_life(0))) == 0
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'schedule.g_lr': 1e-4}, 'config.schedule.g_lr is set but config.schedule.steps is 0'),
-    ({'schedule.steps': 10, 'schedule.kind': 'step'}, "config.schedule.kind must be one of"),
-    ({'schedule.steps': -1}, 'config.schedule.steps must be >= 0'),
-    ({'schedule.steps': 10, 'schedule.b2': 1.0}, r'config.schedule.b2 must be in \[0, 1\)'),
-    ({'schedule.steps': 10, 'schedule.d_lr': 0.0}, 'config.schedule.d_lr must be > 0'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (
+            {'schedule.g_lr': 1e-4},
+            'config.schedule.g_lr is set but config.schedule.steps is 0',
+        ),
+        (
+            {'schedule.steps': 10, 'schedule.kind': 'step'},
+            'config.schedule.kind must be one of',
+        ),
+        ({'schedule.steps': -1}, 'config.schedule.steps must be >= 0'),
+        (
+            {'schedule.steps': 10, 'schedule.b2': 1.0},
+            r'config.schedule.b2 must be in \[0, 1\)',
+        ),
+        (
+            {'schedule.steps': 10, 'schedule.d_lr': 0.0},
+            'config.schedule.d_lr must be > 0',
+        ),
+    ],
+)
 def test_bad_schedules_are_one_line_errors(overrides, message):
   with pytest.raises(config_base.ConfigError, match=message) as e:
     gan.validate(_config(**overrides))
@@ -115,13 +156,28 @@ def test_bad_schedules_are_one_line_errors(overrides, message):
 def test_a_ramped_run_resumes_bit_identically(tmp_path):
   """The ramps' position is the optimiser's count (in the checkpoint): a run resumed
   from step 2 of 4 equals the uninterrupted one."""
-  config = _config(**{
-      'model.generator.width': 8, 'model.discriminator.width': 8, 'batch_size': 16,
-      'data.resolution': 16, 'data.num_threads': 0, 'log_every_steps': 2,
-      'sample_every_steps': 100, 'checkpoint_every_steps': 2, 'keep_checkpoints': 5,
-      'num_train_steps': 4, 'progress_bar': False, 'penalty.r1': 0.1,
-      'schedule.steps': 3, 'schedule.g_lr': 1e-5, 'schedule.d_lr': 1e-5,
-      'schedule.b2': 0.99, 'schedule.r1': 0.01, 'schedule.ema_half_life_kimg': 1.0})
+  config = _config(
+      **{
+          'model.generator.width': 8,
+          'model.discriminator.width': 8,
+          'batch_size': 16,
+          'data.resolution': 16,
+          'data.num_threads': 0,
+          'log_every_steps': 2,
+          'sample_every_steps': 100,
+          'checkpoint_every_steps': 2,
+          'keep_checkpoints': 5,
+          'num_train_steps': 4,
+          'progress_bar': False,
+          'penalty.r1': 0.1,
+          'schedule.steps': 3,
+          'schedule.g_lr': 1e-5,
+          'schedule.d_lr': 1e-5,
+          'schedule.b2': 0.99,
+          'schedule.r1': 0.01,
+          'schedule.ema_half_life_kimg': 1.0,
+      }
+  )
   straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / 'a')))
   assert straight.ema_params_g is not None
   hyper = straight.opt_state_g.hyperparams
@@ -134,6 +190,7 @@ def test_a_ramped_run_resumes_bit_identically(tmp_path):
     np.testing.assert_array_equal(x, y)
   # The ramped values are logged (means over each 2-step interval).
   import json
+
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   lr = [official_cosine(i, config.optimizer.g_lr, 3, 1e-5) for i in range(4)]

@@ -35,23 +35,34 @@ def config_path(name):
 
 # The configs this loop trains (the others, e.g. data-free distillation's, set a task).
 CONFIG_NAMES = sorted(
-    n for n in (os.path.splitext(os.path.basename(p))[0]
-                for p in glob.glob(os.path.join(REPO, 'configs', '*.py')))
-    if config_base.load_config(config_path(n)).get('task', 'gan') == 'gan')
+    n
+    for n in (
+        os.path.splitext(os.path.basename(p))[0]
+        for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+    )
+    if config_base.load_config(config_path(n)).get('task', 'gan') == 'gan'
+)
 
 # Per architecture: the overrides that make its networks tiny.
 TINY_MODEL = {
     'dcgan': {'model.generator.width': 8, 'model.discriminator.width': 8},
-    'r3gan': {'model.generator.channel_base': 64, 'model.generator.channel_max': 16,
-              'model.discriminator.channel_base': 64,
-              'model.discriminator.channel_max': 16,
-              'model.generator.blocks_per_stage': 1,
-              'model.discriminator.blocks_per_stage': 1},
-    'stylegan2': {'z_dim': 16, 'model.generator.w_dim': 16,
-                  'model.generator.mapping_layers': 2,
-                  'model.generator.channel_base': 64, 'model.generator.channel_max': 16,
-                  'model.discriminator.channel_base': 64,
-                  'model.discriminator.channel_max': 16},
+    'r3gan': {
+        'model.generator.channel_base': 64,
+        'model.generator.channel_max': 16,
+        'model.discriminator.channel_base': 64,
+        'model.discriminator.channel_max': 16,
+        'model.generator.blocks_per_stage': 1,
+        'model.discriminator.blocks_per_stage': 1,
+    },
+    'stylegan2': {
+        'z_dim': 16,
+        'model.generator.w_dim': 16,
+        'model.generator.mapping_layers': 2,
+        'model.generator.channel_base': 64,
+        'model.generator.channel_max': 16,
+        'model.discriminator.channel_base': 64,
+        'model.discriminator.channel_max': 16,
+    },
 }
 
 
@@ -59,9 +70,15 @@ def tiny_overrides(name, folder, **extra):
   """Overrides that make any config a few-second run on CPU."""
   base = config_base.load_config(config_path(name))
   overrides = {
-      'batch_size': 8, 'num_train_steps': 2, 'log_every_steps': 1,
-      'sample_every_steps': 2, 'checkpoint_every_steps': 1000, 'num_samples': 4,
-      'progress_bar': False, 'data.resolution': 16, 'data.num_threads': 0,
+      'batch_size': 8,
+      'num_train_steps': 2,
+      'log_every_steps': 1,
+      'sample_every_steps': 2,
+      'checkpoint_every_steps': 1000,
+      'num_samples': 4,
+      'progress_bar': False,
+      'data.resolution': 16,
+      'data.num_threads': 0,
       'fid.every_steps': 0,  # the paper configs' FID-50k is tested on its own
       **TINY_MODEL[base.model.name],
   }
@@ -91,8 +108,9 @@ def read_metrics(workdir):
 
 
 def checkpoint_steps(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                if d.isdigit())
+  return sorted(
+      int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()
+  )
 
 
 def assert_trees_equal(a, b):
@@ -128,19 +146,30 @@ def corrupt_folder(folder, tmp_path_factory):
 # The StyleGAN2 configs differ only in sizes that tiny_overrides replaces: the tiny
 # one runs both stages (and test_stylegan2_regularisers_ema_and_exact_resume more), the
 # FFHQ one runs one-stage in mixed precision (bfloat16 in the top two resolutions).
-EXTRA = {'stylegan2_ffhq': {
-    'model.generator.num_fp16_res': 2, 'model.discriminator.num_fp16_res': 2,
-    'model.generator.conv_clamp': 256.0, 'model.discriminator.conv_clamp': 256.0}}
+EXTRA = {
+    'stylegan2_ffhq': {
+        'model.generator.num_fp16_res': 2,
+        'model.discriminator.num_fp16_res': 2,
+        'model.generator.conv_clamp': 256.0,
+        'model.discriminator.conv_clamp': 256.0,
+    }
+}
 
 
 # The R3GAN paper configs differ from r3gan_fashion_mnist (both stages) in sizes, data
 # and bfloat16 stages: the FFHQ one runs one-stage (unconditional, mixed precision).
-SKIP = {('stylegan2_ffhq', 'two'), ('r3gan_cifar10', 'one'), ('r3gan_cifar10', 'two'),
-        ('r3gan_ffhq256', 'two')}
+SKIP = {
+    ('stylegan2_ffhq', 'two'),
+    ('r3gan_cifar10', 'one'),
+    ('r3gan_cifar10', 'two'),
+    ('r3gan_ffhq256', 'two'),
+}
 
 
-@pytest.mark.parametrize('name,stage', [(n, s) for n in CONFIG_NAMES for s in ('one', 'two')
-                                        if (n, s) not in SKIP])
+@pytest.mark.parametrize(
+    'name,stage',
+    [(n, s) for n in CONFIG_NAMES for s in ('one', 'two') if (n, s) not in SKIP],
+)
 def test_every_config_trains(name, stage, folder, tmp_path):
   config = tiny_config(name, folder, stage=stage, **EXTRA.get(name, {}))
   state = train.train_and_evaluate(config, str(tmp_path))
@@ -162,9 +191,11 @@ def test_every_config_trains(name, stage, folder, tmp_path):
       assert np.max(np.abs(np.asarray(leaf))) <= base.optimizer.weight_clip
   if base.model.discriminator.get('spectral_norm'):  # SN vectors are state, updated
     init = jax.jit(gan_lib.make_init(config, *_gan_and_models(config)))(
-        jax.random.fold_in(jax.random.PRNGKey(config.seed), 0))
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b),
-                           init.model_state_d, state.model_state_d)
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    )
+    changed = jax.tree.map(
+        lambda a, b: not np.array_equal(a, b), init.model_state_d, state.model_state_d
+    )
     assert all(jax.tree.leaves(changed))
   if base.num_classes:  # one class per column
     assert grid.shape[1] > grid.shape[0]
@@ -177,12 +208,18 @@ def _gan_and_models(config):
 
 # ----------------------------------------------------- artifacts, resume, corrupt data
 
+
 @pytest.fixture(scope='module')
 def straight_run(corrupt_folder, tmp_path_factory):
   """4 uninterrupted steps, checkpoints at 2 and 4, on a folder with a corrupt image."""
   workdir = tmp_path_factory.mktemp('straight')
-  config = tiny_config('hinge_celeba', corrupt_folder, num_train_steps=4,
-                       checkpoint_every_steps=2, keep_checkpoints=5)
+  config = tiny_config(
+      'hinge_celeba',
+      corrupt_folder,
+      num_train_steps=4,
+      checkpoint_every_steps=2,
+      keep_checkpoints=5,
+  )
   state = jax.device_get(train.train_and_evaluate(config, str(workdir)))
   return config, workdir, state
 
@@ -193,8 +230,15 @@ def test_run_leaves_checkpoints_metrics_events_and_samples(straight_run):
   assert checkpoint_steps(workdir) == [2, 4]
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == [1, 2, 3, 4]
-  for key in ('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact',
-              'data_skipped_images'):
+  for key in (
+      'loss_d',
+      'loss_g',
+      'gamma_mean',
+      'gamma_min',
+      'gamma_max',
+      'n_exact',
+      'data_skipped_images',
+  ):
     assert key in records[0]
   assert 'steps_per_sec' in records[-1] and 'images_per_sec' in records[-1]
   assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
@@ -208,14 +252,15 @@ def read_events(workdir):
   """{tag: [steps]} of the TensorBoard event files (TFRecord framing, no TensorBoard)."""
   import struct
   from tensorboardX.proto import event_pb2
+
   tags = {}
   for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
     with open(path, 'rb') as f:
       data = f.read()
     pos = 0
     while pos < len(data):
-      (length,) = struct.unpack('<Q', data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack('<Q', data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4
       for value in event.summary.value:
         kind = 'image' if value.HasField('image') else 'scalar'
@@ -244,6 +289,7 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
   # The same command in a copy of the workdir whose last checkpoint is gone: it
   # resumes from step 2 and must reach the uninterrupted run's state exactly.
   import shutil
+
   workdir = tmp_path / 'resumed'
   shutil.copytree(straight_dir, workdir)
   shutil.rmtree(workdir / 'checkpoints' / '4')
@@ -262,20 +308,33 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
 
 # ----------------------------------------------------------------------------- StyleGAN2
 
+
 def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
   """The tiny StyleGAN2 config on Fashion-MNIST with lazy R1 every 2 and path length
   every 3 steps, and the EMA: the regularisers run at their intervals and update their
   player only, the EMA and pl_mean are in the state, the samples use the EMA, and a
   run resumed from its step-3 checkpoint equals the uninterrupted one bit for bit."""
   if not os.path.exists(FASHION_MNIST):
-    pytest.skip('needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)')
-  overrides = tiny_overrides('stylegan2_tiny', None, num_train_steps=6,
-                             checkpoint_every_steps=3, keep_checkpoints=5,
-                             sample_every_steps=6, **{
-                                 'data.name': 'fashion_mnist', 'data.path': '',
-                                 'reg.r1_interval': 2, 'reg.pl_interval': 3,
-                                 'reg.r1_gamma': 1.0, 'ema.half_life_kimg': 0.05,
-                                 'ema.rampup': 0.0})
+    pytest.skip(
+        'needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)'
+    )
+  overrides = tiny_overrides(
+      'stylegan2_tiny',
+      None,
+      num_train_steps=6,
+      checkpoint_every_steps=3,
+      keep_checkpoints=5,
+      sample_every_steps=6,
+      **{
+          'data.name': 'fashion_mnist',
+          'data.path': '',
+          'reg.r1_interval': 2,
+          'reg.pl_interval': 3,
+          'reg.r1_gamma': 1.0,
+          'ema.half_life_kimg': 0.05,
+          'ema.rampup': 0.0,
+      },
+  )
   config = config_base.load_config(config_path('stylegan2_tiny'), overrides)
   straight = tmp_path / 'straight'
   state = jax.device_get(train.train_and_evaluate(config, str(straight)))
@@ -283,24 +342,29 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
   records = read_metrics(straight)
   r1_steps = [r['step'] for r in records if 'r1_penalty' in r]
   pl_steps = [r['step'] for r in records if 'pl_penalty' in r]
-  assert r1_steps == [1, 3, 5] and pl_steps == [1, 4]      # iterations 0, 2, 4 / 0, 3
+  assert r1_steps == [1, 3, 5] and pl_steps == [1, 4]  # iterations 0, 2, 4 / 0, 3
   # A half-life of 50 images at batch 8 (no ramp-up).
   np.testing.assert_allclose([r['ema_beta'] for r in records], 0.5 ** (8 / 50), rtol=1e-6)
   assert float(state.pl_mean) > 0
-  assert int(optax_count(state.opt_state_g)) == 6 + 2      # main steps + 'Greg' steps
-  assert int(optax_count(state.opt_state_d)) == 6 + 3      # main steps + 'Dreg' steps
+  assert int(optax_count(state.opt_state_g)) == 6 + 2  # main steps + 'Greg' steps
+  assert int(optax_count(state.opt_state_d)) == 6 + 3  # main steps + 'Dreg' steps
   ema = jax.tree.leaves(state.ema_params_g)
-  assert any(not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params_g)))
+  assert any(
+      not np.array_equal(e, p) for e, p in zip(ema, jax.tree.leaves(state.params_g))
+  )
   # The sample grid is drawn with the EMA parameters.
   generator, discriminator = gan_lib.create_models(config)
   gan = gan_lib.make_gan(config, generator, discriminator)
   sample = gan_lib.make_sampler(config, gan, config.num_samples, 2)
-  grid = lambda p: evaluators.image_grid(np.asarray(sample(p, state.model_state_g, 0)))[..., 0]
+  grid = lambda p: evaluators.image_grid(np.asarray(sample(p, state.model_state_g, 0)))[
+      ..., 0
+  ]
   saved = np.asarray(Image.open(straight / 'samples' / 'step_000006.png'), np.int32)
-  assert np.abs(saved - grid(state.ema_params_g)).max() <= 1     # a rounding apart
+  assert np.abs(saved - grid(state.ema_params_g)).max() <= 1  # a rounding apart
   assert np.abs(saved - grid(state.params_g)).max() > 8
 
   import shutil
+
   resumed = tmp_path / 'resumed'
   shutil.copytree(straight, resumed)
   shutil.rmtree(resumed / 'checkpoints' / '6')
@@ -310,20 +374,37 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
 
 def optax_count(opt_state):
   import optax
+
   return optax.tree_utils.tree_get(opt_state, 'count')
 
 
 # ------------------------------------------------------------------------------ SIGTERM
 
+
 def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
   name = 'dcgan_fashion_mnist'
-  overrides = tiny_overrides(name, folder, num_train_steps=100_000,
-                             checkpoint_every_steps=100_000, sample_every_steps=100_000)
+  overrides = tiny_overrides(
+      name,
+      folder,
+      num_train_steps=100_000,
+      checkpoint_every_steps=100_000,
+      sample_every_steps=100_000,
+  )
   workdir = tmp_path / 'interrupted'
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'osgan_jax.main', f'--config={config_path(name)}',
-       f'--workdir={workdir}', *_cli(overrides)],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          '-m',
+          'osgan_jax.main',
+          f'--config={config_path(name)}',
+          f'--workdir={workdir}',
+          *_cli(overrides),
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   try:
     deadline = time.time() + 400
     while True:  # wait until a few steps have run, then preempt
@@ -356,7 +437,7 @@ def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
 
 # ------------------------------------------------------------------------- 8 devices
 
-_MULTI_DEVICE_SCRIPT = textwrap.dedent('''
+_MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                                + ' --xla_force_host_platform_device_count=8')
@@ -377,7 +458,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent('''
                          states[8], states[1])
     print(json.dumps({'max_diff': max(jax.tree.leaves(diffs)),
                       'step': int(states[8].step)}))
-''')
+""")
 
 
 def test_eight_devices_equal_one_device(folder, tmp_path):
@@ -387,14 +468,31 @@ def test_eight_devices_equal_one_device(folder, tmp_path):
   removes it), so Adam's first steps turn float round-off in it into updates of
   +-lr that differ between device counts (and change no output).
   """
-  overrides = tiny_overrides('dcgan_fashion_mnist', folder, batch_size=16,
-                             num_train_steps=3, **{'model.discriminator.norm': 'batch',
-                                                   'model.generator.use_bias': False,
-                                                   'model.discriminator.use_bias': False})
+  overrides = tiny_overrides(
+      'dcgan_fashion_mnist',
+      folder,
+      batch_size=16,
+      num_train_steps=3,
+      **{
+          'model.discriminator.norm': 'batch',
+          'model.generator.use_bias': False,
+          'model.discriminator.use_bias': False,
+      },
+  )
   result = subprocess.run(
-      [sys.executable, '-c', _MULTI_DEVICE_SCRIPT, config_path('dcgan_fashion_mnist'),
-       str(tmp_path), json.dumps(overrides)],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          '-c',
+          _MULTI_DEVICE_SCRIPT,
+          config_path('dcgan_fashion_mnist'),
+          str(tmp_path),
+          json.dumps(overrides),
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out['step'] == 3
@@ -403,9 +501,12 @@ def test_eight_devices_equal_one_device(folder, tmp_path):
 
 # ------------------------------------------------------------------------- small parts
 
+
 def test_optimizers_follow_milestones_and_clip_d():
-  config = config_base.load_config(config_path('wgan_celeba'), {
-      'optimizer.lr_milestones': (2, 4), 'optimizer.g_lr': 1e-3, 'optimizer.d_lr': 1.0})
+  config = config_base.load_config(
+      config_path('wgan_celeba'),
+      {'optimizer.lr_milestones': (2, 4), 'optimizer.g_lr': 1e-3, 'optimizer.d_lr': 1.0},
+  )
   opt_g, opt_d = gan_lib.make_optimizers(config)
 
   @jax.jit
@@ -424,8 +525,9 @@ def test_optimizers_follow_milestones_and_clip_d():
 
   updates_g, params_d = jax.device_get(run({'w': np.zeros(1, np.float32)}))
   # Adam with a constant gradient moves by lr per step: lr, lr, lr/10, lr/10, lr/100, ...
-  np.testing.assert_allclose(-updates_g, 1e-3 * np.array([1, 1, .1, .1, .01, .01]),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+      -updates_g, 1e-3 * np.array([1, 1, 0.1, 0.1, 0.01, 0.01]), rtol=1e-4
+  )
   # D's weights never leave [-0.01, 0.01] whatever its learning rate.
   np.testing.assert_allclose(params_d, 0.01, rtol=1e-6)
 
@@ -439,16 +541,23 @@ def test_image_grid_layout():
 
 
 def test_invalid_settings_fail_before_any_work(folder, tmp_path):
-  for overrides, message in (({'stage': 'three'}, 'config.stage'),
-                             ({'loss': 'nope'}, 'config.loss'),
-                             ({'batch_size': 0}, 'batch_size'),
-                             ({'num_classes': 5, 'data.name': 'fashion_mnist',
-                               'data.path': ''}, 'the data has 10 classes')):
-    if overrides.get('data.name') == 'fashion_mnist' and not os.path.exists(FASHION_MNIST):
+  for overrides, message in (
+      ({'stage': 'three'}, 'config.stage'),
+      ({'loss': 'nope'}, 'config.loss'),
+      ({'batch_size': 0}, 'batch_size'),
+      (
+          {'num_classes': 5, 'data.name': 'fashion_mnist', 'data.path': ''},
+          'the data has 10 classes',
+      ),
+  ):
+    if overrides.get('data.name') == 'fashion_mnist' and not os.path.exists(
+        FASHION_MNIST
+    ):
       continue
     with pytest.raises(ConfigError, match=message):
-      train.train_and_evaluate(tiny_config('dcgan_fashion_mnist', folder, **overrides),
-                               str(tmp_path))
+      train.train_and_evaluate(
+          tiny_config('dcgan_fashion_mnist', folder, **overrides), str(tmp_path)
+      )
   config = tiny_config('dcgan_fashion_mnist', folder)
   with config.model.generator.unlocked():
     config.model.generator.z_dim = 7  # model kwargs may not contradict top-level keys
@@ -459,17 +568,25 @@ def test_invalid_settings_fail_before_any_work(folder, tmp_path):
 
 # ----------------------------------------------------------------------- FID / KID
 
-def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(folder, tmp_path,
-                                                              monkeypatch):
+
+def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(
+    folder, tmp_path, monkeypatch
+):
   """FID/KID every 2 steps and at the end, on 8 generated vs 8 real 1-channel images."""
   from osgan_jax.metrics import fid as fid_lib
   from osgan_jax.metrics import inception
+
   if inception.default_weights_path() is None:
     pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
   monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'weights_cache'))
   workdir = tmp_path / 'run'
-  fid_keys = {'fid.every_steps': 2, 'fid.num_samples': 8, 'fid.num_real': 8,
-              'fid.batch_size': 8, 'fid.kid': True}
+  fid_keys = {
+      'fid.every_steps': 2,
+      'fid.num_samples': 8,
+      'fid.num_real': 8,
+      'fid.batch_size': 8,
+      'fid.kid': True,
+  }
   config = tiny_config('dcgan_fashion_mnist', folder, num_train_steps=2, **fid_keys)
   assert config.data.channels == 1  # the extractor replicates grey to RGB
   train.train_and_evaluate(config, str(workdir))

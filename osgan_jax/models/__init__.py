@@ -29,8 +29,12 @@ _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def register(name: str, module_path: str, generator: str = 'Generator',
-             discriminator: str = 'Discriminator') -> None:
+def register(
+    name: str,
+    module_path: str,
+    generator: str = 'Generator',
+    discriminator: str = 'Discriminator',
+) -> None:
   """Registers an architecture: classes ``generator``/``discriminator`` of
   ``module_path`` (imported on first ``get``)."""
   _ARCHITECTURES[name] = (module_path, generator, discriminator)
@@ -67,8 +71,9 @@ def check_images(x, resolution: int, channels: int):
   x = jax.numpy.asarray(x)
   expected = (resolution, resolution, channels)
   if x.shape[1:] != expected:
-    raise ValueError(f'images must have shape [B, {", ".join(map(str, expected))}], '
-                     f'got {x.shape}')
+    raise ValueError(
+        f'images must have shape [B, {", ".join(map(str, expected))}], ' f'got {x.shape}'
+    )
   return x
 
 
@@ -80,8 +85,10 @@ def check_labels(labels, num_classes: int, batch: int):
       raise ValueError('labels were given to an unconditional model (num_classes=0)')
     return None
   if labels is None:
-    raise ValueError(f'this model is conditional (num_classes={num_classes}): pass '
-                     'integer labels [B]')
+    raise ValueError(
+        f'this model is conditional (num_classes={num_classes}): pass '
+        'integer labels [B]'
+    )
   labels = jax.numpy.asarray(labels)
   if labels.shape != (batch,):
     raise ValueError(f'labels must have shape ({batch},), got {labels.shape}')
@@ -104,19 +111,39 @@ def rngs(module, rng) -> dict:
   return dict(zip(streams, jax.random.split(rng, len(streams))))
 
 
-def apply(module, params, model_state, x, labels=None, train: bool = True, rng=None,
-          method=None, **kwargs):
+def apply(
+    module,
+    params,
+    model_state,
+    x,
+    labels=None,
+    train: bool = True,
+    rng=None,
+    method=None,
+    **kwargs,
+):
   """``module.apply`` with the non-parameter collections (BatchNorm statistics, ...)
   and RNG streams threaded through; returns ``(output, model_state)``, the state
   updated in training mode."""
   variables = {'params': params, **model_state}
   kwargs.update(train=train, rngs=rngs(module, rng), method=method)
   if train and model_state:
-    out, new_state = module.apply(variables, x, labels, mutable=list(model_state),
-                                  **kwargs)
+    out, new_state = module.apply(
+        variables, x, labels, mutable=list(model_state), **kwargs
+    )
     return out, {**model_state, **new_state}
   return module.apply(variables, x, labels, **kwargs), model_state
 
 
-__all__ = ['apply', 'available', 'check_images', 'check_labels', 'get', 'get_discriminator', 'get_generator',
-           'register', 'rng_streams', 'rngs']
+__all__ = [
+    'apply',
+    'available',
+    'check_images',
+    'check_labels',
+    'get',
+    'get_discriminator',
+    'get_generator',
+    'register',
+    'rng_streams',
+    'rngs',
+]

@@ -42,14 +42,14 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def _batch_norm(train: bool, **kwargs):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      **kwargs)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, **kwargs)
 
 
 def _unconditional(num_classes: int, labels) -> None:
   if num_classes or labels is not None:
-    raise ValueError('the DFAD networks are unconditional: num_classes must be 0 and '
-                     'labels None')
+    raise ValueError(
+        'the DFAD networks are unconditional: num_classes must be 0 and ' 'labels None'
+    )
 
 
 class _Layers(nn.Module):
@@ -101,11 +101,15 @@ class Classifier(_Layers):
   def __call__(self, x, labels=None, train: bool = True):
     _unconditional(self.num_classes, labels)
     if self.arch not in ARCHS:
-      raise ValueError(f'unknown classifier arch {self.arch!r}; valid: {", ".join(ARCHS)}')
+      raise ValueError(
+          f'unknown classifier arch {self.arch!r}; valid: {", ".join(ARCHS)}'
+      )
     expected = (self.resolution, self.resolution, self.channels)
     if tuple(x.shape[1:]) != expected:
-      raise ValueError(f'{self.arch} expects [B, {", ".join(map(str, expected))}] inputs, '
-                       f'got {tuple(x.shape)}')
+      raise ValueError(
+          f'{self.arch} expects [B, {", ".join(map(str, expected))}] inputs, '
+          f'got {tuple(x.shape)}'
+      )
     width = self.width or _DEFAULT_WIDTH[self.arch]
     if self.arch == 'lenet5':
       if self.blocks:
@@ -130,13 +134,17 @@ class Classifier(_Layers):
     return self._layer(nn.Dense(self.num_outputs), x, train)
 
   def _resnet(self, x, w: int, blocks, train: bool):
-    x = self._layer(nn.Conv(w, (3, 3), padding=1, use_bias=False,
-                            kernel_init=_conv_init), x, train)
+    x = self._layer(
+        nn.Conv(w, (3, 3), padding=1, use_bias=False, kernel_init=_conv_init), x, train
+    )
     x = nn.relu(_batch_norm(train)(x))
     for stage, n in enumerate(blocks):
       for i in range(n):
-        x = _BasicBlock(spectral_norm=self.spectral_norm, planes=w * 2**stage,
-                        stride=2 if stage and not i else 1)(x, train)
+        x = _BasicBlock(
+            spectral_norm=self.spectral_norm,
+            planes=w * 2**stage,
+            stride=2 if stage and not i else 1,
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return self._layer(nn.Dense(self.num_outputs), x, train)
 

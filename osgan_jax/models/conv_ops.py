@@ -106,11 +106,15 @@ def _forms(x_shape, w_shape):
     return _patch_conv, _patch_conv, _patch_conv
   if ho * wo <= _SMALL_OUTPUT:
     return _patch_conv, _patch_conv, _patch_conv_kernel_tangent
-  return (_shift_conv if o <= _FEW_OUTPUTS else _xla_valid, _xla_valid,
-          _shift_conv if o <= c else _patch_conv_kernel_tangent)
+  return (
+      _shift_conv if o <= _FEW_OUTPUTS else _xla_valid,
+      _xla_valid,
+      _shift_conv if o <= c else _patch_conv_kernel_tangent,
+  )
 
 
 # --------------------------------------------------------------------- building blocks
+
 
 def _patches(x, kh, kw):
   """im2col: [B*Ho*Wo, kh*kw*C], taps major, channels minor (a reshaped HWIO kernel)."""
@@ -119,8 +123,9 @@ def _patches(x, kh, kw):
   if (kh, kw) == (1, 1):
     p = x
   else:
-    p = jnp.concatenate([x[:, u:u + ho, v:v + wo] for u in range(kh) for v in range(kw)],
-                        axis=-1)
+    p = jnp.concatenate(
+        [x[:, u : u + ho, v : v + wo] for u in range(kh) for v in range(kw)], axis=-1
+    )
   return p.reshape(b * ho * wo, kh * kw * c)
 
 
@@ -139,7 +144,7 @@ def _patch_conv_kernel_tangent(x, w):
   otherwise fold the transpose into (the barrier keeps it from folding)."""
   kh, kw, c, o = w.shape
   b, h, wd, _ = x.shape
-  p_t = lax.optimization_barrier(_patches(x, kh, kw).T)      # [kh*kw*C, B*Ho*Wo]
+  p_t = lax.optimization_barrier(_patches(x, kh, kw).T)  # [kh*kw*C, B*Ho*Wo]
   y = jnp.dot(p_t.T, w.reshape(kh * kw * c, o))
   return y.reshape(b, h - kh + 1, wd - kw + 1, o)
 
@@ -158,7 +163,9 @@ def _shift_conv(x, w):
   ho, wo = h - kh + 1, wd - kw + 1
   z = jnp.dot(x.reshape(b * h * wd, c), w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
   z = z.reshape(b, h, wd, kh * kw, o)
-  return sum(z[:, u:u + ho, v:v + wo, u * kw + v] for u in range(kh) for v in range(kw))
+  return sum(
+      z[:, u : u + ho, v : v + wo, u * kw + v] for u in range(kh) for v in range(kw)
+  )
 
 
 def _xla_valid(x, w):
@@ -205,13 +212,15 @@ def _conv_strided(x, w, strides, pads):
   full = ((pads[0][0], pads[0][1] + extra[0]), (pads[1][0], pads[1][1] + extra[1]))
 
   s2d_shape = (b, (hp + extra[0]) // s, (wp + extra[1]) // s, s * s * x.shape[-1])
-  primal_s, tangent_x, tangent_w = _forms(s2d_shape, (kh // s, kw // s) + s2d_shape[-1:]
-                                          + w.shape[-1:])
+  primal_s, tangent_x, tangent_w = _forms(
+      s2d_shape, (kh // s, kw // s) + s2d_shape[-1:] + w.shape[-1:]
+  )
 
   def in_depth(form):
     def f(x, w):
       xs = _space_to_depth(jnp.pad(x, ((0, 0),) + full + ((0, 0),)), s)
       return form(xs, _kernel_to_depth(w, s))[:, :ho, :wo]
+
     return f
 
   def strided(x, w):
@@ -224,16 +233,27 @@ def _conv_strided(x, w, strides, pads):
 
 
 def _supported(x, w, strides) -> bool:
-  return (x.ndim == 4 and w.ndim == 4 and len(strides) == 2
-          and strides[0] == strides[1] and strides[0] >= 1
-          and w.shape[0] % strides[0] == 0 and w.shape[1] % strides[0] == 0)
+  return (
+      x.ndim == 4
+      and w.ndim == 4
+      and len(strides) == 2
+      and strides[0] == strides[1]
+      and strides[0] >= 1
+      and w.shape[0] % strides[0] == 0
+      and w.shape[1] % strides[0] == 0
+  )
 
 
 # --------------------------------------------------------------------------- public ops
 
-def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
-           padding: str | Sequence[tuple[int, int]] = 'VALID',
-           impl: str = 'auto') -> Array:
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    strides: Sequence[int] = (1, 1),
+    padding: str | Sequence[tuple[int, int]] = 'VALID',
+    impl: str = 'auto',
+) -> Array:
   """``lax.conv_general_dilated(x, kernel, strides, padding)`` in NHWC/HWIO."""
   impl = resolve_impl(impl)
   strides = tuple(int(s) for s in strides)
@@ -248,9 +268,13 @@ def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
   return _conv_strided(x, kernel, strides, pads)
 
 
-def conv_transpose2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
-                     padding: str | Sequence[tuple[int, int]] = 'VALID',
-                     impl: str = 'auto') -> Array:
+def conv_transpose2d(
+    x: Array,
+    kernel: Array,
+    strides: Sequence[int] = (1, 1),
+    padding: str | Sequence[tuple[int, int]] = 'VALID',
+    impl: str = 'auto',
+) -> Array:
   """``lax.conv_transpose(x, kernel, strides, padding)`` (no kernel flip, as Flax's
   ``nn.ConvTranspose``) in NHWC/HWIO."""
   impl = resolve_impl(impl)
@@ -301,7 +325,7 @@ def _one_pixel_transpose(x, kernel, pads):
   if not (0 <= lh - (ho - 1) and lh < kh and 0 <= lw - (wo - 1) and lw < kw):
     return None
   # Rows lh, lh-1, ..., lh-ho+1 of the kernel, i.e. a flipped slice.
-  sub = kernel[lh - ho + 1:lh + 1, lw - wo + 1:lw + 1][::-1, ::-1]   # [ho, wo, C, O]
+  sub = kernel[lh - ho + 1 : lh + 1, lw - wo + 1 : lw + 1][::-1, ::-1]  # [ho, wo, C, O]
   w = sub.transpose(2, 0, 1, 3).reshape(c, ho * wo * o)
   b = x.shape[0]
   return jnp.dot(x.reshape(b, c), w).reshape(b, ho, wo, o)
@@ -323,17 +347,20 @@ def _transposed_strided(x, kernel, s, pads, reference):
   """
   b, h, w, _ = x.shape
   kh, kw, c, o = kernel.shape
-  out_hw = [(n - 1) * s + 1 + lo + hi - kk + 1
-            for n, (lo, hi), kk in zip((h, w), pads, (kh, kw))]
+  out_hw = [
+      (n - 1) * s + 1 + lo + hi - kk + 1
+      for n, (lo, hi), kk in zip((h, w), pads, (kh, kw))
+  ]
   s_pads = tuple((kk - 1 - lo, kk - 1 - hi) for (lo, hi), kk in zip(pads, (kh, kw)))
-  if (any(n != s * m for n, m in zip(out_hw, (h, w)))
-      or any(lo < 0 or hi < 0 for p in (pads, s_pads) for lo, hi in p)):
+  if any(n != s * m for n, m in zip(out_hw, (h, w))) or any(
+      lo < 0 or hi < 0 for p in (pads, s_pads) for lo, hi in p
+  ):
     return reference(x, kernel)
 
-  def flip_swap(k):   # [kh, kw, A, B] -> [kh, kw, B, A], reversed in space
+  def flip_swap(k):  # [kh, kw, A, B] -> [kh, kw, B, A], reversed in space
     return k[::-1, ::-1].transpose(0, 1, 3, 2)
 
-  def strided(y, k_s):   # S: [B, sH, sW, O] -> [B, H, W, C]
+  def strided(y, k_s):  # S: [B, sH, sW, O] -> [B, H, W, C]
     return conv2d(y, k_s, (s, s), s_pads, impl='matmul')
 
   def tangent_x(dx, kernel):
@@ -343,9 +370,10 @@ def _transposed_strided(x, kernel, s, pads, reference):
   def tangent_w(x, dkernel):
     y = jax.ShapeDtypeStruct((b, s * h, s * w, o), x.dtype)
 
-    def kernel_cotangent(y):   # S's kernel cotangent, as this conv's kernel
+    def kernel_cotangent(y):  # S's kernel cotangent, as this conv's kernel
       k_s = jnp.zeros((kh, kw, o, c), x.dtype)
       return flip_swap(jax.vjp(lambda k_s: strided(y, k_s), k_s)[1](x)[0])
+
     return jax.linear_transpose(kernel_cotangent, y)(dkernel)[0]
 
   primal = functools.partial(_scatter_transpose, s=s, pads=pads)
@@ -364,21 +392,29 @@ def _scatter_transpose(x, kernel, s, pads):
   b, h, w, c = x.shape
   kh, kw, _, o = kernel.shape
   (lo_h, _), (lo_w, _) = pads
-  z = jnp.dot(x.reshape(b * h * w, c), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
+  z = jnp.dot(
+      x.reshape(b * h * w, c), kernel.transpose(2, 0, 1, 3).reshape(c, kh * kw * o)
+  )
   z = z.reshape(b, h, w, kh, kw, o)
   zero = jnp.zeros((), z.dtype)
 
-  def taps(k, lo, a):   # (tap, shift) pairs of phase a
+  def taps(k, lo, a):  # (tap, shift) pairs of phase a
     return [(u, (u - lo + a) // s) for u in range(k) if (u - lo + a) % s == 0]
 
   def phase(a, bb):
-    return sum(lax.pad(z[:, :, :, u, v], zero,
-                       ((0, 0, 0), (-dh, dh, 0), (-dw, dw, 0), (0, 0, 0)))
-               for u, dh in taps(kh, lo_h, a) for v, dw in taps(kw, lo_w, bb))
+    return sum(
+        lax.pad(
+            z[:, :, :, u, v], zero, ((0, 0, 0), (-dh, dh, 0), (-dw, dw, 0), (0, 0, 0))
+        )
+        for u, dh in taps(kh, lo_h, a)
+        for v, dw in taps(kw, lo_w, bb)
+    )
 
-  rows = [jnp.stack([phase(a, bb) for bb in range(s)], axis=3)   # [B, H, W, s(b), O]
-          for a in range(s)]
-  out = jnp.stack(rows, axis=2)                                  # [B, H, s(a), W, s(b), O]
+  rows = [
+      jnp.stack([phase(a, bb) for bb in range(s)], axis=3)  # [B, H, W, s(b), O]
+      for a in range(s)
+  ]
+  out = jnp.stack(rows, axis=2)  # [B, H, s(a), W, s(b), O]
   return out.reshape(b, s * h, s * w, o)
 
 
@@ -391,37 +427,62 @@ def conv_general_dilated(impl: str = 'auto') -> Callable:
   return functools.partial(_conv_general_dilated, impl=impl)
 
 
-def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                          rhs_dilation=None, dimension_numbers=None,
-                          feature_group_count=1, batch_group_count=1, precision=None,
-                          preferred_element_type=None, *, impl):
-  plain = (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
-           and all(d == 1 for d in (lhs_dilation or (1, 1)))
-           and all(d == 1 for d in (rhs_dilation or (1, 1)))
-           and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
-           and preferred_element_type is None)
+def _conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    impl,
+):
+  plain = (
+      lhs.ndim == 4
+      and feature_group_count == 1
+      and batch_group_count == 1
+      and all(d == 1 for d in (lhs_dilation or (1, 1)))
+      and all(d == 1 for d in (rhs_dilation or (1, 1)))
+      and _is_nhwc(dimension_numbers, lhs.shape, rhs.shape)
+      and preferred_element_type is None
+  )
   if not plain or resolve_impl(impl) == 'xla':
     return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-        precision=precision, preferred_element_type=preferred_element_type)
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
   return conv2d(lhs, rhs, window_strides, padding, impl=impl)
 
 
 def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
   if dimension_numbers is None:
-    return False   # lax's default is NCHW / OIHW
+    return False  # lax's default is NCHW / OIHW
   dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
   return dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _DN)
 
 
 # ------------------------------------------------------------------------ Flax layers
 
+
 class ConvTranspose(nn.Module):
   """``nn.ConvTranspose`` (``transpose_kernel=False``, no dilation, no mask) with a
   choice of implementation; its parameters (names, shapes, init, order) are those of
   ``nn.ConvTranspose``, so checkpoints are interchangeable."""
+
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
@@ -436,10 +497,17 @@ class ConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, inputs):
     kernel_size = tuple(self.kernel_size)
-    kernel = self.param('kernel', self.kernel_init,
-                        kernel_size + (inputs.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+        'kernel',
+        self.kernel_init,
+        kernel_size + (inputs.shape[-1], self.features),
+        self.param_dtype,
+    )
+    bias = (
+        self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     padding = self.padding
     if not isinstance(padding, str):

@@ -84,11 +84,14 @@ def base_resolution(resolution: int) -> int:
   if not 4 <= s <= 7 or resolution < 2 * s:
     raise ValueError(
         f'resolution {resolution} is not supported: it must be s * 2**n with '
-        '4 <= s <= 7 and n >= 1 (e.g. 8, 16, 28, 32, 64, 128, 256)')
+        '4 <= s <= 7 and n >= 1 (e.g. 8, 16, 28, 32, 64, 128, 256)'
+    )
   return s
 
 
-def channel_schedule(resolution: int, width: int, max_mult: int = 8) -> list[tuple[int, int]]:
+def channel_schedule(
+    resolution: int, width: int, max_mult: int = 8
+) -> list[tuple[int, int]]:
   """``[(r, channels), ...]`` for the feature maps from R/2 down to s.
 
   A feature map at resolution r has ``width * min(R // (2 r), max_mult)`` channels:
@@ -104,8 +107,9 @@ def channel_schedule(resolution: int, width: int, max_mult: int = 8) -> list[tup
   return out
 
 
-def _encode_labels(module: nn.Module, labels, num_classes: int, embed_dim: int,
-                   batch: int, dtype: Dtype):
+def _encode_labels(
+    module: nn.Module, labels, num_classes: int, embed_dim: int, batch: int, dtype: Dtype
+):
   """[B] integer labels -> [B, k] one-hot (embed_dim=0) or learned embedding."""
   labels = models.check_labels(labels, num_classes, batch)
   if labels is None:
@@ -140,6 +144,7 @@ class Generator(nn.Module):
       matmul reformulations, several times faster on CPU) or ``'auto'`` (``'matmul'``
       on CPU, ``'xla'`` on GPU/TPU). Same function and parameters either way.
   """
+
   resolution: int = 64
   channels: int = 3
   width: int = 64
@@ -156,17 +161,28 @@ class Generator(nn.Module):
 
   def _conv_t(self, h, features, kernel, strides, padding, name: str):
     impl = conv_ops.resolve_impl(self.conv_impl)
-    kwargs = dict(strides=strides, padding=padding, use_bias=self.use_bias,
-                  kernel_init=conv_init, dtype=self.dtype, name=name)
+    kwargs = dict(
+        strides=strides,
+        padding=padding,
+        use_bias=self.use_bias,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        name=name,
+    )
     if impl == 'xla':
       return nn.ConvTranspose(features, kernel, **kwargs)(h)
     return conv_ops.ConvTranspose(features, kernel, impl=impl, **kwargs)(h)
 
   def _norm(self, x, train: bool, name: str):
     if self.norm == 'batch':
-      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                          epsilon=self.epsilon, scale_init=bn_scale_init,
-                          dtype=self.dtype, name=name)(x)
+      return nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.epsilon,
+          scale_init=bn_scale_init,
+          dtype=self.dtype,
+          name=name,
+      )(x)
     return x
 
   @nn.compact
@@ -226,6 +242,7 @@ class Discriminator(nn.Module):
       convolution, same parameters). Logits are returned in float32 whatever
       ``dtype``.
   """
+
   resolution: int = 64
   channels: int = 3
   width: int = 64
@@ -247,29 +264,51 @@ class Discriminator(nn.Module):
 
   def _conv(self, h, features, kernel, strides, padding, train: bool, name: str):
     impl = conv_ops.resolve_impl(self.conv_impl)
-    conv = nn.Conv(features, kernel, strides=strides, padding=padding,
-                   use_bias=self.use_bias, kernel_init=conv_init, dtype=self.dtype,
-                   conv_general_dilated=(None if impl == 'xla'
-                                         else conv_ops.conv_general_dilated(impl)),
-                   name=name)
+    conv = nn.Conv(
+        features,
+        kernel,
+        strides=strides,
+        padding=padding,
+        use_bias=self.use_bias,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        conv_general_dilated=(
+            None if impl == 'xla' else conv_ops.conv_general_dilated(impl)
+        ),
+        name=name,
+    )
     if self.spectral_norm:
-      return nn.SpectralNorm(conv, n_steps=self.sn_steps,
-                             collection_name=self.sn_collection,
-                             name=f'sn_{name}')(h, update_stats=train)
+      return nn.SpectralNorm(
+          conv,
+          n_steps=self.sn_steps,
+          collection_name=self.sn_collection,
+          name=f'sn_{name}',
+      )(h, update_stats=train)
     return conv(h)
 
   def _norm(self, h, train: bool, name: str):
     if self.norm == 'batch':
-      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                          epsilon=self.epsilon, scale_init=bn_scale_init,
-                          dtype=self.dtype, name=name)(h)
+      return nn.BatchNorm(
+          use_running_average=not train,
+          momentum=self.bn_momentum,
+          epsilon=self.epsilon,
+          scale_init=bn_scale_init,
+          dtype=self.dtype,
+          name=name,
+      )(h)
     if self.norm == 'group':
       groups = math.gcd(self.num_groups, h.shape[-1])
-      return norms.GroupNorm(num_groups=groups, epsilon=self.epsilon, dtype=self.dtype,
-                             name=name)(h)
+      return norms.GroupNorm(
+          num_groups=groups, epsilon=self.epsilon, dtype=self.dtype, name=name
+      )(h)
     if self.norm == 'layer':
-      return nn.LayerNorm(epsilon=self.epsilon, reduction_axes=(-3, -2, -1),
-                          feature_axes=-1, dtype=self.dtype, name=name)(h)
+      return nn.LayerNorm(
+          epsilon=self.epsilon,
+          reduction_axes=(-3, -2, -1),
+          feature_axes=-1,
+          dtype=self.dtype,
+          name=name,
+      )(h)
     return h
 
   @nn.compact
@@ -281,8 +320,9 @@ class Discriminator(nn.Module):
     h = x.astype(self.dtype)
     y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
     if y is not None:
-      label_map = jnp.broadcast_to(y[:, None, None, :],
-                                   (batch,) + x.shape[1:3] + y.shape[-1:])
+      label_map = jnp.broadcast_to(
+          y[:, None, None, :], (batch,) + x.shape[1:3] + y.shape[-1:]
+      )
       h = jnp.concatenate([h, label_map], axis=-1)
 
     schedule = channel_schedule(self.resolution, self.width, self.max_mult)

@@ -26,10 +26,10 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float):
   cg = c // num_groups
   xf = x.astype(jnp.float32).reshape(b, -1, c)
   n = xf.shape[1] * cg
-  mean = jnp.sum(xf, axis=1).reshape(b, num_groups, cg).sum(-1) / n          # [B, G]
+  mean = jnp.sum(xf, axis=1).reshape(b, num_groups, cg).sum(-1) / n  # [B, G]
   mean_sq = jnp.sum(xf * xf, axis=1).reshape(b, num_groups, cg).sum(-1) / n
   var = jnp.maximum(mean_sq - mean * mean, 0.0)
-  mul = jnp.repeat(lax.rsqrt(var + epsilon), cg, axis=1)                     # [B, C]
+  mul = jnp.repeat(lax.rsqrt(var + epsilon), cg, axis=1)  # [B, C]
   if scale is not None:
     mul = mul * scale.astype(jnp.float32)
   add = -jnp.repeat(mean, cg, axis=1) * mul
@@ -41,6 +41,7 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float):
 
 class GroupNorm(nn.Module):
   """Drop-in ``nn.GroupNorm(num_groups, epsilon, dtype)`` for channels-last inputs."""
+
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Any = None
@@ -52,12 +53,18 @@ class GroupNorm(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     if self.num_groups < 1 or c % self.num_groups:
-      raise ValueError(f'GroupNorm: {c} channels do not split into {self.num_groups} '
-                       'groups')
-    scale = (self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
-             if self.use_scale else None)
-    bias = (self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
-            if self.use_bias else None)
-    dtype = self.dtype or jnp.result_type(
-        x, *(p for p in (scale, bias) if p is not None))
+      raise ValueError(
+          f'GroupNorm: {c} channels do not split into {self.num_groups} ' 'groups'
+      )
+    scale = (
+        self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
+        if self.use_scale
+        else None
+    )
+    bias = (
+        self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
+    dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
     return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(dtype)

@@ -93,7 +93,7 @@ IntOrSeq = Union[int, Sequence[int]]
 
 LRELU_SLOPE = 0.2
 # The official BiasedActivation.Gain: the He gain of a leaky ReLU with slope 0.2.
-LRELU_GAIN = math.sqrt(2.0 / (1.0 + LRELU_SLOPE ** 2))
+LRELU_GAIN = math.sqrt(2.0 / (1.0 + LRELU_SLOPE**2))
 LINEAR_LAYERS_PER_BRANCH = 3
 RESAMPLE_FILTER = (1, 2, 1)
 
@@ -116,6 +116,7 @@ def msr_init(gain: float = 1.0):
       return jnp.zeros(shape, dtype)
     fan_in = math.prod(shape[:-1])
     return jax.random.normal(key, shape, dtype) * (gain / math.sqrt(fan_in))
+
   return init
 
 
@@ -157,14 +158,19 @@ def stage_resolutions(resolution: int) -> list[int]:
   r = int(resolution)
   if r < 4 or r & (r - 1):
     raise ValueError(f'R3GAN resolution must be a power of two >= 4, got {resolution}')
-  return [4 * 2 ** i for i in range(int(math.log2(r)) - 1)]
+  return [4 * 2**i for i in range(int(math.log2(r)) - 1)]
 
 
-def stage_schedule(resolution: int, widths: Optional[Sequence[int]] = None,
-                   cardinalities: Optional[Sequence[int]] = None,
-                   blocks: IntOrSeq = 2, expansion: int = 2, channel_base: int = 24576,
-                   channel_max: int = 768, group_size: int = 16
-                   ) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+def stage_schedule(
+    resolution: int,
+    widths: Optional[Sequence[int]] = None,
+    cardinalities: Optional[Sequence[int]] = None,
+    blocks: IntOrSeq = 2,
+    expansion: int = 2,
+    channel_base: int = 24576,
+    channel_max: int = 768,
+    group_size: int = 16,
+) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
   """``(widths, cardinalities, blocks)`` per stage, lowest resolution (4x4) first.
 
   Explicit lists are checked against the number of stages of ``resolution``; missing
@@ -179,17 +185,25 @@ def stage_schedule(resolution: int, widths: Optional[Sequence[int]] = None,
     blocks = [int(blocks)] * n
   if cardinalities is None:
     cardinalities = [max(1, w * expansion // group_size) for w in widths]
-  widths, cardinalities, blocks = (tuple(int(v) for v in s)
-                                   for s in (widths, cardinalities, blocks))
-  for name, s in (('widths', widths), ('cardinalities', cardinalities),
-                  ('blocks', blocks)):
+  widths, cardinalities, blocks = (
+      tuple(int(v) for v in s) for s in (widths, cardinalities, blocks)
+  )
+  for name, s in (
+      ('widths', widths),
+      ('cardinalities', cardinalities),
+      ('blocks', blocks),
+  ):
     if len(s) != n:
-      raise ValueError(f'R3GAN {name} has {len(s)} stages but resolution {resolution} '
-                       f'needs {n} (4x4 to {resolution}x{resolution}): {s}')
+      raise ValueError(
+          f'R3GAN {name} has {len(s)} stages but resolution {resolution} '
+          f'needs {n} (4x4 to {resolution}x{resolution}): {s}'
+      )
   for w, c in zip(widths, cardinalities):
     if w < 1 or c < 1 or (w * expansion) % c:
-      raise ValueError(f'R3GAN: expanded width {w} * {expansion} is not divisible by '
-                       f'the cardinality {c}')
+      raise ValueError(
+          f'R3GAN: expanded width {w} * {expansion} is not divisible by '
+          f'the cardinality {c}'
+      )
   if min(blocks) < 0:
     raise ValueError(f'R3GAN blocks must be >= 0, got {blocks}')
   return widths, cardinalities, blocks
@@ -236,9 +250,14 @@ def grouped_conv(x, w, groups: int = 1, impl: str = 'auto'):
   p = (k - 1) // 2
   if groups > 1 and resolve_conv_impl(impl) == 'dense':
     w, groups = block_diagonal_kernel(w, groups), 1
-  return lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)),
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                  feature_group_count=groups)
+  return lax.conv_general_dilated(
+      x,
+      w,
+      (1, 1),
+      ((p, p), (p, p)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=groups,
+  )
 
 
 class Conv(nn.Module):
@@ -246,6 +265,7 @@ class Conv(nn.Module):
 
   The kernel ``[k, k, in / groups, out]`` is cast to the input's dtype.
   """
+
   features: int
   kernel_size: int = 1
   groups: int = 1
@@ -255,8 +275,9 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    w = self.param('kernel', msr_init(self.gain),
-                   (k, k, x.shape[-1] // self.groups, self.features))
+    w = self.param(
+        'kernel', msr_init(self.gain), (k, k, x.shape[-1] // self.groups, self.features)
+    )
     return grouped_conv(x, w.astype(x.dtype), self.groups, self.impl)
 
 
@@ -273,6 +294,7 @@ class BiasedActivation(nn.Module):
 class ResidualBlock(nn.Module):
   """Inverted-bottleneck residual block with grouped 3x3 conv (official
   ``ResidualBlock``); ``conv3`` starts at zero (identity block at init)."""
+
   cardinality: int
   expansion: int = 2
   kernel_size: int = 3
@@ -286,8 +308,14 @@ class ResidualBlock(nn.Module):
     gain = branch_gain(self.num_blocks_total)
     y = Conv(expanded, 1, gain=gain, name='conv1')(x)
     y = BiasedActivation(name='act1')(y)
-    y = Conv(expanded, self.kernel_size, groups=self.cardinality, gain=gain,
-             impl=self.conv_impl, name='conv2')(y)
+    y = Conv(
+        expanded,
+        self.kernel_size,
+        groups=self.cardinality,
+        gain=gain,
+        impl=self.conv_impl,
+        name='conv2',
+    )(y)
     y = BiasedActivation(name='act2')(y)
     y = Conv(channels, 1, gain=0.0, name='conv3')(y)
     return x + y
@@ -295,6 +323,7 @@ class ResidualBlock(nn.Module):
 
 class GenerativeBasis(nn.Module):
   """``basis [4, 4, C] * linear(z)``: the generator's 4x4 input layer."""
+
   features: int
 
   @nn.compact
@@ -307,6 +336,7 @@ class GenerativeBasis(nn.Module):
 
 class DiscriminativeBasis(nn.Module):
   """Depthwise 4x4 valid conv then a bias-free linear layer: the discriminator's head."""
+
   features: int
 
   @nn.compact
@@ -323,6 +353,7 @@ class DiscriminativeBasis(nn.Module):
 
 class GeneratorStage(nn.Module):
   """Transition (basis at 4x4, else upsample [+1x1 conv]) then residual blocks."""
+
   features: int
   cardinality: int
   num_blocks: int
@@ -344,13 +375,20 @@ class GeneratorStage(nn.Module):
         x = Conv(self.features, 1, name='transition')(x)
       x = upsample(x, lowpass_filter(self.resample_filter))
     for i in range(self.num_blocks):
-      x = ResidualBlock(self.cardinality, self.expansion, self.kernel_size,
-                        self.num_blocks_total, self.conv_impl, name=f'block{i}')(x)
+      x = ResidualBlock(
+          self.cardinality,
+          self.expansion,
+          self.kernel_size,
+          self.num_blocks_total,
+          self.conv_impl,
+          name=f'block{i}',
+      )(x)
     return x
 
 
 class DiscriminatorStage(nn.Module):
   """Residual blocks then a transition (downsample [+1x1 conv], or the basis head)."""
+
   out_features: int
   cardinality: int
   num_blocks: int
@@ -366,8 +404,14 @@ class DiscriminatorStage(nn.Module):
   def __call__(self, x):
     x = x.astype(self.dtype)
     for i in range(self.num_blocks):
-      x = ResidualBlock(self.cardinality, self.expansion, self.kernel_size,
-                        self.num_blocks_total, self.conv_impl, name=f'block{i}')(x)
+      x = ResidualBlock(
+          self.cardinality,
+          self.expansion,
+          self.kernel_size,
+          self.num_blocks_total,
+          self.conv_impl,
+          name=f'block{i}',
+      )(x)
     if self.last:
       return DiscriminativeBasis(self.out_features, name='basis')(x)
     x = downsample(x, lowpass_filter(self.resample_filter))
@@ -382,6 +426,7 @@ class DiscriminatorStage(nn.Module):
 
 class _Networks(nn.Module):
   """The fields and stage schedule G and D share (see ``Generator``)."""
+
   resolution: int = 32
   channels: int = 3
   num_classes: int = 0
@@ -401,9 +446,16 @@ class _Networks(nn.Module):
 
   def schedule(self):
     """``(widths, cardinalities, blocks)``, lowest resolution first."""
-    return stage_schedule(self.resolution, self.widths, self.cardinalities,
-                          self.blocks_per_stage, self.expansion, self.channel_base,
-                          self.channel_max, self.group_size)
+    return stage_schedule(
+        self.resolution,
+        self.widths,
+        self.cardinalities,
+        self.blocks_per_stage,
+        self.expansion,
+        self.channel_base,
+        self.channel_max,
+        self.group_size,
+    )
 
 
 class Generator(_Networks):
@@ -430,6 +482,7 @@ class Generator(_Networks):
       ``'dense'`` (block-diagonal kernel, fast on CPU) or ``'auto'`` (``'dense'`` on
       CPU, ``'xla'`` elsewhere). Same function and parameters either way.
   """
+
   z_dim: int = 64
 
   @nn.compact
@@ -444,18 +497,26 @@ class Generator(_Networks):
     labels = models.check_labels(labels, self.num_classes, batch)
     if labels is not None:
       dim = self.z_dim if self.embed_dim is None else int(self.embed_dim)
-      embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1.0),
-                       name='embed')
+      embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1.0), name='embed')
       z = jnp.concatenate([z, embed(labels)], axis=-1)
     total = sum(blocks)
     n = len(widths)
     x = z
     for i in range(n):
       mixed = i >= n - self.num_mixed_stages
-      x = GeneratorStage(widths[i], cards[i], blocks[i], self.expansion, self.kernel_size,
-                         total, first=i == 0, resample_filter=tuple(self.resample_filter),
-                         dtype=self.mixed_dtype if mixed else jnp.float32,
-                         conv_impl=self.conv_impl, name=f'stage{i}')(x)
+      x = GeneratorStage(
+          widths[i],
+          cards[i],
+          blocks[i],
+          self.expansion,
+          self.kernel_size,
+          total,
+          first=i == 0,
+          resample_filter=tuple(self.resample_filter),
+          dtype=self.mixed_dtype if mixed else jnp.float32,
+          conv_impl=self.conv_impl,
+          name=f'stage{i}',
+      )(x)
     x = Conv(self.channels, 1, name='aggregate')(x)
     return x.astype(jnp.float32)
 
@@ -478,25 +539,47 @@ class Discriminator(_Networks):
     dim = widths[-1] if self.embed_dim is None else int(self.embed_dim)
     total = sum(blocks)
     n = len(widths)
-    dtypes = [self.mixed_dtype if i < self.num_mixed_stages else jnp.float32
-              for i in range(n)]
+    dtypes = [
+        self.mixed_dtype if i < self.num_mixed_stages else jnp.float32 for i in range(n)
+    ]
     x = Conv(widths[0], 1, name='extract')(x.astype(dtypes[0]))
     for i in range(n):
       last = i == n - 1
       out = (dim if labels is not None else 1) if last else widths[i + 1]
-      x = DiscriminatorStage(out, cards[i], blocks[i], self.expansion, self.kernel_size,
-                             total, last=last, resample_filter=tuple(self.resample_filter),
-                             dtype=dtypes[i], conv_impl=self.conv_impl,
-                             name=f'stage{i}')(x)
+      x = DiscriminatorStage(
+          out,
+          cards[i],
+          blocks[i],
+          self.expansion,
+          self.kernel_size,
+          total,
+          last=last,
+          resample_filter=tuple(self.resample_filter),
+          dtype=dtypes[i],
+          conv_impl=self.conv_impl,
+          name=f'stage{i}',
+      )(x)
     x = x.astype(jnp.float32)
     if labels is not None:
-      embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1 / math.sqrt(dim)),
-                       name='embed')
+      embed = nn.Embed(
+          self.num_classes, dim, embedding_init=msr_init(1 / math.sqrt(dim)), name='embed'
+      )
       x = jnp.sum(x * embed(labels), axis=-1, keepdims=True)
     return x.reshape(batch)
 
 
-__all__ = ['BiasedActivation', 'Conv', 'DiscriminativeBasis', 'Discriminator',
-           'GenerativeBasis', 'Generator', 'ResidualBlock', 'branch_gain',
-           'lowpass_filter', 'lowpass_kernel_2d', 'msr_init', 'stage_resolutions',
-           'stage_schedule']
+__all__ = [
+    'BiasedActivation',
+    'Conv',
+    'DiscriminativeBasis',
+    'Discriminator',
+    'GenerativeBasis',
+    'Generator',
+    'ResidualBlock',
+    'branch_gain',
+    'lowpass_filter',
+    'lowpass_kernel_2d',
+    'msr_init',
+    'stage_resolutions',
+    'stage_schedule',
+]

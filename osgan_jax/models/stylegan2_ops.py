@@ -47,9 +47,14 @@ def activation_gain(act: str) -> float:
   return ACTIVATIONS[act][2]
 
 
-def bias_act(x: jax.Array, b: Optional[jax.Array] = None, act: str = 'linear',
-             alpha: Optional[float] = None, gain: Optional[float] = None,
-             clamp: Optional[float] = None) -> jax.Array:
+def bias_act(
+    x: jax.Array,
+    b: Optional[jax.Array] = None,
+    act: str = 'linear',
+    alpha: Optional[float] = None,
+    gain: Optional[float] = None,
+    clamp: Optional[float] = None,
+) -> jax.Array:
   """Adds bias ``b`` along the last axis, applies ``act``, scales by ``gain``, clamps.
 
   As the official ``bias_act``: ``gain=None`` uses the activation's default gain,
@@ -73,9 +78,13 @@ def bias_act(x: jax.Array, b: Optional[jax.Array] = None, act: str = 'linear',
 # FIR filters and upfirdn2d.
 
 
-def setup_filter(f: Sequence[float] = (1, 3, 3, 1), normalize: bool = True,
-                 flip_filter: bool = False, gain: float = 1.0,
-                 separable: Optional[bool] = None) -> np.ndarray:
+def setup_filter(
+    f: Sequence[float] = (1, 3, 3, 1),
+    normalize: bool = True,
+    flip_filter: bool = False,
+    gain: float = 1.0,
+    separable: Optional[bool] = None,
+) -> np.ndarray:
   """Prepares a FIR filter as a numpy float32 array (1-D = separable, or 2-D).
 
   Unlike the official ``setup_filter`` (which expands filters with fewer than 8
@@ -159,13 +168,25 @@ def _depthwise(x: jax.Array, k: np.ndarray, strides: Tuple[int, int]) -> jax.Arr
   c = x.shape[-1]
   kernel = jnp.broadcast_to(jnp.asarray(k, x.dtype)[:, :, None, None], (kh, kw, 1, c))
   return lax.conv_general_dilated(
-      x, kernel, window_strides=strides, padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
-      precision=lax.Precision.HIGHEST)
+      x,
+      kernel,
+      window_strides=strides,
+      padding='VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=c,
+      precision=lax.Precision.HIGHEST,
+  )
 
 
-def upfirdn2d(x: jax.Array, f: Optional[np.ndarray], up=1, down=1, padding: Padding = 0,
-              flip_filter: bool = False, gain: float = 1.0) -> jax.Array:
+def upfirdn2d(
+    x: jax.Array,
+    f: Optional[np.ndarray],
+    up=1,
+    down=1,
+    padding: Padding = 0,
+    flip_filter: bool = False,
+    gain: float = 1.0,
+) -> jax.Array:
   """Upsample (zero insertion), pad, FIR-filter and downsample a batch of NHWC images.
 
   Same semantics as the official ``upfirdn2d`` (and ``scipy.signal.upfirdn``):
@@ -187,8 +208,16 @@ def upfirdn2d(x: jax.Array, f: Optional[np.ndarray], up=1, down=1, padding: Padd
   # Zero insertion + pad/crop in one lax.pad (interior padding inserts zeros;
   # negative edge padding crops after the insertion, as the official code does).
   zero = jnp.zeros((), dtype)
-  x = lax.pad(x, zero, [(0, 0, 0), (py0, py1 + upy - 1, upy - 1),
-                        (px0, px1 + upx - 1, upx - 1), (0, 0, 0)])
+  x = lax.pad(
+      x,
+      zero,
+      [
+          (0, 0, 0),
+          (py0, py1 + upy - 1, upy - 1),
+          (px0, px1 + upx - 1, upx - 1),
+          (0, 0, 0),
+      ],
+  )
   x = x.astype(jnp.float32)
   if f.ndim == 1:
     taps = f if flip_filter else f[::-1]
@@ -218,10 +247,13 @@ def upsample2d(x, f, up=2, padding: Padding = 0, flip_filter=False, gain=1.0):
   upx, upy = _parse_scaling(up)
   px0, px1, py0, py1 = _parse_padding(padding)
   fw, fh = filter_size(f)
-  p = (px0 + (fw + upx - 1) // 2, px1 + (fw - upx) // 2,
-       py0 + (fh + upy - 1) // 2, py1 + (fh - upy) // 2)
-  return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter,
-                   gain=gain * upx * upy)
+  p = (
+      px0 + (fw + upx - 1) // 2,
+      px1 + (fw - upx) // 2,
+      py0 + (fh + upy - 1) // 2,
+      py1 + (fh - upy) // 2,
+  )
+  return upfirdn2d(x, f, up=up, padding=p, flip_filter=flip_filter, gain=gain * upx * upy)
 
 
 def downsample2d(x, f, down=2, padding: Padding = 0, flip_filter=False, gain=1.0):
@@ -229,8 +261,12 @@ def downsample2d(x, f, down=2, padding: Padding = 0, flip_filter=False, gain=1.0
   downx, downy = _parse_scaling(down)
   px0, px1, py0, py1 = _parse_padding(padding)
   fw, fh = filter_size(f)
-  p = (px0 + (fw - downx + 1) // 2, px1 + (fw - downx) // 2,
-       py0 + (fh - downy + 1) // 2, py1 + (fh - downy) // 2)
+  p = (
+      px0 + (fw - downx + 1) // 2,
+      px1 + (fw - downx) // 2,
+      py0 + (fh - downy + 1) // 2,
+      py1 + (fh - downy) // 2,
+  )
   return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain)
 
 
@@ -240,20 +276,41 @@ def downsample2d(x, f, down=2, padding: Padding = 0, flip_filter=False, gain=1.0
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _conv(x, w, stride=1, padding=((0, 0), (0, 0)), lhs_dilation=(1, 1),
-          flip_weight=True, groups=1):
+def _conv(
+    x,
+    w,
+    stride=1,
+    padding=((0, 0), (0, 0)),
+    lhs_dilation=(1, 1),
+    flip_weight=True,
+    groups=1,
+):
   """``flip_weight=True``: correlation (like torch conv2d); False: true convolution."""
   kh, kw = w.shape[:2]
   if not flip_weight and (kh > 1 or kw > 1):
     w = w[::-1, ::-1]
   return lax.conv_general_dilated(
-      x, w, window_strides=(stride, stride), padding=padding,
-      lhs_dilation=lhs_dilation, dimension_numbers=_DN, feature_group_count=groups)
+      x,
+      w,
+      window_strides=(stride, stride),
+      padding=padding,
+      lhs_dilation=lhs_dilation,
+      dimension_numbers=_DN,
+      feature_group_count=groups,
+  )
 
 
-def conv2d_resample(x: jax.Array, w: jax.Array, f: Optional[np.ndarray] = None, up: int = 1,
-                    down: int = 1, padding: Padding = 0, flip_weight: bool = True,
-                    flip_filter: bool = False, groups: int = 1) -> jax.Array:
+def conv2d_resample(
+    x: jax.Array,
+    w: jax.Array,
+    f: Optional[np.ndarray] = None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = 0,
+    flip_weight: bool = True,
+    flip_filter: bool = False,
+    groups: int = 1,
+) -> jax.Array:
   """2-D convolution with optional FIR up/downsampling (official ``conv2d_resample``).
 
   ``x``: [B, H, W, I]; ``w``: [kh, kw, I // groups, O]. ``padding`` is with respect to
@@ -284,8 +341,9 @@ def conv2d_resample(x: jax.Array, w: jax.Array, f: Optional[np.ndarray] = None, 
   # 1x1 conv, upsampling only: convolve first, then upsample.
   if kw == 1 and kh == 1 and up > 1 and down == 1:
     x = _conv(x, w, flip_weight=flip_weight, groups=groups)
-    return upfirdn2d(x, f, up=up, padding=(px0, px1, py0, py1), gain=up ** 2,
-                     flip_filter=flip_filter)
+    return upfirdn2d(
+        x, f, up=up, padding=(px0, px1, py0, py1), gain=up**2, flip_filter=flip_filter
+    )
   # Downsampling only: filter, then strided convolution.
   if down > 1 and up == 1:
     x = upfirdn2d(x, f, padding=(px0, px1, py0, py1), flip_filter=flip_filter)
@@ -299,17 +357,29 @@ def conv2d_resample(x: jax.Array, w: jax.Array, f: Optional[np.ndarray] = None, 
     py1 -= kh - up
     pxt = max(min(-px0, -px1), 0)
     pyt = max(min(-py0, -py1), 0)
-    x = _conv(x, w, padding=((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt)),
-              lhs_dilation=(up, up), flip_weight=flip_weight, groups=groups)
-    x = upfirdn2d(x, f, padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt),
-                  gain=up ** 2, flip_filter=flip_filter)
+    x = _conv(
+        x,
+        w,
+        padding=((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt)),
+        lhs_dilation=(up, up),
+        flip_weight=flip_weight,
+        groups=groups,
+    )
+    x = upfirdn2d(
+        x,
+        f,
+        padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt),
+        gain=up**2,
+        flip_filter=flip_filter,
+    )
     if down > 1:
       x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
     return x
   # No resampling.
   if min(px0, px1, py0, py1) >= 0:
-    return _conv(x, w, padding=((py0, py1), (px0, px1)), flip_weight=flip_weight,
-                 groups=groups)
+    return _conv(
+        x, w, padding=((py0, py1), (px0, px1)), flip_weight=flip_weight, groups=groups
+    )
   x = upfirdn2d(x, None, padding=(px0, px1, py0, py1))
   return _conv(x, w, flip_weight=flip_weight, groups=groups)
 
@@ -319,11 +389,19 @@ def normalize_2nd_moment(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax
   return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
 
 
-def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
-                     noise: Optional[jax.Array] = None, up: int = 1, down: int = 1,
-                     padding: Padding = 0, resample_filter: Optional[np.ndarray] = None,
-                     demodulate: bool = True, flip_weight: bool = True,
-                     fused_modconv: bool = False) -> jax.Array:
+def modulated_conv2d(
+    x: jax.Array,
+    weight: jax.Array,
+    styles: jax.Array,
+    noise: Optional[jax.Array] = None,
+    up: int = 1,
+    down: int = 1,
+    padding: Padding = 0,
+    resample_filter: Optional[np.ndarray] = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = False,
+) -> jax.Array:
   """Modulated (and demodulated) convolution, as the official ``modulated_conv2d``.
 
   Args:
@@ -343,7 +421,11 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
   """
   b = x.shape[0]
   kh, kw, cin, cout = weight.shape
-  assert x.shape[-1] == cin and styles.shape == (b, cin), (x.shape, weight.shape, styles.shape)
+  assert x.shape[-1] == cin and styles.shape == (b, cin), (
+      x.shape,
+      weight.shape,
+      styles.shape,
+  )
   weight = weight.astype(jnp.float32)
   styles = styles.astype(jnp.float32)
 
@@ -360,8 +442,15 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
 
   if not fused_modconv:
     x = x * styles.astype(x.dtype)[:, None, None, :]
-    x = conv2d_resample(x, weight.astype(x.dtype), f=resample_filter, up=up, down=down,
-                        padding=padding, flip_weight=flip_weight)
+    x = conv2d_resample(
+        x,
+        weight.astype(x.dtype),
+        f=resample_filter,
+        up=up,
+        down=down,
+        padding=padding,
+        flip_weight=flip_weight,
+    )
     if demodulate:
       x = x * dcoefs.astype(x.dtype)[:, None, None, :]
     if noise is not None:
@@ -374,8 +463,15 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
   w = w.astype(x.dtype)
 
   def one(xi, wi):
-    return conv2d_resample(xi[None], wi, f=resample_filter, up=up, down=down,
-                           padding=padding, flip_weight=flip_weight)[0]
+    return conv2d_resample(
+        xi[None],
+        wi,
+        f=resample_filter,
+        up=up,
+        down=down,
+        padding=padding,
+        flip_weight=flip_weight,
+    )[0]
 
   x = jax.vmap(one)(x, w)
   if noise is not None:
@@ -383,8 +479,9 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
   return x
 
 
-def minibatch_std(x: jax.Array, group_size: Optional[int] = 4,
-                  num_channels: int = 1) -> jax.Array:
+def minibatch_std(
+    x: jax.Array, group_size: Optional[int] = 4, num_channels: int = 1
+) -> jax.Array:
   """Appends ``num_channels`` minibatch-stddev feature maps (official ``MinibatchStdLayer``).
 
   The group size is ``min(group_size, batch)`` (``None`` = the whole batch); the batch
