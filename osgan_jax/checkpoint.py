@@ -10,6 +10,7 @@ manager's ``close`` (or the next save) waits for it. Every process takes part.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -208,6 +209,11 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
         except Exception:  # pylint: disable=broad-except
           pass
         time.sleep(1.0)  # the failed read's other pending reads report on fd 2 meanwhile
+      if problem is not None:
+        # Its abandoned asyncio tasks sit in reference cycles with their tracebacks;
+        # collected here, their 'Task exception was never retrieved' goes to the log
+        # rather than to the terminal whenever the garbage collector next runs.
+        gc.collect()
     if mismatch:
       raise CheckpointError(
           f'checkpoint {step} in {mngr.directory} does not fit this '
