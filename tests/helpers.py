@@ -1,7 +1,38 @@
 """Small test data shared by the test modules (importable: pytest puts tests/ on the path)."""
 
+import os
+
 import numpy as np
 from PIL import Image
+
+from osgan_jax import config_base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
+
+# A Fashion-MNIST DCGAN small enough to train a few steps in a test, checkpointing
+# every 2 steps so a run can be resumed from its middle.
+TINY_FASHION_MNIST = {
+    'model.generator.width': 8,
+    'model.discriminator.width': 8,
+    'batch_size': 16,
+    'data.resolution': 16,
+    'data.num_threads': 0,
+    'log_every_steps': 2,
+    'sample_every_steps': 100,
+    'checkpoint_every_steps': 2,
+    'keep_checkpoints': 5,
+    'num_train_steps': 4,
+    'progress_bar': False,
+}
+
+
+def tiny_fashion_mnist_config(**overrides):
+  """``configs/dcgan_fashion_mnist.py`` at ``TINY_FASHION_MNIST`` plus ``overrides``."""
+  return config_base.load_config(
+      os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'),
+      {**TINY_FASHION_MNIST, **overrides},
+  )
 
 
 def write_blob_pngs(root, n: int, seed: int = 0) -> None:

@@ -9,10 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import config_base, gradcheck, losses, one_stage, penalties, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
+from osgan_jax import gradcheck, losses, one_stage, penalties, train
+from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
 
 # mlp and mbstd take the same paths as conv (per-sample D) and batchnorm (coupled D):
@@ -102,32 +100,14 @@ def test_fisher_multiplier_moves_against_the_constraint():
     losses.register('half_stateful', loss.d_loss, loss.g_loss, init_state=dict)
 
 
-def _tiny(**overrides):
-  return config_base.load_config(
-      os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'),
-      {
-          'model.generator.width': 8,
-          'model.discriminator.width': 8,
-          'batch_size': 16,
-          'data.resolution': 16,
-          'data.num_threads': 0,
-          'log_every_steps': 2,
-          'sample_every_steps': 100,
-          'checkpoint_every_steps': 2,
-          'keep_checkpoints': 5,
-          'num_train_steps': 4,
-          'progress_bar': False,
-          **overrides,
-      },
-  )
-
-
 @pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason='needs Fashion-MNIST')
 @pytest.mark.parametrize('stage', ['one', 'two'])
 def test_fisher_and_penalties_train_checkpoint_and_resume_exactly(stage, tmp_path):
   import shutil
 
-  config = _tiny(loss='fisher', stage=stage, **{'penalty.r1': 0.1, 'penalty.r2': 0.1})
+  config = tiny_fashion_mnist_config(
+      loss='fisher', stage=stage, **{'penalty.r1': 0.1, 'penalty.r2': 0.1}
+  )
   straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / 'a')))
   assert float(straight.loss_state['lam']) != 0.0  # moved, and is part of the state
   shutil.copytree(tmp_path / 'a', tmp_path / 'b')

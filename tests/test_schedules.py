@@ -2,6 +2,7 @@
 learning rate and beta2 per step against a hand-written Adam, penalty weights and G's
 EMA at the step, one-line errors, and exact resume of a ramped run."""
 
+import json
 import math
 import os
 import shutil
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 
 from osgan_jax import config_base, gan, regularizers, schedules, train
+from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 
 
 def official_cosine(cur_nimg, base_value, total_nimg, final_value):
@@ -156,19 +157,8 @@ def test_bad_schedules_are_one_line_errors(overrides, message):
 def test_a_ramped_run_resumes_bit_identically(tmp_path):
   """The ramps' position is the optimiser's count (in the checkpoint): a run resumed
   from step 2 of 4 equals the uninterrupted one."""
-  config = _config(
+  config = tiny_fashion_mnist_config(
       **{
-          'model.generator.width': 8,
-          'model.discriminator.width': 8,
-          'batch_size': 16,
-          'data.resolution': 16,
-          'data.num_threads': 0,
-          'log_every_steps': 2,
-          'sample_every_steps': 100,
-          'checkpoint_every_steps': 2,
-          'keep_checkpoints': 5,
-          'num_train_steps': 4,
-          'progress_bar': False,
           'penalty.r1': 0.1,
           'schedule.steps': 3,
           'schedule.g_lr': 1e-5,
@@ -189,8 +179,6 @@ def test_a_ramped_run_resumes_bit_identically(tmp_path):
   for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(x, y)
   # The ramped values are logged (means over each 2-step interval).
-  import json
-
   with open(tmp_path / 'a' / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   lr = [official_cosine(i, config.optimizer.g_lr, 3, 1e-5) for i in range(4)]
