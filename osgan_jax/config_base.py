@@ -350,10 +350,11 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
   """The base config with an official R3GAN preset (``R3GAN_PRESETS``).
 
   Networks: the official widths (``min(24576 / resolution, 768)``) and 16 channels per
-  group, 2 blocks per stage, expansion 2, z 64, the preset's bfloat16 stages. Training: RpGAN (``'relativistic'``) with R1 and
-  R2 every step, Adam betas (0, beta2), eps 1e-8, and the official ramps
-  (``config.schedule``). The official run has no set length (``--kimg`` defaults to
-  10^7 kimg); ``num_train_steps`` is 100M images, a choice. Data is the caller's.
+  group, 2 blocks per stage, expansion 2, z 64, the preset's bfloat16 stages.
+  Training: RpGAN (``'relativistic'``) with R1 and R2 every step, Adam betas
+  (0, beta2), eps 1e-8, and the official ramps (``config.schedule``). The official run
+  has no set length (``--kimg`` defaults to 10^7 kimg); ``num_train_steps`` is 100M
+  images, a choice. Data is the caller's.
   """
   p = R3GAN_PRESETS[preset]
   c = get_base_config()
