@@ -3,9 +3,14 @@
 For each selected loss, trains one-stage and two-stage runs (``config.stage``) of
 ``configs/dcgan_fashion_mnist.py`` (Fashion-MNIST 32x32, DCGAN d=32, GroupNorm D) from
 the same seeds through the one training loop (``osgan_jax.train.train_and_evaluate``),
-in chunks of ``--eval-every`` steps: one call per chunk, resuming from the run's
+in chunks of ``--chunk-steps`` steps: one call per chunk, resuming from the run's
 checkpoint, chunk k of every run before chunk k + 1 of any and the order reversed
-every other chunk, so load from other processes falls on every variant alike.
+every other chunk, so load from other processes falls on every variant alike. An
+entry of ``--losses`` may also be a config of its own (``CONFIG_VARIANTS``:
+``stylegan2_tiny``, with its loss and regularisers), on the same data and evaluators.
+``--workers N`` trains N runs at once, each worker a process of this script with
+``--shard K/N`` (run i goes to worker i mod N); rows then record ``workers`` = N,
+and their ``train_seconds`` were measured beside N - 1 other runs.
 
 Metrics, named for what they are:
 
@@ -42,8 +47,9 @@ distinguishable at N seeds".
 
 ``--size`` picks the settings (each flag overrides one): ``cpu`` (issue 17's CPU study:
 3 losses x 2 stages x 3 seeds x 4,000 steps, about 3 h on 2 shared cores), ``gpu``
-(6 losses, 5 seeds, Inception FID on 10,000 samples; not run yet) and ``tiny`` (the
-test's: 16x16, 2 seeds, 4 steps, no Inception; seconds).
+(6 losses and StyleGAN2 tiny, 5 seeds, 8 workers, classifier and Inception FID on
+10,000 samples; not run yet: ``experiments/quality_gpu.sh`` runs it on one GPU
+machine) and ``tiny`` (the test's: 16x16, 2 seeds, 4 steps, no Inception; seconds).
 
   python experiments/compare_quality.py --size cpu --workdir /tmp/osgan_quality
   python experiments/compare_quality.py --size cpu --render    # tables, plots again
@@ -78,7 +84,11 @@ STAGE_COLOR = {'one': 'tab:blue', 'two': 'tab:orange'}
 LOSS_OVERRIDES = {
     'wgan': {'model.discriminator.norm': 'batch', 'optimizer.weight_clip': 0.01}
 }
-# The sizes of the study. None: the classifier config's own step count.
+# Entries of --losses that are whole configs (their own model, loss and regularisers)
+# rather than a loss of CONFIG; same data, resolution and FID evaluators.
+CONFIG_VARIANTS = {'stylegan2_tiny': 'configs/stylegan2_tiny.py'}
+# The sizes of the study. classifier_steps None: the classifier config's own step
+# count; overrides: of CONFIG (the entries of CONFIG_VARIANTS run at their config's).
 SIZES = {
     'cpu': dict(
         losses='non_saturating,minimax,hinge',
@@ -91,19 +101,27 @@ SIZES = {
         inception_samples=1000,
         inception_real=2000,
         classifier_steps=None,
+        fid_batch=250,
+        inception_batch=50,
+        workers=1,
         overrides={},
     ),
+    # One GPU: runs are one call each (no chunks: nothing else shares the device) and
+    # 8 at a time (--workers: a d=32 DCGAN step leaves most of an H100 idle).
     'gpu': dict(
-        losses='non_saturating,minimax,hinge,wgan,relativistic,bgan',
+        losses='non_saturating,minimax,hinge,wgan,relativistic,bgan,stylegan2_tiny',
         seeds=5,
         steps=4000,
         eval_every=1000,
-        chunk_steps=None,
+        chunk_steps=4000,
         fid_samples=10000,
         fid_real=-1,
         inception_samples=10000,
         inception_real=10000,
         classifier_steps=None,
+        fid_batch=1000,
+        inception_batch=250,
+        workers=8,
         overrides={},
     ),
     # For the test: seconds, not minutes; one call per run; the numbers mean nothing.
@@ -118,6 +136,9 @@ SIZES = {
         inception_samples=0,
         inception_real=0,
         classifier_steps=20,
+        fid_batch=64,
+        inception_batch=50,
+        workers=1,
         overrides={
             'data.resolution': 16,
             'batch_size': 16,
@@ -129,6 +150,7 @@ SIZES = {
 }
 ALPHA, MARGIN = 0.05, 0.10  # the verdict's test level and equivalence margin
 REQUIRED_FIELDS = (
+    'variant',
     'loss',
     'stage',
     'seed',
@@ -142,9 +164,19 @@ REQUIRED_FIELDS = (
 # ------------------------------------------------------------------ rows
 
 
+def variant(row: dict) -> str:
+  """The study entry of a row: its ``variant`` (rows from before there were config
+  variants: their loss)."""
+  return row.get('variant') or row['loss']
+
+
+def row_key(row: dict) -> tuple:
+  return variant(row), row['stage'], row['seed'], row['step']
+
+
 def read_rows(path: str) -> list:
   """The rows of a study's jsonl (a partly written last line skipped); for a key
-  (loss, stage, seed, step) written twice, the last."""
+  (variant, stage, seed, step) written twice, the last."""
   rows = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -153,13 +185,17 @@ def read_rows(path: str) -> list:
           r = json.loads(line)
         except ValueError:
           continue
-        rows[(r['loss'], r['stage'], r['seed'], r['step'])] = r
+        rows[row_key(r)] = r
   return list(rows.values())
 
 
 def append_row(path: str, row: dict) -> None:
+  """One line, whole, under an exclusive lock (--workers append to the same file)."""
+  import fcntl
+
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
     f.write(json.dumps(row, sort_keys=True) + '\n')
     f.flush()
     os.fsync(f.fileno())
@@ -246,20 +282,21 @@ def value_at_time(times, values, budget: float):
   return float(values[-1])
 
 
-def _runs(rows: list, loss: str, stage: str) -> dict:
-  """seed -> that run's rows with a classifier FID, by step."""
+def _runs(rows: list, name: str, stage: str) -> dict:
+  """seed -> the rows of variant ``name``'s run with a classifier FID, by step."""
   out = {}
   for r in rows:
-    if r['loss'] == loss and r['stage'] == stage and r.get('fid_classifier') is not None:
+    if variant(r) == name and r['stage'] == stage and r.get('fid_classifier') is not None:
       out.setdefault(r['seed'], []).append(r)
   return {s: sorted(rs, key=lambda r: r['step']) for s, rs in sorted(out.items())}
 
 
 def summarize(rows: list) -> dict:
-  """Per loss: per stage the final-step statistics, the equal-wall-time values and the
-  verdicts. Only seeds with both stages at the common final step count."""
+  """Per variant (loss): per stage the final-step statistics, the equal-wall-time
+  values and the verdicts. Only seeds with both stages at the common final step
+  count."""
   summary = {}
-  for loss in sorted({r['loss'] for r in rows}):
+  for loss in sorted({variant(r) for r in rows}):
     runs = {s: _runs(rows, loss, s) for s in STAGES}
     if not all(runs.values()):
       continue
@@ -348,14 +385,20 @@ def markdown(rows: list, summary: dict) -> str:
   """The study's table, verdicts and provenance as markdown."""
   first = rows[0] if rows else {}
   acc = first.get('classifier_test_accuracy')
+  configs = ', '.join(f'`{c}`' for c in sorted({r.get('config', CONFIG) for r in rows}))
+  own = {variant(r): (r['config'], r['loss']) for r in rows if variant(r) != r['loss']}
   lines = [
-      f'Study `{first.get("study", "?")}`: `{first.get("config", CONFIG)}`, '
+      f'Study `{first.get("study", "?")}`: {configs}, '
       f'{len(rows)} rows. `fid_classifier`: FID in the penultimate features of a '
       f'LeNet-5 trained on the training split (test accuracy '
       f'{"?" if acc is None else f"{100 * acc:.2f}%"}), generated images vs the test '
       f'split; `fid_inception`: TF-Inception FID, final step only. Mean ± std over '
       f'seeds; "equal time": each run\'s classifier FID linearly interpolated between '
-      f"its evaluations at the faster stage's mean final training time.",
+      f"its evaluations at the faster stage's mean final training time."
+      + ''.join(
+          f' `{name}`: `{config}` (its own model, loss `{loss}` and regularisers).'
+          for name, (config, loss) in sorted(own.items())
+      ),
       '',
       '| loss | stage | seeds | steps | train s | FID (classifier) | FID (Inception) | '
       'equal time s | FID (classifier) at equal time |',
@@ -498,13 +541,23 @@ def git_rev() -> str | None:
     return None
 
 
-def train_classifier(workdir: str, steps: int | None, resolution: int) -> float | None:
+def classifier_accuracy(workdir: str) -> float | None:
+  """The last test accuracy the FID classifier in ``workdir`` logged."""
+  acc = [r['test_accuracy'] for r in read_metrics(workdir) if 'test_accuracy' in r]
+  return acc[-1] if acc else None
+
+
+def train_classifier(
+    workdir: str, steps: int | None, resolution: int, data_path: str = ''
+) -> float | None:
   """Trains (or finds, cached) the FID classifier in ``workdir``, for images of
   ``resolution``; its test accuracy."""
   from osgan_jax import config_base
   from osgan_jax import train
 
   overrides = {'progress_bar': False, 'data.resolution': resolution}
+  if data_path:
+    overrides['data.path'] = data_path
   if steps is not None:
     overrides.update(
         {
@@ -517,21 +570,34 @@ def train_classifier(workdir: str, steps: int | None, resolution: int) -> float 
   config = config_base.load_config(os.path.join(REPO, CLASSIFIER_CONFIG), overrides)
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
-  acc = [r['test_accuracy'] for r in read_metrics(workdir) if 'test_accuracy' in r]
+  acc = classifier_accuracy(workdir)
   print(
       f'FID classifier in {workdir}: test accuracy '
-      f'{acc[-1] if acc else "?"} ({time.perf_counter() - t0:.0f} s)',
+      f'{"?" if acc is None else acc} ({time.perf_counter() - t0:.0f} s)',
       flush=True,
   )
-  return acc[-1] if acc else None
+  return acc
 
 
-def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str):
-  """The config of one chunk (train up to step ``upto``) with its FID evaluator."""
+def variant_config(args, name: str) -> tuple:
+  """``(config file, its overrides)`` of a study entry: a loss of CONFIG (with the
+  size's overrides and the loss's own), or a config of CONFIG_VARIANTS as it is."""
+  if name in CONFIG_VARIANTS:
+    return CONFIG_VARIANTS[name], {}
+  return CONFIG, {
+      'loss': name,
+      **SIZES[args.size]['overrides'],
+      **LOSS_OVERRIDES.get(name, {}),
+  }
+
+
+def run_config(args, name: str, stage: str, seed: int, upto: int, features: str):
+  """The config of one chunk of variant ``name`` (train up to step ``upto``) with
+  its FID evaluator."""
   from osgan_jax import config_base
 
+  path, own = variant_config(args, name)
   overrides = {
-      'loss': loss,
       'stage': stage,
       'seed': seed,
       'num_train_steps': upto,
@@ -545,8 +611,8 @@ def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str)
       'fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
       'fid.keep_best': False,
       'fid.kid': False,
-      **SIZES[args.size]['overrides'],
-      **LOSS_OVERRIDES.get(loss, {}),
+      **({'data.path': args.data_path} if args.data_path else {}),
+      **own,
   }
   if features == 'classifier':
     overrides.update(
@@ -554,7 +620,7 @@ def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str)
             'fid.classifier_workdir': args.classifier_workdir,
             'fid.num_samples': args.fid_samples,
             'fid.num_real': args.fid_real,
-            'fid.batch_size': min(250, args.fid_samples),
+            'fid.batch_size': min(args.fid_batch, args.fid_samples),
         }
     )
   else:
@@ -562,10 +628,10 @@ def run_config(args, loss: str, stage: str, seed: int, upto: int, features: str)
         {
             'fid.num_samples': args.inception_samples,
             'fid.num_real': args.inception_real,
-            'fid.batch_size': min(50, max(1, args.inception_samples)),
+            'fid.batch_size': min(args.inception_batch, max(1, args.inception_samples)),
         }
     )
-  return config_base.load_config(os.path.join(REPO, CONFIG), overrides)
+  return config_base.load_config(os.path.join(REPO, path), overrides)
 
 
 def _evaluate(config, workdir: str, state, step: int) -> dict:
@@ -592,21 +658,23 @@ def _train_seconds(workdir: str, step: int) -> float | None:
 def _row(
     common: dict,
     args,
-    loss: str,
+    name: str,
     stage: str,
     seed: int,
     step: int,
     record: dict,
-    batch_size: int,
+    config,
     num_test: int,
 ) -> dict:
   return {
       **common,
-      'loss': loss,
+      'variant': name,
+      'config': variant_config(args, name)[0],
+      'loss': str(config.loss),
       'stage': stage,
       'seed': seed,
       'step': step,
-      'images': step * batch_size,
+      'images': step * int(config.batch_size),
       'train_seconds': record['train_seconds'],
       'fid_classifier': record['fid_classifier'],
       'fid_classifier_seconds': record.get('fid_classifier_seconds'),
@@ -618,7 +686,7 @@ def _row(
       'fid_inception_samples': None,
       'fid_inception_real': None,
       'fid_inception_seconds': None,
-      'overrides': {**SIZES[args.size]['overrides'], **LOSS_OVERRIDES.get(loss, {})},
+      'overrides': variant_config(args, name)[1],
   }
 
 
@@ -645,72 +713,144 @@ def run_study(args) -> int:
 
 
 def _run_study(args) -> int:
-  import jax
   from absl import logging
-  from osgan_jax import data as data_lib
-  from osgan_jax import train
 
   logging.set_verbosity(logging.WARNING)
-  jsonl = os.path.join(args.out, f'{args.study}.jsonl')
+  if args.shard is not None:  # a worker: the parent trained the classifier
+    return train_runs(args, classifier_accuracy(args.classifier_workdir))
   with open(os.path.join(args.out, 'commands.txt'), 'a') as f:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
     f.write(f'# {now} git {git_rev()}\n{args.command}\n')
-  losses = [s for s in args.losses.split(',') if s]
+  test = run_config(args, args.losses[0], 'one', 0, args.steps, 'classifier').data
+  accuracy = train_classifier(
+      args.classifier_workdir,
+      args.classifier_steps,
+      int(test.resolution),
+      args.data_path,
+  )
+  prepare_references(args)
+  code = run_workers(args) if args.workers > 1 else train_runs(args, accuracy)
+  if code == 0:
+    paths = render(args.out, args.study)
+    print(open(paths['table']).read())
+    print('wrote ' + ', '.join(paths.values()))
+  return code
+
+
+def prepare_references(args) -> None:
+  """The real images' statistics of each FID, computed (or found cached) once here,
+  before any run or worker would compute them at its first evaluation."""
+  from osgan_jax import evaluators
+
+  for features in (
+      ('classifier', 'inception') if args.inception_samples else ('classifier',)
+  ):
+    config = run_config(args, args.losses[0], 'one', 0, args.steps, features)
+    t0 = time.perf_counter()
+    real = evaluators.Fid(config, args.workdir, None, None, True).real_stats()
+    print(
+        f'{features} features of {real["n"]} {config.fid.real_split} images: '
+        f'{time.perf_counter() - t0:.0f} s',
+        flush=True,
+    )
+
+
+def run_workers(args) -> int:
+  """The study's runs in ``args.workers`` processes at once (this command with
+  ``--shard K/N``: run i of the list goes to worker i mod N), each appending its rows;
+  0, or the first worker's non-zero exit code. SIGINT or SIGTERM here is passed on as
+  SIGTERM (a second SIGINT would abort a worker's checkpoint): each worker saves a
+  checkpoint and stops."""
+  import signal
+
+  n = args.workers
+  command = [sys.executable, os.path.abspath(__file__), *args.argv, '--workers', '1']
+  workers = [subprocess.Popen(command + ['--shard', f'{k}/{n}']) for k in range(n)]
+
+  def stop(signum, frame):
+    del signum, frame
+    for w in workers:
+      if w.poll() is None:
+        w.send_signal(signal.SIGTERM)
+
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    codes = [w.wait() for w in workers]
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  failed = [(k, code) for k, code in enumerate(codes) if code]
+  for k, code in failed:
+    print(f'worker {k}/{n} exited with {code}; the same command goes on', flush=True)
+  return failed[0][1] if failed else 0
+
+
+def train_runs(args, accuracy: float | None) -> int:
+  """Trains and evaluates the runs of this process (all, or its ``--shard``) that
+  ``OUT/<study>.jsonl`` lacks, appending their rows; 0 when done or out of
+  ``--stop-after`` time, 130 when stopped by a signal."""
+  import jax
+  from osgan_jax import data as data_lib
+  from osgan_jax import train
+
+  jsonl = os.path.join(args.out, f'{args.study}.jsonl')
   seeds = list(range(args.seeds))
   evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
   ends = list(range(args.chunk_steps, args.steps + 1, args.chunk_steps))
-  runs = [(loss, seed, stage) for loss in losses for seed in seeds for stage in STAGES]
-  done = {(r['loss'], r['stage'], r['seed'], r['step']): r for r in read_rows(jsonl)}
+  runs = [
+      (name, seed, stage) for name in args.losses for seed in seeds for stage in STAGES
+  ]
+  shard, workers = args.shard or (0, 1)
+  runs = runs[shard::workers]
+  tag = f'[{shard}/{workers}] ' if args.shard else ''
+  done = {row_key(r): r for r in read_rows(jsonl)}
 
-  def missing(loss, stage, seed, step):
-    row = done.get((loss, stage, seed, step))
+  def missing(name, stage, seed, step):
+    row = done.get((name, stage, seed, step))
     return row is None or (
         step == args.steps
         and args.inception_samples > 0
         and row.get('fid_inception') is None
     )
 
-  test = run_config(args, losses[0], 'one', 0, args.steps, 'classifier').data
-  accuracy = train_classifier(
-      args.classifier_workdir, args.classifier_steps, int(test.resolution)
-  )
+  test = run_config(args, args.losses[0], 'one', 0, args.steps, 'classifier').data
   with test.unlocked():
     test.split = 'test'
   num_test = data_lib.dataset_info(test)['num_examples']
   device = jax.devices()[0]
   common = {
       'study': args.study,
-      'config': CONFIG,
       'git_rev': git_rev(),
       'device': f'{device.platform}:{device.device_kind} x{jax.device_count()}, '
       f'{os.cpu_count()} cpus',
       'jax': jax.__version__,
+      'workers': workers,
       'classifier_test_accuracy': accuracy,
   }
   t_start = time.perf_counter()
   for k, upto in enumerate(ends):
     here = [s for s in evals if upto - args.chunk_steps < s <= upto]
-    for loss, seed, stage in (runs if k % 2 == 0 else runs[::-1]):
-      todo = [s for s in here if missing(loss, stage, seed, s)]
+    for name, seed, stage in runs if k % 2 == 0 else runs[::-1]:
+      todo = [s for s in here if missing(name, stage, seed, s)]
       if not todo:
         continue
       if args.stop_after and time.perf_counter() - t_start > 60 * args.stop_after:
         print(
-            f'--stop-after {args.stop_after:g} min: stopping here; the same command '
-            f'goes on',
+            f'{tag}--stop-after {args.stop_after:g} min: stopping here; the same '
+            f'command goes on',
             flush=True,
         )
         return 0
-      workdir = os.path.join(args.workdir, args.study, f'{loss}_{stage}_seed{seed}')
-      config = run_config(args, loss, stage, seed, upto, 'classifier')
+      workdir = os.path.join(args.workdir, args.study, f'{name}_{stage}_seed{seed}')
+      config = run_config(args, name, stage, seed, upto, 'classifier')
       t0 = time.perf_counter()
       state = train.train_and_evaluate(config, workdir)
       if int(jax.device_get(state.step)) < upto:  # stopped by a signal, checkpointed
-        print('Stopped; run the same command again to go on.', flush=True)
+        print(f'{tag}Stopped; run the same command again to go on.', flush=True)
         return 130
       records = read_metrics(workdir)
       for step in todo:
-        row = done.get((loss, stage, seed, step))
+        row = done.get((name, stage, seed, step))
         if row is None:
           record = [r for r in records if r['step'] == step and 'fid_classifier' in r]
           if record:
@@ -722,25 +862,15 @@ def _run_study(args) -> int:
             }
           else:
             print(
-                f'{workdir}: no classifier FID logged at step {step}, and the run is '
-                f'past it; that row stays missing',
+                f'{tag}{workdir}: no classifier FID logged at step {step}, and the run '
+                f'is past it; that row stays missing',
                 flush=True,
             )
             continue
-          row = _row(
-              common,
-              args,
-              loss,
-              stage,
-              seed,
-              step,
-              record,
-              int(config.batch_size),
-              num_test,
-          )
+          row = _row(common, args, name, stage, seed, step, record, config, num_test)
         if step == args.steps and args.inception_samples:
           values = _evaluate(
-              run_config(args, loss, stage, seed, upto, 'inception'), workdir, state, step
+              run_config(args, name, stage, seed, upto, 'inception'), workdir, state, step
           )
           row.update(
               {
@@ -754,7 +884,7 @@ def _run_study(args) -> int:
             timespec='seconds'
         )
         append_row(jsonl, row)
-        done[(loss, stage, seed, step)] = row
+        done[(name, stage, seed, step)] = row
         inception = (
             ''
             if row['fid_inception'] is None
@@ -762,15 +892,12 @@ def _run_study(args) -> int:
             f'({row["fid_inception_seconds"]:.0f} s)'
         )
         print(
-            f'[{time.perf_counter() - t_start:6.0f} s] {loss} {stage}-stage seed '
+            f'{tag}[{time.perf_counter() - t_start:6.0f} s] {name} {stage}-stage seed '
             f'{seed} step {step}: train {row["train_seconds"]:.1f} s, classifier FID '
             f'{row["fid_classifier"]:.2f} ({row["fid_classifier_seconds"] or 0:.1f} s)'
             f'{inception}; chunk {time.perf_counter() - t0:.0f} s',
             flush=True,
         )
-  paths = render(args.out, args.study)
-  print(open(paths['table']).read())
-  print('wrote ' + ', '.join(paths.values()))
   return 0
 
 
@@ -794,10 +921,15 @@ def parse_args(argv=None):
       action='store_const',
       const='gpu',
       dest='size',
-      help='--size gpu: 6 losses, 5 seeds, Inception FID on 10,000 samples',
+      help='--size gpu: 6 losses and StyleGAN2 tiny, 5 seeds, 8 workers, Inception '
+      'FID on 10,000 samples',
   )
   p.add_argument('--study', help='name of the rows file OUT/<study>.jsonl (the size)')
-  p.add_argument('--losses', help='comma-separated loss names')
+  p.add_argument(
+      '--losses',
+      help='comma-separated loss names (of the DCGAN config) and configs of their own '
+      f'({", ".join(CONFIG_VARIANTS)})',
+  )
   p.add_argument('--seeds', type=int, help='seeds 0 .. N-1')
   p.add_argument('--steps', type=int, help='training steps of every run')
   p.add_argument('--eval-every', type=int, help='steps between classifier FIDs')
@@ -814,6 +946,19 @@ def parse_args(argv=None):
       help='generated images of the final Inception FID (0: none)',
   )
   p.add_argument('--inception-real', type=int, help='test images of its reference')
+  p.add_argument('--fid-batch', type=int, help='images per classifier-feature batch')
+  p.add_argument('--inception-batch', type=int, help='images per Inception batch')
+  p.add_argument(
+      '--workers',
+      type=int,
+      help='runs trained at once, each in its own process (1: one after another here)',
+  )
+  p.add_argument('--shard', help=argparse.SUPPRESS)  # K/N: a worker of --workers N
+  p.add_argument(
+      '--data-path',
+      default='',
+      help="Fashion-MNIST's IDX directory (default: the data config's)",
+  )
   p.add_argument(
       '--classifier-steps',
       type=int,
@@ -845,23 +990,40 @@ def parse_args(argv=None):
     if key != 'overrides' and getattr(args, key) is None:
       setattr(args, key, value)
   args.study = args.study or args.size
+  args.argv = list(sys.argv[1:] if argv is None else argv)
   if args.classifier_workdir is None:
     suffix = ('' if args.classifier_steps is None else f'_{args.classifier_steps}') + (
         '_tiny' if args.size == 'tiny' else ''
     )  # tiny's is 16x16
     args.classifier_workdir = os.path.join(args.workdir, f'classifier{suffix}')
   if not args.render:
+    from osgan_jax import losses as losses_lib
+
+    args.losses = [s for s in args.losses.split(',') if s]
+    unknown = [
+        s for s in args.losses if s not in CONFIG_VARIANTS and s not in losses_lib.names()
+    ]
+    if unknown or not args.losses:
+      p.error(
+          f'--losses: {",".join(unknown) or "none given"}; choose from '
+          f'{", ".join(sorted(losses_lib.names()) + sorted(CONFIG_VARIANTS))}'
+      )
+    if SIZES[args.size]['overrides'] and set(args.losses) & set(CONFIG_VARIANTS):
+      p.error(
+          f'--size {args.size} changes the DCGAN config; configs of their own run at '
+          'their size: use --size cpu or gpu'
+      )
+    if args.shard is not None:
+      args.shard = tuple(int(v) for v in args.shard.split('/'))
+    if args.workers < 1:
+      p.error('--workers must be >= 1')
     args.chunk_steps = args.chunk_steps or args.eval_every
     if args.steps % args.chunk_steps or args.chunk_steps % args.eval_every:
       p.error('--steps must be a multiple of --chunk-steps, and that of --eval-every')
     if args.inception_samples and args.inception_real < 2:
       p.error('--inception-real must be >= 2 with --inception-samples')
   args.command = ' '.join(
-      shlex.quote(a)
-      for a in (
-          ['python', 'experiments/compare_quality.py']
-          + list(sys.argv[1:] if argv is None else argv)
-      )
+      shlex.quote(a) for a in ['python', 'experiments/compare_quality.py', *args.argv]
   )
   return args
 
@@ -873,6 +1035,8 @@ def main(argv=None) -> int:
     paths = render(args.out, args.study)
     print(open(paths['table']).read())
     return 0
+  if args.workers > 1:  # processes that share one GPU take its memory as they need it
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   return run_study(args)
 
 

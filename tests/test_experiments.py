@@ -324,6 +324,57 @@ def test_quality_summary_at_equal_steps_and_equal_time():
   assert quality.value_at_time([10, 20], [300, 200], 99) == 200
 
 
+def test_quality_config_variants_and_bad_losses(capsys):
+  """``stylegan2_tiny`` is an entry of its own config (its loss is non-saturating too):
+  its runs get the study's settings, and its rows stay apart from the DCGAN's."""
+  args = quality.parse_args(
+      ['--gpu', '--losses', 'wgan,stylegan2_tiny', '--data-path', '/data/fmnist']
+  )
+  assert args.losses == ['wgan', 'stylegan2_tiny'] and args.workers == 8
+  config = quality.run_config(args, 'stylegan2_tiny', 'two', 3, 4000, 'inception')
+  assert (config.loss, config.stage, config.seed) == ('non_saturating', 'two', 3)
+  assert config.model.generator.channel_max == 64 and config.batch_size == 32
+  assert config.data.path == '/data/fmnist' and config.fid.features == 'inception'
+  assert (config.fid.num_samples, config.fid.batch_size) == (10000, 250)
+  wgan = quality.run_config(args, 'wgan', 'one', 0, 1000, 'classifier')
+  assert (wgan.loss, wgan.model.discriminator.norm) == ('wgan', 'batch')
+  assert wgan.optimizer.weight_clip == 0.01 and wgan.fid.batch_size == 1000
+  for argv, message in (
+      (['--losses', 'hinge,nope'], '--losses: nope; choose from'),
+      (['--tiny', '--losses', 'stylegan2_tiny'], 'configs of their own run at'),
+  ):
+    with pytest.raises(SystemExit):
+      quality.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+  rows = [
+      {
+          'variant': name,
+          'config': config,
+          'loss': 'non_saturating',
+          'stage': stage,
+          'seed': seed,
+          'step': 100,
+          'train_seconds': 10.0,
+          'fid_classifier': fid + seed,
+          'fid_inception': None,
+      }
+      for name, config, fid in (
+          ('non_saturating', quality.CONFIG, 50.0),
+          ('stylegan2_tiny', 'configs/stylegan2_tiny.py', 20.0),
+      )
+      for stage in quality.STAGES
+      for seed in (0, 1)
+  ]
+  summary = quality.summarize(rows)
+  assert set(summary) == {'non_saturating', 'stylegan2_tiny'}
+  assert summary['stylegan2_tiny']['stages']['one']['fid_classifier'][0] == 20.5
+  table = quality.markdown(rows, summary)
+  assert '| stylegan2_tiny | two-stage | 2 | 100 |' in table
+  assert '`stylegan2_tiny`: `configs/stylegan2_tiny.py` (its own model' in table
+  assert len({quality.row_key(r) for r in rows}) == len(rows)  # same loss, apart
+
+
 def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
   """The GPU size's 42 MiB weights: float16 on disk, float32 in the network."""
   from osgan_jax.metrics import inception
@@ -373,20 +424,22 @@ def test_fid_evaluator_config_errors(tmp_path):
     reason='apt-get install dataset-fashion-mnist',
 )
 def test_quality_study_tiny_end_to_end(tmp_path):
-  """Issue 17's study at its tiny size (16x16, 2 seeds, 1 loss, 4 steps, FID at 2, 4):
-  the rows, their resumption from the runs' logs, the table and the plots."""
+  """Issue 17's study at its tiny size (16x16, 2 seeds, 1 loss, 4 steps, FID at 2, 4),
+  its runs in 2 worker processes: the rows, their resumption from the runs' logs (one
+  process), the table and the plots."""
   from PIL import Image
 
   out, wd = tmp_path / 'out', tmp_path / 'wd'
   argv = ['--tiny', '--out', str(out), '--workdir', str(wd)]
-  assert quality.main(argv) == 0
+  assert quality.main(argv + ['--workers', '2']) == 0
   jsonl = out / 'tiny.jsonl'
   rows = [json.loads(line) for line in open(jsonl)]
   assert len(rows) == 1 * 2 * 2 * 2  # loss x stage x seed x evaluation
   runs = {}
   for r in rows:
-    assert set(quality.REQUIRED_FIELDS) <= set(r)
-    assert r['loss'] == 'non_saturating' and r['stage'] in ('one', 'two')
+    assert set(quality.REQUIRED_FIELDS) <= set(r) and r['workers'] == 2
+    assert r['variant'] == r['loss'] == 'non_saturating' and r['stage'] in ('one', 'two')
+    assert r['config'] == quality.CONFIG
     assert np.isfinite(r['fid_classifier']) and r['fid_classifier'] > 0
     assert r['fid_inception'] is None and r['fid_inception_samples'] is None
     assert r['fid_classifier_samples'] == 64 and r['fid_classifier_real'] == 256
@@ -398,6 +451,7 @@ def test_quality_study_tiny_end_to_end(tmp_path):
     assert [r['step'] for r in run] == [2, 4]
     assert 0 <= run[0]['train_seconds'] < run[1]['train_seconds']
   assert '--tiny' in (out / 'commands.txt').read_text()
+  assert '--shard' not in (out / 'commands.txt').read_text()  # the workers' own
   table = (out / 'tiny.md').read_text()
   assert '| non_saturating | one-stage | 2 | 4 |' in table
   assert '| non_saturating | two-stage | 2 | 4 |' in table
