@@ -415,13 +415,23 @@ def _run(config, workdir: str, task: Task):
     interval_steps, interval_seconds = 0, 0.0
     clock = time.perf_counter()
     stopped_by, done = None, start
+    # Phases whose first call (their compilation) comes after the first step, e.g. a
+    # lazy R1 phase after a resume: that call is not training time either.
+    uncompiled = {k for k, (phase, _) in enumerate(phases) if start % phase.interval}
     for i in range(start, num_steps):
       with jax.transfer_guard_device_to_host('disallow'):
         batch, batch_skipped = next(batches)
         metrics, index = {}, np.int32(i)
-        for phase, fn in phases:
+        for k, (phase, fn) in enumerate(phases):
           if i % phase.interval == 0:
-            state, m = fn(state, batch, step_key, index)
+            if k in uncompiled:
+              uncompiled.discard(k)
+              jax.block_until_ready(state)
+              t0 = time.perf_counter()
+              state, m = jax.block_until_ready(fn(state, batch, step_key, index))
+              clock += time.perf_counter() - t0
+            else:
+              state, m = fn(state, batch, step_key, index)
             metrics.update(m)
         history.append(metrics)
         in_flight.append(metrics)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import flax
 import jax
@@ -79,7 +80,7 @@ class Recorder:
     return {'score': float(self.scores.get(step, 100 - step))}
 
 
-def make_task(evaluator=None, fail_at=None, record=None):
+def make_task(evaluator=None, fail_at=None, record=None, b_fn=phase_b):
   def init(key):
     del key
     return State(
@@ -98,7 +99,7 @@ def make_task(evaluator=None, fail_at=None, record=None):
   return loop.Task(
       name='toy',
       init=init,
-      make_phases=lambda state: [loop.Phase('a', phase_a), loop.Phase('b', phase_b, 3)],
+      make_phases=lambda state: [loop.Phase('a', phase_a), loop.Phase('b', b_fn, 3)],
       batches=batches,
       evaluators=[evaluator] if evaluator else [],
       meta={'task_meta': 7},
@@ -162,6 +163,21 @@ def test_resume_continues_the_same_run(tmp_path):
   assert jax.tree.map(np.array_equal, straight, resumed) == State(True, True, True)
   assert [r['step'] for r in metrics(tmp_path / 'b')] == [2, 4, 6, 7]
   assert metrics(tmp_path / 'b')[-1]['data_skipped_images'] == 7
+
+
+def test_a_phase_first_compiled_after_a_resume_is_not_training_time(tmp_path):
+  """Resumed at step 4, phase b (interval 3) first runs, and compiles, at step 6: that
+  call (here 2 s of tracing) is no more training time than the first step is."""
+
+  def slow_b(state, batch, rng, i):
+    time.sleep(2.0)  # runs while jax traces it: once per compilation
+    return phase_b(state, batch, rng, i)
+
+  loop.run(config(num_train_steps=4), str(tmp_path), make_task())
+  before = metrics(tmp_path)[-1]['train_seconds']
+  state = loop.run(config(), str(tmp_path), make_task(b_fn=slow_b))
+  assert int(state.b_calls) == 3  # at 0, 3, 6: the slow one ran
+  assert metrics(tmp_path)[-1]['train_seconds'] - before < 1.0
 
 
 def test_a_data_error_in_the_prefetch_thread_reaches_the_caller(tmp_path):
