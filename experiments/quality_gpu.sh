@@ -71,12 +71,7 @@ print(len(z.files), 'Inception arrays,', sum(z[k].nbytes for k in z.files) >> 20
   ;;
 run)
   mkdir -p "$OUT/quality"
-  if ! python3 -c "import grain, ml_collections, tensorboardX, portpicker" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-  fi
-  export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+  source experiments/device_env.sh || exit 1
   [ -d .quality_data/fashion-mnist ] || { echo "no .quality_data: carry it (pack first)" >&2; exit 1; }
   args=(--size gpu --out "$OUT/quality" --workdir /tmp/quality
     --data-path .quality_data/fashion-mnist --stop-after "${STOP_AFTER_MIN:-6}")
