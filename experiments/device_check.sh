@@ -7,6 +7,7 @@
 #   OUT=/tmp/out bash experiments/device_check.sh
 # Results: $OUT/loop_throughput.json, $OUT/loop.log, $OUT/gradcheck.jsonl, $OUT/gpu.txt.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
 source experiments/device_env.sh || exit 1
