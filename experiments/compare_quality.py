@@ -797,8 +797,10 @@ def train_runs(args, accuracy: float | None) -> int:
   seeds = list(range(args.seeds))
   evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
   ends = list(range(args.chunk_steps, args.steps + 1, args.chunk_steps))
+  # Seed-major: a study stopped part-way (--stop-after) has every entry at fewer seeds,
+  # rather than some entries at all seeds and others at none.
   runs = [
-      (name, seed, stage) for name in args.losses for seed in seeds for stage in STAGES
+      (name, seed, stage) for seed in seeds for name in args.losses for stage in STAGES
   ]
   shard, workers = args.shard or (0, 1)
   runs = runs[shard::workers]
