@@ -113,7 +113,7 @@ SIZES = {
         seeds=5,
         steps=4000,
         eval_every=1000,
-        chunk_steps=4000,
+        chunk_steps=0,
         fid_samples=10000,
         fid_real=-1,
         inception_samples=10000,
@@ -938,7 +938,8 @@ def parse_args(argv=None):
   p.add_argument(
       '--chunk-steps',
       type=int,
-      help='steps per training call, interleaved over runs (--eval-every)',
+      help='steps per training call, interleaved over runs (default --eval-every; '
+      '0: the whole run in one call)',
   )
   p.add_argument('--fid-samples', type=int, help='generated images per classifier FID')
   p.add_argument('--fid-real', type=int, help='test images of its reference (-1: all)')
@@ -1019,7 +1020,10 @@ def parse_args(argv=None):
       args.shard = tuple(int(v) for v in args.shard.split('/'))
     if args.workers < 1:
       p.error('--workers must be >= 1')
-    args.chunk_steps = args.chunk_steps or args.eval_every
+    if args.chunk_steps is None:
+      args.chunk_steps = args.eval_every
+    elif args.chunk_steps == 0:
+      args.chunk_steps = args.steps
     if args.steps % args.chunk_steps or args.chunk_steps % args.eval_every:
       p.error('--steps must be a multiple of --chunk-steps, and that of --eval-every')
     if args.inception_samples and args.inception_real < 2:

@@ -331,6 +331,9 @@ def test_quality_config_variants_and_bad_losses(capsys):
       ['--gpu', '--losses', 'wgan,stylegan2_tiny', '--data-path', '/data/fmnist']
   )
   assert args.losses == ['wgan', 'stylegan2_tiny'] and args.workers == 8
+  assert args.chunk_steps == args.steps == 4000  # one call per run
+  short = quality.parse_args(['--gpu', '--steps', '20', '--eval-every', '10'])
+  assert short.chunk_steps == 20 and quality.parse_args([]).chunk_steps == 1000
   config = quality.run_config(args, 'stylegan2_tiny', 'two', 3, 4000, 'inception')
   assert (config.loss, config.stage, config.seed) == ('non_saturating', 'two', 3)
   assert config.model.generator.channel_max == 64 and config.batch_size == 32
