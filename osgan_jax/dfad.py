@@ -540,10 +540,14 @@ def distill_task(config, workdir: str) -> loop.Task:
   fixed_z = gan.sample_latent(
       jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), 2), int(config.num_samples)
   )
-  sampler = jax.jit(
-      lambda params_g, model_state_g: _display(
-          gan.generate(params_g, model_state_g, fixed_z, None)[0]['image']
-      )
+  # fixed_z as an argument, not a constant: one program for every seed.
+  sampler = functools.partial(
+      jax.jit(
+          lambda z, params_g, model_state_g: _display(
+              gan.generate(params_g, model_state_g, z, None)[0]['image']
+          )
+      ),
+      fixed_z,
   )
   logging.info(
       'DFAD %s-stage: teacher %s (test accuracy %.4f), student %s (width %d), '

@@ -240,10 +240,12 @@ def eval_params_g(state):
 
 def make_sampler(config, gan: steps.GAN, n: int, salt: int):
   """Jitted ``(params_g, model_state_g, index) -> images``: batch ``index`` of ``n``
-  fixed latents (and noise) drawn from ``fold_in(seed, salt)``, G in inference mode."""
+  fixed latents (and noise) drawn from ``fold_in(seed, salt)``, G in inference mode.
+  The key is an argument, not a constant of the program: runs that differ only in
+  their seed share one compiled sampler (and its persistent-cache entry)."""
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), salt)
 
-  def sample(params_g, model_state_g, index):
+  def sample(key, params_g, model_state_g, index):
     key_z, key_noise = jax.random.split(jax.random.fold_in(key, index))
     z = gan.sample_latent(key_z, n)
     if config.num_classes > 0:
@@ -258,7 +260,7 @@ def make_sampler(config, gan: steps.GAN, n: int, salt: int):
     )
     return fake['image']
 
-  return jax.jit(sample)
+  return functools.partial(jax.jit(sample), key)
 
 
 def validate(config) -> None:

@@ -502,6 +502,23 @@ def test_eight_devices_equal_one_device(folder, tmp_path):
 # ------------------------------------------------------------------------- small parts
 
 
+def test_the_sampler_program_does_not_depend_on_the_seed(folder):
+  """Runs that differ only in their seed share one compiled sampler: its key is an
+  argument (as a constant it made a new program, and a compile, for every seed of a
+  study), yet each seed still draws its own samples."""
+  programs, images = [], []
+  for seed in (0, 1):
+    config = tiny_config('dcgan_fashion_mnist', folder, seed=seed)
+    gan, g, d = _gan_and_models(config)
+    state = jax.jit(gan_lib.make_init(config, gan, g, d))(jax.random.PRNGKey(0))
+    sample = gan_lib.make_sampler(config, gan, 4, 3)
+    args = (state.params_g, state.model_state_g, 0)
+    programs.append(sample.func.lower(*sample.args, *args).as_text())
+    images.append(np.asarray(sample(*args)))
+  assert programs[0] == programs[1]
+  assert not np.allclose(images[0], images[1])
+
+
 def test_optimizers_follow_milestones_and_clip_d():
   config = config_base.load_config(
       config_path('wgan_celeba'),
