@@ -40,14 +40,16 @@ carry_check() {  # name, paths...: the call's size against the limit
 case "${1:-}" in
 pack)
   src=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-  mkdir -p .inception .quality_data/fashion-mnist
-  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
-    t10k-labels-idx1-ubyte; do
-    cp "$src/$f.gz" .quality_data/fashion-mnist/ || {
+  files=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte
+    t10k-labels-idx1-ubyte)
+  for f in "${files[@]}"; do
+    [ -f "$src/$f.gz" ] || {
       echo "no $src/$f.gz: apt-get install dataset-fashion-mnist, or set FASHION_MNIST" >&2
       exit 1
     }
   done
+  mkdir -p .inception .quality_data/fashion-mnist
+  for f in "${files[@]}"; do cp "$src/$f.gz" .quality_data/fashion-mnist/ || exit 1; done
   if [ -n "${CLASSIFIER:-}" ]; then
     rm -rf .quality_data/classifier && cp -r "$CLASSIFIER" .quality_data/classifier || exit 1
     rm -f .quality_data/classifier/events.out.tfevents.*
@@ -64,6 +66,8 @@ pack)
   carry_check 'call 2 (run)' .whl .quality_data || exit 1
   ;;
 upload)
+  [ -f .inception/inception_fp16.npz ] \
+    || { echo "no .inception/inception_fp16.npz: carry .inception (pack first)" >&2; exit 1; }
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import numpy as np; z = np.load('.inception/inception_fp16.npz'); \
 print(len(z.files), 'Inception arrays,', sum(z[k].nbytes for k in z.files) >> 20, 'MiB')" \
@@ -72,7 +76,8 @@ print(len(z.files), 'Inception arrays,', sum(z[k].nbytes for k in z.files) >> 20
 run)
   mkdir -p "$OUT/quality"
   source experiments/device_env.sh || exit 1
-  [ -d .quality_data/fashion-mnist ] || { echo "no .quality_data: carry it (pack first)" >&2; exit 1; }
+  [ -f .quality_data/fashion-mnist/train-images-idx3-ubyte.gz ] \
+    || { echo "no .quality_data: carry it (pack first)" >&2; exit 1; }
   args=(--size gpu --out "$OUT/quality" --workdir /tmp/quality
     --data-path .quality_data/fashion-mnist --stop-after "${STOP_AFTER_MIN:-6}")
   [ -d .quality_data/classifier ] && args+=(--classifier-workdir .quality_data/classifier)

@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -482,6 +484,35 @@ def test_quality_study_tiny_end_to_end(tmp_path):
   assert (out / 'tiny_fid_vs_steps.png').exists() and (
       out / 'tiny.md'
   ).read_text() == table
+
+
+def test_quality_gpu_script_says_what_its_call_lacks(tmp_path):
+  """The device script from a checkout without its carried folders: each step fails
+  with one line that names what to carry; no step: its usage."""
+  (tmp_path / 'experiments').mkdir()
+  for name in ('quality_gpu.sh', 'device_env.sh'):
+    shutil.copy(os.path.join(REPO, 'experiments', name), tmp_path / 'experiments')
+  env = {**os.environ, 'OUT': str(tmp_path / 'out'), 'FASHION_MNIST': str(tmp_path)}
+
+  def script(*args):
+    return subprocess.run(
+        ['bash', str(tmp_path / 'experiments' / 'quality_gpu.sh'), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+  usage = script()
+  assert usage.returncode == 2 and 'bash experiments/quality_gpu.sh pack' in usage.stdout
+  for step, message in (
+      ('pack', f'no {tmp_path}/train-images-idx3-ubyte.gz: apt-get install'),
+      ('upload', 'no .inception/inception_fp16.npz: carry .inception (pack first)'),
+      ('run', 'no .quality_data: carry it (pack first)'),
+  ):
+    result = script(step)
+    assert result.returncode == 1, (step, result.stderr)
+    assert result.stderr.strip().startswith(message), (step, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
