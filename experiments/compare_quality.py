@@ -520,25 +520,13 @@ def render(out: str, study: str) -> dict:
 
 
 def git_rev() -> str | None:
-  """HEAD, with '+dirty' when the package or configs differ from it."""
-  try:
-    rev = subprocess.run(
-        ['git', 'rev-parse', '--short', 'HEAD'],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ['git', 'status', '--porcelain', '--', 'osgan_jax', 'configs'],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return rev + ('+dirty' if dirty.strip() else '')
-  except (OSError, subprocess.CalledProcessError):
+  """HEAD (7 digits), with '+dirty' when the package or configs differ from it."""
+  import benchmark_speed  # this folder's shared provenance helpers
+
+  state = benchmark_speed.git_state()
+  if state['git_commit'] is None:
     return None
+  return state['git_commit'][:7] + ('+dirty' if state['git_modified'] else '')
 
 
 def classifier_accuracy(workdir: str) -> float | None:
@@ -666,10 +654,11 @@ def _row(
     config,
     num_test: int,
 ) -> dict:
+  path, overrides = variant_config(args, name)
   return {
       **common,
       'variant': name,
-      'config': variant_config(args, name)[0],
+      'config': path,
       'loss': str(config.loss),
       'stage': stage,
       'seed': seed,
@@ -686,7 +675,7 @@ def _row(
       'fid_inception_samples': None,
       'fid_inception_real': None,
       'fid_inception_seconds': None,
-      'overrides': variant_config(args, name)[1],
+      'overrides': overrides,
   }
 
 
