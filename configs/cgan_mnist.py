@@ -14,11 +14,11 @@ Offline on Fashion-MNIST instead: add ``--config.data.name=fashion_mnist``.
 Two-stage baseline: add ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_dcgan_config('mnist', epochs=20)
+  c = config_lib.official_dcgan_config('mnist', epochs=20)
   c.loss = 'minimax'
   c.num_classes = 10
   c.num_samples = 100

@@ -12,11 +12,11 @@ few hundred steps). Data: Debian's ``dataset-fashion-mnist`` (IDX files in
 Two-stage baseline of the same run: add ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.get_base_config()
+  c = config_lib.get_base_config()
   c.loss = 'non_saturating'
   c.batch_size = 64
   c.num_train_steps = 1_000

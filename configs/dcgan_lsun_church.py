@@ -13,11 +13,11 @@ folder of the exported images with ``--config.data.name=folder --config.data.pat
 Two-stage baseline: add ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_dcgan_config('lsun_church', epochs=30)
+  c = config_lib.official_dcgan_config('lsun_church', epochs=30)
   c.loss = 'non_saturating'
   c.z_dim = 128
   c.model.discriminator.norm = 'group'

@@ -10,11 +10,11 @@ Data: IDX files in ``data.path`` or /usr/share/datasets/mnist if present, else t
 Two-stage baseline: add ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_dcgan_config('mnist', epochs=20)
+  c = config_lib.official_dcgan_config('mnist', epochs=20)
   c.loss = 'non_saturating'
   c.z_dim = 100
   c.model.discriminator.norm = 'group'

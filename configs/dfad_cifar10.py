@@ -12,8 +12,8 @@ read (tfds ``cifar10``, ``--config.data.path`` = its data_dir). Needs the teache
   python -m osgan_jax.main --config=configs/dfad_cifar10.py --workdir=/tmp/dfad_cifar10
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  return config_base.dfad_cifar10_config('dfad')
+  return config_lib.dfad_cifar10_config('dfad')

@@ -10,8 +10,8 @@ of ``configs/dfad_teacher_fashion_mnist.py`` in ``dfad.teacher_workdir``:
   python -m osgan_jax.main --config=configs/dfad_fashion_mnist.py --workdir=/tmp/dfad_fmnist
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  return config_base.dfad_config('dfad')
+  return config_lib.dfad_config('dfad')

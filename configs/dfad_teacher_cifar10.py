@@ -13,8 +13,8 @@ where ``configs/dfad_cifar10.py`` looks for it (``dfad.teacher_workdir``):
 Then distil it without data: see ``configs/dfad_cifar10.py``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  return config_base.dfad_cifar10_config('teacher')
+  return config_lib.dfad_cifar10_config('teacher')

@@ -9,8 +9,8 @@ accuracy, 106 s of steps on a shared 2-core CPU). The checkpoint lands where
 Then distil it without data: see ``configs/dfad_fashion_mnist.py``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  return config_base.dfad_config('teacher')
+  return config_lib.dfad_config('teacher')

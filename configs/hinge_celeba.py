@@ -18,11 +18,11 @@ aligned CelebA images with ``--config.data.name=folder --config.data.path=/data/
 Two-stage baseline: add ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_dcgan_config('celeb_a', epochs=30)
+  c = config_lib.official_dcgan_config('celeb_a', epochs=30)
   c.loss = 'hinge'
   c.z_dim = 128
   c.model.discriminator.norm = 'none'

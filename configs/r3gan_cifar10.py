@@ -14,7 +14,7 @@ beta2 0.9 -> 0.99, gamma 0.05 -> 0.005 and G's EMA half-life 0 -> 5000 kimg
 Not expressed here: the official x-flips (``--mirror=1``) and its ADA-style
 augmentation (``--aug=1``, p ramped 0 -> 0.55); the official run has no set length
 (``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` (100M images; see
-``config_base.official_r3gan_config``) is a choice. Data: CIFAR-10 through
+``config_lib.official_r3gan_config``) is a choice. Data: CIFAR-10 through
 tensorflow-datasets (``data.download=True`` fetches it once), e.g. on one GPU:
 
   python -m osgan_jax.main --config=configs/r3gan_cifar10.py --workdir=DIR \
@@ -24,11 +24,11 @@ Two-stage baseline: ``--config.stage=two``. Parameters:
 ``python -m osgan_jax.summary --config=configs/r3gan_cifar10.py``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_r3gan_config('CIFAR10')
+  c = config_lib.official_r3gan_config('CIFAR10')
   c.num_samples = 100
   c.num_classes = 10
   c.data.name = 'cifar10'

@@ -22,11 +22,11 @@ Two-stage baseline: ``--config.stage=two``. Parameters:
 
 import ml_collections
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.get_base_config()
+  c = config_lib.get_base_config()
   c.loss = 'relativistic'
   c.batch_size = 32
   c.num_train_steps = 2_000

@@ -13,7 +13,7 @@ R3GAN's ``cosine_decay_with_warmup``). The paper reports FID 2.75 for this setti
 Not expressed here: the official x-flips (``--mirror=1``) and its ADA-style
 augmentation (``--aug=1``, p ramped 0 -> 0.3); the official run has no set length
 (``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` (100M images; see
-``config_base.official_r3gan_config``) is a choice. Data: FFHQ as a folder of PNGs
+``config_lib.official_r3gan_config``) is a choice. Data: FFHQ as a folder of PNGs
 (the 1024x1024 release is resized with PIL; a prepared copy, ``python -m
 osgan_jax.prepare_data``, reads faster):
 
@@ -24,11 +24,11 @@ Two-stage baseline: ``--config.stage=two``. Parameters:
 ``python -m osgan_jax.summary --config=configs/r3gan_ffhq256.py``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_r3gan_config('FFHQ-256')
+  c = config_lib.official_r3gan_config('FFHQ-256')
   c.num_samples = 64
   c.data.name = 'folder'
   c.data.path = ''

@@ -9,8 +9,8 @@ regularisation correction, batch 32, lazy R1 (gamma 10, every 16 steps), lazy pa
 length (weight 2, every 4 steps, decay 0.01, half batch), style mixing 0.9, G EMA with a
 10 kimg half-life, 25000 kimg. The main adversarial step is one-stage through the exact
 engine (minibatch std couples samples, so D's parameter gradient and G's cotangent are
-taken from one forward: see ``osgan_jax.one_stage``); the regularisers are their own
-jitted steps (``osgan_jax.regularizers``).
+taken from one forward: see ``osgan_jax.core.one_stage``); the regularisers are their own
+jitted steps (``osgan_jax.core.regularizers``).
 
 Data: FFHQ is released as folders of PNGs (``images1024x1024/00000/00000.png``, ...):
 
@@ -39,11 +39,11 @@ Parameter table of this config: ``python -m osgan_jax.summary
 --config=configs/stylegan2_ffhq.py``. The two-stage baseline: ``--config.stage=two``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_stylegan2_config()
+  c = config_lib.official_stylegan2_config()
   c.data.name = 'folder'
   c.data.path = ''
   c.data.resolution = 1024

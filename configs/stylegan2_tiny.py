@@ -14,11 +14,11 @@ Two-stage baseline: ``--config.stage=two``. Parameters:
 ``python -m osgan_jax.summary --config=configs/stylegan2_tiny.py``.
 """
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 
 def get_config():
-  c = config_base.official_stylegan2_config()
+  c = config_lib.official_stylegan2_config()
   c.batch_size = 32
   c.num_train_steps = 2_000
   c.log_every_steps = 50

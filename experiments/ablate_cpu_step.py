@@ -14,7 +14,7 @@ ratios (above 1: the change helps) and both steps' dot/conv GFLOPs.
   (``_patch_conv`` instead of ``_patch_conv_kernel_tangent``);
 * ``flax_group_norm``: ``flax.linen.GroupNorm`` instead of ``models.norms.GroupNorm``.
 
-The malloc setting (``osgan_jax.host_memory``) is process-wide and cannot be undone
+The malloc setting (``osgan_jax.training.host_memory``) is process-wide and cannot be undone
 inside one process: compare ``cpu_throughput.py --malloc default`` with the default.
 
   python experiments/ablate_cpu_step.py --rounds 10
@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
   )
   p.add_argument('--out', default='')
   args = p.parse_args(argv)
-  from osgan_jax import host_memory
+  from osgan_jax.training import host_memory
 
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
   import cpu_throughput  # pylint: disable=import-error

@@ -1,7 +1,7 @@
 """One-stage vs two-stage training steps: FLOPs, interleaved wall time, memory.
 
 Issue 6. Every row is built from a config file plus overrides, exactly as training
-builds it (``config_base.load_config`` -> ``gan.create_models`` -> ``gan.make_gan``
+builds it (``config_lib.load_config`` -> ``gan.create_models`` -> ``gan.make_gan``
 -> ``gan.make_init`` -> ``steps.probe_per_sample`` -> ``steps.jit_step``), with a
 synthetic random batch (speed needs no data). For each row and each variant (one-stage,
 honest two-stage, official-style two-stage, the paper's approximate one-stage) it
@@ -95,10 +95,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from osgan_jax import config_base  # noqa: E402
-from osgan_jax import host_memory  # noqa: E402
-from osgan_jax import steps  # noqa: E402
-from osgan_jax import gan as gan_lib  # noqa: E402
+from osgan_jax import config as config_lib  # noqa: E402
+from osgan_jax.training import host_memory  # noqa: E402
+from osgan_jax.core import steps  # noqa: E402
+from osgan_jax.tasks import gan as gan_lib  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import flops as flops_lib  # noqa: E402  pylint: disable=import-error
@@ -456,7 +456,7 @@ def build(
   ``extra``: keys set with the config unlocked after the overrides (keys the config
   does not define, e.g. ``model.generator.conv_impl``, a model field).
   """
-  config = config_base.load_config(
+  config = config_lib.load_config(
       os.path.join(REPO, spec.config), {**spec.overrides, **(overrides or {})}
   )
   if extra:
@@ -1447,7 +1447,7 @@ def run_device_suite(args, overrides: dict) -> dict:
             continue
           if dcgan_size is None:
             spec = DEVICE_ROWS['dcgan64_d128']
-            config = config_base.load_config(
+            config = config_lib.load_config(
                 os.path.join(REPO, spec.config),
                 {
                     **spec.overrides,
@@ -1632,7 +1632,7 @@ def main(argv=None) -> int:
       '--malloc',
       choices=('keep', 'default'),
       default='keep',
-      help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
+      help="'keep': osgan_jax.training.host_memory.keep_freed_memory() first, as "
       "python -m osgan_jax.main does; 'default': glibc's defaults",
   )
   p.add_argument(

@@ -540,7 +540,7 @@ def train_classifier(
 ) -> float | None:
   """Trains (or finds, cached) the FID classifier in ``workdir``, for images of
   ``resolution``; its test accuracy."""
-  from osgan_jax import config_base
+  from osgan_jax import config as config_lib
   from osgan_jax import train
 
   overrides = {'progress_bar': False, 'data.resolution': resolution}
@@ -555,7 +555,7 @@ def train_classifier(
             'log_every_steps': steps,
         }
     )
-  config = config_base.load_config(os.path.join(REPO, CLASSIFIER_CONFIG), overrides)
+  config = config_lib.load_config(os.path.join(REPO, CLASSIFIER_CONFIG), overrides)
   t0 = time.perf_counter()
   train.train_and_evaluate(config, workdir)
   acc = classifier_accuracy(workdir)
@@ -582,7 +582,7 @@ def variant_config(args, name: str) -> tuple:
 def run_config(args, name: str, stage: str, seed: int, upto: int, features: str):
   """The config of one chunk of variant ``name`` (train up to step ``upto``) with
   its FID evaluator."""
-  from osgan_jax import config_base
+  from osgan_jax import config as config_lib
 
   path, own = variant_config(args, name)
   overrides = {
@@ -619,12 +619,12 @@ def run_config(args, name: str, stage: str, seed: int, upto: int, features: str)
             'fid.batch_size': min(args.inception_batch, max(1, args.inception_samples)),
         }
     )
-  return config_base.load_config(os.path.join(REPO, path), overrides)
+  return config_lib.load_config(os.path.join(REPO, path), overrides)
 
 
 def _evaluate(config, workdir: str, state, step: int) -> dict:
   """The values of the FID evaluator ``config`` gives the loop, on ``state``."""
-  from osgan_jax import evaluators
+  from osgan_jax.training import evaluators
   from osgan_jax import train
 
   task = train.build_task(config, workdir)
@@ -634,7 +634,7 @@ def _evaluate(config, workdir: str, state, step: int) -> dict:
 
 def _train_seconds(workdir: str, step: int) -> float | None:
   """``train_seconds`` of the checkpoint at ``step`` (when metrics.jsonl lacks it)."""
-  from osgan_jax import checkpoint
+  from osgan_jax.training import checkpoint
 
   manager = checkpoint.manager(os.path.join(workdir, 'checkpoints'), 1, async_save=False)
   try:
@@ -729,7 +729,7 @@ def _run_study(args) -> int:
 def prepare_references(args) -> None:
   """The real images' statistics of each FID, computed (or found cached) once here,
   before any run or worker would compute them at its first evaluation."""
-  from osgan_jax import evaluators
+  from osgan_jax.training import evaluators
 
   for features in (
       ('classifier', 'inception') if args.inception_samples else ('classifier',)
@@ -989,7 +989,7 @@ def parse_args(argv=None):
     )  # tiny's is 16x16
     args.classifier_workdir = os.path.join(args.workdir, f'classifier{suffix}')
   if not args.render:
-    from osgan_jax import losses as losses_lib
+    from osgan_jax.core import losses as losses_lib
 
     args.losses = [s for s in args.losses.split(',') if s]
     unknown = [

@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
   unknown = set(variants) - set(VARIANTS)
   if unknown:
     raise SystemExit(f'unknown variants {sorted(unknown)}; valid: {", ".join(VARIANTS)}')
-  from osgan_jax import host_memory
+  from osgan_jax.training import host_memory
 
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
 

@@ -4,14 +4,14 @@ Issue 8. In ONE process, the DCGAN of the official OSGAN asymmetric configs (d =
 64x64x3, batch 64, z 128, biases, BatchNorm G, GroupNorm(32) D, non-saturating loss,
 Adam(2e-4, 0.5, 0.999)):
 
-* ``jax-xla``: ``osgan_jax.steps.jit_step(gan, 'one' | 'two')`` with plain XLA
+* ``jax-xla``: ``osgan_jax.core.steps.jit_step(gan, 'one' | 'two')`` with plain XLA
   convolutions (``conv_impl='xla'``);
 * ``jax-matmul``: the same steps with ``conv_impl='matmul'`` (``osgan_jax.models.
   conv_ops``: same parameters, same function, CPU-fast formulation);
 * ``torch`` (when importable): the official code's steps, written here in PyTorch
   (``torch_dcgan_steps``), ``torch.set_num_threads(2)``.
 
-By default the process first calls ``osgan_jax.host_memory.keep_freed_memory()`` (as
+By default the process first calls ``osgan_jax.training.host_memory.keep_freed_memory()`` (as
 ``python -m osgan_jax.main`` does), which stops XLA:CPU's buffers from being
 page-faulted afresh every step; it is process-wide, so the PyTorch row runs with it
 too (``--malloc default`` measures glibc's defaults).
@@ -175,10 +175,10 @@ def torch_dcgan_steps(
 def jax_config(width: int = 64, resolution: int = 64, batch: int = 64):
   """``configs/dcgan_celeba.py`` (non-saturating, GroupNorm D, z 128, biases) at width
   d, ``resolution`` and ``batch``."""
-  from osgan_jax import config_base
+  from osgan_jax import config as config_lib
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return config_base.load_config(
+  return config_lib.load_config(
       os.path.join(root, 'configs', 'dcgan_celeba.py'),
       {
           'model.generator.width': width,
@@ -240,7 +240,8 @@ def jax_dcgan_steps(
   """
   import jax
   import jax.numpy as jnp
-  from osgan_jax import gan as gan_lib, steps
+  from osgan_jax.tasks import gan as gan_lib
+  from osgan_jax.core import steps
 
   config = jax_config(width, resolution, batch)
   g, d = gan_lib.create_models(config)
@@ -523,7 +524,7 @@ def main(argv=None):
       '--malloc',
       choices=('keep', 'default'),
       default='keep',
-      help="'keep': osgan_jax.host_memory.keep_freed_memory() first, as "
+      help="'keep': osgan_jax.training.host_memory.keep_freed_memory() first, as "
       'python -m osgan_jax.main does (process-wide: torch runs with it too); '
       "'default': glibc's defaults",
   )
@@ -539,7 +540,7 @@ def main(argv=None):
     )
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
-  from osgan_jax import host_memory
+  from osgan_jax.training import host_memory
 
   malloc_kept = args.malloc == 'keep' and host_memory.keep_freed_memory()
   wanted = [v.strip() for v in args.variants.split(',') if v.strip()]

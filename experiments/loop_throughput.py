@@ -8,7 +8,7 @@ with ``source``, ``step``, ``through_loop``, ``images_per_s``, ``device``:
 
 * ``step=none``: the host iterator alone (``data.make_iterator``, uint8), per source:
   the data source's own ceiling.
-* ``step=trivial``, through the loop: ``osgan_jax.loop.run`` with a task whose one
+* ``step=trivial``, through the loop: ``osgan_jax.training.loop.run`` with a task whose one
   phase touches one pixel of the batch. Everything else is the real loop (prefetch to
   the device, uint8 -> float on the device, per-step key, metrics, the progress bar,
   a checkpoint at the end): the most images per second the loop can feed a step.
@@ -47,7 +47,9 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchmark_speed  # noqa: E402  pylint: disable=import-error
-from osgan_jax import config_base, data, loop, steps  # noqa: E402
+from osgan_jax import config as config_lib, data
+from osgan_jax.training import loop
+from osgan_jax.core import steps  # noqa: E402
 from osgan_jax import prepare_data  # noqa: E402
 
 REAL_CONFIG = 'configs/dcgan_celeba.py'
@@ -78,7 +80,7 @@ def make_images(folder: str, n: int, resolution: int) -> None:
 
 
 def data_config(source: str, path: str, resolution: int):
-  c = config_base.get_base_config().data
+  c = config_lib.get_base_config().data
   c.update(dict(name=source, path=path, resolution=resolution, channels=3))
   return c
 
@@ -136,7 +138,7 @@ def logged_rate(workdir: str) -> tuple[float, int]:
 
 
 def loop_rate(cfg, batch: int, steps_: int, workdir: str) -> float:
-  config = config_base.get_base_config()
+  config = config_lib.get_base_config()
   config.update(
       dict(
           batch_size=batch,

@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import benchmark_speed as bench  # noqa: E402  pylint: disable=import-error
-from osgan_jax import steps  # noqa: E402
+from osgan_jax.core import steps  # noqa: E402
 
 KINDS = ('conv', 'dot', 'data_movement', 'reduce', 'other_fusion')
 _MOVEMENT = (

@@ -68,9 +68,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osgan_jax import losses as losses_lib
-from osgan_jax import one_stage
-from osgan_jax import penalties as penalties_lib
+from osgan_jax.core import losses as losses_lib
+from osgan_jax.core import one_stage
+from osgan_jax.core import penalties as penalties_lib
 
 DISC_KINDS = ('mlp', 'conv', 'patch', 'batchnorm', 'mbstd')
 LOGIT_REGIMES = {'normal': 1.0, 'extreme': 100.0, 'huge': 1e4, 'zero': 1.0}
@@ -78,7 +78,7 @@ IMAGE_SHAPE = (8, 8, 2)
 Z_DIM = 6
 TOLERANCE = {'float32': 1e-5, 'float64': 1e-10}
 FD_TOLERANCE = 1e-5
-# --penalty: D's gradient penalties and their weights (osgan_jax.penalties).
+# --penalty: D's gradient penalties and their weights (osgan_jax.core.penalties).
 PENALTIES = {
     'none': None,
     'r1': {'r1': 1.0},

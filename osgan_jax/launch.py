@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from osgan_jax import parallel
+from osgan_jax.training import parallel
 
 _DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
 

@@ -1,7 +1,7 @@
 """Trains a GAN: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR``.
 
 ``config.task`` (absent: ``'gan'``) picks the task of the one loop: ``'teacher'`` and
-``'dfad'`` are data-free distillation's two tasks (``osgan_jax.dfad``).
+``'dfad'`` are data-free distillation's two tasks (``osgan_jax.tasks.dfad``).
 
 Any config key can be overridden on the command line, e.g.
 ``--config.stage=two --config.batch_size=64 --config.data.path=/data/celeba``. The
@@ -43,7 +43,7 @@ _TUNE_MALLOC = flags.DEFINE_enum(
     'Keep freed host memory mapped '
     '(glibc mallopt, before JAX starts) so that XLA:CPU steps do not page-fault their '
     'buffers afresh every step. auto: when JAX runs on the CPU only; see '
-    'osgan_jax/host_memory.py.',
+    'osgan_jax/training/host_memory.py.',
 )
 _HELPCONFIG = flags.DEFINE_bool(
     'helpconfig',
@@ -56,7 +56,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def print_config_help(config) -> None:
   """Every key with its value, then what the keys mean (``config_base``'s docs)."""
-  from osgan_jax import config_base
+  from osgan_jax import config as config_lib
 
   def walk(node, prefix=''):
     for key in sorted(node.keys()):
@@ -68,8 +68,8 @@ def print_config_help(config) -> None:
 
   print('Keys of this config (override any as --config.KEY=VALUE):')
   walk(config)
-  doc = config_base.__doc__
-  print('\nWhat they mean (osgan_jax/config_base.py):\n' + doc[doc.index('Keys') :])
+  doc = config_lib.__doc__
+  print('\nWhat they mean (osgan_jax/config/__init__.py):\n' + doc[doc.index('Keys') :])
 
 
 def _quiet_orbax(record) -> bool:
@@ -89,18 +89,18 @@ def main(argv):
   if _HELPCONFIG.value:
     print_config_help(config)
     return
-  from osgan_jax import host_memory
+  from osgan_jax.training import host_memory
 
   if _TUNE_MALLOC.value == 'on' or (
       _TUNE_MALLOC.value == 'auto' and host_memory.cpu_only()
   ):
     host_memory.keep_freed_memory()
   # Imported here so that flag errors are reported without loading JAX.
-  from osgan_jax import checkpoint
+  from osgan_jax.training import checkpoint
   from osgan_jax import data
-  from osgan_jax import loop
+  from osgan_jax.training import loop
   from osgan_jax import train
-  from osgan_jax.config_base import ConfigError
+  from osgan_jax.config import ConfigError
 
   # The config goes to workdir/config.json (and TensorBoard), not to the terminal.
   try:

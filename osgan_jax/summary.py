@@ -5,7 +5,7 @@
     python -m osgan_jax.summary --config=configs/dcgan_celeba.py --verbose
 
 The networks are the ones ``python -m osgan_jax.main`` would train with the same
-config and overrides (``osgan_jax.gan.create_models``). Everything is built with
+config and overrides (``osgan_jax.tasks.gan.create_models``). Everything is built with
 ``jax.eval_shape`` (``init`` and one forward pass with ``capture_intermediates``), so
 even the 1024x1024 StyleGAN2 costs only tracing time. For each network it prints one
 row per submodule (StyleGAN2: the mapping layers and the synthesis / discriminator
@@ -285,7 +285,7 @@ def summarize_config(
     out=None,
 ) -> Dict[str, int]:
   """``summarize`` of the networks ``config`` trains (``gan.create_models``)."""
-  from osgan_jax import gan
+  from osgan_jax.tasks import gan
 
   generator, discriminator = gan.create_models(config)
   return summarize(
@@ -324,7 +324,7 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'List every parameter tensor.')
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from osgan_jax.config_base import ConfigError
+  from osgan_jax.config import ConfigError
 
   try:
     summarize_config(

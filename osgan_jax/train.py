@@ -1,9 +1,9 @@
 """``train_and_evaluate(config, workdir)``: builds the task ``config.task`` names and runs it
-in the one loop (``osgan_jax.loop``).
+in the one loop (``osgan_jax.training.loop``).
 
 Tasks: ``'gan'`` (the default when a config has no ``task``: every GAN config,
-``osgan_jax.gan``), ``'teacher'`` and ``'dfad'`` (data-free distillation,
-``osgan_jax.dfad``). What a run leaves in ``workdir``, for every task:
+``osgan_jax.tasks.gan``), ``'teacher'`` and ``'dfad'`` (data-free distillation,
+``osgan_jax.tasks.dfad``). What a run leaves in ``workdir``, for every task:
 
 * ``checkpoints/<step>/``: orbax checkpoints of the whole state (parameters, optimiser
   states, BatchNorm / spectral-norm state, EMA, step) every ``checkpoint_every_steps``,
@@ -24,9 +24,9 @@ Only process 0 writes logs and samples; every process takes part in checkpoints.
 
 from __future__ import annotations
 
-from osgan_jax import loop
-from osgan_jax import parallel
-from osgan_jax.config_base import ConfigError
+from osgan_jax.training import loop
+from osgan_jax.training import parallel
+from osgan_jax.config import ConfigError
 
 TASKS = ('gan', 'teacher', 'dfad')
 
@@ -35,10 +35,10 @@ def build_task(config, workdir: str) -> loop.Task:
   """The ``loop.Task`` of ``config.task``."""
   task = config.get('task', 'gan')
   if task == 'gan':
-    from osgan_jax import gan
+    from osgan_jax.tasks import gan
 
     return gan.build_task(config, workdir)
-  from osgan_jax import dfad
+  from osgan_jax.tasks import dfad
 
   if task == 'teacher':
     return dfad.teacher_task(config, workdir)

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
@@ -29,7 +29,7 @@ TINY_FASHION_MNIST = {
 
 def tiny_fashion_mnist_config(**overrides):
   """``configs/dcgan_fashion_mnist.py`` at ``TINY_FASHION_MNIST`` plus ``overrides``."""
-  return config_base.load_config(
+  return config_lib.load_config(
       os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'),
       {**TINY_FASHION_MNIST, **overrides},
   )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from osgan_jax import config_base, models
+from osgan_jax import config as config_lib, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
@@ -68,7 +68,7 @@ def test_all_expected_configs_exist():
 
 
 def _is_gan(path):
-  return config_base.load_config(path).get('task', 'gan') == 'gan'
+  return config_lib.load_config(path).get('task', 'gan') == 'gan'
 
 
 GAN_CONFIGS = [p for p in CONFIGS if _is_gan(p)]
@@ -77,7 +77,7 @@ GAN_NAMES = [os.path.splitext(os.path.basename(p))[0] for p in GAN_CONFIGS]
 
 @pytest.mark.parametrize('path', GAN_CONFIGS, ids=GAN_NAMES)
 def test_config_has_common_keys_and_documents_its_command(path):
-  config = config_base.load_config(path)
+  config = config_lib.load_config(path)
   for key in COMMON_KEYS:
     _get(config, key)
   assert config.stage == 'one'
@@ -97,7 +97,7 @@ def test_config_has_common_keys_and_documents_its_command(path):
 
 
 def test_paper_settings():
-  cfg = {n: config_base.load_config(p) for n, p in zip(NAMES, CONFIGS)}
+  cfg = {n: config_lib.load_config(p) for n, p in zip(NAMES, CONFIGS)}
   assert cfg['dcgan_fashion_mnist'].data.name == 'fashion_mnist'
   assert cfg['dcgan_fashion_mnist'].batch_size == 64
   celeba = cfg['dcgan_celeba']
@@ -152,9 +152,9 @@ def test_lazy_regularisation_corrects_adam():
   """The official mb_ratio correction: lr * k/(k+1), beta ** (k/(k+1)) per player."""
   import jax.numpy as jnp
   import numpy as np
-  from osgan_jax import gan
+  from osgan_jax.tasks import gan
 
-  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
+  config = config_lib.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
   opt_g, opt_d = gan.make_optimizers(config)
   params = {'w': jnp.zeros(3)}
   grads = {'w': jnp.array([1.0, -2.0, float('nan')])}
@@ -164,7 +164,7 @@ def test_lazy_regularisation_corrects_adam():
     np.testing.assert_allclose(
         updates['w'], [-0.002 * k / (k + 1), 0.002 * k / (k + 1), 0.0], rtol=1e-5
     )
-  config = config_base.load_config(
+  config = config_lib.load_config(
       os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
       {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False},
   )
@@ -182,9 +182,10 @@ def test_summary_of_every_config(path):
   import io
   import json
   import jax
-  from osgan_jax import gan, summary
+  from osgan_jax.tasks import gan
+  from osgan_jax import summary
 
-  config = config_base.load_config(path)
+  config = config_lib.load_config(path)
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)
@@ -201,14 +202,14 @@ def test_summary_of_every_config(path):
 
 def test_load_config_rejects_unknown_keys_and_wrong_types():
   path = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
-  config = config_base.load_config(path, {'data.resolution': 16, 'stage': 'two'})
+  config = config_lib.load_config(path, {'data.resolution': 16, 'stage': 'two'})
   assert (config.data.resolution, config.stage) == (16, 'two')
   with pytest.raises(KeyError, match='nope'):
-    config_base.load_config(path, {'nope': 1})
+    config_lib.load_config(path, {'nope': 1})
   with pytest.raises(KeyError, match='data.nope'):
-    config_base.load_config(path, {'data.nope': 1})
+    config_lib.load_config(path, {'data.nope': 1})
   with pytest.raises(TypeError):
-    config_base.load_config(path, {'batch_size': 'many'})
+    config_lib.load_config(path, {'batch_size': 'many'})
 
 
 def _main(*args, timeout=300):

@@ -25,10 +25,12 @@ import optax
 import pytest
 from PIL import Image
 
-from osgan_jax import config_base, data as data_lib, dfad, losses, one_stage, steps
-from osgan_jax import gan as gan_lib
+from osgan_jax import config as config_lib, data as data_lib
+from osgan_jax.tasks import dfad
+from osgan_jax.core import losses, one_stage, steps
+from osgan_jax.tasks import gan as gan_lib
 from osgan_jax import train as train_lib
-from osgan_jax.config_base import ConfigError
+from osgan_jax.config import ConfigError
 from osgan_jax.models import classifiers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +55,7 @@ TINY = {
 
 
 def tiny_config(path, **overrides):
-  return config_base.load_config(path, {**TINY, **overrides})
+  return config_lib.load_config(path, {**TINY, **overrides})
 
 
 def read_metrics(workdir):
@@ -430,12 +432,12 @@ def test_student_beats_chance_at_the_default_size(tmp_path):
   """
   teacher = str(tmp_path / 'teacher')
   train_lib.train_and_evaluate(
-      config_base.load_config(
+      config_lib.load_config(
           TEACHER_CONFIG, {'num_train_steps': 600, 'progress_bar': False}
       ),
       teacher,
   )
-  config = config_base.load_config(
+  config = config_lib.load_config(
       DFAD_CONFIG,
       {
           'dfad.teacher_workdir': teacher,
@@ -520,8 +522,8 @@ def test_missing_teacher_is_a_one_line_error_from_main(tmp_path):
 
 def test_cifar10_configs_have_dfads_settings_and_commands():
   """DFAD's train_teacher.py / DFAD_cifar.py settings and README commands."""
-  teacher = config_base.load_config(CIFAR_TEACHER_CONFIG)
-  config = config_base.load_config(CIFAR_CONFIG)
+  teacher = config_lib.load_config(CIFAR_TEACHER_CONFIG)
+  config = config_lib.load_config(CIFAR_CONFIG)
   for c in (teacher, config):
     assert (c.data.name, c.data.resolution, c.data.channels) == ('cifar10', 32, 3)
     assert (
@@ -588,7 +590,7 @@ def test_cifar10_configs_have_dfads_settings_and_commands():
       (DFAD_CONFIG, TEACHER_CONFIG),
       (CIFAR_CONFIG, CIFAR_TEACHER_CONFIG),
   ):
-    c = config_base.load_config(path)
+    c = config_lib.load_config(path)
     doc = open(path).read().split('"""')[1]
     assert (
         f'python -m osgan_jax.main --config={c.dfad.teacher_config} '
@@ -627,10 +629,10 @@ def test_cifar10_configs_run_at_tiny_sizes_on_mock_data(tmp_path):
   }
   with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
     teacher = train_lib.train_and_evaluate(
-        config_base.load_config(CIFAR_TEACHER_CONFIG, tiny), str(tmp_path / 'teacher')
+        config_lib.load_config(CIFAR_TEACHER_CONFIG, tiny), str(tmp_path / 'teacher')
     )
     state = train_lib.train_and_evaluate(
-        config_base.load_config(CIFAR_CONFIG, tiny), str(tmp_path / 'student')
+        config_lib.load_config(CIFAR_CONFIG, tiny), str(tmp_path / 'student')
     )
   assert int(teacher.step) == int(state.step) == 2
   assert_trees_equal(

@@ -403,21 +403,21 @@ def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
 
 
 def test_fid_evaluator_config_errors(tmp_path):
-  from osgan_jax import config_base
-  from osgan_jax import evaluators
+  from osgan_jax import config as config_lib
+  from osgan_jax.training import evaluators
 
-  config = config_base.load_config(
+  config = config_lib.load_config(
       os.path.join(REPO, quality.CONFIG), {'fid.every_steps': 1, 'fid.features': 'nope'}
   )
-  with pytest.raises(config_base.ConfigError, match='fid.features'):
+  with pytest.raises(config_lib.ConfigError, match='fid.features'):
     evaluators.Fid(config, str(tmp_path), None, 10, True)
   with config.unlocked():
     config.fid.features = 'classifier'
-  with pytest.raises(config_base.ConfigError, match='classifier_workdir'):
+  with pytest.raises(config_lib.ConfigError, match='classifier_workdir'):
     evaluators.Fid(config, str(tmp_path), None, 10, True)
   with config.unlocked():
     config.fid.classifier_workdir = str(tmp_path)
-  with pytest.raises(config_base.ConfigError, match='no readable config.json'):
+  with pytest.raises(config_lib.ConfigError, match='no readable config.json'):
     evaluators.Fid(config, str(tmp_path), None, 10, True)
 
 

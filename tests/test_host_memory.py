@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from osgan_jax import host_memory
+from osgan_jax.training import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # every call; minor page faults per call, counted by the kernel.
 _PROBE = textwrap.dedent("""
     import json, resource, sys
-    from osgan_jax import host_memory
+    from osgan_jax.training import host_memory
     applied = host_memory.keep_freed_memory() if sys.argv[1] == '1' else False
     import jax, jax.numpy as jnp
     f = jax.jit(lambda x: x * 2.0 + 1.0)

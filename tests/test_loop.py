@@ -1,4 +1,4 @@
-"""The one loop (osgan_jax.loop) with small hand-made tasks: phases at their intervals,
+"""The one loop (osgan_jax.training.loop) with small hand-made tasks: phases at their intervals,
 evaluators and the best checkpoint, uint8 batches on the device, resume, errors from the
 data thread, and no device-to-host transfer between boundaries."""
 
@@ -17,7 +17,9 @@ import pytest
 from jax._src import array as jax_array
 from jax._src import config as jax_config
 
-from osgan_jax import checkpoint, config_base, loop, steps
+from osgan_jax.training import checkpoint, loop
+from osgan_jax import config as config_lib
+from osgan_jax.core import steps
 from osgan_jax.data import DataError
 
 
@@ -107,7 +109,7 @@ def make_task(evaluator=None, fail_at=None, record=None, b_fn=phase_b):
 
 
 def config(**overrides):
-  c = config_base.get_base_config()
+  c = config_lib.get_base_config()
   c.update(
       dict(
           batch_size=4,
@@ -186,9 +188,9 @@ def test_a_data_error_in_the_prefetch_thread_reaches_the_caller(tmp_path):
 
 
 def test_invalid_loop_settings_are_config_errors(tmp_path):
-  with pytest.raises(config_base.ConfigError, match='log_every_steps must be positive'):
+  with pytest.raises(config_lib.ConfigError, match='log_every_steps must be positive'):
     loop.run(config(log_every_steps=0), str(tmp_path), make_task())
-  with pytest.raises(config_base.ConfigError, match='config.num_devices'):
+  with pytest.raises(config_lib.ConfigError, match='config.num_devices'):
     loop.run(config(num_devices=jax.device_count() + 1), str(tmp_path), make_task())
 
 
@@ -262,7 +264,7 @@ def guarded_scenario(name: str, workdir: str) -> None:
         Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(
             os.path.join(folder, f'{i}.png')
         )
-      c = config_base.load_config(
+      c = config_lib.load_config(
           os.path.join(
               os.path.dirname(__file__), '..', 'configs', 'dcgan_fashion_mnist.py'
           ),

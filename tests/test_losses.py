@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import losses
+from osgan_jax.core import losses
 
 BUILT_IN = (
     'minimax',

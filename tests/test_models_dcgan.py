@@ -606,11 +606,13 @@ def test_bfloat16_compute_from_the_config():
   in bfloat16 while parameters, optimiser state and losses stay float32; a dtype that
   is not one is a one-line error."""
   import os
-  from osgan_jax import config_base, gan, steps
+  from osgan_jax import config as config_lib
+  from osgan_jax.tasks import gan
+  from osgan_jax.core import steps
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   path = os.path.join(repo, 'configs', 'dcgan_fashion_mnist.py')
-  config = config_base.load_config(
+  config = config_lib.load_config(
       path,
       {
           'model.generator.width': 8,
@@ -643,9 +645,9 @@ def test_bfloat16_compute_from_the_config():
   ):
     assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
   assert metrics['loss_d'].dtype == jnp.float32 and np.isfinite(metrics['loss_d'])
-  bad = config_base.load_config(path, {'model.discriminator.dtype': 'bfloat17'})
+  bad = config_lib.load_config(path, {'model.discriminator.dtype': 'bfloat17'})
   with pytest.raises(
-      config_base.ConfigError,
+      config_lib.ConfigError,
       match="config.model.discriminator.dtype='bfloat17' is not a dtype",
   ):
     gan.create_models(bad)

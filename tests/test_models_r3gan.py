@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import config_base, models, one_stage, summary, train
+from osgan_jax import config as config_lib, models, summary, train
+from osgan_jax.core import one_stage
 from osgan_jax.models import r3gan
 from helpers import write_blob_pngs  # pylint: disable=import-error
 
@@ -600,7 +601,7 @@ CONFIG = os.path.join(REPO, 'configs', 'r3gan_fashion_mnist.py')
 
 
 def test_config_summary():
-  config = config_base.load_config(CONFIG)
+  config = config_lib.load_config(CONFIG)
   assert (config.model.name, config.loss, config.num_classes) == (
       'r3gan',
       'relativistic',
@@ -645,7 +646,7 @@ def test_config_trains_two_steps(tmp_path):
             'num_samples': 4,
         }
     )
-  config = config_base.load_config(CONFIG, overrides)
+  config = config_lib.load_config(CONFIG, overrides)
   workdir = tmp_path / 'run'
   state = train.train_and_evaluate(config, str(workdir))
   assert int(state.step) == 2
@@ -669,9 +670,10 @@ def test_paper_configs_are_the_official_presets(name, counts, batch, gamma):
   ``summary``) and ramp lr, beta2, gamma and the EMA half-life as the official loop
   does per image: ``cosine_decay_with_warmup(cur_nimg, base, 2e7, final)``."""
   import math
-  from osgan_jax import gan, schedules
+  from osgan_jax.tasks import gan
+  from osgan_jax.tasks import hparams
 
-  config = config_base.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
+  config = config_lib.load_config(os.path.join(REPO, 'configs', f'{name}.py'))
   with contextlib.redirect_stdout(io.StringIO()):
     totals = summary.summarize_config(config)
   assert (totals['G'], totals['D']) == counts
@@ -682,16 +684,16 @@ def test_paper_configs_are_the_official_presets(name, counts, batch, gamma):
     return final if nimg > total else base + (1 - decay) * (final - base)
 
   g = gan.make_gan(config, *gan.create_models(config))
-  ema = schedules.value(config, 'ema_half_life_kimg')
+  ema = hparams.value(config, 'ema_half_life_kimg')
   ema_final = {'r3gan_cifar10': 5000.0, 'r3gan_ffhq256': 500.0}[name]
   for step in (0, 1000, 20_000, 39_000, 80_000):
     nimg = step * batch
     for key in ('g_lr', 'd_lr'):
       np.testing.assert_allclose(
-          float(schedules.value(config, key)(step)), official(nimg, 2e-4, 5e-5), rtol=2e-4
+          float(hparams.value(config, key)(step)), official(nimg, 2e-4, 5e-5), rtol=2e-4
       )
     np.testing.assert_allclose(
-        float(schedules.value(config, 'b2')(step)), official(nimg, 0.9, 0.99), rtol=2e-4
+        float(hparams.value(config, 'b2')(step)), official(nimg, 0.9, 0.99), rtol=2e-4
     )
     weights = g.penalty_weights(step)
     for key in ('r1', 'r2'):

@@ -690,9 +690,9 @@ def test_other_architectures_and_labels_shapes():
 
 
 def test_summary_of_the_ffhq_config_at_1024():
-  from osgan_jax import config_base
+  from osgan_jax import config as config_lib
 
-  config = config_base.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
+  config = config_lib.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)

@@ -26,8 +26,10 @@ import numpy as np
 import portpicker
 import pytest
 
-from osgan_jax import config_base, dfad, launch, parallel, train
-from osgan_jax.config_base import ConfigError
+from osgan_jax import config as config_lib, launch, train
+from osgan_jax.tasks import dfad
+from osgan_jax.training import parallel
+from osgan_jax.config import ConfigError
 from helpers import write_blob_pngs  # pylint: disable=import-error
 from test_train import (
     REPO,
@@ -103,7 +105,7 @@ def ok(result):
 
 def restore(name, workdir, overrides):
   """The final state of a finished run, restored in this process (1 device)."""
-  config = config_base.load_config(config_path(name), overrides)
+  config = config_lib.load_config(config_path(name), overrides)
   return jax.device_get(train.train_and_evaluate(config, str(workdir)))
 
 
@@ -239,9 +241,10 @@ _BATCH_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
     from jax.experimental import multihost_utils
-    from osgan_jax import config_base, data, parallel
+    from osgan_jax import config as config_lib, data
+    from osgan_jax.training import parallel
     assert parallel.initialize()
-    config = config_base.load_config(sys.argv[1], {'data.name': 'folder',
+    config = config_lib.load_config(sys.argv[1], {'data.name': 'folder',
                                                    'data.path': sys.argv[2],
                                                    'data.resolution': 16})
     parallel.check_same_config(config)
@@ -315,7 +318,7 @@ def test_two_processes_equal_one_process(images, tmp_path):
     ok(run_launch(n, k, main_command(DCGAN, tmp_path / f'{n}x{k}', {**overrides, **fid})))
   one = jax.device_get(
       train.train_and_evaluate(
-          config_base.load_config(config_path(DCGAN), overrides), str(tmp_path / '1x1')
+          config_lib.load_config(config_path(DCGAN), overrides), str(tmp_path / '1x1')
       )
   )
   two = restore(DCGAN, tmp_path / '2x2', overrides)  # 2 processes' checkpoint, 1 device
@@ -408,7 +411,7 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
   assert checkpoint_steps(workdir) == [stopped_at, stopped_at + 2]
   single = jax.device_get(
       train.train_and_evaluate(
-          config_base.load_config(config_path(DCGAN), overrides), str(tmp_path / 'single')
+          config_lib.load_config(config_path(DCGAN), overrides), str(tmp_path / 'single')
       )
   )
   assert max_diff(single, straight) < 1e-6
@@ -463,7 +466,7 @@ def test_teacher_and_distillation_train_in_two_processes(tmp_path):
   overrides = {**DFAD_TINY, 'dfad.teacher_workdir': str(teacher_dir)}
   ok(run_launch(2, 2, main_command('dfad_fashion_mnist', student_dir, overrides)))
 
-  config = config_base.load_config(config_path('dfad_fashion_mnist'), overrides)
+  config = config_lib.load_config(config_path('dfad_fashion_mnist'), overrides)
   model, teacher, meta = dfad.load_teacher(config, 10)  # 1 process, 1 device
   accuracy = dfad.TestAccuracy(config, None, model).accuracy(
       teacher['params'], {k: v for k, v in teacher.items() if k != 'params'}

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import gradcheck, losses, one_stage
+from osgan_jax import gradcheck
+from osgan_jax.core import losses, one_stage
 
 LOSSES = (
     'minimax',

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import gradcheck, losses, one_stage, penalties, train
+from osgan_jax import gradcheck, train
+from osgan_jax.core import losses, one_stage, penalties
 from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from osgan_jax import one_stage, steps
-from osgan_jax import regularizers as reg
+from osgan_jax.core import one_stage, steps
+from osgan_jax.core import regularizers as reg
 from osgan_jax.models import stylegan2 as sg
 from osgan_jax.models import stylegan2_ops as sg_ops
 

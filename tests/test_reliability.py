@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from osgan_jax import checkpoint, config_base, loop, train
-from osgan_jax.config_base import ConfigError
+from osgan_jax.training import checkpoint, loop
+from osgan_jax import config as config_lib, train
+from osgan_jax.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
@@ -42,7 +43,7 @@ DIVERGE = {
 
 
 def config(**overrides):
-  return config_base.load_config(CONFIG, {**TINY, **overrides})
+  return config_lib.load_config(CONFIG, {**TINY, **overrides})
 
 
 def steps_on_disk(workdir):
@@ -368,7 +369,7 @@ def test_helpconfig_lists_every_key_with_its_meaning():
       timeout=300,
   )
   assert result.returncode == 0, result.stderr[-2000:]
-  c = config_base.load_config(CONFIG)
+  c = config_lib.load_config(CONFIG)
   for key in (
       'batch_size=32',
       'model.generator.width',

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import config_base, gan, regularizers, schedules, train
+from osgan_jax import config as config_lib, train
+from osgan_jax.tasks import gan, hparams
+from osgan_jax.core import regularizers, schedules
 from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +28,7 @@ def official_cosine(cur_nimg, base_value, total_nimg, final_value):
 
 
 def _config(**overrides):
-  return config_base.load_config(
+  return config_lib.load_config(
       os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'), overrides
   )
 
@@ -74,7 +76,7 @@ def test_adam_follows_the_ramped_lr_and_beta2():
     p = p - lr * m / (np.sqrt(v / (1 - b2 ** (t + 1))) + 1e-8)
     np.testing.assert_allclose(np.asarray(params['w']), p, rtol=2e-5, atol=1e-8)
   # D's lr is not ramped: its schedule is the constant.
-  assert schedules.value(config, 'd_lr') == config.optimizer.d_lr
+  assert hparams.value(config, 'd_lr') == config.optimizer.d_lr
 
 
 def test_lazy_regularisation_correction_applies_to_the_ramp():
@@ -115,8 +117,8 @@ def test_penalty_weights_and_ema_half_life_ramp_with_the_step():
           float(w[k]), official_cosine(step, 0.05, 100, 0.005), rtol=1e-5
       )
   # The EMA exists although its starting half-life is 0, and follows the ramp.
-  assert schedules.active(config, 'ema_half_life_kimg')
-  half_life = schedules.value(config, 'ema_half_life_kimg')
+  assert hparams.active(config, 'ema_half_life_kimg')
+  half_life = hparams.value(config, 'ema_half_life_kimg')
   b = int(config.batch_size)
   beta = regularizers.ema_beta(b, jnp.float32(50 * b), half_life_kimg=half_life(50))
   np.testing.assert_allclose(
@@ -148,7 +150,7 @@ def test_penalty_weights_and_ema_half_life_ramp_with_the_step():
     ],
 )
 def test_bad_schedules_are_one_line_errors(overrides, message):
-  with pytest.raises(config_base.ConfigError, match=message) as e:
+  with pytest.raises(config_lib.ConfigError, match=message) as e:
     gan.validate(_config(**overrides))
   assert '\n' not in str(e.value)
 

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from osgan_jax import gradcheck, one_stage, steps
+from osgan_jax import gradcheck
+from osgan_jax.core import one_stage, steps
 
 BATCH = 8
 

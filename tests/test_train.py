@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osgan_jax import checkpoint, config_base, evaluators, train
-from osgan_jax import gan as gan_lib
-from osgan_jax.config_base import ConfigError
+from osgan_jax.training import checkpoint, evaluators
+from osgan_jax import config as config_lib, train
+from osgan_jax.tasks import gan as gan_lib
+from osgan_jax.config import ConfigError
 from helpers import write_blob_pngs  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ CONFIG_NAMES = sorted(
         os.path.splitext(os.path.basename(p))[0]
         for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
     )
-    if config_base.load_config(config_path(n)).get('task', 'gan') == 'gan'
+    if config_lib.load_config(config_path(n)).get('task', 'gan') == 'gan'
 )
 
 # Per architecture: the overrides that make its networks tiny.
@@ -68,7 +69,7 @@ TINY_MODEL = {
 
 def tiny_overrides(name, folder, **extra):
   """Overrides that make any config a few-second run on CPU."""
-  base = config_base.load_config(config_path(name))
+  base = config_lib.load_config(config_path(name))
   overrides = {
       'batch_size': 8,
       'num_train_steps': 2,
@@ -95,7 +96,7 @@ def tiny_overrides(name, folder, **extra):
 
 
 def tiny_config(name, folder, **extra):
-  return config_base.load_config(config_path(name), tiny_overrides(name, folder, **extra))
+  return config_lib.load_config(config_path(name), tiny_overrides(name, folder, **extra))
 
 
 def _cli(overrides):
@@ -185,7 +186,7 @@ def test_every_config_trains(name, stage, folder, tmp_path):
   grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_000002.png'))
   assert grid.ndim == (2 if config.data.channels == 1 else 3)
 
-  base = config_base.load_config(config_path(name))
+  base = config_lib.load_config(config_path(name))
   if base.optimizer.weight_clip > 0:  # WGAN: every D weight clipped
     for leaf in jax.tree.leaves(state.params_d):
       assert np.max(np.abs(np.asarray(leaf))) <= base.optimizer.weight_clip
@@ -335,7 +336,7 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
           'ema.rampup': 0.0,
       },
   )
-  config = config_base.load_config(config_path('stylegan2_tiny'), overrides)
+  config = config_lib.load_config(config_path('stylegan2_tiny'), overrides)
   straight = tmp_path / 'straight'
   state = jax.device_get(train.train_and_evaluate(config, str(straight)))
   assert int(state.step) == 6
@@ -427,7 +428,7 @@ def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
 
   # Resume (same command, ending 2 steps later) == uninterrupted run of that length.
   overrides['num_train_steps'] = stopped_at + 2
-  config = config_base.load_config(config_path(name), overrides)
+  config = config_lib.load_config(config_path(name), overrides)
   resumed = jax.device_get(train.train_and_evaluate(config, str(workdir)))
   straight = jax.device_get(train.train_and_evaluate(config, str(tmp_path / 'straight')))
   assert int(resumed.step) == stopped_at + 2
@@ -442,12 +443,13 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                                + ' --xla_force_host_platform_device_count=8')
     import jax, numpy as np
-    from osgan_jax import config_base, parallel, train
+    from osgan_jax import config as config_lib, train
+    from osgan_jax.training import parallel
     assert len(jax.devices()) == 8, jax.devices()
     path, workdir, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     states = {}
     for n in (8, 1):
-      config = config_base.load_config(path, {**overrides, 'num_devices': n})
+      config = config_lib.load_config(path, {**overrides, 'num_devices': n})
       state = train.train_and_evaluate(config, os.path.join(workdir, str(n)))
       if n == 8:
         shardings = {leaf.sharding.num_devices for leaf in jax.tree.leaves(state)}
@@ -520,7 +522,7 @@ def test_the_sampler_program_does_not_depend_on_the_seed(folder):
 
 
 def test_optimizers_follow_milestones_and_clip_d():
-  config = config_base.load_config(
+  config = config_lib.load_config(
       config_path('wgan_celeba'),
       {'optimizer.lr_milestones': (2, 4), 'optimizer.g_lr': 1e-3, 'optimizer.d_lr': 1.0},
   )

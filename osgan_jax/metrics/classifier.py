@@ -3,7 +3,7 @@
 TF-Inception costs seconds per image on a CPU and was trained on ImageNet photographs;
 for a data set such as Fashion-MNIST a classifier trained on its own training split is
 cheap (thousands of images per second) and sees the differences that matter there. The
-classifier is the DFAD teacher (``osgan_jax.dfad.teacher_task``, e.g.
+classifier is the DFAD teacher (``osgan_jax.tasks.dfad.teacher_task``, e.g.
 ``configs/dfad_teacher_fashion_mnist.py``: LeNet-5, 88% test accuracy), trained by the
 one loop; its workdir holds the checkpoint and ``config.json``, which names the
 architecture. Features are the activations that feed the last layer: LeNet-5's 84
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from osgan_jax.config_base import ConfigError
+from osgan_jax.config import ConfigError
 from osgan_jax.metrics import fid
 
 
@@ -90,7 +90,7 @@ class ClassifierFeatures:
       channels: Optional[int] = None,
   ):
     from osgan_jax import data as data_lib
-    from osgan_jax import dfad
+    from osgan_jax.tasks import dfad
 
     self.workdir = os.path.abspath(os.path.expanduser(workdir))
     config = read_config(self.workdir)

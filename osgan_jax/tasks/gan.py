@@ -2,12 +2,12 @@
 
 Builds from the config the networks (looked up by ``config.model.name`` in
 ``osgan_jax.models``), the pure functions of ``steps.GAN``, the optimisers and the
-phases ``osgan_jax.loop`` runs each iteration ``i``:
+phases ``osgan_jax.training.loop`` runs each iteration ``i``:
 
 * ``main`` every iteration: the one-, two- or official two-stage step (``config.stage``);
 * StyleGAN2 (``config.reg``, ``config.ema``): ``pl`` (lazy path length) every
   ``reg.pl_interval`` and ``r1`` (lazy R1) every ``reg.r1_interval`` iterations, then
-  ``ema`` (G's moving average), each its own jitted program (``osgan_jax.regularizers``;
+  ``ema`` (G's moving average), each its own jitted program (``osgan_jax.core.regularizers``;
   ``pl_mean`` and ``ema_params_g`` are part of the state and its checkpoints).
 
 Evaluators: the sample grid of G on a fixed z (and fixed labels ``i % num_classes``
@@ -29,18 +29,19 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from osgan_jax import config_base
+from osgan_jax import config as config_lib
 from osgan_jax import data as data_lib
-from osgan_jax import evaluators
-from osgan_jax import loop
-from osgan_jax import losses as losses_lib
+from osgan_jax.training import evaluators
+from osgan_jax.training import loop
+from osgan_jax.core import losses as losses_lib
 from osgan_jax import models
-from osgan_jax import one_stage
-from osgan_jax import parallel
-from osgan_jax import regularizers
-from osgan_jax import schedules
-from osgan_jax import steps
-from osgan_jax.config_base import ConfigError
+from osgan_jax.core import one_stage
+from osgan_jax.training import parallel
+from osgan_jax.core import regularizers
+from osgan_jax.core import schedules
+from osgan_jax.tasks import hparams
+from osgan_jax.core import steps
+from osgan_jax.config import ConfigError
 
 # Model constructor arguments that come from top-level config keys: config key -> the
 # names an architecture may give that argument (the first one its class has is used).
@@ -155,9 +156,7 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       batch_keys=('image', 'label') if conditional else ('image',),
       mode=config.one_stage_mode,
       penalties={
-          k: schedules.value(config, k)
-          for k in config.penalty
-          if schedules.active(config, k)
+          k: hparams.value(config, k) for k in config.penalty if hparams.active(config, k)
       }
       or None,
   )
@@ -171,8 +170,8 @@ def make_optimizers(config):
 
   def adam(player, interval):
     ratio = regularizers.lazy_ratio(interval)  # the official lazy-regularisation fix
-    lr = schedules.map_value(lambda v: v * ratio, schedules.value(config, f'{player}_lr'))
-    b2 = schedules.map_value(lambda v: v**ratio, schedules.value(config, 'b2'))
+    lr = schedules.map_value(lambda v: v * ratio, hparams.value(config, f'{player}_lr'))
+    b2 = schedules.map_value(lambda v: v**ratio, hparams.value(config, 'b2'))
     if milestones:
       scales = {m: float(opt.lr_decay) for m in milestones}
       if callable(lr):
@@ -226,7 +225,7 @@ def make_init(config, gan: steps.GAN, generator, discriminator):
         params_d,
         g_vars,
         d_vars,
-        ema=schedules.active(config, 'ema_half_life_kimg'),
+        ema=hparams.active(config, 'ema_half_life_kimg'),
         path_length=config.reg.pl_weight > 0,
     )
 
@@ -265,12 +264,12 @@ def make_sampler(config, gan: steps.GAN, n: int, salt: int):
 
 def validate(config) -> None:
   """Every GAN key the loop does not check itself; one-line ``ConfigError`` s."""
-  if config.stage not in config_base.STAGES:
+  if config.stage not in config_lib.STAGES:
     raise ConfigError(
-        f'config.stage={config.stage!r} is not one of ' f'{", ".join(config_base.STAGES)}'
+        f'config.stage={config.stage!r} is not one of ' f'{", ".join(config_lib.STAGES)}'
     )
   validate_method(config)
-  schedules.validate(config)
+  hparams.validate(config)
   for key in ('sample_every_steps', 'num_samples'):
     if int(config[key]) <= 0:
       raise ConfigError(f'config.{key} must be positive, got {config[key]}')
@@ -381,8 +380,8 @@ def _regularizer_phases(config, gan: steps.GAN, generator) -> list:
             int(reg.r1_interval),
         )
     )
-  if schedules.active(config, 'ema_half_life_kimg'):
-    half_life = schedules.value(config, 'ema_half_life_kimg')
+  if hparams.active(config, 'ema_half_life_kimg'):
+    half_life = hparams.value(config, 'ema_half_life_kimg')
     rampup = float(config.ema.rampup) or None
 
     def ema(state, batch, rng, i):
@@ -427,9 +426,9 @@ def build_task(config, workdir: str) -> loop.Task:
   gan = make_gan(config, generator, discriminator)
   regularizer_phases = _regularizer_phases(config, gan, generator)
   ramps = {
-      name: schedules.value(config, name)
-      for name in schedules.STARTS
-      if schedules.is_scheduled(config, name)
+      name: hparams.value(config, name)
+      for name in hparams.STARTS
+      if hparams.is_scheduled(config, name)
   }
 
   def make_phases(state):

@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from osgan_jax.config_base import ConfigError
+from osgan_jax.config import ConfigError
 
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'

@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from osgan_jax.config_base import ConfigError
+from osgan_jax.config import ConfigError
 
 DATA_AXIS = 'data'
 MULTIHOST_ENV = 'OSGAN_MULTIHOST'
@@ -149,7 +149,7 @@ def initialize(multihost: bool = False) -> bool:
   cluster = explicit_cluster()
   if _initialized or (cluster is None and not multihost_requested(multihost)):
     return False
-  from osgan_jax import host_memory
+  from osgan_jax.training import host_memory
 
   if host_memory.cpu_only():
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

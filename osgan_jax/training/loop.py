@@ -39,13 +39,13 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from osgan_jax import checkpoint
+from osgan_jax.training import checkpoint
 from osgan_jax import data as data_lib
-from osgan_jax import parallel
-from osgan_jax import steps
-from osgan_jax import workdir as workdir_lib
-from osgan_jax.config_base import ConfigError
-from osgan_jax.metric_writer import MetricWriter, reduce_metrics
+from osgan_jax.training import parallel
+from osgan_jax.core import steps
+from osgan_jax.training import workdir as workdir_lib
+from osgan_jax.config import ConfigError
+from osgan_jax.training.metric_writer import MetricWriter, reduce_metrics
 
 MAX_IN_FLIGHT = 2
 PREFETCH_DEPTH = 2

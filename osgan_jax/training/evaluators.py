@@ -116,7 +116,7 @@ class Fid:
       num_examples: int | None,
       is_main: bool,
   ):
-    from osgan_jax.config_base import ConfigError
+    from osgan_jax.config import ConfigError
 
     cfg = config.fid
     self.features = str(cfg.get('features', 'inception'))

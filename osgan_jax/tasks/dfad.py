@@ -4,7 +4,7 @@ A generator makes inputs on which a frozen teacher and a student disagree most (
 maximises the mean absolute difference of their logits); the student learns to match
 the teacher on them (minimises it). No training image is used. In GAN terms the
 student plays D: its "logit" for a generated input x is the per-sample discrepancy
-``mean_c |t(x)_c - s(x)_c|``, and the ``'dfad'`` loss (``osgan_jax.losses``) is
+``mean_c |t(x)_c - s(x)_c|``, and the ``'dfad'`` loss (``osgan_jax.core.losses``) is
 ``mean(fake)`` for D and ``-mean(fake)`` for G, with no real term. The game is
 symmetric, so one-stage training is a gradient reversal (gamma = -1) at the
 generator's output: ``steps.one_stage_step`` on a ``steps.GAN`` without real data
@@ -12,7 +12,7 @@ generator's output: ``steps.one_stage_step`` on a ``steps.GAN`` without real dat
 differentiated, returned unchanged), so they are jit arguments, not constants, and the
 checkpoint of a distillation run is self-contained.
 
-Two tasks of the one loop (``osgan_jax.loop``), chosen by ``config.task``
+Two tasks of the one loop (``osgan_jax.training.loop``), chosen by ``config.task``
 (``osgan_jax.train`` dispatches):
 
 * ``'teacher'`` (``teacher_task``): supervised training on ``data.split`` (Adam or
@@ -60,16 +60,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from osgan_jax import checkpoint
+from osgan_jax.training import checkpoint
 from osgan_jax import data as data_lib
-from osgan_jax import evaluators
-from osgan_jax import gan as gan_lib
-from osgan_jax import loop
-from osgan_jax import losses as losses_lib
+from osgan_jax.training import evaluators
+from osgan_jax.tasks import gan as gan_lib
+from osgan_jax.training import loop
+from osgan_jax.core import losses as losses_lib
 from osgan_jax import models
-from osgan_jax import parallel
-from osgan_jax import steps
-from osgan_jax.config_base import ConfigError
+from osgan_jax.training import parallel
+from osgan_jax.core import steps
+from osgan_jax.config import ConfigError
 from osgan_jax.models import classifiers
 
 TASKS = ('teacher', 'dfad')

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from osgan_jax import losses as losses_lib
-from osgan_jax import one_stage
-from osgan_jax import penalties as penalties_lib
+from osgan_jax.core import losses as losses_lib
+from osgan_jax.core import one_stage
+from osgan_jax.core import penalties as penalties_lib
 
 PyTree = Any
 
@@ -39,7 +39,7 @@ class TrainState:
 
   ``ema_params_g`` (an exponential moving average of G's parameters) and ``pl_mean``
   (the running path-length mean) are ``None`` unless the run uses them
-  (``osgan_jax.regularizers``); the main steps pass them through untouched.
+  (``osgan_jax.core.regularizers``); the main steps pass them through untouched.
   ``loss_state`` is a stateful loss's state (Fisher GAN's multiplier), else ``None``.
   """
 
@@ -74,7 +74,7 @@ class GAN:
     per_sample: whether D treats samples independently; ``None`` probes it at trace
       time (see ``probe_per_sample`` to settle it once with concrete values).
     penalties: ``{'r1' | 'r2' | 'gp': weight}``, D's gradient penalties in the main
-      step (``osgan_jax.penalties``); a weight may be an optax-style schedule
+      step (``osgan_jax.core.penalties``); a weight may be an optax-style schedule
       ``step -> weight``.
   """
 

@@ -39,7 +39,7 @@ EMA
 ``ema_update`` lerps parameters (``p.lerp(p_ema, beta)``) and the EMA generator takes
 G's non-trained state (w_avg, noise buffers) as is, as the official code copies buffers.
 
-What the training loop (``osgan_jax.gan``'s phases in ``osgan_jax.loop``) does per iteration ``i`` (``i =
+What the training loop (``osgan_jax.tasks.gan``'s phases in ``osgan_jax.training.loop``) does per iteration ``i`` (``i =
 state.step`` before the main step, i.e. the official ``batch_idx``; ``cur_nimg = i *
 batch_size``); ``pl_mean`` and the EMA parameters live in the ``TrainState``, so a
 checkpoint holds them::
@@ -66,9 +66,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from osgan_jax import penalties
-from osgan_jax.one_stage import call_with_aux
-from osgan_jax.steps import apply_optimizer
+from osgan_jax.core import penalties
+from osgan_jax.core.one_stage import call_with_aux
+from osgan_jax.core.steps import apply_optimizer
 
 PyTree = Any
 

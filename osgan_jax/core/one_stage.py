@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osgan_jax import losses as losses_lib
-from osgan_jax import penalties as penalties_lib
+from osgan_jax.core import losses as losses_lib
+from osgan_jax.core import penalties as penalties_lib
 
 PyTree = Any
 MODES = ('exact', 'approx')
@@ -259,7 +259,7 @@ def one_stage_grads(
       input-only backward) and report ``aux['approx_rel_err']``.
     loss_state: the state of a stateful loss (``losses.Loss.init_state``; default:
       the initial state); ``aux['loss_state']`` is its update from these logits.
-    penalties: ``{'r1' | 'r2' | 'gp': weight}`` (``osgan_jax.penalties``): D-only
+    penalties: ``{'r1' | 'r2' | 'gp': weight}`` (``osgan_jax.core.penalties``): D-only
       gradient penalties added to D's gradient; ``penalty_rng`` draws ``gp``'s
       interpolation weights. They need input gradients of D (a double backward). With
       R2, a per-sample D and one logit per sample (R3GAN), the step shares D's
@@ -537,7 +537,7 @@ def _grads_sharing_r2(
 
 
 def _penalty_grads(discriminate, params_d, x_real, x_fake, weights, rng, has_aux):
-  """D's gradient of the penalties and their metrics (``osgan_jax.penalties``)."""
+  """D's gradient of the penalties and their metrics (``osgan_jax.core.penalties``)."""
   weights = penalties_lib.validate(weights)
   if not _has_real(x_real) and {'r1', 'gp'} & set(weights):
     raise ValueError('the r1 and gp penalties need real data')
