@@ -1,0 +1,80 @@
+"""The entry points that take a data config: `make_iterator`, `make_source`, `dataset_info`.
+
+They choose between the prepared directory (prepared.py) and the decoding sources
+(sources.py) by ``data.name``. They sit above prepared.py because its writer itself
+reads the decoding sources through the iterator.
+"""
+
+from __future__ import annotations
+
+from osgan_jax.data.iterator import BatchIterator, iterate_source
+from osgan_jax.data.prepared import open_prepared, read_meta
+from osgan_jax.data.sources import DataConfig, OpenedSource, open_source, source_info
+
+
+def make_source(cfg: DataConfig) -> OpenedSource:
+  """(source, source kind, num_classes) for a validated config, any data.name."""
+  return open_prepared(cfg) if cfg.name == "prepared" else open_source(cfg)
+
+
+def dataset_info(data_config) -> dict:
+  """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'} without decoding pixels.
+
+  ``resolution``/``channels`` describe the output (what the iterator yields);
+  ``num_classes`` is 0 for unlabeled data.
+  """
+  cfg = DataConfig(data_config)
+  if cfg.name != "prepared":
+    return source_info(cfg)
+  meta = read_meta(cfg)
+  return {
+      "resolution": cfg.resolution,
+      "channels": cfg.channels,
+      "num_examples": meta["num_examples"],
+      "num_classes": meta["num_classes"],
+      "source": "prepared",
+  }
+
+
+def make_iterator(
+    data_config,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_dtype: str = "float32",
+) -> BatchIterator:
+  """Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} forever.
+
+  image_dtype='uint8' yields the raw uint8 pixels instead, for the training
+  loop to convert on the device with `to_float`.
+
+  b = batch_size // process_count (this host's share: the contiguous slice
+  process_index of the global batch). Deterministic in (seed, step): the
+  iterator started at start_step=k yields exactly the batches an iterator
+  started at 0 yields from its k-th batch on. Raises DataError for missing or
+  unusable data and ValueError for bad arguments.
+  """
+  if batch_size <= 0 or process_count <= 0 or batch_size % process_count:
+    raise ValueError(
+        f"batch_size={batch_size} must be a positive multiple of process_count={process_count}"
+    )
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  if image_dtype not in ("float32", "uint8"):
+    raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {image_dtype!r}")
+  cfg = DataConfig(data_config)
+  return iterate_source(
+      make_source(cfg),
+      cfg,
+      batch_size=batch_size,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      image_dtype=image_dtype,
+  )
