@@ -13,7 +13,7 @@ import sys
 import jax
 import pytest
 
-from osgan_jax import gradcheck
+from osgan_jax.core import exactness, precision, toy_networks
 
 MATMUL_OPS = ('dot_general', 'conv_general_dilated')
 
@@ -35,8 +35,8 @@ def _traced(prob):
   return [
       eqn
       for fn in (
-          lambda: gradcheck.run_one_stage(prob, 'exact'),
-          lambda: gradcheck.run_reference(prob),
+          lambda: exactness.run_one_stage(prob, 'exact'),
+          lambda: exactness.run_reference(prob),
       )
       for eqn in _eqns(jax.make_jaxpr(fn)().jaxpr)
   ]
@@ -50,8 +50,8 @@ def _x64():
 
 
 def test_verdict_runs_every_matmul_and_conv_at_highest_and_unemulated():
-  prob = gradcheck.problem('non_saturating', 'batchnorm', emulate='tf32')
-  with gradcheck.full_precision():
+  prob = toy_networks.problem('non_saturating', 'batchnorm', emulate='tf32')
+  with precision.full_precision():
     verdict = _traced(prob)
   matmuls = [e for e in verdict if e.primitive.name in MATMUL_OPS]
   assert len(matmuls) >= 10  # forward and backward, G and D
@@ -68,9 +68,9 @@ def test_verdict_runs_every_matmul_and_conv_at_highest_and_unemulated():
 
 @pytest.mark.parametrize('emulate,disc', [('tf32', 'conv'), ('bf16', 'mlp')])
 def test_reduced_precision_is_reported_and_the_verdict_stays_exact(emulate, disc):
-  report = gradcheck.check('non_saturating', disc, emulate=emulate)
+  report = exactness.check('non_saturating', disc, emulate=emulate)
   assert report['ok'] is True
-  assert report['rel_err_g'] <= gradcheck.TOLERANCE['float32']
+  assert report['rel_err_g'] <= exactness.TOLERANCE['float32']
   default = report['default_precision']
   assert default['emulated'] == emulate and default['matmul_precision'] == 'default'
   # The reduced precision took effect: far above float32 rounding...
@@ -82,7 +82,7 @@ def test_reduced_precision_is_reported_and_the_verdict_stays_exact(emulate, disc
 
 
 def test_float32_default_on_cpu_is_within_float32_rounding():
-  report = gradcheck.check('hinge', 'patch')
+  report = exactness.check('hinge', 'patch')
   default = report['default_precision']
   assert report['ok'] is True and default['emulated'] is None
   assert default['rounding_floor_g'] < 1e-5 and default['rounding_floor_d'] < 1e-5
@@ -91,7 +91,7 @@ def test_float32_default_on_cpu_is_within_float32_rounding():
 
 def test_highest_set_by_the_user_turns_reduced_precision_off():
   with jax.default_matmul_precision('highest'):
-    report = gradcheck.check('non_saturating', 'conv', emulate='tf32')
+    report = exactness.check('non_saturating', 'conv', emulate='tf32')
   default = report['default_precision']
   assert default['matmul_precision'] == 'highest'
   assert default['rel_err_g'] < 1e-5 and default['rounding_floor_g'] < 1e-5
@@ -99,7 +99,7 @@ def test_highest_set_by_the_user_turns_reduced_precision_off():
 
 def test_within_rounding_is_false_where_one_stage_is_wrong():
   # approx mode is wrong for a BatchNorm D by far more than any rounding.
-  report = gradcheck.check('non_saturating', 'batchnorm', mode='approx', emulate='tf32')
+  report = exactness.check('non_saturating', 'batchnorm', mode='approx', emulate='tf32')
   assert report['ok'] is False
   assert report['default_precision']['rel_err_g'] > 1e-2
   assert report['default_precision']['within_rounding'] is False

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import gradcheck
+from osgan_jax.core import exactness, precision, toy_networks
 from osgan_jax.core import losses, one_stage
 
 LOSSES = (
@@ -22,7 +22,7 @@ LOSSES = (
     'relativistic_average',
     'bgan',
 )
-KINDS = gradcheck.DISC_KINDS
+KINDS = toy_networks.DISC_KINDS
 TOL = 1e-5
 
 
@@ -38,7 +38,7 @@ def _both(prob, **options):
     ref = one_stage.reference_grads(params_g=params_g, params_d=params_d, **fixed)
     return ours, ref
 
-  with gradcheck.full_precision():  # GPUs' TF32 / TPUs' bfloat16 would round them apart
+  with precision.full_precision():  # GPUs' TF32 / TPUs' bfloat16 would round them apart
     return run(prob['params_g'], prob['params_d'])
 
 
@@ -47,8 +47,8 @@ def _assert_exact(ours, ref, tol=TOL):
   ref_g, ref_d, ref_aux = ref
   for tree in (grads_g, grads_d):
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-  assert gradcheck.rel_err(grads_g, ref_g) <= tol
-  assert gradcheck.rel_err(grads_d, ref_d) <= tol
+  assert exactness.rel_err(grads_g, ref_g) <= tol
+  assert exactness.rel_err(grads_d, ref_d) <= tol
   np.testing.assert_allclose(aux['loss_d'], ref_aux['loss_d'], rtol=1e-5)
   np.testing.assert_allclose(aux['loss_g'], ref_aux['loss_g'], rtol=1e-5, atol=1e-6)
   return aux
@@ -56,7 +56,7 @@ def _assert_exact(ours, ref, tol=TOL):
 
 def _both_losses(kind, regime, names, seed, **options):
   """``_both`` for several losses in one jit (they share G, D and the point)."""
-  prob = gradcheck.problem(names[0], kind, seed=seed, logits=regime)
+  prob = toy_networks.problem(names[0], kind, seed=seed, logits=regime)
   fixed = {k: v for k, v in prob.items() if k not in ('params_g', 'params_d', 'loss')}
 
   @jax.jit
@@ -73,7 +73,7 @@ def _both_losses(kind, regime, names, seed, **options):
         for name in names
     }
 
-  with gradcheck.full_precision():
+  with precision.full_precision():
     return run(prob['params_g'], prob['params_d'])
 
 
@@ -103,14 +103,14 @@ def test_exact_and_finite_where_the_decomposition_breaks(kind, regime, names):
 
 def test_singular_samples_take_the_exact_path():
   # hinge: fake logits below -1 have dL_D/dl = 0 but dL_G/dl = -1.
-  prob = gradcheck.problem('hinge', 'mlp', seed=2, logits='extreme')
+  prob = toy_networks.problem('hinge', 'mlp', seed=2, logits='extreme')
   (_, _, aux), _ = _both(prob)
-  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  x_fake = toy_networks.generate(prob['params_g'], prob['z'])
   fake_logits = prob['discriminate'](prob['params_d'], x_fake)
   assert int(aux['n_exact']) == int(jnp.sum(fake_logits < -1)) > 0
   # LSGAN at D(fake) = 0 exactly.
-  prob = gradcheck.problem('lsgan', 'conv', seed=0, logits='zero')
-  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  prob = toy_networks.problem('lsgan', 'conv', seed=0, logits='zero')
+  x_fake = toy_networks.generate(prob['params_g'], prob['z'])
   assert float(prob['discriminate'](prob['params_d'], x_fake)[0]) == 0.0
   (_, _, aux), _ = _both(prob)
   assert int(aux['n_exact']) == 1
@@ -119,18 +119,18 @@ def test_singular_samples_take_the_exact_path():
 @pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
 def test_approx_mode_is_exact_where_theory_says(kind):
   # Symmetric losses with a per-sample D: gamma = -1, the paper's trick is exact.
-  _assert_exact(*_both(gradcheck.problem('minimax', kind, seed=3), mode='approx'))
+  _assert_exact(*_both(toy_networks.problem('minimax', kind, seed=3), mode='approx'))
   if kind != 'patch':  # scalar logits: any loss, as long as gamma is defined
     _assert_exact(
-        *_both(gradcheck.problem('non_saturating', kind, seed=3), mode='approx')
+        *_both(toy_networks.problem('non_saturating', kind, seed=3), mode='approx')
     )
 
 
 @pytest.mark.parametrize('kind', ['batchnorm', 'mbstd'])
 def test_approx_mode_is_wrong_for_coupled_discriminators_and_says_so(kind):
-  prob = gradcheck.problem('non_saturating', kind, seed=3)
+  prob = toy_networks.problem('non_saturating', kind, seed=3)
   (grads_g, _, aux), (ref_g, ref_d, _) = _both(prob, mode='approx', measure_error=True)
-  err = gradcheck.rel_err(grads_g, ref_g)
+  err = exactness.rel_err(grads_g, ref_g)
   assert err > 1e-3
   assert int(aux['n_exact']) == prob['z'].shape[0]
   assert float(aux['approx_rel_err']) > 1e-3
@@ -139,11 +139,11 @@ def test_approx_mode_is_wrong_for_coupled_discriminators_and_says_so(kind):
 
 
 def test_approx_mode_is_wrong_for_asymmetric_patch_losses_and_finite_when_singular():
-  prob = gradcheck.problem('non_saturating', 'patch', seed=3)
+  prob = toy_networks.problem('non_saturating', 'patch', seed=3)
   (grads_g, _, aux), (ref_g, _, _) = _both(prob, mode='approx', measure_error=True)
-  assert gradcheck.rel_err(grads_g, ref_g) > 1e-3
+  assert exactness.rel_err(grads_g, ref_g) > 1e-3
   assert float(aux['approx_rel_err']) > 1e-3
-  prob = gradcheck.problem('hinge', 'mlp', seed=2, logits='extreme')
+  prob = toy_networks.problem('hinge', 'mlp', seed=2, logits='extreme')
   (grads_g, _, aux), _ = _both(prob, mode='approx', measure_error=True)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads_g))
   assert int(aux['n_exact']) > 0 and float(aux['approx_rel_err']) > 1e-3
@@ -153,19 +153,19 @@ def test_approx_mode_is_wrong_for_asymmetric_patch_losses_and_finite_when_singul
 def test_reference_grads_match_finite_differences(kind):
   with jax.enable_x64(True):
     for loss in ('non_saturating', 'hinge') if kind != 'mlp' else LOSSES:
-      prob = gradcheck.problem(loss, kind, seed=4)
-      assert gradcheck.finite_difference_error(prob) <= gradcheck.FD_TOLERANCE
+      prob = toy_networks.problem(loss, kind, seed=4)
+      assert exactness.finite_difference_error(prob) <= exactness.FD_TOLERANCE
 
 
 def test_float64_exactness():
   with jax.enable_x64(True):
-    prob = gradcheck.problem('non_saturating', 'patch', seed=5, dtype=jnp.float64)
+    prob = toy_networks.problem('non_saturating', 'patch', seed=5, dtype=jnp.float64)
     _assert_exact(*_both(prob), tol=1e-12)
 
 
 def test_probe_tells_coupled_discriminators_apart():
   for kind in KINDS:
-    prob = gradcheck.problem('minimax', kind)
+    prob = toy_networks.problem('minimax', kind)
     expected = kind not in ('batchnorm', 'mbstd')
     assert (
         one_stage.samples_independent(
@@ -186,27 +186,27 @@ def test_probe_tells_coupled_discriminators_apart():
 
 
 def test_explicit_per_sample_false_is_exact_for_independent_discriminators():
-  prob = gradcheck.problem('lsgan', 'conv', seed=6)
+  prob = toy_networks.problem('lsgan', 'conv', seed=6)
   _assert_exact(*_both(prob, per_sample=False))
 
 
 def test_discriminator_aux_is_returned():
-  prob = gradcheck.problem('non_saturating', 'batchnorm', seed=0)
+  prob = toy_networks.problem('non_saturating', 'batchnorm', seed=0)
   (_, _, aux), _ = _both(prob)
-  x_fake = gradcheck.generate(prob['params_g'], prob['z'])
+  x_fake = toy_networks.generate(prob['params_g'], prob['z'])
   _, stats = prob['discriminate'](prob['params_d'], x_fake)
   np.testing.assert_allclose(aux['d_aux']['mean'], stats['mean'], rtol=1e-5, atol=1e-6)
 
 
 def test_conditional_pytree_inputs_with_integer_labels():
   """Images may be pytrees (CGAN: image and label); integer leaves get no gradient."""
-  base = gradcheck.problem('non_saturating', 'conv', seed=7)
+  base = toy_networks.problem('non_saturating', 'conv', seed=7)
   labels_real = jnp.arange(8) % 3
   labels_fake = (jnp.arange(8) + 1) % 3
   embed = jax.random.normal(jax.random.PRNGKey(1), (3, 8 * 8 * 2)) * 0.1
 
   def generate(params, z):
-    return {'image': gradcheck.generate(params, z['z']), 'label': z['label']}
+    return {'image': toy_networks.generate(params, z['z']), 'label': z['label']}
 
   def discriminate(params, batch):
     shift = embed[batch['label']].reshape(batch['image'].shape)
@@ -231,10 +231,10 @@ def test_user_registered_loss_needs_no_engine_change():
         g_loss=lambda r, f: -jnp.mean(jnp.tanh(f)),
     )
   for kind in ('conv', 'mbstd'):
-    _assert_exact(*_both(gradcheck.problem(name, kind, seed=8)))
+    _assert_exact(*_both(toy_networks.problem(name, kind, seed=8)))
 
 
 def test_bad_mode_is_rejected():
-  prob = gradcheck.problem('wgan', 'mlp')
+  prob = toy_networks.problem('wgan', 'mlp')
   with pytest.raises(ValueError, match='mode must be one of'):
     one_stage.one_stage_grads(**prob, mode='fast')

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osgan_jax import gradcheck, train
+from osgan_jax import train
+from osgan_jax.core import exactness, toy_networks
 from osgan_jax.core import losses, one_stage, penalties
 from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
@@ -20,7 +21,7 @@ from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=
     'disc',
     [
         pytest.param(d, marks=pytest.mark.slow) if d in ('mlp', 'mbstd') else d
-        for d in gradcheck.DISC_KINDS
+        for d in toy_networks.DISC_KINDS
     ],
 )
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=
 )
 def test_exact_against_the_reference_and_finite_differences(loss, penalty, disc):
   with jax.enable_x64(True):  # the finite differences run in float64, as the CLI's
-    report = gradcheck.check(loss, disc, penalty=penalty, default_precision=False)
+    report = exactness.check(loss, disc, penalty=penalty, default_precision=False)
   assert report['ok'], report  # one-stage vs reference <= 1e-5, reference vs FD (f64)
   assert report['penalty'] == penalty
 
@@ -53,7 +54,7 @@ def test_penalty_values_for_a_linear_discriminator():
 
 
 def test_penalties_reach_d_only_and_need_real_data_for_r1():
-  prob = gradcheck.problem('non_saturating', 'conv')
+  prob = toy_networks.problem('non_saturating', 'conv')
   plain = one_stage.one_stage_grads(**{**prob, 'penalties': None})
   pen = one_stage.one_stage_grads(**{**prob, 'penalties': {'r1': 5.0, 'r2': 5.0}})
   # G's gradient untouched (fakes detached). With R2 the step takes G's cotangent from

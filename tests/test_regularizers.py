@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from osgan_jax.core import one_stage, steps
+from osgan_jax.core import optimizers
 from osgan_jax.core import regularizers as reg
 from osgan_jax.models import stylegan2 as sg
 from osgan_jax.models import stylegan2_ops as sg_ops
@@ -430,7 +431,7 @@ def test_lazy_adam_is_the_official_torch_adam():
   w0 = np.random.default_rng(0).standard_normal(5)
   grads = np.random.default_rng(1).standard_normal((4, 5))
   with jax.enable_x64(True):
-    opt = reg.lazy_adam(lr, betas, eps, interval)
+    opt = optimizers.adam(lr, b1=betas[0], b2=betas[1], eps=eps, lazy_interval=interval)
 
     @jax.jit
     def run(params, grads):
@@ -458,21 +459,21 @@ def test_lazy_adam_is_the_official_torch_adam():
 
 
 def test_lazy_hyperparameters_are_the_official_numbers():
-  lr, (b1, b2) = reg.lazy_hparams(0.002, (0.0, 0.99), 16)
+  lr, (b1, b2) = optimizers.lazy_hparams(0.002, (0.0, 0.99), 16)
   assert lr == pytest.approx(0.002 * 16 / 17, rel=1e-15)
   assert b1 == 0.0
   assert b2 == pytest.approx(0.99 ** (16 / 17), rel=1e-15)
-  lr, (b1, b2) = reg.lazy_hparams(0.002, (0.0, 0.99), 4)
+  lr, (b1, b2) = optimizers.lazy_hparams(0.002, (0.0, 0.99), 4)
   assert lr == pytest.approx(0.0016, rel=1e-15) and b2 == pytest.approx(0.99**0.8)
-  assert reg.lazy_hparams(0.002, (0.0, 0.99), None) == (0.002, (0.0, 0.99))
+  assert optimizers.lazy_hparams(0.002, (0.0, 0.99), None) == (0.002, (0.0, 0.99))
   with pytest.raises(ValueError):
-    reg.lazy_hparams(0.002, (0.0, 0.99), 0)
+    optimizers.lazy_hparams(0.002, (0.0, 0.99), 0)
 
-  # lazy_adam is optax.adam with those numbers
+  # the lazy Adam is optax.adam with those numbers
   params = {'w': jnp.arange(3.0)}
   grads = {'w': jnp.array([0.3, -1.0, 2.0])}
   ref = optax.adam(0.002 * 16 / 17, b1=0.0, b2=0.99 ** (16 / 17), eps=1e-8)
-  opt = reg.lazy_adam(0.002, (0.0, 0.99), 1e-8, interval=16)
+  opt = optimizers.adam(0.002, b1=0.0, b2=0.99, eps=1e-8, lazy_interval=16)
   s_ref, s = ref.init(params), opt.init(params)
   for _ in range(3):
     u_ref, s_ref = ref.update(grads, s_ref, params)
@@ -481,7 +482,7 @@ def test_lazy_hyperparameters_are_the_official_numbers():
 
 
 def test_nan_to_num_grads_as_official():
-  t = reg.nan_to_num_grads()
+  t = optimizers.nan_to_num_grads()
   g = {'a': jnp.array([jnp.nan, jnp.inf, -jnp.inf, 1.5])}
   out, _ = t.update(g, t.init(g))
   np.testing.assert_array_equal(out['a'], [0.0, 1e5, -1e5, 1.5])
@@ -623,8 +624,14 @@ def stylegan():
       discriminate=discriminate,
       sample_latent=lambda rng, n: jax.random.normal(rng, (n, g.z_dim)),
       loss='non_saturating',
-      optimizer_g=optax.chain(_record_grads(), reg.lazy_adam(interval=PL_EVERY)),
-      optimizer_d=optax.chain(_record_grads(), reg.lazy_adam(interval=R1_EVERY)),
+      optimizer_g=optax.chain(
+          _record_grads(),
+          optimizers.adam(0.002, b1=0.0, b2=0.99, eps=1e-8, lazy_interval=PL_EVERY),
+      ),
+      optimizer_d=optax.chain(
+          _record_grads(),
+          optimizers.adam(0.002, b1=0.0, b2=0.99, eps=1e-8, lazy_interval=R1_EVERY),
+      ),
       per_sample=False,
   )  # minibatch std couples samples
 

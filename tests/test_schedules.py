@@ -14,7 +14,7 @@ import pytest
 
 from osgan_jax import config as config_lib, train
 from osgan_jax.tasks import gan, hparams
-from osgan_jax.core import regularizers, schedules
+from osgan_jax.core import optimizers, regularizers, schedules
 from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def test_lazy_regularisation_correction_applies_to_the_ramp():
   # Adam's first step moves each weight by lr (the sign of g), here lr(0) * 4 / 5.
   updates, _ = opt_d.update({'w': jnp.ones(3)}, state, params)
   np.testing.assert_allclose(np.asarray(updates['w']), -2e-3 * 0.8, rtol=1e-5)
-  assert regularizers.lazy_ratio(None) == 1.0
+  assert optimizers.lazy_ratio(None) == 1.0
 
 
 def test_penalty_weights_and_ema_half_life_ramp_with_the_step():
@@ -151,7 +151,7 @@ def test_penalty_weights_and_ema_half_life_ramp_with_the_step():
 )
 def test_bad_schedules_are_one_line_errors(overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message) as e:
-    gan.validate(_config(**overrides))
+    config_lib.validate(_config(**overrides))
   assert '\n' not in str(e.value)
 
 

@@ -7,18 +7,18 @@ import numpy as np
 import optax
 import pytest
 
-from osgan_jax import gradcheck
+from osgan_jax.core import toy_networks
 from osgan_jax.core import one_stage, steps
 
 BATCH = 8
 
 
 def _gan(kind='conv', loss='non_saturating', **kw):
-  disc = gradcheck.make_discriminator(kind)
+  disc = toy_networks.make_discriminator(kind)
   has_aux = kind == 'batchnorm'
 
   def generate(params, model_state, z, rng):
-    return {'image': gradcheck.generate(params, z)}, model_state
+    return {'image': toy_networks.generate(params, z)}, model_state
 
   def discriminate(params, model_state, batch, rng):
     out = disc(params, batch['image'])
@@ -27,7 +27,7 @@ def _gan(kind='conv', loss='non_saturating', **kw):
   fields = dict(
       generate=generate,
       discriminate=discriminate,
-      sample_latent=lambda rng, n: jax.random.normal(rng, (n, gradcheck.Z_DIM)),
+      sample_latent=lambda rng, n: jax.random.normal(rng, (n, toy_networks.Z_DIM)),
       loss=loss,
       optimizer_g=optax.adam(1e-3, b1=0.5),
       optimizer_d=optax.adam(1e-3, b1=0.5),
@@ -38,8 +38,8 @@ def _gan(kind='conv', loss='non_saturating', **kw):
   model_state_d = {'stats': {'mean': jnp.zeros(4), 'var': jnp.ones(4)}} if has_aux else {}
   state = steps.init_state(
       gan,
-      gradcheck.init_generator(kg),
-      gradcheck.init_discriminator(kind, kd),
+      toy_networks.init_generator(kg),
+      toy_networks.init_discriminator(kind, kd),
       model_state_d=model_state_d,
   )
   return gan, state
@@ -123,9 +123,9 @@ def test_two_stage_updates_g_against_the_updated_discriminator():
   new_state, _ = jax.jit(lambda s: steps.two_stage_step(gan, s, batch, rng))(state)
   _, _, rng_g1, rng_g2, _, _ = jax.random.split(rng, 6)
   z2 = gan.sample_latent(jax.random.split(rng, 6)[1], BATCH)
-  disc = gradcheck.make_discriminator('mlp')
+  disc = toy_networks.make_discriminator('mlp')
   grads_g = jax.grad(
-      lambda p: -jnp.mean(disc(new_state.params_d, gradcheck.generate(p, z2)))
+      lambda p: -jnp.mean(disc(new_state.params_d, toy_networks.generate(p, z2)))
   )(state.params_g)
   expected = jax.tree.map(lambda p, g: p - 0.1 * g, state.params_g, grads_g)
   chex.assert_trees_all_close(new_state.params_g, expected, rtol=1e-5, atol=1e-6)

@@ -1,20 +1,8 @@
 """GAN losses as pure functions of discriminator logits, and their registry.
 
-A loss is two functions of ``(real_logits, fake_logits)``: the discriminator's loss
-``d_loss`` and the generator's loss ``g_loss``, each returning a scalar (the mean over
-samples and, for patch discriminators with ``[B, H, W]`` logits, over positions).
-
-The one-stage engine needs nothing else: the per-sample decomposition coefficients
-(gamma) come from differentiating these functions with respect to the logits, which are
-tiny tensors. So registering a new loss is two functions::
-
-    osgan_jax.core.losses.register(
-        'my_loss',
-        d_loss=lambda r, f: jnp.mean(jax.nn.softplus(-r)) + jnp.mean(jax.nn.softplus(f)),
-        g_loss=lambda r, f: jnp.mean(jax.nn.softplus(-f)))
-
-All built-in losses are written in numerically stable forms (softplus, not log of a
-sigmoid), so their logit gradients are finite for any finite logits.
+A loss is ``d_loss`` and ``g_loss`` of ``(real_logits, fake_logits)``; the one-stage
+engine reads everything else off their logit gradients, so a new loss is two functions.
+The built-in losses, registration and stateful losses: ``docs/api.md``.
 """
 
 from __future__ import annotations
@@ -105,7 +93,7 @@ def get(name_or_loss: str | Loss) -> Loss:
     return _REGISTRY[name_or_loss]
   except KeyError:
     raise ValueError(
-        f'unknown loss {name_or_loss!r}; valid names: ' f'{", ".join(names())}'
+        f'unknown loss {name_or_loss!r}; valid names: {", ".join(names())}'
     ) from None
 
 

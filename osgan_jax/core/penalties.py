@@ -1,18 +1,7 @@
 """Gradient penalties on D: R1 on reals, R2 on fakes, the WGAN-GP interpolate penalty.
 
-Each is a D-only term: its gradient reaches D's parameters, never G (the fakes are
-detached, as in a two-stage step). With weights ``w``:
-
-* ``r1``: ``w / 2 * mean_i ||d sum_j D(x_j) / d x_i||^2`` over real images (Mescheder
-  et al. 2018; StyleGAN2, R3GAN);
-* ``r2``: the same over the (detached) fake images (R3GAN);
-* ``gp``: ``w * mean_i (||d D(x_hat) / d x_hat_i|| - 1)^2`` at ``x_hat = e x_real +
-  (1 - e) x_fake``, ``e ~ U(0, 1)`` per sample (Gulrajani et al. 2017).
-
-The input gradient is that of the *sum* of the logits, as the official StyleGAN2 and
-R3GAN code take it: for a discriminator that couples samples it includes the
-cross-sample terms. Images may be pytrees (``{'image', 'label'}``); only their float
-leaves are differentiated (and interpolated). Weights may be traced (schedules).
+D-only terms for the one- and two-stage steps, on the input gradient of the sum of the
+logits, as the official StyleGAN2 and R3GAN code take it. Definitions: ``docs/api.md``.
 """
 
 from __future__ import annotations

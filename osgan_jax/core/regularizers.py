@@ -1,60 +1,8 @@
 """StyleGAN2 regularisation and generator EMA, as NVlabs' stylegan2-ada-pytorch does them.
 
-Faithful to ``training/loss.py`` (``StyleGAN2Loss``) and ``training/training_loop.py``
-(lazy regularisation, the EMA generator). Everything here is a pure function and jits
-with fixed pytree structures, so the training loop can call the regularisation steps at
-their intervals without ever retracing the main step or themselves.
-
-Penalties
----------
-* ``r1_penalty``: ``E_i ||d(sum_j D(x_j)) / d x_i||^2``, the official
-  ``autograd.grad(real_logits.sum(), real_img)``, squared and summed over each sample's
-  pixels, averaged over the batch. With a discriminator that couples samples
-  (minibatch standard deviation) the gradient of the *sum* of the logits w.r.t. x_i also
-  carries the other samples' logits' dependence on x_i (through the group statistics);
-  the official code regularises exactly that quantity and so does this one (it is not
-  the per-sample ``||d D(x_i) / d x_i||^2``; the two agree for a per-sample D).
-* ``path_length_penalty``: ``pl_noise = N(0, 1) / sqrt(H * W)``,
-  ``g = d sum(img * pl_noise) / d ws``, ``len = sqrt(mean_k sum_c g[:, k, c]^2)``,
-  ``pl_mean <- lerp(pl_mean, mean(len), pl_decay)``, penalty ``mean((len - pl_mean)^2)``.
-  As in the official code (and the original TensorFlow StyleGAN2) the freshly lerped
-  ``pl_mean`` inside the penalty is *not* detached: the gradient also flows through its
-  ``pl_decay * mean(len)`` term; only the stored value is detached.
-
-Lazy regularisation
--------------------
-The official loop runs 'Dreg' every ``D_reg_interval`` (16) iterations and 'Greg' every
-``G_reg_interval`` (4), sharing each network's Adam with its main phase, with the loss
-multiplied by the interval (``gain=phase.interval``), and corrects the optimiser for the
-extra steps: ``mb_ratio = interval / (interval + 1)``, ``lr *= mb_ratio``,
-``betas = [beta ** mb_ratio]`` (``lazy_adam``). ``r1_step`` and ``path_length_step``
-are those phases over ``steps.TrainState``: they update only D's (resp. G's) parameters
-and optimiser state with the *same* optimiser as the main step (``gan.optimizer_d`` /
-``gan.optimizer_g``) and leave ``state.step`` alone (it counts main iterations, the
-official ``batch_idx``).
-
-EMA
----
-``ema_beta`` is the official half-life formula with the optional ramp-up;
-``ema_update`` lerps parameters (``p.lerp(p_ema, beta)``) and the EMA generator takes
-G's non-trained state (w_avg, noise buffers) as is, as the official code copies buffers.
-
-What the training loop (``osgan_jax.tasks.gan``'s phases in ``osgan_jax.training.loop``) does per iteration ``i`` (``i =
-state.step`` before the main step, i.e. the official ``batch_idx``; ``cur_nimg = i *
-batch_size``); ``pl_mean`` and the EMA parameters live in the ``TrainState``, so a
-checkpoint holds them::
-
-  state, m = main_step(state, batch, rng)                             # one-stage
-  if pl_weight and i % pl_interval == 0:
-    state, m_pl = pl_step(state, fold_in(rng, 1))                     # 'Greg'
-  if r1_gamma and i % r1_interval == 0:
-    state, m_r1 = r1_step(state, batch, fold_in(rng, 2))              # 'Dreg'
-  state, m_ema = ema_step(state, i * batch_size)                      # G_ema
-
-With ``interval=1`` a regularisation step is still a separate optimiser step after the
-main one; the official non-lazy mode ('Gboth'/'Dboth': main and regularisation losses
-summed into one Adam step, no correction) has no equivalent here, since the main step
-is one-stage.
+R1, path length, the lazy 'Dreg'/'Greg' steps and G's EMA as pure, jittable functions
+over ``steps.TrainState``, so the loop runs them at their intervals without retracing.
+What each computes, and the phases of one iteration: ``docs/stylegan2.md``.
 """
 
 from __future__ import annotations
@@ -180,68 +128,6 @@ def path_length_penalty(
   return _pl_penalty(lengths, pl_mean, pl_decay)
 
 
-# ------------------------------------------------------------------ lazy regularisation
-
-
-def lazy_ratio(interval: Optional[int]) -> float:
-  """The official ``mb_ratio = interval / (interval + 1)`` (1 for ``None``: no lazy
-  regularisation): a lazily regularised player's Adam runs with ``lr * mb_ratio``
-  and ``beta ** mb_ratio``."""
-  if interval is None:
-    return 1.0
-  if interval < 1:
-    raise ValueError(f'interval must be >= 1 or None, got {interval}')
-  return interval / (interval + 1)
-
-
-def lazy_hparams(lr: float, betas: Sequence[float], interval: Optional[int]):
-  """The official lazy-regularisation correction: ``(lr, betas)`` for ``interval``."""
-  ratio = lazy_ratio(interval)
-  if interval is None:
-    return float(lr), tuple(float(b) for b in betas)
-  return float(lr) * ratio, tuple(float(b) ** ratio for b in betas)
-
-
-def lazy_adam(
-    lr: float = 0.002,
-    betas: Sequence[float] = (0.0, 0.99),
-    eps: float = 1e-8,
-    interval: Optional[int] = None,
-) -> optax.GradientTransformation:
-  """``optax.adam`` with the official lazy-regularisation correction for ``interval``.
-
-  Official (``training_loop.py``): for a network regularised every ``interval`` steps,
-  ``torch.optim.Adam(lr=lr * mb_ratio, betas=[b ** mb_ratio for b in betas], eps=eps)``
-  with ``mb_ratio = interval / (interval + 1)``; the same optimiser then runs both the
-  main and the regularisation phase. optax's Adam is torch's (bias-corrected moments,
-  ``eps`` added to ``sqrt(v_hat)``). Defaults: the 'stylegan2' preset (lr 0.002,
-  betas (0, 0.99), eps 1e-8); ``interval`` 16 for D, 4 for G.
-  """
-  lr, (b1, b2) = lazy_hparams(lr, betas, interval)
-  return optax.adam(lr, b1=b1, b2=b2, eps=eps)
-
-
-def nan_to_num_grads(
-    nan: float = 0.0, posinf: float = 1e5, neginf: float = -1e5
-) -> optax.GradientTransformation:
-  """The official loop's gradient sanitising before every ``opt.step()``
-  (``misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5)``).
-
-  Chain it first: ``optax.chain(nan_to_num_grads(), lazy_adam(...))``.
-  """
-
-  def update(updates, state, params=None):
-    del params
-    return (
-        jax.tree.map(
-            lambda g: jnp.nan_to_num(g, nan=nan, posinf=posinf, neginf=neginf), updates
-        ),
-        state,
-    )
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
 # ----------------------------------------------------------------------------- EMA
 
 
@@ -301,7 +187,7 @@ def ema_step(
   """
   if state.ema_params_g is None:
     raise ValueError(
-        'ema_step needs a state with ema_params_g: ' 'steps.init_state(..., ema=True)'
+        'ema_step needs a state with ema_params_g: steps.init_state(..., ema=True)'
     )
   beta = ema_beta(batch_size, cur_nimg, half_life_kimg=half_life_kimg, rampup=rampup)
   state = state.replace(ema_params_g=ema_update(state.ema_params_g, state.params_g, beta))
@@ -339,7 +225,7 @@ def r1_step(
     rng: passed to ``discriminate``.
     r1_gamma: the R1 weight (official 10 for FFHQ 1024 config-f).
     interval: the lazy interval; the loss is multiplied by it (official ``gain``).
-      Use the same interval in ``lazy_adam`` for ``gan.optimizer_d``.
+      Use the same interval in ``optimizers.adam`` for ``gan.optimizer_d``.
     image_key: the batch entry differentiated (labels, if any, are passed as is).
 
   Returns:

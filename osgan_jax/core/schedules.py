@@ -1,13 +1,8 @@
 """Hyperparameter ramps over training (``config.schedule``), as optax schedules.
 
-Modern baselines move several hyperparameters together: R3GAN ramps the learning rate
-(2e-4 -> 5e-5), Adam's beta2 (0.9 -> 0.99), the R1/R2 weight gamma (e.g. 0.05 ->
-0.005 on CIFAR-10) and G's EMA half-life (0 -> 5000 kimg) over its first 20M images,
-each by the same cosine. A ramp starts at the value the rest of the config gives
-(``optimizer.g_lr``, ``penalty.r1``, ``ema.half_life_kimg``, ...) and ends at the value
-``config.schedule.<name>`` gives (negative: that hyperparameter stays constant). Each
-ramp is an optax-style schedule (a function of the step count), so the jitted steps evaluate
-it on the device and nothing recompiles.
+Modern baselines (R3GAN) ramp learning rates, beta2, gamma and the EMA half-life
+together; as functions of the step count the jitted steps evaluate them on the device
+without recompiling. Semantics: ``docs/api.md``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Train steps over one state pytree: one-stage, honest two-stage, official two-stage.
 
-Every step has the signature ``step(gan, state, batch, rng) -> (state, metrics)``, is
-pure, and is meant to be jitted with ``gan`` static and ``state`` donated
-(``jit_step``). The RNG is passed in (the loop derives it with ``fold_in(step)``), so a
-resumed run draws the same latents as an uninterrupted one.
-
-* ``one_stage_step``: ``one_stage_grads`` (one forward, one backward, exact by default)
-  and both optimisers applied at once: simultaneous gradient descent on the same z.
-* ``two_stage_step``: the honest baseline. D's update on real and fake with G frozen,
-  then G's update against the *updated* D with a fresh z; it computes no gradient it
-  does not use (no D parameter gradients in the G step).
-* ``official_two_stage_step``: what the official PyTorch code does: as two-stage, but the
-  G step's backward also computes D's parameter gradients and throws them away (they
-  are kept alive as the ``wasted_d_grad_norm`` metric so XLA cannot prune them).
+Each is ``step(gan, state, batch, rng) -> (state, metrics)``, pure and jitted with the
+state donated, so the three stages compare on equal terms. ``GAN``, ``TrainState`` and
+what each step computes: ``docs/api.md``.
 """
 
 from __future__ import annotations
