@@ -1,14 +1,8 @@
 """Generator / discriminator architectures and a small registry.
 
-    from osgan_jax import models
-    G_cls, D_cls = models.get('dcgan')
-    g = models.get_generator('dcgan', resolution=32, channels=1, width=64)
-    d = models.get_discriminator('dcgan', resolution=32, channels=1, norm='group')
-
-Every module is a ``flax.linen.Module`` called as
-``module.apply(variables, x_or_z, labels=None, train=True, ...)``; the models know
-nothing of one-stage training. Architectures are imported lazily, on first request,
-so a heavy or optional architecture costs nothing until it is used.
+``get(name)`` returns an architecture's classes, imported on first use; ``apply`` and
+``rngs`` thread model state and RNG streams. The models know nothing of one-stage
+training. The registry and every architecture: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -72,7 +66,7 @@ def check_images(x, resolution: int, channels: int):
   expected = (resolution, resolution, channels)
   if x.shape[1:] != expected:
     raise ValueError(
-        f'images must have shape [B, {", ".join(map(str, expected))}], ' f'got {x.shape}'
+        f'images must have shape [B, {", ".join(map(str, expected))}], got {x.shape}'
     )
   return x
 

@@ -1,31 +1,8 @@
 """Classifiers and the DFAD generator, for data-free adversarial distillation.
 
-Following the DFAD code (Fang et al. 2019, github.com/VainF/Data-Free-Adversarial-
-Distillation, ``network/lenet.py``, ``network/resnet_8x.py``, ``network/gan.py``):
-
-* ``Classifier(arch='lenet5')``: LeNet-5, conv 5x5 (6) -> max-pool -> conv 5x5 (16) ->
-  max-pool -> fc 120 -> fc 84 -> fc ``num_outputs``, ReLU, no normalisation. ``width``
-  is the first conv's channels and scales every layer: 6 is LeNet-5, 3 is DFAD's
-  LeNet-5-half student (3, 8, 60, 42). DFAD's third layer is a 5x5 conv over the 5x5
-  map of a 32x32 input, i.e. a dense layer; it is written as one here, so 28x28 (and
-  16x16) inputs work too.
-* ``Classifier(arch='resnet18' | 'resnet34')``: CIFAR-style ResNets (3x3 stem, no
-  max-pool, BasicBlocks of widths ``w, 2w, 4w, 8w`` with strides 1, 2, 2, 2, global
-  average pool, fc), BatchNorm, Kaiming-normal (fan-out) conv init; ``width`` 64 is the
-  DFAD / ResNet-18 of CIFAR papers.
-* ``Generator``: DFAD's ``GeneratorA``: z -> fc to ``2w x R/4 x R/4`` -> BatchNorm ->
-  2x nearest up-sampling -> conv 3x3 (2w), BatchNorm, LeakyReLU(0.2) -> 2x up-sampling
-  -> conv 3x3 (w), BatchNorm, LeakyReLU(0.2) -> conv 3x3 (C) -> tanh -> BatchNorm
-  without scale and offset. The last BatchNorm standardises the images per channel, as
-  the teacher's (normalised) training data are.
-
-Every module is called as ``module.apply(variables, x_or_z, labels=None, train=True)``
-(the signature of ``osgan_jax.models``' registry, under the name ``'dfad'``: the
-generator is G and the student classifier plays D). BatchNorm keeps running averages in
-``'batch_stats'`` (momentum 0.9 = PyTorch's 0.1); ``train=True`` normalises with the
-batch's statistics, so a ResNet student in training mode couples the samples of a
-batch (the one-stage engine detects this and stays exact). ``num_classes`` is the GAN
-loop's class-conditioning key and must be 0: these networks are unconditional.
+LeNet-5, CIFAR ResNet-18/34 and DFAD's generator as the DFAD code builds them, the
+``'dfad'`` architecture of the registry (the student classifier plays D).
+Architectures and variables: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -48,7 +25,7 @@ def _batch_norm(train: bool, **kwargs):
 def _unconditional(num_classes: int, labels) -> None:
   if num_classes or labels is not None:
     raise ValueError(
-        'the DFAD networks are unconditional: num_classes must be 0 and ' 'labels None'
+        'the DFAD networks are unconditional: num_classes must be 0 and labels None'
     )
 
 

@@ -1,31 +1,8 @@
-"""Exact, CPU-fast reformulations of the DCGAN convolutions (issue 8).
+"""Exact, CPU-fast reformulations of the DCGAN convolutions.
 
-XLA:CPU runs a strided convolution's forward at matmul-like speed, but the
-derivatives of strided and transposed convolutions (weight gradients of a strided conv,
-anything with lhs dilation) several times slower; a DCGAN step spends most of its time
-there. The ``'matmul'`` implementation keeps the same function and parameters and
-changes only how XLA computes it:
-
-* strided conv (``k % s == 0``): space-to-depth by ``s`` turns it into a stride-1
-  conv with a ``k/s`` kernel on ``s*s*C`` channels;
-* transposed conv (``k % s == 0``): forward as one matmul per input pixel and an
-  overlap-add; derivatives as those of the strided conv it is the adjoint of;
-* stride-1 conv: patches (im2col) and one matmul;
-* 1x1 input (the generator's first layer) or a kernel covering the whole input (the
-  discriminator's last layer): a single matmul.
-
-Convolutions are bilinear, so each op is a ``jax.custom_jvp`` whose primal is the
-fastest exact forward (often XLA's own conv) and whose tangent is the patch-matmul
-form; reverse mode transposes that tangent into matmuls and pad-adds (col2im). A
-transposed conv's tangents are ``jax.linear_transpose``s of the strided conv it is the
-adjoint of, so its reverse mode runs that conv's forms. Forward mode
-(``samples_independent``'s probe) and higher derivatives work. Results equal
-``lax.conv_general_dilated`` / ``lax.conv_transpose`` up to float rounding
-(``tests/test_conv_ops.py``).
-
-Layout: NHWC inputs, HWIO kernels (Flax's). ``impl='auto'`` picks ``'matmul'`` on CPU
-and plain XLA (``'xla'``) on GPU/TPU, whose convolution kernels are already fast.
-Unsupported configurations (dilation, feature groups, other layouts) fall back to XLA.
+XLA:CPU computes the derivatives of strided and transposed convolutions several times
+slower than matmuls; these ops compute the same function through matmul forms on CPU
+(plain XLA elsewhere). The forms and their derivatives: ``docs/cpu.md``.
 """
 
 from __future__ import annotations

@@ -1,53 +1,8 @@
 """DCGAN generator and discriminator (Radford et al. 2016) as Flax linen modules.
 
-The architecture follows the official OSGAN networks (``networks/dcgan.py`` in
-zju-vipa/OSGAN) and the PyTorch DCGAN example, generalised to other resolutions:
-
-* ``Generator``: z ``[B, z_dim]`` -> 4x4 transposed conv from 1x1 (``s``x``s`` for
-  resolutions that are not a power of two, e.g. 7x7 for 28) -> stride-2 4x4 transposed
-  convs, channels ``8d -> 4d -> 2d -> d -> C`` at 64x64 (one block fewer, ``4d -> 2d ->
-  d -> C``, at 32x32), BatchNorm + ReLU, ``tanh`` output ``[B, R, R, C]`` in [-1, 1].
-* ``Discriminator``: ``[B, R, R, C]`` -> 4x4 stride-2 convs, channels ``d -> 2d -> 4d
-  -> 8d`` at 64x64, LeakyReLU(0.2), no norm after the first conv, a final ``s``x``s``
-  valid conv to one channel -> logits ``[B]`` (or ``[B, s, s]`` with ``patch=True``).
-
-Supported resolutions: ``R = s * 2**n`` with ``4 <= s <= 7`` and ``n >= 1``: every
-power of two >= 8 (s = 4), and 28 for MNIST / Fashion-MNIST (s = 7: 7 -> 14 -> 28).
-Channel multipliers are capped at ``max_mult`` (8) for resolutions above 64.
-
-The models know nothing of one-stage training. Every ``__call__`` is
-``__call__(self, x_or_z, labels=None, train=True)``.
-
-Variable collections
---------------------
-* ``'params'``: conv kernels (init N(0, 0.02)), optional conv biases (zeros), norm
-  scales (BatchNorm: N(1, 0.02) as the PyTorch DCGAN example; Group/LayerNorm: ones),
-  norm offsets (zeros), label embeddings.
-* ``'batch_stats'``: BatchNorm running mean/var (``norm='batch'``). ``train=True``
-  normalises with the statistics of the current batch (so a BatchNorm D couples the
-  samples of a batch) and updates the running averages (momentum 0.9 = PyTorch 0.1),
-  so ``apply`` must get ``mutable=['batch_stats']``. ``train=False`` uses the running
-  averages (samples then independent).
-* spectral norm (``Discriminator(spectral_norm=True)``): ``flax.linen.SpectralNorm``
-  keeps each conv kernel's power-iteration vector ``u`` and its last ``sigma`` in the
-  collection ``sn_collection``, by default ``'batch_stats'`` (Flax's default, so a
-  train step that already threads BatchNorm state carries the SN state too). With
-  ``train=True`` one power-iteration step runs per call and its result must be stored:
-  call ``apply(..., mutable=[sn_collection])`` and keep the returned state, otherwise
-  Flax raises an error, just as for BatchNorm. With ``train=False`` the power iteration
-  still runs from the stored ``u`` but nothing is written. The power iteration depends
-  on the weights only, so spectral norm does not couple samples. Note that each
-  ``train=True`` call advances ``u``: calling D once on the concatenated real and fake
-  batch advances it once, calling it on each half advances it twice.
-
-Conditioning (CGAN)
--------------------
-With ``num_classes > 0`` both modules need integer ``labels`` ``[B]``. A label is
-encoded as a one-hot vector (``embed_dim=0``, as the original CGAN) or as a learned
-``embed_dim``-dimensional embedding (``'params'/'label_embed'``). The generator
-concatenates it to z; the discriminator broadcasts it to an image-shaped ``[B, R, R, k]``
-channel map concatenated to its input (input concatenation, not a projection
-discriminator), so a conditional D still treats samples independently.
+The official OSGAN / PyTorch DCGAN networks, generalised to other resolutions, with
+the norm, spectral-norm, PatchGAN and class-conditioning options GAN variants need.
+Options, variables and conditioning: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -74,6 +29,18 @@ conv_init = nn.initializers.normal(stddev=0.02)
 def bn_scale_init(key, shape, dtype=jnp.float32):
   """BatchNorm scale init N(1, 0.02) (PyTorch DCGAN example's ``weights_init``)."""
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def batch_norm(module, x, train: bool, name: str):
+  """The DCGAN BatchNorm of ``module`` (its momentum, epsilon and dtype)."""
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=module.bn_momentum,
+      epsilon=module.epsilon,
+      scale_init=bn_scale_init,
+      dtype=module.dtype,
+      name=name,
+  )(x)
 
 
 def base_resolution(resolution: int) -> int:
@@ -174,16 +141,7 @@ class Generator(nn.Module):
     return conv_ops.ConvTranspose(features, kernel, impl=impl, **kwargs)(h)
 
   def _norm(self, x, train: bool, name: str):
-    if self.norm == 'batch':
-      return nn.BatchNorm(
-          use_running_average=not train,
-          momentum=self.bn_momentum,
-          epsilon=self.epsilon,
-          scale_init=bn_scale_init,
-          dtype=self.dtype,
-          name=name,
-      )(x)
-    return x
+    return batch_norm(self, x, train, name) if self.norm == 'batch' else x
 
   @nn.compact
   def __call__(self, z, labels=None, train: bool = True):
@@ -288,14 +246,7 @@ class Discriminator(nn.Module):
 
   def _norm(self, h, train: bool, name: str):
     if self.norm == 'batch':
-      return nn.BatchNorm(
-          use_running_average=not train,
-          momentum=self.bn_momentum,
-          epsilon=self.epsilon,
-          scale_init=bn_scale_init,
-          dtype=self.dtype,
-          name=name,
-      )(h)
+      return batch_norm(self, h, train, name)
     if self.norm == 'group':
       groups = math.gcd(self.num_groups, h.shape[-1])
       return norms.GroupNorm(

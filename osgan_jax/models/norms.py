@@ -1,13 +1,7 @@
 """GroupNorm for NHWC feature maps, computed from per-(sample, channel) pixel sums.
 
-Same parameters (``scale``, ``bias``: ``[C]``, ones and zeros), same function and
-numerics as ``flax.linen.GroupNorm`` (float32 statistics, variance as
-``E[x^2] - E[x]^2``), so checkpoints are interchangeable. Flax reduces a
-``[B, H, W, G, C/G]`` reshape over three axes at once; here the pixels are summed
-first (``[B, C]``) and the few channels of each group afterwards, which XLA:CPU runs
-much faster: forward + backward of DCGAN D's three GroupNorm + LeakyReLU layers at
-batch 128 (16x16x128, 8x8x256, 4x4x512) take 22 ms instead of 34 ms on 2 cores (issue
-8). The derivatives are JAX's own.
+The function, parameters and numerics of ``flax.linen.GroupNorm`` (checkpoints are
+interchangeable), in a form XLA:CPU runs much faster. Details: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -54,7 +48,7 @@ class GroupNorm(nn.Module):
     c = x.shape[-1]
     if self.num_groups < 1 or c % self.num_groups:
       raise ValueError(
-          f'GroupNorm: {c} channels do not split into {self.num_groups} ' 'groups'
+          f'GroupNorm: {c} channels do not split into {self.num_groups} groups'
       )
     scale = (
         self.param('scale', nn.initializers.ones, (c,), self.param_dtype)

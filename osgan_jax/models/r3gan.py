@@ -1,77 +1,8 @@
-"""R3GAN generator and discriminator in Flax (linen), as the official networks.
+"""R3GAN's generator and discriminator in Flax, ported from the official ``Networks.py``.
 
-R3GAN ("The GAN is dead; long live the GAN! A Modern GAN Baseline", Huang, Gokaslan,
-Kuleshov and Tompkin, NeurIPS 2024) replaces StyleGAN2's networks with a modernised
-ResNet. This is a port of the official ``R3GAN/Networks.py`` (github.com/brownvc/R3GAN)
-to NHWC Flax modules, with the same layers, parameters and initialisation:
-
-* Residual block (both networks): ``x + conv1x1(lrelu(b2 + gconv3x3(lrelu(b1 +
-  conv1x1(x)))))``: an inverted bottleneck that expands ``W`` channels to ``E = W *
-  expansion`` (2 in every preset), a 3x3 grouped convolution with ``cardinality``
-  groups in the expanded space, and a 1x1 back to ``W``. No normalisation; convolutions
-  have no bias, the two biased leaky ReLUs (slope 0.2, gain 1) carry the only biases.
-* Initialisation (the paper's fix-up scheme): every weight ~ N(0, (gain / sqrt(fan_in))^2)
-  ("MSR" init, ``fan_in = in_channels / groups * kh * kw``). The first two convs of a
-  residual block use ``gain = sqrt(2 / (1 + 0.2^2)) * L ** (-1/4)`` with ``L`` the total
-  number of residual blocks of the network (``-1 / (2 * 3 - 2)``: three linear layers
-  per branch); the last conv of each branch starts at zero, so every residual block is
-  the identity at initialisation. All other weights use gain 1; biases start at 0.
-* Resampling: the low-pass filter ``[1, 2, 1]`` convolved with ``[1, 1]`` = ``[1, 3,
-  3, 1]`` (2-D: its outer product over 64), applied as StyleGAN2's ``upsample2d`` /
-  ``downsample2d`` (zero-insertion with gain 4 and padding (2, 1); padding (1, 1) and
-  stride 2). A channel change at a stage transition is a 1x1 conv, before upsampling
-  in G and after downsampling in D.
-* Generator: ``z [B, z_dim]`` (concatenated with the class embedding) -> a linear layer
-  to ``W_0`` channels times a learned 4x4 basis ``[4, 4, W_0]`` (N(0, 1)) -> stage 0's
-  residual blocks at 4x4 -> per further stage: upsample (+1x1 conv), residual blocks ->
-  a 1x1 "aggregation" conv to the image channels. No output non-linearity (as the
-  official code: images are not squashed by tanh).
-* Discriminator: a 1x1 "extraction" conv from the image channels -> per stage: residual
-  blocks, downsample (+1x1 conv) -> at 4x4: residual blocks, a depthwise 4x4 valid
-  conv (the "discriminative basis") and a linear layer to 1 logit (or, conditional, to
-  the embedding size, whose dot product with the class embedding is the logit).
-* Conditioning (``num_classes > 0``): integer labels [B] pick rows of a learned
-  embedding matrix ``[num_classes, embed_dim]`` (the official bias-free ``Linear`` on
-  one-hot labels). G concatenates it to z (``embed_dim`` = z_dim in the presets, init
-  std ``1 / sqrt(num_classes)``); D projects onto it (``embed_dim`` = the 4x4 width,
-  init std ``1 / sqrt(embed_dim * num_classes)``).
-
-No layer couples the samples of a batch (no normalisation, no minibatch statistics),
-and nothing depends on ``train``. There is no state besides ``'params'`` and no RNG
-stream besides ``'params'`` at init.
-
-Checked against the official PyTorch code (its ``Networks.py`` with ``torch_utils``'
-reference ops, outside this repository): the same parameter tree (every tensor, with
-the layouts ``[kh, kw, in / groups, out]`` for ``[out, in / groups, kh, kw]``, ``[in,
-out]`` for ``Linear``'s ``[out, in]``, ``[4, 4, C]`` for the basis ``[C, 4, 4]``); with
-ported random weights G's images, D's logits and D's input gradient agree to ~1e-6
-relative; the initial weights have the official standard deviations. The tests check
-the same against a numpy re-implementation of the official forward passes.
-
-Grouped convolutions: ``conv_impl='auto'`` (default) uses XLA's grouped convolution
-on GPU/TPU and, on CPU, a dense convolution with the block-diagonal kernel (the same
-function; XLA:CPU computes grouped-conv kernel gradients tens of times slower).
-
-Widths
-------
-Stage lists (``widths``, ``cardinalities``, ``blocks``) are given for both networks
-from the lowest resolution (4x4) to the highest, as the official presets write the
-generator's (``WidthPerStage``); the discriminator walks them backwards, as
-``train.py`` builds ``D_kwargs`` from the reversed lists. Left at ``None`` they come
-from ``min(channel_base // res, channel_max)`` (defaults 24576 and 768 give every
-official CIFAR-10 / FFHQ preset), ``cardinality = width * expansion // group_size``
-(16 in those presets) and ``blocks_per_stage`` (2). Official presets (``train.py``):
-
-* CIFAR-10 (32x32, conditional): widths [768] * 4, cardinalities [96] * 4, 2 blocks per
-  stage, z_dim 64, G embedding 64, D embedding 768: G 20,781,952 and D 21,280,512
-  parameters (unconditional: 20,732,160 and 20,683,776).
-* FFHQ-256: widths [768, 768, 768, 768, 384, 192, 96], cardinalities [96, 96, 96, 96,
-  48, 24, 12], 2 blocks per stage, z_dim 64: G 23,057,952 and D 23,009,568.
-
-Mixed precision: ``num_mixed_stages=N`` computes the N highest-resolution stages in
-``mixed_dtype`` (bfloat16; parameters stay float32), as the official ``FP16Stages``
-(which also use bfloat16: 3 stages for CIFAR-10, 4 for FFHQ). Images and logits are
-returned in float32.
+Modernised ResNets with the official layers, parameters and fix-up initialisation, so
+the paper's baseline trains here one- or two-stage. Architecture, presets and
+parameter counts: ``docs/models.md``.
 """
 
 from __future__ import annotations

@@ -1,53 +1,8 @@
-"""StyleGAN2 generator and discriminator in Flax (linen), faithful to stylegan2-ada-pytorch.
+"""StyleGAN2 generator and discriminator in Flax, faithful to stylegan2-ada-pytorch.
 
-A port of NVlabs' ``training/networks.py`` (config-f: 'skip' generator, 'resnet'
-discriminator) to NHWC Flax modules. Parameter counts equal the official networks:
-at 1024x1024 with ``channel_base=32768, channel_max=512`` and 8 mapping layers the
-generator has 30,370,060 trainable parameters (mapping 2,101,248 + synthesis
-28,268,812) and the discriminator 29,012,513.
-
-Variables and collections
--------------------------
-* ``params``: all trainable parameters, stored as the official code stores them
-  (equalised learning rate: weights ~ N(0, 1) [/ lr_multiplier for FC layers] and
-  scaled at run time by ``lr_multiplier / sqrt(fan_in)``). Layouts are JAX-style:
-  conv weights ``[kh, kw, in, out]``, FC weights ``[in, out]``, the learned constant
-  ``[4, 4, C]``; the discriminator's epilogue FC flattens its input in the official
-  (NCHW) order so official weights port with transposes only.
-* ``batch_stats``: ``mapping/w_avg`` [w_dim], the tracked average of W (the official
-  buffer). Updated when the generator runs with ``train=True`` *and* the collection
-  is mutable (``apply(..., mutable=['batch_stats'])``), exactly like BatchNorm
-  running statistics, so a generic train step that threads ``batch_stats`` updates it.
-  With an immutable collection (e.g. inside a loss used for gradients) it is read
-  only. Copy it to the EMA generator, as the official code copies buffers.
-* ``buffers``: ``.../noise_const`` [res, res] per synthesis layer, the fixed noise
-  used by ``noise_mode='const'``. Created by ``init``; only read when
-  ``noise_mode='const'``, so a train state that drops this collection still works
-  with ``noise_mode='random'`` / ``'none'``.
-
-RNG streams
------------
-* ``'noise'``: per-layer noise inputs (``noise_mode='random'``).
-* ``'mixing'``: style mixing (the cutoff, whether to mix, and the second latent),
-  only used when the mixing probability is > 0.
-* ``'params'``: initialisation (also draws the ``noise_const`` buffers).
-
-Typical use::
-
-  G = Generator(resolution=256)
-  D = Discriminator(resolution=256)
-  g_vars = G.init({'params': k0, 'noise': k1, 'mixing': k2}, z, train=False)
-  imgs, upd = G.apply(g_vars, z, rngs={'noise': k3, 'mixing': k4},
-                      mutable=['batch_stats'])              # training: mixing p=0.9
-  imgs = G.apply(g_vars, z, truncation_psi=0.7, noise_mode='const', train=False)
-  ws = G.apply(g_vars, z, method=Generator.map, train=False)   # [B, num_ws, w_dim]
-  imgs = G.apply(g_vars, ws, method=Generator.synthesize, rngs={'noise': k})
-  logits = D.apply(d_vars, imgs)                            # [B]
-
-Mixed precision: ``num_fp16_res=N`` runs the N highest-resolution blocks of G and D
-in ``mixed_dtype`` (bfloat16 by default; parameters stay float32), as the
-official ``num_fp16_res`` does with float16; use it with ``conv_clamp=256`` as the
-official ADA configs do. Images, styles, the epilogue and ToRGB outputs stay float32.
+Config-f's 'skip' generator and 'resnet' discriminator with the official parameters, so
+official weights port with transposes and the official method trains one-stage.
+Variables, RNG streams, use and mixed precision: ``docs/models.md``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Low-level StyleGAN2 ops in JAX: FIR resampling, bias+activation, modulated conv.
 
-Written to match the semantics of NVlabs' stylegan2-ada-pytorch ``torch_utils/ops``
-(``upfirdn2d``, ``bias_act``, ``conv2d_resample``) and ``training/networks.py``
-(``modulated_conv2d``), but for NHWC tensors:
-
-* images / activations are ``[B, H, W, C]``;
-* convolution weights are ``[kh, kw, in, out]`` (HWIO); to port an official
-  ``[out, in, kh, kw]`` weight use ``w.transpose(2, 3, 1, 0)``.
-
-Everything here is pure ``jax.numpy`` / ``lax`` and differentiable to any order
-(R1 and path-length regularisation need second derivatives).
-
-FIR filters are kept separable and applied with shifted slices and adds accumulated
-in float32 whatever the activation dtype (exact on every backend, fused by XLA, and
-far faster than depthwise convolutions on CPU); ``FIR_IMPL = 'conv'`` switches to
-depthwise convolutions at ``Precision.HIGHEST``. 2-D filters always use the latter.
+stylegan2-ada-pytorch's ``torch_utils/ops`` semantics for NHWC tensors and HWIO weights,
+differentiable to any order (R1 and path length need second derivatives). Layouts:
+``docs/models.md``; the FIR filters' implementation: ``docs/cpu.md``.
 """
 
 from __future__ import annotations

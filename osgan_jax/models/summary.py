@@ -1,22 +1,5 @@
-"""Parameter tables of a config's generator and discriminator, with no real memory.
-
-    python -m osgan_jax.summary --config=configs/stylegan2_ffhq.py
-    python -m osgan_jax.summary --config=configs/stylegan2_ffhq.py --config.data.resolution=256
-    python -m osgan_jax.summary --config=configs/dcgan_celeba.py --verbose
-
-The networks are the ones ``python -m osgan_jax.main`` would train with the same
-config and overrides (``osgan_jax.tasks.gan.create_models``). Everything is built with
-``jax.eval_shape`` (``init`` and one forward pass with ``capture_intermediates``), so
-even the 1024x1024 StyleGAN2 costs only tracing time. For each network it prints one
-row per submodule (StyleGAN2: the mapping layers and the synthesis / discriminator
-resolution blocks; ``--g_depth`` / ``--d_depth`` change the level) with its trainable
-parameter count, non-trainable buffer count (other collections, e.g. ``w_avg``,
-``noise_const``, BatchNorm statistics), parameter tensor count, output shapes and
-dtypes, then totals; ``--verbose`` also lists every parameter with its shape. The last
-line of the output is one JSON object ``{"G": n, "G_mapping": n, "G_synthesis": n,
-"D": n}`` (``G_mapping`` / ``G_synthesis`` only where the generator has such
-submodules).
-"""
+"""Parameter tables of a generator and a discriminator, with no real memory: every
+network is built with ``jax.eval_shape`` (``python -m osgan_jax.summary`` prints them)."""
 
 from __future__ import annotations
 
@@ -29,9 +12,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 
 
 def _count(tree) -> int:
@@ -274,73 +254,3 @@ def summarize(
   print(file=out)
   print(json.dumps(totals), file=out)
   return totals
-
-
-def summarize_config(
-    config,
-    batch_size: int = 4,
-    g_depth: Optional[int] = None,
-    d_depth: Optional[int] = None,
-    verbose: bool = False,
-    out=None,
-) -> Dict[str, int]:
-  """``summarize`` of the networks ``config`` trains (``gan.create_models``)."""
-  from osgan_jax.tasks import gan
-
-  generator, discriminator = gan.create_models(config)
-  return summarize(
-      generator,
-      discriminator,
-      batch_size=batch_size,
-      g_depth=g_depth,
-      d_depth=d_depth,
-      verbose=verbose,
-      out=out,
-      num_classes=int(config.num_classes),
-  )
-
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config',
-    None,
-    'Training config file (configs/*.py); override keys with ' '--config.KEY=VALUE.',
-    lock_config=True,
-)
-_BATCH = flags.DEFINE_integer(
-    'batch_size',
-    4,
-    'Batch of the traced forward passes '
-    '(only the printed output shapes depend on it).',
-)
-_G_DEPTH = flags.DEFINE_integer(
-    'g_depth',
-    None,
-    'Module depth of the G rows ' '(default: 2 if G has mapping/synthesis, else 1).',
-)
-_D_DEPTH = flags.DEFINE_integer('d_depth', None, 'Module depth of the D rows.')
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'List every parameter tensor.')
-
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from osgan_jax.config import ConfigError
-
-  try:
-    summarize_config(
-        _CONFIG.value,
-        batch_size=_BATCH.value,
-        g_depth=_G_DEPTH.value,
-        d_depth=_D_DEPTH.value,
-        verbose=_VERBOSE.value,
-    )
-  except (ConfigError, OSError, ValueError, TypeError) as e:  # bad keys, bad sizes
-    print(f'osgan_jax.summary: error: {" ".join(str(e).split())}', file=sys.stderr)
-    sys.exit(1)
-
-
-if __name__ == '__main__':
-  from osgan_jax import cli
-
-  flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, 'osgan_jax.summary'))
