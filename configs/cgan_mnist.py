@@ -21,7 +21,7 @@ def get_config():
   c = config_lib.official_dcgan_config('mnist', epochs=20)
   c.loss = 'minimax'
   c.num_classes = 10
-  c.num_samples = 100
+  c.evals.samples.num = 100
   c.z_dim = 100
   c.model.discriminator.norm = 'batch'
   c.optimizer.g_lr = 2e-4

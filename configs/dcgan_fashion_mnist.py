@@ -22,7 +22,7 @@ def get_config():
   c.num_train_steps = 1_000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.sample_every_steps = 100
+  c.evals.samples.every_steps = 100
   c.z_dim = 100
   c.data.name = 'fashion_mnist'
   c.data.resolution = 32

@@ -29,7 +29,7 @@ from osgan_jax import config as config_lib
 
 def get_config():
   c = config_lib.official_r3gan_config('CIFAR10')
-  c.num_samples = 100
+  c.evals.samples.num = 100
   c.num_classes = 10
   c.data.name = 'cifar10'
   c.data.resolution = 32

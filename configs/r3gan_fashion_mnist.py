@@ -32,8 +32,8 @@ def get_config():
   c.num_train_steps = 2_000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.sample_every_steps = 250
-  c.num_samples = 100
+  c.evals.samples.every_steps = 250
+  c.evals.samples.num = 100
   c.z_dim = 64
   c.num_classes = 10
 

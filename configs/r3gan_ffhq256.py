@@ -29,7 +29,7 @@ from osgan_jax import config as config_lib
 
 def get_config():
   c = config_lib.official_r3gan_config('FFHQ-256')
-  c.num_samples = 64
+  c.evals.samples.num = 64
   c.data.name = 'folder'
   c.data.path = ''
   c.data.resolution = 256

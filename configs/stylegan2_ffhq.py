@@ -32,8 +32,8 @@ needs no loss scaling) and FID-50k every 50 kimg:
       --config.model.generator.num_fp16_res=4 --config.model.generator.conv_clamp=256 \
       --config.model.discriminator.num_fp16_res=4 \
       --config.model.discriminator.conv_clamp=256 \
-      --config.fid.every_steps=1563 --config.fid.num_samples=50000 \
-      --config.fid.num_real=-1"
+      --config.evals.fid.every_steps=1563 --config.evals.fid.num_samples=50000 \
+      --config.evals.fid.num_real=-1"
 
 Parameter table of this config: ``python -m osgan_jax.summary
 --config=configs/stylegan2_ffhq.py``. The two-stage baseline: ``--config.stage=two``.

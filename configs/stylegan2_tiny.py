@@ -23,8 +23,8 @@ def get_config():
   c.num_train_steps = 2_000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
-  c.sample_every_steps = 250
-  c.num_samples = 64
+  c.evals.samples.every_steps = 250
+  c.evals.samples.num = 64
   c.z_dim = 64
 
   c.data.name = 'fashion_mnist'

@@ -187,7 +187,7 @@ ROWS = {
     'r3gan_fmnist': RowSpec(
         'configs/r3gan_fashion_mnist.py',
         _R3GAN_XLA,
-        'R3GAN CPU config: 32x32x1, conditional, batch 32, RpGAN + ' 'R1 + R2 every step',
+        'R3GAN CPU config: 32x32x1, conditional, batch 32, RpGAN + R1 + R2 every step',
         ('one_stage', 'two_stage'),
     ),
     'r3gan_cifar10': RowSpec(
@@ -1365,7 +1365,7 @@ def run_device_suite(args, overrides: dict) -> dict:
   unknown = [n for n in names if n not in DEVICE_SUITE]
   if unknown:
     raise SystemExit(
-        f'unknown device-suite rows {unknown}; valid: ' f'{", ".join(DEVICE_SUITE)}'
+        f'unknown device-suite rows {unknown}; valid: {", ".join(DEVICE_SUITE)}'
     )
   tiny = args.tiny
   jax_rows = [n for n in names if n in DEVICE_ROWS]

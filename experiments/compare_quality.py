@@ -19,7 +19,7 @@ Metrics, named for what they are:
   ``configs/dfad_teacher_fashion_mnist.py``; deterministic, cached in
   ``WORKDIR/classifier``, its test accuracy in every row) between ``--fid-samples``
   generated images (fixed latents per seed, the same for both stages) and the whole
-  TEST split. The loop's own FID evaluator computes it (``config.fid.features =
+  TEST split. The loop's own FID evaluator computes it (``config.evals.fid.features =
   'classifier'``, ``fid.real_split = 'test'``) every ``--eval-every`` steps.
 * ``fid_inception``: TF-Inception FID (``osgan_jax.metrics.fid``) of
   ``--inception-samples`` generated images against ``--inception-real`` test images,
@@ -550,7 +550,7 @@ def train_classifier(
     overrides.update(
         {
             'num_train_steps': steps,
-            'eval_every_steps': steps,
+            'evals.test_accuracy.every_steps': steps,
             'checkpoint_every_steps': steps,
             'log_every_steps': steps,
         }
@@ -590,33 +590,35 @@ def run_config(args, name: str, stage: str, seed: int, upto: int, features: str)
       'seed': seed,
       'num_train_steps': upto,
       'checkpoint_every_steps': args.steps,
-      'sample_every_steps': args.eval_every,
+      'evals.samples.every_steps': args.eval_every,
       'keep_checkpoints': 1,
       'progress_bar': False,
-      'fid.every_steps': args.eval_every,
-      'fid.features': features,
-      'fid.real_split': 'test',
-      'fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
-      'fid.keep_best': False,
-      'fid.kid': False,
+      'evals.fid.every_steps': args.eval_every,
+      'evals.fid.features': features,
+      'evals.fid.real_split': 'test',
+      'evals.fid.cache_dir': os.path.join(args.workdir, 'fid_cache'),
+      'evals.fid.keep_best': False,
+      'evals.fid.kid': False,
       **({'data.path': args.data_path} if args.data_path else {}),
       **own,
   }
   if features == 'classifier':
     overrides.update(
         {
-            'fid.classifier_workdir': args.classifier_workdir,
-            'fid.num_samples': args.fid_samples,
-            'fid.num_real': args.fid_real,
-            'fid.batch_size': min(args.fid_batch, args.fid_samples),
+            'evals.fid.classifier_workdir': args.classifier_workdir,
+            'evals.fid.num_samples': args.fid_samples,
+            'evals.fid.num_real': args.fid_real,
+            'evals.fid.batch_size': min(args.fid_batch, args.fid_samples),
         }
     )
   else:
     overrides.update(
         {
-            'fid.num_samples': args.inception_samples,
-            'fid.num_real': args.inception_real,
-            'fid.batch_size': min(args.inception_batch, max(1, args.inception_samples)),
+            'evals.fid.num_samples': args.inception_samples,
+            'evals.fid.num_real': args.inception_real,
+            'evals.fid.batch_size': min(
+                args.inception_batch, max(1, args.inception_samples)
+            ),
         }
     )
   return config_lib.load_config(os.path.join(REPO, path), overrides)
@@ -624,10 +626,10 @@ def run_config(args, name: str, stage: str, seed: int, upto: int, features: str)
 
 def _evaluate(config, workdir: str, state, step: int) -> dict:
   """The values of the FID evaluator ``config`` gives the loop, on ``state``."""
+  from osgan_jax import tasks
   from osgan_jax.training import evaluators
-  from osgan_jax import train
 
-  task = train.build_task(config, workdir)
+  task = tasks.build(config, workdir)
   (fid,) = (e for e in task.evaluators if isinstance(e, evaluators.Fid))
   return fid(state, step, None)
 
@@ -729,6 +731,7 @@ def _run_study(args) -> int:
 def prepare_references(args) -> None:
   """The real images' statistics of each FID, computed (or found cached) once here,
   before any run or worker would compute them at its first evaluation."""
+  from osgan_jax import tasks
   from osgan_jax.training import evaluators
 
   for features in (
@@ -736,9 +739,11 @@ def prepare_references(args) -> None:
   ):
     config = run_config(args, args.losses[0], 'one', 0, args.steps, features)
     t0 = time.perf_counter()
-    real = evaluators.Fid(config, args.workdir, None, None, True).real_stats()
+    task = tasks.build(config, args.workdir)
+    (fid,) = (e for e in task.evaluators if isinstance(e, evaluators.Fid))
+    real = fid.real_stats()
     print(
-        f'{features} features of {real["n"]} {config.fid.real_split} images: '
+        f'{features} features of {real["n"]} {config.evals.fid.real_split} images: '
         f'{time.perf_counter() - t0:.0f} s',
         flush=True,
     )

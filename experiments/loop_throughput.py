@@ -47,7 +47,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchmark_speed  # noqa: E402  pylint: disable=import-error
-from osgan_jax import config as config_lib, data
+from osgan_jax import config as config_lib, data, train
 from osgan_jax.training import loop
 from osgan_jax.core import steps  # noqa: E402
 from osgan_jax import prepare_data  # noqa: E402
@@ -148,7 +148,7 @@ def loop_rate(cfg, batch: int, steps_: int, workdir: str) -> float:
           progress_bar=False,
       )
   )
-  loop.run(config, workdir, trivial_task(cfg, batch))
+  loop.run(train.loop_settings(config), workdir, trivial_task(cfg, batch))
   return logged_rate(workdir)[0]
 
 
@@ -202,7 +202,7 @@ def through_main(
       'data.path': prepared,
       'num_train_steps': steps_,
       'log_every_steps': max(steps_ // 10, 1),
-      'sample_every_steps': steps_,
+      'evals.samples.every_steps': steps_,
       'checkpoint_every_steps': steps_,
       'progress_bar': False,
   }

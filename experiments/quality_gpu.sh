@@ -54,7 +54,7 @@ pack)
     rm -rf .quality_data/classifier && cp -r "$CLASSIFIER" .quality_data/classifier || exit 1
     rm -f .quality_data/classifier/events.out.tfevents.*
   fi
-  python3 -m osgan_jax.metrics.inception .inception/inception_fp16.npz || exit 1
+  python3 -m osgan_jax.metrics.inception_weights .inception/inception_fp16.npz || exit 1
   if ! ls .whl/ml_collections-*.whl >/dev/null 2>&1; then
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \

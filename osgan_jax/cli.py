@@ -1,62 +1,135 @@
-"""The command-line conventions the ``--config`` commands share: one-line errors."""
+"""How every command reads its flags and reports errors: absl flags of its own,
+``--help`` that exits 0, and one line ``<command>: error: <message>`` on stderr with exit
+status 1 (2 for a bad flag or value on the command line)."""
 
 from __future__ import annotations
 
 import re
 import sys
+from typing import Callable, Sequence
 
 from absl import flags
+from absl import logging
+
+from osgan_jax.config import keys
+
+HELP_FLAGS = ('--help', '-h', '--helpshort', '--helpfull', '-?')
+USAGE_STATUS = 2
+
+
+class CommandError(Exception):
+  """A problem a command reports in one line (exit status ``status``)."""
+
+  def __init__(self, message: str, status: int = 1):
+    super().__init__(message)
+    self.status = status
+
+
+def one_line(error: BaseException) -> str:
+  return ' '.join(str(error).split())
 
 
 def _config_overrides(argv) -> list[str]:
   return [a.split('=', 1)[0][2:] for a in argv if re.match(r'--config\.[\w.]+', a)]
 
 
-def fail(message: str, status: int, prog: str = 'osgan_jax.main') -> None:
-  print(f'{prog}: error: {message}', file=sys.stderr)
-  sys.exit(status)
+def _unknown_config_key(error: BaseException, argv) -> str:
+  """ml_collections' locked-config error as one line naming the key and the flag."""
+  cause = error
+  while isinstance(cause, BaseException) and cause.args:  # AttributeError(KeyError(msg))
+    cause = cause.args[0]
+  lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+  key = lines[0].strip('\'"') if lines else '?'
+  hint = ' ' + ' '.join(lines[1:]) if len(lines) > 1 else ''
+  culprits = [
+      o
+      for o in _config_overrides(argv)
+      if o.split('.')[-1] == key or f'.{key}.' in f'{o}.'
+  ]
+  where = f' in --{culprits[0]}' if culprits else ''
+  moved = next((o for o in culprits if o.split('.')[1] in keys.RENAMED), None)
+  if moved:
+    old = moved.split('.', 1)[1]
+    new = keys.RENAMED[old.split('.')[0]] + old[len(old.split('.')[0]) :]
+    hint += f' It moved: --config.{new}'
+  return (
+      f'unknown config key {key!r}{where}: the config file defines no such key (the '
+      f'config is locked; --helpconfig lists them).{hint}'
+  )
 
 
-def one_line(error: Exception) -> str:
-  return ' '.join(str(error).split())
+class _HelpShown(Exception):
+  pass
 
 
-def parse_flags(argv, prog: str = 'osgan_jax.main'):
-  """absl's parser, with a clear one-line error for an unknown config key (the
-  commands that take ``--config`` share it; ``prog`` names the command)."""
-  if (
-      '--helpconfig' in argv
-      and 'workdir' in flags.FLAGS
-      and not any(a.startswith('--workdir') for a in argv)
-  ):
-    argv = [*argv, '--workdir=-']  # main's --helpconfig needs no workdir
-  try:
-    return flags.FLAGS(argv)
-  except OSError as e:  # the config file is missing or failed to load
-    fail(one_line(e), 2, prog)
-  except flags.Error as e:
-    fail(f'{e}\nPass --helpshort to see the flags.', 2, prog)
-  except (AttributeError, KeyError) as e:
-    # ml_collections: a locked ConfigDict has no such field. The message is the quoted
-    # key name, possibly followed by a "Did you mean" line.
-    cause = e
-    while (
-        isinstance(cause, BaseException) and cause.args
-    ):  # AttributeError(KeyError(msg))
-      cause = cause.args[0]
-    text = str(cause)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    key = lines[0].strip('\'"') if lines else '?'
-    hint = ' ' + ' '.join(lines[1:]) if len(lines) > 1 else ''
-    culprits = [
-        o
-        for o in _config_overrides(argv)
-        if o.split('.')[-1] == key or f'.{key}.' in f'{o}.'
-    ]
-    where = f' in --{culprits[0]}' if culprits else ''
-    fail(
-        f'unknown config key {key!r}{where}: the config file defines no such key '
-        f'(the config is locked; --helpconfig lists them).{hint}',
-        2,
-        prog,
-    )
+class Command:
+  """A command line: ``flags`` to define its flags on, ``run`` to parse and call."""
+
+  def __init__(self, prog: str, usage: str):
+    self.prog, self.usage = prog, usage
+    self.flags = flags.FlagValues()
+
+  def report(self, message: str, status: int = 1) -> int:
+    """Prints the one-line error; returns ``status``."""
+    print(f'{self.prog}: error: {message}', file=sys.stderr)
+    return status
+
+  def help_text(self) -> str:
+    return f'{self.usage.strip()}\n\nflags:\n{self.flags.get_help()}\n'
+
+  def parse(self, argv: Sequence[str]) -> list[str]:
+    """``argv[1:]``'s flags; returns the other arguments (those after ``--`` too)."""
+    argv = list(argv)
+    if any(a in HELP_FLAGS for a in argv[1:]):
+      sys.stdout.write(self.help_text())
+      raise _HelpShown
+    self.flags.unparse_flags()
+    try:
+      return self.flags(argv)
+    except OSError as e:  # a config file that is missing or fails to load
+      raise CommandError(one_line(e), USAGE_STATUS) from None
+    except flags.Error as e:
+      raise CommandError(
+          f'{one_line(e)} (--help lists the flags)', USAGE_STATUS
+      ) from None
+    except (AttributeError, KeyError) as e:  # a locked config has no such key
+      raise CommandError(_unknown_config_key(e, argv), USAGE_STATUS) from None
+
+  def run(
+      self,
+      body: Callable[[list[str]], 'int | None'],
+      argv: Sequence[str] | None = None,
+      errors: tuple = (),
+      max_args: int | None = 0,
+  ) -> int:
+    """Parses ``argv`` (default ``sys.argv[1:]``) and calls ``body(args)``;
+    ``CommandError`` and ``errors`` become one line. Returns the exit status."""
+    argv = [self.prog, *(sys.argv[1:] if argv is None else argv)]
+    try:
+      args = self.parse(argv)[1:]
+      if max_args is not None and len(args) > max_args:
+        raise CommandError(
+            f'unexpected arguments: {" ".join(args)} (--help lists the flags)',
+            USAGE_STATUS,
+        )
+      flags.FLAGS.mark_as_parsed()  # absl logging reads its defaults from here
+      return body(args) or 0
+    except _HelpShown:
+      return 0
+    except CommandError as e:
+      return self.report(one_line(e), e.status)
+    except errors as e:
+      return self.report(one_line(e), 1)
+
+
+def quiet_logs() -> None:
+  """absl's handler at INFO for the project's lines, without other libraries' chatter
+  (orbax's per-save lines, JAX's TPU probe)."""
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  handler.addFilter(
+      lambda r: r.levelno >= 30
+      or '/osgan_jax/' in r.pathname
+      or '/experiments/' in r.pathname
+  )

@@ -1,26 +1,12 @@
 """Runs one multi-process JAX job on this machine: N copies of a command, joined.
 
-  python -m osgan_jax.launch --num_processes=2 --devices_per_process=2 -- \\
-      python -m osgan_jax.main --config=configs/dcgan_mnist.py --workdir=/tmp/run
-
-What every host of a pod or GPU cluster does, on one machine, so that the
-multi-process code paths (host-local batch slices, cross-process collectives, orbax
-saves from several processes) can be run and tested without one. Each copy gets
-``$OSGAN_COORDINATOR`` (``localhost:<a free port>``), ``$OSGAN_NUM_PROCESSES`` and
-``$OSGAN_PROCESS_ID``, which ``parallel.initialize`` hands to
-``jax.distributed.initialize``; with ``--devices_per_process=K`` also
-``JAX_PLATFORMS=cpu`` and ``--xla_force_host_platform_device_count=K`` in
-``$XLA_FLAGS``. Each line a copy prints comes out prefixed ``[i] `` (stdout to stdout,
-stderr to stderr). SIGINT/SIGTERM are forwarded to every copy (each runs in its own
-session, so a terminal's Ctrl-C reaches it once, through here). When a copy fails the
-others get ``--grace_seconds`` to finish (they usually fail too, in a collective),
-then SIGTERM, then SIGKILL. The exit status is the first failing copy's (128 + N for
-a signal), else 0.
+What every host of a cluster does, on one machine, so the multi-process code paths run
+and are tested without one: ``python -m osgan_jax.launch --num_processes=N
+[--devices_per_process=K] -- COMMAND``. Flags, signals, exit status: docs/multihost.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import signal
@@ -29,6 +15,9 @@ import sys
 import threading
 import time
 
+from absl import flags
+
+from osgan_jax import cli
 from osgan_jax.training import parallel
 
 _DEVICE_COUNT_FLAG = '--xla_force_host_platform_device_count'
@@ -162,49 +151,38 @@ def _say(message: str) -> None:
   sys.stderr.flush()
 
 
-def parse_args(argv):
-  """``(options, command)``: the command is everything after the first ``--``."""
-  parser = argparse.ArgumentParser(
-      prog='python -m osgan_jax.launch',
-      usage='%(prog)s --num_processes=N [--devices_per_process=K] -- COMMAND...',
-      description='Runs N copies of COMMAND as the processes of one JAX job.',
-  )
-  parser.add_argument('--num_processes', type=int, required=True)
-  parser.add_argument(
-      '--devices_per_process',
-      type=int,
-      default=0,
-      help='K CPU devices per process (JAX_PLATFORMS=cpu); 0: leave the '
-      'platform alone',
-  )
-  parser.add_argument(
-      '--grace_seconds',
-      type=float,
-      default=10.0,
-      help='after one process fails, how long the others may run on',
-  )
-  parser.add_argument(
-      '--port', type=int, default=0, help='coordinator port on localhost (0: a free one)'
-  )
-  if '--' not in argv:
-    parser.error('give the command after --')
-  split = argv.index('--')
-  options, command = parser.parse_args(argv[:split]), argv[split + 1 :]
-  if not command:
-    parser.error('give the command after --')
-  if options.num_processes < 1 or options.devices_per_process < 0:
-    parser.error('--num_processes must be >= 1 and --devices_per_process >= 0')
-  return options, command
+COMMAND = cli.Command(
+    'osgan_jax.launch',
+    'python -m osgan_jax.launch --num_processes=N [--devices_per_process=K] -- COMMAND...\n'
+    'Runs N copies of COMMAND as the processes of one JAX job.',
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'processes to start (>= 1)', flag_values=COMMAND.flags
+)
+_DEVICES = flags.DEFINE_integer(
+    'devices_per_process',
+    0,
+    'K CPU devices per process (JAX_PLATFORMS=cpu); 0: leave the platform alone',
+    flag_values=COMMAND.flags,
+)
+_GRACE = flags.DEFINE_float(
+    'grace_seconds',
+    10.0,
+    'after one process fails, how long the others may run on',
+    flag_values=COMMAND.flags,
+)
+_PORT = flags.DEFINE_integer(
+    'port', 0, 'coordinator port on localhost (0: a free one)', flag_values=COMMAND.flags
+)
 
 
-def main(argv=None) -> int:
-  options, command = parse_args(sys.argv[1:] if argv is None else list(argv))
+def _launch(command) -> int:
+  if _NUM_PROCESSES.value is None or _NUM_PROCESSES.value < 1 or _DEVICES.value < 0:
+    raise cli.CommandError(
+        '--num_processes must be >= 1 and --devices_per_process >= 0', 2
+    )
   launch = Launch(
-      command,
-      options.num_processes,
-      options.devices_per_process,
-      options.grace_seconds,
-      options.port,
+      command, _NUM_PROCESSES.value, _DEVICES.value, _GRACE.value, _PORT.value
   )
   previous = {
       sig: signal.signal(sig, lambda signum, _: launch.signal_all(signum))
@@ -216,6 +194,19 @@ def main(argv=None) -> int:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
     launch.kill()  # none left unless wait() was interrupted
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in cli.HELP_FLAGS for a in argv[: argv.index('--') if '--' in argv else None]):
+    return COMMAND.run(lambda args: 0, ['--help'])
+  command = argv[argv.index('--') + 1 :] if '--' in argv else []
+  options = argv[: argv.index('--')] if '--' in argv else argv
+  if not command:
+    return COMMAND.report(
+        'give the command after -- (--help shows the usage)', cli.USAGE_STATUS
+    )
+  return COMMAND.run(lambda args: _launch(command), options)
 
 
 if __name__ == '__main__':

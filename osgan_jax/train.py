@@ -1,50 +1,38 @@
-"""``train_and_evaluate(config, workdir)``: builds the task ``config.task`` names and runs it
-in the one loop (``osgan_jax.training.loop``).
-
-Tasks: ``'gan'`` (the default when a config has no ``task``: every GAN config,
-``osgan_jax.tasks.gan``), ``'teacher'`` and ``'dfad'`` (data-free distillation,
-``osgan_jax.tasks.dfad``). What a run leaves in ``workdir``, for every task:
-
-* ``checkpoints/<step>/``: orbax checkpoints of the whole state (parameters, optimiser
-  states, BatchNorm / spectral-norm state, EMA, step) every ``checkpoint_every_steps``,
-  at the end, and when SIGTERM or SIGINT arrives (saved at the next step boundary; the
-  run then returns normally). The last ``keep_checkpoints`` are kept. Rerunning the
-  same command resumes from the latest.
-* ``metrics.jsonl`` and TensorBoard event files: every ``log_every_steps`` the step
-  metrics (averaged over the interval; ``*_min``/``*_max`` are the extremes),
-  ``steps_per_sec`` and ``images_per_sec`` (training steps only: compilation,
-  evaluation and checkpoints excluded), ``train_seconds`` (the same time, summed over
-  resumed runs) and ``data_skipped_images``; the evaluators' values at theirs.
-* ``samples/step_000100.png`` (and in TensorBoard): sample grids.
-* ``best/``: the checkpoint with the best FID (``fid.keep_best``), ``best/best.json``.
-* ``config.json``: the config of the run.
-
-Only process 0 writes logs and samples; every process takes part in checkpoints.
-"""
+"""``train_and_evaluate(config, workdir)``: checks the config, builds the task it names
+and runs it in the one loop. What a run leaves in its workdir: ``docs/training.md``."""
 
 from __future__ import annotations
 
+import json
+
+from osgan_jax import config as config_lib
+from osgan_jax import tasks
+from osgan_jax.training import guards
 from osgan_jax.training import loop
 from osgan_jax.training import parallel
-from osgan_jax.config import ConfigError
-
-TASKS = ('gan', 'teacher', 'dfad')
+from osgan_jax.training import workdir as workdir_lib
 
 
-def build_task(config, workdir: str) -> loop.Task:
-  """The ``loop.Task`` of ``config.task``."""
-  task = config.get('task', 'gan')
-  if task == 'gan':
-    from osgan_jax.tasks import gan
-
-    return gan.build_task(config, workdir)
-  from osgan_jax.tasks import dfad
-
-  if task == 'teacher':
-    return dfad.teacher_task(config, workdir)
-  if task == 'dfad':
-    return dfad.distill_task(config, workdir)
-  raise ConfigError(f'config.task={task!r} is not one of {", ".join(TASKS)}')
+def loop_settings(config) -> loop.Settings:
+  """The loop's settings from a config: its keys of the same names, and the record the
+  workdir checks a resumed run against."""
+  record = workdir_lib.Record(
+      config=json.loads(config.to_json_best_effort(sort_keys=True)),
+      may_change=config_lib.may_change,
+      allowed=str(config.allow_config_change),
+  )
+  return loop.Settings(
+      seed=int(config.seed),
+      batch_size=int(config.batch_size),
+      num_train_steps=int(config.num_train_steps),
+      log_every_steps=int(config.log_every_steps),
+      checkpoint_every_steps=int(config.checkpoint_every_steps),
+      keep_checkpoints=int(config.keep_checkpoints),
+      num_devices=int(config.num_devices),
+      progress_bar=bool(config.progress_bar),
+      divergence=guards.Divergence(**config.divergence.to_dict()),
+      record=record,
+  )
 
 
 def train_and_evaluate(config, workdir: str):
@@ -55,6 +43,6 @@ def train_and_evaluate(config, workdir: str):
   anything is compiled or written.
   """
   parallel.initialize(config.multihost)
-  parallel.check_same_config(config)  # before anything that could fail on one process
-  loop.validate(config)
-  return loop.run(config, workdir, build_task(config, workdir))
+  parallel.check_same_config(config.to_json_best_effort(sort_keys=True))
+  config_lib.validate(config)
+  return loop.run(loop_settings(config), workdir, tasks.build(config, workdir))

@@ -19,7 +19,7 @@ TINY_FASHION_MNIST = {
     'data.resolution': 16,
     'data.num_threads': 0,
     'log_every_steps': 2,
-    'sample_every_steps': 100,
+    'evals.samples.every_steps': 100,
     'checkpoint_every_steps': 2,
     'keep_checkpoints': 5,
     'num_train_steps': 4,

@@ -37,7 +37,7 @@ COMMON_KEYS = (
     'num_train_steps',
     'log_every_steps',
     'checkpoint_every_steps',
-    'sample_every_steps',
+    'evals.samples.every_steps',
     'data.name',
     'data.path',
     'data.resolution',

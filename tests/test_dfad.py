@@ -27,11 +27,13 @@ from PIL import Image
 
 from osgan_jax import config as config_lib, data as data_lib
 from osgan_jax.tasks import dfad
+from osgan_jax.tasks import teacher as teacher_lib
 from osgan_jax.core import losses, one_stage, steps
 from osgan_jax.tasks import gan as gan_lib
 from osgan_jax import train as train_lib
 from osgan_jax.config import ConfigError
 from osgan_jax.models import classifiers
+from helpers import tiny_fashion_mnist_config  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_CONFIG = os.path.join(REPO, 'configs', 'dfad_teacher_fashion_mnist.py')
@@ -47,8 +49,8 @@ TINY = {
     'data.resolution': 16,
     'data.num_threads': 0,
     'progress_bar': False,
-    'eval_batch_size': 2000,
-    'num_samples': 16,
+    'evals.test_accuracy.batch_size': 2000,
+    'evals.samples.num': 16,
     'z_dim': 16,
     'model.generator.width': 8,
 }
@@ -313,7 +315,7 @@ def teacher_dir(tmp_path_factory):
       TEACHER_CONFIG,
       batch_size=64,
       num_train_steps=300,
-      eval_every_steps=150,
+      **{'evals.test_accuracy.every_steps': 150},
       log_every_steps=50,
       checkpoint_every_steps=150,
       keep_checkpoints=5,
@@ -323,6 +325,47 @@ def teacher_dir(tmp_path_factory):
   return workdir
 
 
+def test_one_run_logs_inception_and_classifier_fid(teacher_dir, tmp_path, monkeypatch):
+  """Two evaluators of config.evals in one run: TF-Inception FID and the FID in the
+  teacher's features, each logged, each with its cached statistics and best checkpoint."""
+  from osgan_jax.metrics import inception
+
+  if inception.default_weights_path() is None:
+    pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
+  monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'weights_cache'))
+  config = tiny_fashion_mnist_config(
+      num_train_steps=2,
+      **{
+          'evals.fid.every_steps': 2,
+          'evals.fid.num_samples': 8,
+          'evals.fid.num_real': 8,
+          'evals.fid.batch_size': 8,
+      },
+  )
+  with config.evals.unlocked():
+    config.evals.fid_classifier = config_lib.eval_entry(
+        'fid',
+        every_steps=2,
+        features='classifier',
+        classifier_workdir=teacher_dir,
+        num_samples=32,
+        num_real=64,
+        batch_size=16,
+        real_split='test',
+    )
+  workdir = tmp_path / 'run'
+  train_lib.train_and_evaluate(config, str(workdir))
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  (record,) = [r for r in records if 'fid' in r or 'fid_classifier' in r]
+  assert record['step'] == 2
+  assert np.isfinite(record['fid']) and np.isfinite(record['fid_classifier'])
+  assert record['fid'] != record['fid_classifier']
+  files = set(os.listdir(workdir))
+  assert {'fid_stats_real.npz', 'fid_stats_real_classifier_test.npz'} <= files
+  assert {'best', 'best_fid_classifier'} <= files
+
+
 def distill_config(teacher_dir, **overrides):
   return tiny_config(
       DFAD_CONFIG,
@@ -330,10 +373,10 @@ def distill_config(teacher_dir, **overrides):
           'dfad.teacher_workdir': teacher_dir,
           'batch_size': 64,
           'num_train_steps': 4,
-          'eval_every_steps': 100,
+          'evals.test_accuracy.every_steps': 100,
           'log_every_steps': 1,
           'checkpoint_every_steps': 100,
-          'sample_every_steps': 100,
+          'evals.samples.every_steps': 100,
           **overrides,
       },
   )
@@ -352,14 +395,14 @@ def test_teacher_learns_and_resumes_exactly(teacher_dir, tmp_path):
       TEACHER_CONFIG,
       batch_size=64,
       num_train_steps=300,
-      eval_every_steps=150,
+      **{'evals.test_accuracy.every_steps': 150},
       log_every_steps=50,
       checkpoint_every_steps=150,
       keep_checkpoints=5,
       **{'teacher.lr': 3e-3},
   )
   resumed = train_lib.train_and_evaluate(config, str(workdir))
-  _, variables, meta = dfad.load_teacher(distill_config(teacher_dir), 10)
+  _, variables, meta = teacher_lib.load_teacher(distill_config(teacher_dir), 10)
   assert_trees_equal({'params': resumed.params, **resumed.model_state}, variables)
   assert meta['test_accuracy'] == accuracy[-1]
 
@@ -398,13 +441,13 @@ def test_distillation_without_training_data_beats_chance(
   config = distill_config(
       teacher_dir,
       num_train_steps=n,
-      eval_every_steps=n,
+      **{'evals.test_accuracy.every_steps': n},
       log_every_steps=n // 2,
-      sample_every_steps=n,
+      **{'evals.samples.every_steps': n},
       checkpoint_every_steps=n,
       **LEARNS,
   )
-  _, teacher_vars, meta = dfad.load_teacher(config, 10)
+  _, teacher_vars, meta = teacher_lib.load_teacher(config, 10)
   state = train_lib.train_and_evaluate(config, str(tmp_path))
   assert splits == ['test']  # the test set for evaluation; no training image
   assert int(state.step) == n
@@ -442,7 +485,7 @@ def test_student_beats_chance_at_the_default_size(tmp_path):
       {
           'dfad.teacher_workdir': teacher,
           'num_train_steps': 200,
-          'eval_every_steps': 100,
+          'evals.test_accuracy.every_steps': 100,
           'progress_bar': False,
       },
   )
@@ -561,7 +604,11 @@ def test_cifar10_configs_have_dfads_settings_and_commands():
   ) == (0.1, 0.9, 5e-4, 1e-3, 0.9, 0.999)
   # 500 "epochs" of 50 iterations, 5 student updates per generator update in two-stage,
   # both learning rates x0.1 after epochs 100 and 200.
-  assert (config.num_train_steps, config.eval_every_steps, config.dfad.student_steps) == (
+  assert (
+      config.num_train_steps,
+      config.evals.test_accuracy.every_steps,
+      config.dfad.student_steps,
+  ) == (
       25_000,
       50,
       5,
@@ -573,7 +620,7 @@ def test_cifar10_configs_have_dfads_settings_and_commands():
   generator, student = gan_lib.create_models(config)
   assert (student.arch, student.width, student.channels) == ('resnet18', 64, 3)
   assert (generator.z_dim, generator.width, generator.channels) == (256, 64, 3)
-  model = dfad.create_teacher(teacher)
+  model = teacher_lib.create_teacher(teacher)
   assert (model.arch, model.width, model.blocks, model.channels) == (
       'resnet34',
       64,
@@ -604,12 +651,12 @@ CIFAR_TINY = {
     'progress_bar': False,
     'batch_size': 8,
     'num_train_steps': 2,
-    'eval_batch_size': 8,
-    'eval_every_steps': 2,
+    'evals.test_accuracy.batch_size': 8,
+    'evals.test_accuracy.every_steps': 2,
     'log_every_steps': 1,
     'checkpoint_every_steps': 2,
-    'sample_every_steps': 2,
-    'num_samples': 4,
+    'evals.samples.every_steps': 2,
+    'evals.samples.num': 4,
     'teacher.width': 2,
     'teacher.blocks': (1, 1),
     'z_dim': 4,

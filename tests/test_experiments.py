@@ -339,11 +339,11 @@ def test_quality_config_variants_and_bad_losses(capsys):
   config = quality.run_config(args, 'stylegan2_tiny', 'two', 3, 4000, 'inception')
   assert (config.loss, config.stage, config.seed) == ('non_saturating', 'two', 3)
   assert config.model.generator.channel_max == 64 and config.batch_size == 32
-  assert config.data.path == '/data/fmnist' and config.fid.features == 'inception'
-  assert (config.fid.num_samples, config.fid.batch_size) == (10000, 250)
+  assert config.data.path == '/data/fmnist' and config.evals.fid.features == 'inception'
+  assert (config.evals.fid.num_samples, config.evals.fid.batch_size) == (10000, 250)
   wgan = quality.run_config(args, 'wgan', 'one', 0, 1000, 'classifier')
   assert (wgan.loss, wgan.model.discriminator.norm) == ('wgan', 'batch')
-  assert wgan.optimizer.weight_clip == 0.01 and wgan.fid.batch_size == 1000
+  assert wgan.optimizer.weight_clip == 0.01 and wgan.evals.fid.batch_size == 1000
   for argv, message in (
       (['--losses', 'hinge,nope'], '--losses: nope; choose from'),
       (['--tiny', '--losses', 'stylegan2_tiny'], 'configs of their own run at'),
@@ -382,48 +382,49 @@ def test_quality_config_variants_and_bad_losses(capsys):
 
 def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
   """The GPU size's 42 MiB weights: float16 on disk, float32 in the network."""
-  from osgan_jax.metrics import inception
+  from osgan_jax.metrics import inception, inception_weights
 
   path = inception.default_weights_path()
   if path is None:
     pytest.skip(f'Inception weights missing: {inception.INSTALL_HINT}')
   monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'cache'))
   out = str(tmp_path / 'inception_fp16.npz')
-  assert inception.export_converted(out) < 48 * 2**20
-  reference = inception.convert_file(path)
-  loaded = inception.load_inception_params(out, cache=False)['params']
-  flat = {k: np.asarray(v) for k, v in inception._flatten(loaded).items()}
+  assert inception_weights.export_converted(out) < 48 * 2**20
+  reference = inception_weights.convert_file(path)
+  loaded = inception_weights.load_inception_params(out, cache=False)['params']
+  flat = {k: np.asarray(v) for k, v in inception.flatten_params(loaded).items()}
   assert set(flat) == set(reference)
   for k, v in flat.items():
     assert v.dtype == np.float32
     np.testing.assert_array_equal(v, reference[k].astype(np.float16).astype(np.float32))
   np.savez(tmp_path / 'bad.npz', x=np.zeros(3))
   with pytest.raises(ValueError, match='not a converted Inception weights file'):
-    inception.read_converted(str(tmp_path / 'bad.npz'))
+    inception_weights.read_converted(str(tmp_path / 'bad.npz'))
 
 
 def test_fid_evaluator_config_errors(tmp_path):
   from osgan_jax import config as config_lib
-  from osgan_jax.training import evaluators
+  from osgan_jax import tasks
 
   config = config_lib.load_config(
-      os.path.join(REPO, quality.CONFIG), {'fid.every_steps': 1, 'fid.features': 'nope'}
+      os.path.join(REPO, quality.CONFIG),
+      {'evals.fid.every_steps': 1, 'evals.fid.features': 'nope'},
   )
-  with pytest.raises(config_lib.ConfigError, match='fid.features'):
-    evaluators.Fid(config, str(tmp_path), None, 10, True)
+  with pytest.raises(config_lib.ConfigError, match='evals.fid.features'):
+    config_lib.validate(config)
   with config.unlocked():
-    config.fid.features = 'classifier'
+    config.evals.fid.features = 'classifier'
   with pytest.raises(config_lib.ConfigError, match='classifier_workdir'):
-    evaluators.Fid(config, str(tmp_path), None, 10, True)
+    tasks.build(config, str(tmp_path))
   with config.unlocked():
-    config.fid.classifier_workdir = str(tmp_path)
+    config.evals.fid.classifier_workdir = str(tmp_path)
   with pytest.raises(config_lib.ConfigError, match='no readable config.json'):
-    evaluators.Fid(config, str(tmp_path), None, 10, True)
+    tasks.build(config, str(tmp_path))
 
 
 @pytest.mark.skipif(
     not all(
-        os.path.exists(os.path.join(FASHION_MNIST, f'{s}-images-idx3-' 'ubyte.gz'))
+        os.path.exists(os.path.join(FASHION_MNIST, f'{s}-images-idx3-ubyte.gz'))
         for s in ('train', 't10k')
     ),
     reason='apt-get install dataset-fashion-mnist',

@@ -19,6 +19,7 @@ from jax._src import config as jax_config
 
 from osgan_jax.training import checkpoint, loop
 from osgan_jax import config as config_lib
+from osgan_jax import train
 from osgan_jax.core import steps
 from osgan_jax.data import DataError
 
@@ -109,6 +110,10 @@ def make_task(evaluator=None, fail_at=None, record=None, b_fn=phase_b):
 
 
 def config(**overrides):
+  return train.loop_settings(config_dict(**overrides))
+
+
+def config_dict(**overrides):
   c = config_lib.get_base_config()
   c.update(
       dict(
@@ -189,7 +194,7 @@ def test_a_data_error_in_the_prefetch_thread_reaches_the_caller(tmp_path):
 
 def test_invalid_loop_settings_are_config_errors(tmp_path):
   with pytest.raises(config_lib.ConfigError, match='log_every_steps must be positive'):
-    loop.run(config(log_every_steps=0), str(tmp_path), make_task())
+    config_lib.validate(config_dict(log_every_steps=0))
   with pytest.raises(config_lib.ConfigError, match='config.num_devices'):
     loop.run(config(num_devices=jax.device_count() + 1), str(tmp_path), make_task())
 
@@ -272,9 +277,9 @@ def guarded_scenario(name: str, workdir: str) -> None:
               'batch_size': 4,
               'num_train_steps': 6,
               'log_every_steps': 3,
-              'sample_every_steps': 6,
+              'evals.samples.every_steps': 6,
               'checkpoint_every_steps': 6,
-              'num_samples': 4,
+              'evals.samples.num': 4,
               'progress_bar': False,
               'data.name': 'folder',
               'data.path': folder,

@@ -25,6 +25,7 @@ import pytest
 from osgan_jax import config as config_lib, models, summary, train
 from osgan_jax.core import one_stage
 from osgan_jax.models import r3gan
+from osgan_jax.models import summary as model_summary
 from helpers import write_blob_pngs  # pylint: disable=import-error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +131,9 @@ def summary_counts(preset, num_classes=0, g_embed=None, d_embed=None):
   )
   g = r3gan.Generator(z_dim=preset['noise_dim'], embed_dim=g_embed, **kw)
   d = r3gan.Discriminator(embed_dim=d_embed, **kw)
-  return summary.summarize(g, d, batch_size=2, num_classes=num_classes, out=io.StringIO())
+  return model_summary.summarize(
+      g, d, batch_size=2, num_classes=num_classes, out=io.StringIO()
+  )
 
 
 def test_param_counts_cifar10_conditional_match_official():
@@ -621,9 +624,9 @@ def test_config_trains_two_steps(tmp_path):
       'batch_size': 8,
       'num_train_steps': 2,
       'log_every_steps': 1,
-      'sample_every_steps': 2,
+      'evals.samples.every_steps': 2,
       'checkpoint_every_steps': 1000,
-      'num_samples': 20,
+      'evals.samples.num': 20,
       'progress_bar': False,
       'data.resolution': 16,
       'data.num_threads': 0,
@@ -643,7 +646,7 @@ def test_config_trains_two_steps(tmp_path):
             'data.name': 'folder',
             'data.path': str(folder),
             'num_classes': 0,
-            'num_samples': 4,
+            'evals.samples.num': 4,
         }
     )
   config = config_lib.load_config(CONFIG, overrides)

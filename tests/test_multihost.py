@@ -27,7 +27,8 @@ import portpicker
 import pytest
 
 from osgan_jax import config as config_lib, launch, train
-from osgan_jax.tasks import dfad
+from osgan_jax.tasks import evals
+from osgan_jax.tasks import teacher as teacher_lib
 from osgan_jax.training import parallel
 from osgan_jax.config import ConfigError
 from helpers import write_blob_pngs  # pylint: disable=import-error
@@ -157,7 +158,7 @@ def test_launcher_env_prefixes_and_exit_status():
       timeout=60,
       env={
           **os.environ,
-          'XLA_FLAGS': '--xla_force_host_platform_' 'device_count=8 --xla_cpu_foo=1',
+          'XLA_FLAGS': '--xla_force_host_platform_device_count=8 --xla_cpu_foo=1',
       },
   )
   assert result.returncode == 0, result.stderr
@@ -247,7 +248,7 @@ _BATCH_SCRIPT = textwrap.dedent("""
     config = config_lib.load_config(sys.argv[1], {'data.name': 'folder',
                                                    'data.path': sys.argv[2],
                                                    'data.resolution': 16})
-    parallel.check_same_config(config)
+    parallel.check_same_config(config.to_json_best_effort(sort_keys=True))
     mesh = parallel.make_mesh()
     assert (jax.process_count(), mesh.size) == (2, 4)
     sharding = parallel.data_sharding(mesh)
@@ -297,10 +298,10 @@ def _fid_overrides():
   if inception.default_weights_path() is None:
     return {}
   return {
-      'fid.every_steps': 3,
-      'fid.num_samples': 8,
-      'fid.num_real': 8,
-      'fid.batch_size': 8,
+      'evals.fid.every_steps': 3,
+      'evals.fid.num_samples': 8,
+      'evals.fid.num_real': 8,
+      'evals.fid.batch_size': 8,
   }
 
 
@@ -311,7 +312,7 @@ def test_two_processes_equal_one_process(images, tmp_path):
   agree bit for bit; 1 device sums the batch in another order (within 1e-6).
   """
   overrides = tiny_overrides(
-      DCGAN, images, num_train_steps=3, sample_every_steps=3, **BATCHNORM
+      DCGAN, images, num_train_steps=3, **{'evals.samples.every_steps': 3}, **BATCHNORM
   )
   fid = _fid_overrides()
   for n, k in ((2, 2), (1, 4)):
@@ -356,7 +357,7 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
       images,
       num_train_steps=100_000,
       checkpoint_every_steps=100_000,
-      sample_every_steps=100_000,
+      **{'evals.samples.every_steps': 100_000},
       **BATCHNORM,
   )
   workdir = tmp_path / 'interrupted'
@@ -427,7 +428,7 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
 def test_stylegan2_trains_in_two_processes(images, tmp_path):
   """Minibatch std over groups that span devices, R1, path length and EMA phases."""
   overrides = tiny_overrides(
-      'stylegan2_tiny', images, num_train_steps=2, sample_every_steps=2
+      'stylegan2_tiny', images, num_train_steps=2, **{'evals.samples.every_steps': 2}
   )
   ok(run_launch(2, 2, main_command('stylegan2_tiny', tmp_path, overrides)))
   records = read_metrics(tmp_path)
@@ -443,16 +444,16 @@ DFAD_TINY = {
     'data.resolution': 16,
     'data.num_threads': 0,
     'progress_bar': False,
-    'eval_batch_size': 2000,
-    'num_samples': 4,
+    'evals.test_accuracy.batch_size': 2000,
+    'evals.samples.num': 4,
     'z_dim': 16,
     'model.generator.width': 8,
     'batch_size': 16,
     'num_train_steps': 2,
     'log_every_steps': 1,
-    'eval_every_steps': 100,
+    'evals.test_accuracy.every_steps': 100,
     'checkpoint_every_steps': 100,
-    'sample_every_steps': 2,
+    'evals.samples.every_steps': 2,
 }
 
 
@@ -467,8 +468,12 @@ def test_teacher_and_distillation_train_in_two_processes(tmp_path):
   ok(run_launch(2, 2, main_command('dfad_fashion_mnist', student_dir, overrides)))
 
   config = config_lib.load_config(config_path('dfad_fashion_mnist'), overrides)
-  model, teacher, meta = dfad.load_teacher(config, 10)  # 1 process, 1 device
-  accuracy = dfad.TestAccuracy(config, None, model).accuracy(
+  model, teacher, meta = teacher_lib.load_teacher(config, 10)  # 1 process, 1 device
+  context = evals.Context(str(tmp_path), config.data.to_dict(), classifier=(model, None))
+  test = evals.BUILDERS['test_accuracy'](
+      'test', config.evals.test_accuracy.to_dict(), context
+  )
+  accuracy = test.accuracy(
       teacher['params'], {k: v for k, v in teacher.items() if k != 'params'}
   )
   teacher_records = read_metrics(teacher_dir)

@@ -80,8 +80,9 @@ def _read(directory):
   return {name: (directory / name).read_bytes() for name in FILES}
 
 
-def _one_line_error(proc, *needles):
-  assert proc.returncode == 1, (proc.returncode, proc.stderr)
+def _one_line_error(proc, *needles, status=1):
+  """One line naming the problem; exit 1, or 2 for a bad command line (every command)."""
+  assert proc.returncode == status, (proc.returncode, proc.stderr)
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and lines[0].startswith(
       "osgan_jax.prepare_data: error: "
@@ -400,7 +401,7 @@ def test_cli_end_to_end_with_worker_processes(tmp_path):
   )
 
 
-def test_cli_errors_are_one_line_with_status_1(tmp_path):
+def test_cli_errors_are_one_line_with_status_1_or_2(tmp_path):
   _one_line_error(
       _cli(
           "--source=folder:" + str(tmp_path / "missing"),
@@ -417,7 +418,9 @@ def test_cli_errors_are_one_line_with_status_1(tmp_path):
       "--source='bogus'",
   )
   _one_line_error(
-      _cli("--source=mnist", "--channels=3", f"--out={tmp_path / 'out'}"), "--resolution"
+      _cli("--source=mnist", "--channels=3", f"--out={tmp_path / 'out'}"),
+      "--resolution",
+      status=2,
   )
   _one_line_error(
       _cli(
@@ -428,5 +431,6 @@ def test_cli_errors_are_one_line_with_status_1(tmp_path):
           "--nonsense=1",
       ),
       "nonsense",
+      status=2,
   )
   assert not (tmp_path / "out").exists()

@@ -29,7 +29,7 @@ TINY = {
     'data.resolution': 16,
     'data.num_threads': 0,
     'log_every_steps': 5,
-    'sample_every_steps': 1000,
+    'evals.samples.every_steps': 1000,
     'checkpoint_every_steps': 10,
     'keep_checkpoints': 10,
     'num_train_steps': 20,
@@ -375,7 +375,7 @@ def test_helpconfig_lists_every_key_with_its_meaning():
       'model.generator.width',
       'divergence.policy',
       'data.resolution',
-      'fid.every_steps',
+      'evals.fid.every_steps',
   ):
     assert f'--config.{key}' in result.stdout
   assert '``divergence.*``' in result.stdout and c.loss in result.stdout

@@ -74,17 +74,17 @@ def tiny_overrides(name, folder, **extra):
       'batch_size': 8,
       'num_train_steps': 2,
       'log_every_steps': 1,
-      'sample_every_steps': 2,
+      'evals.samples.every_steps': 2,
       'checkpoint_every_steps': 1000,
-      'num_samples': 4,
+      'evals.samples.num': 4,
       'progress_bar': False,
       'data.resolution': 16,
       'data.num_threads': 0,
-      'fid.every_steps': 0,  # the paper configs' FID-50k is tested on its own
+      'evals.fid.every_steps': 0,  # the paper configs' FID-50k is tested on its own
       **TINY_MODEL[base.model.name],
   }
   if base.num_classes:
-    overrides['num_samples'] = 2 * base.num_classes
+    overrides['evals.samples.num'] = 2 * base.num_classes
   if base.num_classes and os.path.exists(FASHION_MNIST):
     overrides['data.name'] = 'fashion_mnist'  # real labels
     overrides['data.path'] = ''
@@ -325,7 +325,7 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
       num_train_steps=6,
       checkpoint_every_steps=3,
       keep_checkpoints=5,
-      sample_every_steps=6,
+      **{'evals.samples.every_steps': 6},
       **{
           'data.name': 'fashion_mnist',
           'data.path': '',
@@ -356,7 +356,7 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
   # The sample grid is drawn with the EMA parameters.
   generator, discriminator = gan_lib.create_models(config)
   gan = gan_lib.make_gan(config, generator, discriminator)
-  sample = gan_lib.make_sampler(config, gan, config.num_samples, 2)
+  sample = gan_lib.make_sampler(config, gan, config.evals.samples.num, 2)
   grid = lambda p: evaluators.image_grid(np.asarray(sample(p, state.model_state_g, 0)))[
       ..., 0
   ]
@@ -389,7 +389,7 @@ def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
       folder,
       num_train_steps=100_000,
       checkpoint_every_steps=100_000,
-      sample_every_steps=100_000,
+      **{'evals.samples.every_steps': 100_000},
   )
   workdir = tmp_path / 'interrupted'
   proc = subprocess.Popen(
@@ -600,11 +600,11 @@ def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(
   monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / 'weights_cache'))
   workdir = tmp_path / 'run'
   fid_keys = {
-      'fid.every_steps': 2,
-      'fid.num_samples': 8,
-      'fid.num_real': 8,
-      'fid.batch_size': 8,
-      'fid.kid': True,
+      'evals.fid.every_steps': 2,
+      'evals.fid.num_samples': 8,
+      'evals.fid.num_real': 8,
+      'evals.fid.batch_size': 8,
+      'evals.fid.kid': True,
   }
   config = tiny_config('dcgan_fashion_mnist', folder, num_train_steps=2, **fid_keys)
   assert config.data.channels == 1  # the extractor replicates grey to RGB

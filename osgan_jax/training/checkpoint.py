@@ -1,10 +1,8 @@
-"""Orbax checkpoints of a whole train state plus a JSON ``meta`` dict, saved asynchronously.
+"""Asynchronous orbax checkpoints of a whole train state plus a JSON ``meta`` dict.
 
-A save copies the state to host memory and returns; the write to disk runs in the
-background, so training goes on meanwhile (and may donate the state's buffers). The
-manager's ``close`` (or the next save) waits for it. Every process takes part.
-``restore_latest`` falls back to the newest intact checkpoint; half-written ones
-(``*.orbax-checkpoint-tmp*`` of a killed save) are removed when a manager opens.
+Training goes on while a save is written, and ``restore_latest`` falls back to the
+newest intact checkpoint, so a killed save or a corrupt file does not cost the run.
+Details: ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -241,17 +239,20 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
 
 
 class Best:
-  """The checkpoint with the best value of one metric so far, in ``workdir/best/``.
+  """The checkpoint with the best value of one metric so far, in ``workdir/best/`` (or
+  ``workdir/<directory>/``).
 
   ``best/best.json`` (``{"step", "metric", "value"}``) is written after the checkpoint
   is complete, so it never names a partial one.
   """
 
-  def __init__(self, workdir: str, metric: str, mode: str = 'min'):
+  def __init__(
+      self, workdir: str, metric: str, mode: str = 'min', directory: str | None = None
+  ):
     if mode not in ('min', 'max'):
       raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     self.metric, self.sign = metric, 1.0 if mode == 'min' else -1.0
-    self.dir = os.path.join(workdir, BEST_DIR)
+    self.dir = os.path.join(workdir, directory or BEST_DIR)
     self.manager = manager(self.dir, 1, async_save=False)
     self.value = self._read()
 

@@ -1,30 +1,28 @@
-"""Evaluators the training loop runs at their intervals: sample grids and FID/KID
-(in TF-Inception or classifier features).
-
-An evaluator is any object with ``every_steps`` (it also runs at the end), a call
-``evaluator(state, step, writer) -> {metric: float}`` made on every process (only
-process 0's values are written), and optionally ``best = (metric, 'min' | 'max')``:
-then the loop keeps the checkpoint with the best value in ``workdir/best/``.
-"""
+"""The evaluators the loop runs at their intervals: sample grids, FID/KID in a feature
+network, test accuracy. Each is built from plain values (``tasks.evals`` builds them
+from ``config.evals``); the loop keeps the best checkpoint of one with ``best``."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import time
 from typing import Callable
 
 import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from PIL import Image
 
-from osgan_jax import data as data_lib
+from osgan_jax.metrics import fid as fid_lib
 
 FID_STATS_FILE = 'fid_stats_real.npz'
 # Up to this many samples per set FID is computed from the features with an exact
 # n1 x n2 SVD (``fid_from_features``) instead of two 2048 x 2048 eigendecompositions.
-_LOW_RANK_MAX = 2048
+LOW_RANK_MAX = 2048
 
 
 def image_grid(
@@ -46,8 +44,6 @@ def image_grid(
 
 def save_png(grid: np.ndarray, path: str) -> None:
   """Writes a uint8 grid atomically (a kill never leaves half a PNG)."""
-  from PIL import Image
-
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   image.save(path + '.tmp', format='PNG')
   os.replace(path + '.tmp', path)
@@ -79,182 +75,116 @@ class SampleGrid:
     return {}
 
 
-FEATURES = ('inception', 'classifier')
-# The metric each feature network reports: plain ``fid`` is TF-Inception's, as everywhere.
-METRIC = {'inception': 'fid', 'classifier': 'fid_classifier'}
+@dataclasses.dataclass(frozen=True)
+class RealImages:
+  """The reference images of an FID: ``batches(batch_size)`` yields them (a fixed
+  order), ``num`` of them are used, ``identity`` says what they and the features are."""
 
-
-def fid_stats_file(features: str, split: str, default_split: str) -> str:
-  """The cache file name of the real statistics (the historical name for Inception
-  features of the training data)."""
-  if features == 'inception' and split == default_split:
-    return FID_STATS_FILE
-  return f'fid_stats_real_{features}_{split}.npz'
+  batches: Callable
+  num: int
+  identity: dict
 
 
 class Fid:
   """FID (and KID) of generated images against cached statistics of real images.
 
-  ``config.fid`` chooses the feature network (``features``: TF-Inception, metric
-  ``fid``; or the penultimate layer of the classifier trained in
-  ``classifier_workdir``, metric ``fid_classifier``, see
-  ``osgan_jax.metrics.classifier``), the real images (``real_split``: the data's split,
-  or e.g. ``'test'``) and where their statistics are cached (``cache_dir``, shared by
-  runs; default the workdir). ``generate(state, index) -> images`` gives batch
-  ``index`` of the fixed evaluation latents. Every process generates (it is a jitted
-  program over the whole mesh); process 0 alone extracts features and computes the
-  metrics; ``<metric>_seconds`` is the time of that (the real statistics excluded).
-  Inception is loaded on first use; a bad setting is a ``ConfigError`` here, before
-  anything is trained.
+  ``generate(state, index)`` gives batch ``index`` of the fixed evaluation latents;
+  ``extractor()`` makes the feature network (on first use). Every process generates
+  (a jitted program over the whole mesh); process 0 alone extracts features and
+  computes the metrics (``<metric>_seconds``: that time, the real statistics
+  excluded). The real statistics are cached in ``stats_path``.
   """
 
   def __init__(
       self,
-      config,
-      workdir: str,
+      *,
+      metric: str,
+      every_steps: int,
       generate: Callable,
-      num_examples: int | None,
-      is_main: bool,
+      extractor: Callable,
+      real: RealImages,
+      stats_path: str,
+      num_samples: int,
+      batch_size: int,
+      kid: bool = False,
+      keep_best: bool = True,
+      best_dir: str | None = None,
+      is_main: bool = True,
+      progress: bool = True,
   ):
-    from osgan_jax.config import ConfigError
-
-    cfg = config.fid
-    self.features = str(cfg.get('features', 'inception'))
-    if self.features not in FEATURES:
-      raise ConfigError(
-          f'config.fid.features={self.features!r} is not one of ' f'{", ".join(FEATURES)}'
-      )
-    self.metric = METRIC[self.features]
-    self.every_steps = int(cfg.every_steps)
-    self.data_config = ml_collections.ConfigDict(config.data.to_dict())
-    split = str(cfg.get('real_split', '')) or str(config.data.split)
-    if split != config.data.split:
-      self.data_config.split = split
-      num_examples = None
-    if num_examples is None:
-      num_examples = data_lib.dataset_info(self.data_config)['num_examples']
-    self.generate, self.is_main = generate, is_main
-    self.num_samples, self.batch_size = int(cfg.num_samples), int(cfg.batch_size)
-    self.num_real = int(
-        num_examples if int(cfg.num_real) < 0 else min(int(cfg.num_real), num_examples)
-    )
-    self.kid = bool(cfg.kid)
-    self.best = (self.metric, 'min') if cfg.keep_best else None
+    self.metric, self.every_steps = metric, int(every_steps)
+    self.generate, self._make_extractor, self.real = generate, extractor, real
+    self.stats_path, self.num_samples = stats_path, int(num_samples)
+    self.batch_size, self.kid, self.is_main = int(batch_size), bool(kid), is_main
+    self.best = (metric, 'min') if keep_best else None
+    self.best_dir, self.progress = best_dir, progress
     # Real features are kept for KID, and for few images (cheap; FID from features).
-    self._keep_features = self.kid or self.num_real <= _LOW_RANK_MAX
-    self.progress = bool(config.progress_bar)
-    cache_dir = os.path.expanduser(str(cfg.get('cache_dir', '')) or workdir)
-    self.stats_path = os.path.join(
-        cache_dir, fid_stats_file(self.features, split, str(config.data.split))
-    )
-    self.identity = {
-        'features': self.features,
-        'data': str(config.data.name),
-        'split': split,
-        'resolution': int(config.data.resolution),
-    }
+    self._keep_features = self.kid or real.num <= LOW_RANK_MAX
     self._extractor = self._real = None
-    if not is_main:
-      return
-    if self.features == 'inception':
-      from osgan_jax.metrics import inception
-
-      if inception.default_weights_path() is None:  # fail before training, not after it
-        raise ConfigError(
-            f'config.fid.every_steps={cfg.every_steps} needs the '
-            f'Inception weights: {inception.INSTALL_HINT}'
-        )
-    else:
-      if not cfg.get('classifier_workdir', ''):
-        raise ConfigError(
-            "config.fid.features='classifier' needs "
-            'config.fid.classifier_workdir (a trained teacher task)'
-        )
-      from osgan_jax.metrics import classifier
-
-      self._extractor = classifier.ClassifierFeatures(
-          str(cfg.classifier_workdir),
-          batch_size=self.batch_size,
-          resolution=int(config.data.resolution),
-          channels=int(config.data.channels),
-      )
-      self.identity.update(self._extractor.identity)
 
   def _features(self, batches, total: int, desc: str) -> np.ndarray:
     if self._extractor is None:
-      from osgan_jax.metrics import fid as fid_lib
-
-      self._extractor = fid_lib.FeatureExtractor(batch_size=self.batch_size)
+      self._extractor = self._make_extractor()
     return self._extractor.extract_batches(
         batches, total=total, desc=desc, progress=self.progress
     )[:total]
 
-  def real_stats(self) -> dict:
-    """``{'mu', 'sigma', 'features', 'n'}`` of the real images (process 0), cached in
-    ``stats_path`` and recomputed when ``num_real``, ``kid`` or the features (the
-    classifier, the split) changed."""
-    from osgan_jax.metrics import fid as fid_lib
+  def _cached(self):
+    if not os.path.exists(self.stats_path):
+      return None
+    ref = fid_lib.load_stats(self.stats_path)
+    # Files from before the identity was saved: Inception on the training data.
+    same = (
+        ref['meta'] == self.real.identity
+        if ref['meta'] is not None
+        else self.stats_path.endswith(FID_STATS_FILE)
+    )
+    if (
+        same
+        and ref['n'] == self.real.num
+        and (ref['features'] is not None or not self._keep_features)
+    ):
+      return ref
+    logging.info(
+        'FID: %s does not fit num_real=%d / kid=%s / %s; recomputing',
+        self.stats_path,
+        self.real.num,
+        self.kid,
+        self.real.identity,
+    )
+    return None
 
-    if self._real is not None:
-      return self._real
-    if os.path.exists(self.stats_path):
-      ref = fid_lib.load_stats(self.stats_path)
-      # Files from before the identity was saved: Inception on the training data.
-      same = (
-          ref['meta'] == self.identity
-          if ref['meta'] is not None
-          else self.stats_path.endswith(FID_STATS_FILE)
-      )
-      if (
-          same
-          and ref['n'] == self.num_real
-          and (ref['features'] is not None or not self._keep_features)
-      ):
-        self._real = ref
-        return ref
-      logging.info(
-          'FID: %s does not fit fid.num_real=%d / fid.kid=%s / %s; recomputing',
-          self.stats_path,
-          self.num_real,
-          self.kid,
-          self.identity,
-      )
-    # A fixed random subset: the first num_real images of the seed-0 permutation
-    # (every image exactly once for num_real = all).
-    data_config = ml_collections.ConfigDict(self.data_config.to_dict())
-    data_config.shuffle = True
-    it = data_lib.make_iterator(data_config, self.batch_size, seed=0)
+  def real_stats(self) -> dict:
+    """``{'mu', 'sigma', 'features', 'n', 'meta'}`` of the real images (process 0),
+    cached in ``stats_path`` and recomputed when they or the features changed."""
+    if self._real is None:
+      self._real = self._cached() or self._compute_real()
+    return self._real
+
+  def _compute_real(self) -> dict:
+    n, identity = self.real.num, self.real.identity
+    batches = self.real.batches(self.batch_size)
     try:
 
-      def batches():
-        left = self.num_real
+      def take():
+        left = n
         while left > 0:
-          images = np.asarray(next(it)['image'])[:left]
+          images = np.asarray(next(batches)['image'])[:left]
           left -= len(images)
           yield images
 
-      features = self._features(batches(), self.num_real, f'{self.metric} real features')
+      features = self._features(take(), n, f'{self.metric} real features')
     finally:
-      it.close()
+      batches.close()
     mu, sigma = fid_lib.statistics(features)
     features = features if self._keep_features else None
     tmp = f'{self.stats_path}.{os.getpid()}.tmp'
-    fid_lib.save_stats(
-        tmp, mu, sigma, features=features, n=self.num_real, meta=self.identity
-    )
+    os.makedirs(os.path.dirname(self.stats_path) or '.', exist_ok=True)
+    fid_lib.save_stats(tmp, mu, sigma, features=features, n=n, meta=identity)
     os.replace(tmp, self.stats_path)
-    self._real = {
-        'mu': mu,
-        'sigma': sigma,
-        'features': features,
-        'n': self.num_real,
-        'meta': self.identity,
-    }
-    return self._real
+    return {'mu': mu, 'sigma': sigma, 'features': features, 'n': n, 'meta': identity}
 
   def __call__(self, state, step: int, writer) -> dict:
-    from osgan_jax.metrics import fid as fid_lib
-
     del step, writer
     batches = (
         np.asarray(jax.device_get(self.generate(state, i)))
@@ -268,14 +198,14 @@ class Fid:
     t0 = time.perf_counter()
     fake = self._features(batches, self.num_samples, f'{self.metric} fake features')
     name = self.metric
-    if ref['features'] is not None and max(len(fake), ref['n']) <= _LOW_RANK_MAX:
+    if ref['features'] is not None and max(len(fake), ref['n']) <= LOW_RANK_MAX:
       out = {name: fid_lib.fid_from_features(fake, ref['features'])}  # exact
     else:
       out = {
           name: fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'], ref['sigma'])
       }
     if self.kid:
-      kid = 'kid' if self.features == 'inception' else f'kid_{self.features}'
+      kid = 'kid' if name == 'fid' else f'kid_{name.removeprefix("fid_")}'
       out[f'{kid}_mean'], out[f'{kid}_std'] = fid_lib.kid(fake, ref['features'])
     out[f'{name}_seconds'] = time.perf_counter() - t0
     logging.info(
@@ -287,3 +217,36 @@ class Fid:
         out[f'{name}_seconds'],
     )
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _predict(model):
+  """Jitted ``(params, model_state, images) -> classes`` in inference mode."""
+  return jax.jit(
+      lambda params, model_state, x: jnp.argmax(
+          model.apply({'params': params, **model_state}, x, train=False), axis=-1
+      )
+  )
+
+
+class TestAccuracy:
+  """Accuracy of a classifier on labelled images held in memory in fixed-size batches
+  (``labels`` -1 mark padding). ``variables(state) -> (params, model_state)``."""
+
+  def __init__(
+      self, images, labels, num_examples: int, every_steps: int, model, variables
+  ):
+    self.images, self.labels, self.num_examples = images, labels, int(num_examples)
+    self.every_steps, self.model, self.variables = int(every_steps), model, variables
+    self.extra = {}
+
+  def accuracy(self, params, model_state, model=None) -> float:
+    predict, correct = _predict(model or self.model), 0
+    for x, y in zip(self.images, self.labels):
+      pred = np.asarray(predict(params, model_state, x))
+      correct += int(np.sum((pred == y) & (y >= 0)))
+    return correct / self.num_examples
+
+  def __call__(self, state, step: int, writer) -> dict:
+    del step, writer
+    return {'test_accuracy': self.accuracy(*self.variables(state)), **self.extra}

@@ -1,22 +1,8 @@
-"""Keeps freed host memory mapped, so XLA:CPU steps stop page-faulting (issue 8).
+"""Keeps freed host memory mapped, so XLA:CPU steps stop page-faulting.
 
-XLA:CPU mallocs a step's large temporaries and outputs and frees them when the step
-ends. glibc serves every block above its mmap threshold (32 MiB at most) with fresh
-``mmap``'d pages and unmaps them on ``free``, so each step touches all of them for the
-first time again: a DCGAN 64x64 one-stage step on 2 cores took 150,000-230,000 minor
-page faults (600-900 MB zeroed by the kernel) and 10-35% of its wall time for that.
-
-``keep_freed_memory()`` sets glibc's malloc (``mallopt``) to serve everything from one
-heap that is never trimmed: after the first steps the pages stay mapped and are reused.
-The process keeps its peak heap size until it exits, which is what a training job
-needs anyway. It must run before JAX starts its CPU client: threads that already own a
-malloc arena would go on with ``mmap``, so it refuses (and says so) afterwards.
-``python -m osgan_jax.main`` calls it when JAX will run on the CPU only
-(``--tune_malloc=auto``, see ``cpu_only()``; ``on``/``off`` force it): with an
-accelerator the host does little of the work, and one malloc arena could slow an input
-pipeline's threads. Scripts that use the library directly can call it first thing, or
-set the same options in the environment (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=<large>``).
+glibc gives XLA:CPU's large per-step buffers fresh ``mmap`` pages every step;
+``keep_freed_memory()`` (``--tune_malloc``) makes malloc reuse them, and must run
+before JAX starts. Why, and what it sets: ``docs/cpu.md``.
 """
 
 from __future__ import annotations

@@ -1,30 +1,8 @@
 """Device mesh, shardings and multi-host setup for data-parallel training.
 
-One mesh axis, ``'data'``: the global batch is split over it and the train state is
-replicated on every device. The step is an ordinary ``jax.jit`` with these shardings
-(GSPMD): XLA partitions the computation and inserts the all-reduces itself, so the
-gradients are those of the global batch and the step computes what it computes on one
-device.
-
-BatchNorm statistics are over the global batch, identical to one device: a BatchNorm
-layer takes a mean over the batch axis, which is sharded over ``'data'``, and XLA
-lowers that mean to per-device partial sums plus an all-reduce. There is no per-device
-("ghost") BatchNorm; the running averages are replicated and the same everywhere.
-Random numbers (latents drawn inside the step) are sharding-invariant too
-(``jax_threefry_partitionable``), so 1 and 8 devices draw the same z.
-
-Multi-host: ``initialize(multihost=True)`` (or the environment variable
-``OSGAN_MULTIHOST=1``) calls ``jax.distributed.initialize()`` (arguments from the
-cluster environment: TPU pods, SLURM, ...), before any other JAX call. Elsewhere
-(several GPU machines, or several CPU processes on one machine as ``osgan_jax.launch``
-starts them) the environment variables ``OSGAN_COORDINATOR`` (``host:port`` of process
-0), ``OSGAN_NUM_PROCESSES`` and ``OSGAN_PROCESS_ID`` (and optionally
-``OSGAN_INIT_TIMEOUT``, seconds) give the arguments. Each process then loads only its
-slice of the global batch (``data.make_iterator(..., process_index=,
-process_count=)``) and ``global_batch`` assembles the global array with
-``jax.make_array_from_process_local_data``; the mesh orders devices by process, so
-slice ``i`` is rows ``[i * b, (i + 1) * b)`` and the global batch is the one a single
-process loads.
+One ``'data'`` mesh axis (batch split, state replicated) under plain ``jax.jit``, so a
+step computes what it computes on one device; ``initialize`` joins the processes of a
+multi-host run. Details and environment variables: ``docs/multihost.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +13,7 @@ import socket
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -184,7 +163,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   if num_devices:
     if not 0 < num_devices <= len(devices):
       raise ValueError(
-          f'num_devices={num_devices}, but {len(devices)} devices are ' 'available'
+          f'num_devices={num_devices}, but {len(devices)} devices are available'
       )
     if jax.process_count() > 1 and num_devices != len(devices):
       raise ValueError('num_devices must be 0 (all) in multi-host runs')
@@ -221,8 +200,6 @@ def any_process(flag: bool) -> bool:
   """Whether ``flag`` is set on any process (a collective when multi-host)."""
   if jax.process_count() == 1:
     return bool(flag)
-  from jax.experimental import multihost_utils
-
   flags = multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))
   return bool(np.any(flags))
 
@@ -231,12 +208,10 @@ def sum_over_processes(value: int) -> int:
   """Sum of an integer over processes (a collective when multi-host)."""
   if jax.process_count() == 1:
     return int(value)
-  from jax.experimental import multihost_utils
-
   return int(np.sum(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
-def check_same_config(config) -> None:
+def check_same_config(text: str) -> None:
   """``ConfigError`` unless every process runs the same config (a collective).
 
   Processes that disagree (a different override on one host) would otherwise train
@@ -244,9 +219,6 @@ def check_same_config(config) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils
-
-  text = config.to_json_best_effort(sort_keys=True)
   digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
   digests = np.asarray(multihost_utils.process_allgather(digest))
   differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]

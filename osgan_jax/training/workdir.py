@@ -1,45 +1,29 @@
-"""The workdir keeps the config it was started with.
-
-On resume the config is compared with ``workdir/config.json``. Keys that change shapes
-or meaning (model, data, loss, stage, batch size, seed, ...) are refused with one line
-that names them, unless ``config.allow_config_change`` lists them (comma-separated, or
-``'*'``); harmless ones (step counts, intervals, evaluation cadence, data loading
-speed, the data's location) are accepted. Accepted changes are appended to
-``config_history.jsonl``. ``config.json`` is written only after the check passes.
-"""
+"""The workdir keeps the config it was started with: on resume, keys that change shapes
+or meaning are refused in one line unless allowed; accepted changes are recorded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 from osgan_jax.config import ConfigError
 
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'
-# Keys (or key prefixes ending in '.') a resumed run may change freely.
-HARMLESS = (
-    'num_train_steps',
-    'log_every_steps',
-    'checkpoint_every_steps',
-    'sample_every_steps',
-    'keep_checkpoints',
-    'progress_bar',
-    'num_samples',
-    'eval_every_steps',
-    'eval_batch_size',
-    'num_devices',
-    'multihost',
-    'allow_config_change',
-    'fid.',
-    'divergence.',
-    'data.num_threads',
-    'data.prefetch',
-    'data.num_workers',
-    'data.path',
-    'data.download',
-)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """The run's config as a JSON dict, which keys a resumed run may change
+  (``may_change(dotted_key)``), and the keys the user allows to change anyway
+  (``allowed``: comma-separated, ``'*'`` for any)."""
+
+  config: dict = dataclasses.field(default_factory=dict)
+  may_change: Callable[[str], bool] = lambda key: False
+  allowed: str = ''
 
 
 def _flatten(tree, prefix: str = '') -> dict:
@@ -50,10 +34,6 @@ def _flatten(tree, prefix: str = '') -> dict:
     else:
       out[prefix + key] = value
   return out
-
-
-def _harmless(key: str) -> bool:
-  return any(key == h or (h.endswith('.') and key.startswith(h)) for h in HARMLESS)
 
 
 def changes(old: dict, new: dict) -> dict:
@@ -72,30 +52,30 @@ def os_error(e: OSError, what: str) -> str:
   return f'{what}{path}: {e.strerror or e}'
 
 
-def prepare(workdir: str, config, resuming: bool, is_main: bool) -> None:
-  """Creates ``workdir`` and writes ``config.json`` once ``config`` may resume it."""
+def prepare(workdir: str, record: Record, resuming: bool, is_main: bool) -> None:
+  """Creates ``workdir`` and writes ``config.json`` once ``record`` may resume it."""
   path = os.path.join(workdir, CONFIG_FILE)
-  new = json.loads(config.to_json_best_effort(sort_keys=True))
   changed = {}
-  if resuming and os.path.exists(path):
+  if resuming and record.config and os.path.exists(path):
     try:
       with open(path) as f:
-        changed = changes(json.load(f), new)
+        changed = changes(json.load(f), record.config)
     except (OSError, ValueError) as e:
       raise ConfigError(
-          f'{path} is unreadable ({e}); it describes the checkpoints in '
-          f'{workdir}: restore it or use another --workdir'
+          f'{path} is unreadable ({e}); it describes the checkpoints in {workdir}: '
+          'restore it or use another --workdir'
       ) from None
-  allowed = {k.strip() for k in str(config.get('allow_config_change', '')).split(',')}
+  allowed = {k.strip() for k in record.allowed.split(',')}
   refused = [
-      k for k in changed if not _harmless(k) and k not in allowed and '*' not in allowed
+      k
+      for k in changed
+      if not record.may_change(k) and k not in allowed and '*' not in allowed
   ]
   if refused:
     listed = ', '.join(f'{k}: {changed[k][0]!r} -> {changed[k][1]!r}' for k in refused)
     raise ConfigError(
-        f'{workdir} holds checkpoints of another config ({listed}); use a '
-        f'new --workdir, or allow it with '
-        f'--config.allow_config_change={",".join(refused)}'
+        f'{workdir} holds checkpoints of another config ({listed}); use a new --workdir, '
+        f'or allow it with --config.allow_config_change={",".join(refused)}'
     )
   if not is_main:
     return
@@ -103,12 +83,11 @@ def prepare(workdir: str, config, resuming: bool, is_main: bool) -> None:
     os.makedirs(workdir, exist_ok=True)
     if changed:
       with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
-        f.write(
-            json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'changed': changed})
-            + '\n'
-        )
-    with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-    os.replace(path + '.tmp', path)
+        line = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'changed': changed}
+        f.write(json.dumps(line) + '\n')
+    if record.config:
+      with open(path + '.tmp', 'w') as f:
+        f.write(json.dumps(record.config, indent=2, sort_keys=True) + '\n')
+      os.replace(path + '.tmp', path)
   except OSError as e:
     raise ConfigError(os_error(e, 'cannot write the workdir')) from None
