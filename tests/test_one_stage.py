@@ -116,6 +116,46 @@ def test_singular_samples_take_the_exact_path():
   assert int(aux['n_exact']) == 1
 
 
+def _marked_problem(kind, marked):
+  """hinge with a per-sample D whose fake logit drops by ~20 (singular) exactly for
+  the samples in ``marked``: G writes z[:, 0] into one pixel, D reads it back."""
+  prob = toy_networks.problem('hinge', kind, seed=3)
+  batch = prob['z'].shape[0]
+  mark = jnp.zeros(batch).at[jnp.asarray(marked, jnp.int32)].set(5.0)
+  prob['z'] = prob['z'].at[:, 0].set(mark)
+  base_g, base_d = prob['generate'], prob['discriminate']
+
+  def generate(params, z):
+    return base_g(params, z).at[:, 0, 0, 0].set(z[:, 0])
+
+  def discriminate(params, x):
+    drop = 20.0 * jax.nn.sigmoid(10.0 * (x[:, 0, 0, 0] - 2.0))
+    logits = base_d(params, x)
+    return logits - drop.reshape(drop.shape + (1,) * (logits.ndim - 1))
+
+  prob.update(generate=generate, discriminate=discriminate)
+  return prob
+
+
+@pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
+def test_singular_fakes_rerun_d_in_a_bucket_and_the_fallback_is_exact(kind):
+  """Batch 8, bucket 2: none, some, a full bucket, more than the bucket and all fakes
+  singular; each is exact, the bucket runs when they fit and the whole batch when not."""
+  for marked in ([], [5], [1, 6], [0, 3, 7], list(range(8))):
+    prob = _marked_problem(kind, marked)
+    ours, ref = _both(prob, exact_bucket=2)
+    aux = _assert_exact(ours, ref)
+    n = int(aux['n_exact'])
+    assert n >= len(marked) and (kind == 'patch' or n == len(marked))
+    assert int(aux['exact_bucket']) == 2
+    assert int(aux['exact_path']) == (0 if n == 0 else 2 if n <= 2 else 1), (marked, n)
+  # Without a bucket the whole batch re-runs, with the same gradients.
+  prob = _marked_problem(kind, [5])
+  without = _both(prob, exact_bucket=0)[0]
+  assert int(without[2]['exact_path']) == 1
+  _assert_exact(without, _both(prob, exact_bucket=2)[0])
+
+
 @pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
 def test_approx_mode_is_exact_where_theory_says(kind):
   # Symmetric losses with a per-sample D: gamma = -1, the paper's trick is exact.

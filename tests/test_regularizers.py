@@ -22,6 +22,7 @@ from osgan_jax.core import optimizers
 from osgan_jax.core import regularizers as reg
 from osgan_jax.models import stylegan2 as sg
 from osgan_jax.models import stylegan2_ops as sg_ops
+from helpers import needs_torch  # pylint: disable=import-error
 
 FAST = 'unsafe_rbg'
 
@@ -319,10 +320,12 @@ def _toy_gan(batch):
   return gan, state, z_all
 
 
+@needs_torch
 def test_r1_and_path_length_steps_match_official_pytorch_code():
   """The official StyleGAN2Loss 'Dreg' and 'Greg' phases, run verbatim in PyTorch on
   the same toy networks, give the same gradients (float64), gains and pl_mean."""
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=import-outside-toplevel
+
   r1_gamma, r1_interval, pl_weight, pl_interval, batch = 10.0, 16, 2.0, 4, 8
   with jax.enable_x64(True):
     gan, state, z_all = _toy_gan(batch)
@@ -425,8 +428,10 @@ def test_r1_and_path_length_steps_match_official_pytorch_code():
   np.testing.assert_allclose(m_pl['pl_length'], pl_lengths.mean().item(), rtol=1e-6)
 
 
+@needs_torch
 def test_lazy_adam_is_the_official_torch_adam():
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=import-outside-toplevel
+
   lr, betas, eps, interval = 0.002, (0.0, 0.99), 1e-8, 16
   w0 = np.random.default_rng(0).standard_normal(5)
   grads = np.random.default_rng(1).standard_normal((4, 5))

@@ -4,7 +4,6 @@ EMA at the step, one-line errors, and exact resume of a ramped run."""
 
 import json
 import math
-import os
 import shutil
 
 import jax
@@ -15,9 +14,11 @@ import pytest
 from osgan_jax import config as config_lib, train
 from osgan_jax.tasks import gan, hparams
 from osgan_jax.core import optimizers, regularizers, schedules
-from helpers import FASHION_MNIST, tiny_fashion_mnist_config  # pylint: disable=import-error
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import (  # pylint: disable=import-error
+    config_path,
+    needs_fashion_mnist,
+    tiny_fashion_mnist_config,
+)
 
 
 def official_cosine(cur_nimg, base_value, total_nimg, final_value):
@@ -28,9 +29,7 @@ def official_cosine(cur_nimg, base_value, total_nimg, final_value):
 
 
 def _config(**overrides):
-  return config_lib.load_config(
-      os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py'), overrides
-  )
+  return config_lib.load_config(config_path('dcgan_fashion_mnist'), overrides)
 
 
 @pytest.mark.parametrize('start,final', [(2e-4, 5e-5), (0.9, 0.99), (0.0, 5000.0)])
@@ -155,7 +154,8 @@ def test_bad_schedules_are_one_line_errors(overrides, message):
   assert '\n' not in str(e.value)
 
 
-@pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason='needs Fashion-MNIST')
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_a_ramped_run_resumes_bit_identically(tmp_path):
   """The ramps' position is the optimiser's count (in the checkpoint): a run resumed
   from step 2 of 4 equals the uninterrupted one."""

@@ -18,9 +18,6 @@ import numpy as np
 PyTree = Any
 
 
-# ----------------------------------------------------------------------------- pytrees
-
-
 def is_float(x) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
@@ -90,16 +87,9 @@ def cotangent_like(x, float_cotangents):
   return jax.tree.unflatten(treedef, out)
 
 
-# ------------------------------------------------------------------ the decomposition
-
-
 def project(d, g, axes):
-  """Least-squares gamma with g ~ gamma * d over ``axes``, and whether it is exact.
-
-  Returns ``(gamma, exact)``. ``exact`` is false where d is zero or so small that a
-  backward pass scaled by it would underflow (or gamma would exceed 1e15), or where g
-  is not parallel to d to within ``rtol``; gamma is 0 there (never inf or NaN). Both
-  vectors are divided by the same scale, so g = -d gives gamma = -1 exactly.
+  """``(gamma, exact)``: least-squares gamma with g ~ gamma * d over ``axes``, and where
+  it is exact; gamma is 0 where it is not, never inf or NaN (docs/method.md).
   """
   rtol = 1e-6
   floor = float(np.sqrt(np.finfo(np.dtype(d.dtype)).tiny))
@@ -126,14 +116,9 @@ def project(d, g, axes):
 def samples_independent(
     discriminate: Callable, params_d: PyTree, images: PyTree, *, has_aux: bool = False
 ) -> bool:
-  """Whether D's logits for sample i depend on image i alone.
-
-  A forward-mode probe: perturb sample 0 and see whether any other sample's logits
-  move. BatchNorm in training mode and minibatch standard deviation fail it. Run
-  eagerly; under a trace, parameters and images are replaced by random stand-ins of
-  the same shapes. If the probe cannot run (D closes over traced values), D is treated
-  as coupling samples, which is exact but costs one extra input backward.
-  """
+  """Whether D's logits for sample i depend on image i alone: a forward-mode probe on
+  sample 0, with random stand-ins under a trace; False (with a warning) when it cannot
+  run (docs/method.md)."""
   batch = batch_size(images)
   if batch < 2:
     return True

@@ -40,9 +40,6 @@ def rel_err(a, b) -> float:
   return float(np.sqrt(num / den))
 
 
-# ------------------------------------------------------------------ finite differences
-
-
 def _objectives(prob):
   """``[(L_D + penalties as a function of params_d, params_d), (L_G of params_g,
   params_g)]``, written out independently of ``reference_grads``."""
@@ -53,23 +50,15 @@ def _objectives(prob):
     out = disc(p, x)
     return out[0] if has_aux else out
 
-  x_fake = prob['generate'](prob['params_g'], prob['z'])
+  x_real, x_fake = prob['x_real'], prob['generate'](prob['params_g'], prob['z'])
+  penalties, penalty_rng = prob['penalties'], prob['penalty_rng']
 
   def d_objective(pd):
-    value = loss.d(d_out(pd, prob['x_real']), d_out(pd, x_fake), state)
-    if prob['penalties']:
-      value = (
-          value
-          + penalties_lib.loss(
-              disc,
-              pd,
-              prob['x_real'],
-              x_fake,
-              prob['penalties'],
-              prob['penalty_rng'],
-              has_aux=has_aux,
-          )[0]
-      )
+    value = loss.d(d_out(pd, x_real), d_out(pd, x_fake), state)
+    if penalties:
+      value += penalties_lib.loss(
+          disc, pd, x_real, x_fake, penalties, penalty_rng, has_aux=has_aux
+      )[0]
     return value
 
   def g_objective(pg):
@@ -118,26 +107,13 @@ def finite_difference_error(prob, num_directions=3, seed=0, eps=1e-5) -> float:
   return worst
 
 
-# -------------------------------------------------------- one-stage against reference
-
-
 def run_one_stage(prob, mode):
   """One-stage gradients of ``prob``, jitted at the matmul precision in effect."""
   return jax.jit(
       lambda pg, pd: one_stage.one_stage_grads(
-          prob['generate'],
-          prob['discriminate'],
-          pg,
-          pd,
-          prob['z'],
-          prob['x_real'],
-          prob['loss'],
+          **{**prob, 'params_g': pg, 'params_d': pd},
           mode=mode,
-          d_has_aux=prob['d_has_aux'],
           measure_error=mode == 'approx',
-          loss_state=prob['loss_state'],
-          penalties=prob['penalties'],
-          penalty_rng=prob['penalty_rng'],
       )
   )(prob['params_g'], prob['params_d'])
 
@@ -159,19 +135,21 @@ def run_reference(prob, loss_scale=1.0):
   """Reference gradients of ``prob`` (of its loss times ``loss_scale``, divided back),
   jitted at the matmul precision in effect."""
   loss = _scaled(losses_lib.get(prob['loss']), loss_scale)
+  # The penalties scale with the loss, so the whole objective is the same math.
+  penalties = prob.get('penalties')
+  if penalties:
+    penalties = {k: w * loss_scale for k, w in penalties.items()}
   ref_g, ref_d, _ = jax.jit(
       lambda pg, pd: one_stage.reference_grads(
-          **{**prob, 'params_g': pg, 'params_d': pd, 'loss': loss}
+          **{**prob, 'params_g': pg, 'params_d': pd, 'loss': loss, 'penalties': penalties}
       )
   )(prob['params_g'], prob['params_d'])
   return jax.tree.map(lambda x: x / loss_scale, (ref_g, ref_d))
 
 
 def default_precision_report(prob, mode, emulate=None) -> dict:
-  """One-stage against reference at the matmul precision in effect (the backend's
-  default unless configured), beside the rounding floor: the reference against itself
-  with the loss times ROUNDING_SCALE and the gradients divided back, the same math with
-  every backward product rounded anew."""
+  """One-stage against reference at the matmul precision in effect, beside the rounding
+  floor (the reference with the loss times ROUNDING_SCALE; docs/exactness.md)."""
   grads_g, grads_d, _ = run_one_stage(prob, mode)
   ref_g, ref_d = run_reference(prob)
   again_g, again_d = run_reference(prob, ROUNDING_SCALE)
@@ -204,10 +182,8 @@ def check(
     penalty='none',
     default_precision=True,
 ) -> dict:
-  """Runs one gradcheck setting and returns the JSON-able report. The verdict compares
-  at full float32 precision, so that it judges the algorithm, not the hardware's
-  rounding; ``default_precision`` reports what training at the default sees (skipped
-  with ``default_precision=False``: three more compilations)."""
+  """One gradcheck setting's JSON-able report, its verdict at full float32 precision;
+  ``default_precision=False`` skips the default-precision report (three compilations)."""
   dtype = jnp.float64 if x64 else jnp.float32
   prob = problem(
       loss, disc, seed=seed, dtype=dtype, logits=logits, emulate=emulate, penalty=penalty

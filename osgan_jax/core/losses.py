@@ -17,13 +17,8 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-  """A GAN objective: D minimises ``d_loss``, G minimises ``g_loss``.
-
-  A loss with state (Fisher GAN's Lagrange multiplier) has ``init_state() -> state``
-  and ``update_state(state, real_logits, fake_logits) -> state``; its ``d_loss`` and
-  ``g_loss`` take the state as a third argument. The steps keep the state in
-  ``TrainState.loss_state`` (so it is checkpointed) and update it from the logits of
-  the same forward pass; a user-defined stateful loss needs nothing else.
+  """A GAN objective: D minimises ``d_loss``, G minimises ``g_loss``. A stateful loss
+  (``init_state``, ``update_state``) takes its state as a third argument (docs/api.md).
   """
 
   name: str
@@ -102,11 +97,8 @@ def names() -> list[str]:
 
 
 def is_symmetric(loss: str | Loss, num_probes: int = 64, seed: int = 0) -> bool:
-  """True when dL_G/d fake = -dL_D/d fake (gamma = -1) at random probe logits.
-
-  This is the property the paper calls symmetric; it is read off the coefficients,
-  not declared, so a user-registered loss is classified the same way.
-  """
+  """True when dL_G/d fake = -dL_D/d fake (gamma = -1, the paper's symmetric) at random
+  probe logits: read off the coefficients, so user-registered losses are classified."""
   loss = get(loss)
   rng = np.random.default_rng(seed)
   real = jnp.asarray(rng.normal(scale=3.0, size=num_probes), jnp.float32)
@@ -120,8 +112,7 @@ def is_symmetric(loss: str | Loss, num_probes: int = 64, seed: int = 0) -> bool:
 _softplus = jax.nn.softplus
 _mean = jnp.mean
 
-# Minimax GAN (Goodfellow et al.): D maximises log D(x) + log(1 - D(G(z))), G
-# minimises log(1 - D(G(z))). Symmetric: gamma = -1.
+# Goodfellow et al.: G minimises log(1 - D(G(z))). gamma = -1.
 register(
     'minimax',
     d_loss=lambda r, f: _mean(_softplus(-r)) + _mean(_softplus(f)),
@@ -145,8 +136,7 @@ register(
     description='Wasserstein GAN (symmetric)',
 )
 
-# LSGAN with targets a=0 (fake), b=1 (real), c=1 (G's target). gamma = (D - 1) / D,
-# singular at D(fake) = 0.
+# LSGAN, targets 0 (fake), 1 (real), 1 (G). gamma = (D - 1) / D, singular at D = 0.
 register(
     'lsgan',
     d_loss=lambda r, f: _mean(jnp.square(r - 1.0)) + _mean(jnp.square(f)),
@@ -154,8 +144,7 @@ register(
     description='least-squares GAN, targets 0/1 (asymmetric)',
 )
 
-# Hinge loss (GeoGAN, SNGAN). dL_D/d fake = 0 once f < -1 while dL_G/d fake = -1:
-# the coefficient is undefined there, where the official code produces -inf.
+# GeoGAN, SNGAN. gamma is undefined once f < -1 (the official code gets -inf).
 register(
     'hinge',
     d_loss=lambda r, f: _mean(jax.nn.relu(1.0 - r)) + _mean(jax.nn.relu(1.0 + f)),
@@ -188,9 +177,7 @@ register(
     description='relativistic average standard GAN (asymmetric)',
 )
 
-# Data-free adversarial distillation (DFAD, Fang et al. 2019): the "logits" are a
-# per-sample teacher-student discrepancy on generated inputs; the student (D) minimises
-# it and the generator maximises it. There is no real term (no real data). Symmetric.
+# DFAD (Fang et al. 2019): the "logits" are a teacher-student discrepancy (docs/dfad.md).
 register(
     'dfad',
     d_loss=lambda r, f: _mean(f),
@@ -208,13 +195,8 @@ register(
 
 
 def fisher(rho: float = 1e-6) -> dict:
-  """Fisher GAN (Mroueh & Sercu 2017) as ``register``'s keyword arguments.
-
-  D maximises ``E f(x) - E f(G(z)) + lam (1 - Omega) - rho / 2 (1 - Omega)^2`` with
-  ``Omega = (E f(x)^2 + E f(G(z))^2) / 2``; the Lagrange multiplier moves against
-  that objective's gradient, ``lam <- lam - rho (1 - Omega)``; G maximises
-  ``E f(G(z))``. The state is ``{'lam': scalar}``, starting at 0.
-  """
+  """Fisher GAN (Mroueh & Sercu 2017) as ``register``'s keyword arguments; the state is
+  ``{'lam': scalar}``, from 0 (the objective: docs/api.md)."""
 
   def omega(r, f):
     return 0.5 * (_mean(jnp.square(r)) + _mean(jnp.square(f)))

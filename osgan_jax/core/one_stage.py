@@ -40,48 +40,31 @@ def one_stage_grads(
     loss_state=None,
     penalties=None,
     penalty_rng=None,
+    exact_bucket=0.25,
 ):
   """Gradients of L_G (for G) and L_D (for D) from one shared forward and backward.
 
-  Args:
-    generate: ``generate(params_g, z) -> images`` (or ``(images, aux)`` with
-      ``g_has_aux``). ``images`` is an array or a pytree (e.g. ``{'image', 'label'}``
-      for conditional GANs; integer leaves get no gradient).
-    discriminate: ``discriminate(params_d, images) -> logits`` of shape ``[B]`` or
-      ``[B, H, W]`` (or ``(logits, aux)`` with ``d_has_aux``).
-    params_g, params_d: parameter pytrees. Model state that is not differentiated
-      (BatchNorm running statistics, spectral-norm vectors) is closed over by
-      ``generate``/``discriminate`` and returned as their aux: e.g.
-      ``lambda p, x: model.apply({'params': p, **state}, x, mutable=['batch_stats'])``
-      with ``d_has_aux=True``.
-    z: the latent batch (any pytree) passed to ``generate``.
-    x_real: a batch of real images, same structure as ``generate``'s output, or
-      ``None`` (or a pytree without leaves, e.g. ``{}``) for a game without real data
-      (data-free distillation): D then runs on the fake batch only and the loss gets
-      an empty ``[0, ...]`` array as its real logits, so it must not use them.
-    loss: a registered loss name or ``losses.Loss``.
-    mode: ``'exact'`` (default; equals ``reference_grads``) or ``'approx'`` (the
-      paper's per-sample scaling, see docs/method.md).
-    per_sample: whether D's logits for sample i depend on image i only. ``None``
-      probes it (``samples_independent``). True lets D run once on the concatenated
-      real and fake batch; False runs it on each half (as ``reference_grads`` does).
-    g_has_aux, d_has_aux: ``generate``/``discriminate`` return ``(output, aux)``.
-    measure_error: in approx mode, also compute the exact image cotangent (one more
-      input-only backward) and report ``aux['approx_rel_err']``.
-    loss_state: the state of a stateful loss (``losses.Loss.init_state``; default:
-      the initial state); ``aux['loss_state']`` is its update from these logits.
-    penalties: ``{'r1' | 'r2' | 'gp': weight}`` (``osgan_jax.core.penalties``): D-only
-      gradient penalties added to D's gradient; ``penalty_rng`` draws ``gp``'s
-      interpolation weights. With R2, a per-sample D and one logit per sample (R3GAN)
-      they share D's forward (``strategies.shared_r2``); otherwise they run as their
-      own forward and backward of D.
+  Args (in full: docs/method.md#the-gradient-api):
+    generate: ``(params_g, z) -> images`` (an array or pytree; integer leaves get no
+      gradient), ``(images, aux)`` with ``g_has_aux``.
+    discriminate: ``(params_d, images) -> logits [B] or [B, H, W]``, ``(logits, aux)``
+      with ``d_has_aux``; undifferentiated model state is closed over, returned as aux.
+    x_real: real images like ``generate``'s, or ``None``/``{}`` for a data-free game
+      (the loss then gets empty ``[0, ...]`` real logits).
+    mode: ``'exact'`` (equals ``reference_grads``) or ``'approx'`` (the paper's).
+    per_sample: whether D's logits for sample i depend on image i only; ``None`` probes.
+    measure_error: approx mode: also report ``aux['approx_rel_err']``.
+    loss_state: a stateful loss's state (default: its initial one).
+    penalties: ``{'r1' | 'r2' | 'gp': weight}``, D-only; ``penalty_rng`` draws ``gp``'s
+      interpolation weights.
+    exact_bucket: per-sample D: the bucket the singular fakes re-run D in, a fraction
+      of the batch or a count (0 or None: always the whole batch).
 
   Returns:
-    ``(grads_g, grads_d, aux)``; ``aux`` holds ``loss_d``, ``loss_g``, ``gamma_mean``,
-    ``gamma_min``, ``gamma_max`` (over samples whose gamma is defined), ``n_exact``
-    (samples that took the exact path, or in approx mode whose gamma is wrong or
-    undefined), ``per_sample``, and ``g_aux``/``d_aux`` (D's aux from its last forward
-    call: the concatenated batch, or the fake half when D couples samples).
+    ``(grads_g, grads_d, aux)``; ``aux``: ``loss_d``, ``loss_g``, ``loss_state``, gamma
+    statistics, ``n_exact``, ``per_sample``, ``g_aux``/``d_aux`` and, where they apply,
+    ``exact_path`` (0 none, 1 whole batch, 2 bucket), ``exact_bucket``,
+    ``approx_rel_err`` and the penalties' metrics.
   """
   loss = losses_lib.get(loss)
   if mode not in MODES:
@@ -106,6 +89,7 @@ def one_stage_grads(
       per_sample=bool(per_sample),
       penalties=penalties_lib.validate(penalties),
       measure_error=measure_error,
+      bucket=exact_bucket,
   )
   result = strategies.STRATEGIES[strategies.choose_strategy(game, mode=mode)](game)
 
@@ -125,41 +109,35 @@ def _record(result: strategies.Pass, game: strategies.Game, g_aux) -> dict:
   loss, state = game.loss, game.loss_state
   r32, f32, gamma = result.real_logits, result.fake_logits, result.gamma
   defined = jnp.max(jnp.abs(result.c_fake), axis=result.sample_axes) > 0
-  n_defined = jnp.maximum(jnp.sum(defined), 1)
-  record = dict(
+  n_defined, any_defined = jnp.maximum(jnp.sum(defined), 1), jnp.any(defined)
+  gamma_min = jnp.min(jnp.where(defined, gamma, jnp.inf), initial=jnp.inf)
+  gamma_max = jnp.max(jnp.where(defined, gamma, -jnp.inf), initial=-jnp.inf)
+  return dict(
       loss_d=loss.d(r32, f32, state),
       loss_g=loss.g(r32, f32, state),
       loss_state=loss.updated(state, r32, f32),
       gamma_mean=jnp.sum(jnp.where(defined, gamma, 0.0)) / n_defined,
-      gamma_min=jnp.min(jnp.where(defined, gamma, jnp.inf), initial=jnp.inf),
-      gamma_max=jnp.max(jnp.where(defined, gamma, -jnp.inf), initial=-jnp.inf),
+      gamma_min=jnp.where(any_defined, gamma_min, 0.0),
+      gamma_max=jnp.where(any_defined, gamma_max, 0.0),
       n_exact=result.n_exact,
       per_sample=jnp.asarray(game.per_sample),
       g_aux=g_aux,
       d_aux=result.d_aux,
   )
-  any_defined = jnp.any(defined)
-  record['gamma_min'] = jnp.where(any_defined, record['gamma_min'], 0.0)
-  record['gamma_max'] = jnp.where(any_defined, record['gamma_max'], 0.0)
-  return record
 
 
 def _penalty_grads(game: strategies.Game, weights: dict, rng):
   """D's gradient of the penalties and their metrics (``osgan_jax.core.penalties``)."""
   if not game.has_real and {'r1', 'gp'} & set(weights):
     raise ValueError('the r1 and gp penalties need real data')
-  return jax.grad(
-      lambda p: penalties_lib.loss(
-          game.discriminate,
-          p,
-          game.x_real,
-          game.x_fake,
-          weights,
-          rng,
-          has_aux=game.d_has_aux,
-      ),
-      has_aux=True,
-  )(game.params_d)
+
+  def penalty(p):
+    x_real, x_fake = game.x_real, game.x_fake
+    return penalties_lib.loss(
+        game.discriminate, p, x_real, x_fake, weights, rng, has_aux=game.d_has_aux
+    )
+
+  return jax.grad(penalty, has_aux=True)(game.params_d)
 
 
 def reference_grads(
@@ -178,14 +156,8 @@ def reference_grads(
     penalty_rng=None,
     **unused_options,
 ):
-  """Ground truth: two independent ``jax.grad`` calls at the same parameters and z:
-  of ``L_D + penalties`` for D and of ``L_G`` for G.
-
-  D runs separately on the real and the fake batch (as in two-stage training), so a
-  discriminator that couples samples sees the same batches as in ``one_stage_grads``.
-  Accepts (and ignores) ``one_stage_grads``' other options, so the two are
-  interchangeable.
-  """
+  """Ground truth: ``jax.grad`` of ``L_D + penalties`` for D and of ``L_G`` for G, D run
+  on each batch separately; takes (and ignores) ``one_stage_grads``' other options."""
   loss = losses_lib.get(loss)
 
   def disc(p, x):
@@ -201,12 +173,9 @@ def reference_grads(
     fake_logits = disc(pd, x_fake)
     value = loss.d(real(pd, fake_logits), fake_logits, loss_state)
     if penalties:
-      value = (
-          value
-          + penalties_lib.loss(
-              discriminate, pd, x_real, x_fake, penalties, penalty_rng, has_aux=d_has_aux
-          )[0]
-      )
+      value += penalties_lib.loss(
+          discriminate, pd, x_real, x_fake, penalties, penalty_rng, has_aux=d_has_aux
+      )[0]
     return value
 
   def g_objective(pg):

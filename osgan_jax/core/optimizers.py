@@ -74,12 +74,8 @@ def adam(
     decay: float = 0.1,
     nan_to_num: bool = False,
 ) -> optax.GradientTransformation:
-  """Adam as the reference implementations run it (optax's Adam is torch's).
-
-  ``lr`` and ``b2`` may be ramps (functions of the update count); ``lazy_interval``
-  applies the official correction for a player regularised every that many steps
-  (``lr * k/(k+1)``, ``beta ** (k/(k+1))``); ``milestones`` decay the learning rate.
-  """
+  """Adam as the reference implementations run it (optax's is torch's); ``lr`` and ``b2``
+  may be ramps, ``lazy_interval`` applies the official lazy-regularisation correction."""
   ratio = lazy_ratio(lazy_interval)
   lr = with_milestones(map_value(lambda v: v * ratio, lr), milestones, decay)
   b2 = map_value(lambda v: v**ratio, b2)

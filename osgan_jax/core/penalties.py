@@ -35,11 +35,8 @@ def _f32(x):
 
 
 def input_grads(discriminate: Callable, params_d, x, *, has_aux: bool = False):
-  """``(grads, logits, aux)``: ``d sum_j D(x_j) / d x`` as a list over the float leaves
-  of ``x`` (in ``jax.tree.leaves`` order); ``aux`` is None without ``has_aux``.
-
-  Differentiable with respect to ``params_d`` (the double backward of a penalty), and
-  the ``logits`` are those of the same forward, so a caller can train on them too."""
+  """``(grads, logits, aux)``: ``d sum_j D(x_j) / d x`` over ``x``'s float leaves (a
+  list), differentiable w.r.t. ``params_d``, and the same forward's logits."""
   floats, rebuild = _float_leaves(x)
 
   def summed(floats):
@@ -82,11 +79,8 @@ def loss(
     *,
     has_aux: bool = False,
 ):
-  """``(weighted sum of the penalties, {'r1_penalty', ...})`` for D's parameters.
-
-  ``x_fake`` is detached here. ``rng`` draws the interpolation weights of ``gp``.
-  The metrics are the unweighted batch means (for ``gp``: of (norm - 1)^2).
-  """
+  """``(weighted sum of the penalties, {'r1_penalty', ...})``, ``x_fake`` detached;
+  ``rng`` draws ``gp``'s interpolation weights. Metrics: unweighted batch means."""
   weights = validate(weights)
   x_fake = jax.lax.stop_gradient(x_fake)
   total, metrics = 0.0, {}
@@ -94,12 +88,10 @@ def loss(
   def sq_norms(x):
     return input_grad_sq_norms(discriminate, params_d, x, has_aux=has_aux)[0]
 
-  if 'r1' in weights:
-    metrics['r1_penalty'] = jnp.mean(sq_norms(x_real))
-    total = total + weights['r1'] / 2 * metrics['r1_penalty']
-  if 'r2' in weights:
-    metrics['r2_penalty'] = jnp.mean(sq_norms(x_fake))
-    total = total + weights['r2'] / 2 * metrics['r2_penalty']
+  for name, x in (('r1', x_real), ('r2', x_fake)):
+    if name in weights:
+      metrics[f'{name}_penalty'] = jnp.mean(sq_norms(x))
+      total = total + weights[name] / 2 * metrics[f'{name}_penalty']
   if 'gp' in weights:
     if rng is None:
       raise ValueError('the gp penalty needs an rng for its interpolation weights')

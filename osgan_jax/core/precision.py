@@ -21,8 +21,7 @@ EMULATIONS = {'tf32': 10, 'bf16': 7}
 
 
 def full_precision():
-  """Context in which float32 matmuls and convolutions run at full float32 precision on
-  every backend (GPUs default to TF32, TPUs to bfloat16 passes); it is part of jit's
+  """Context for full-float32 matmuls and convolutions on every backend; part of jit's
   cache key, so functions jitted and called inside it compile at that precision."""
   return jax.default_matmul_precision(FULL_PRECISION)
 
@@ -33,10 +32,8 @@ def at_full_precision() -> bool:
 
 
 def emulated(op, a, b, emulate):
-  """op(a, b) as reduced-precision hardware runs a float32 matmul/conv: operands
-  rounded to ``emulate``'s mantissa, products accumulated in float32. Backward products
-  round their operands (the cotangent and the other factor) too. Plain ``op`` at full
-  precision (as GPUs under 'highest'), for other dtypes, or without ``emulate``."""
+  """``op(a, b)`` with float32 operands (backward products' too) rounded to ``emulate``'s
+  mantissa; plain ``op`` at full precision, for other dtypes or without ``emulate``."""
   if emulate is None or a.dtype != jnp.float32 or at_full_precision():
     return op(a, b)
   rnd = functools.partial(

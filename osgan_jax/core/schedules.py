@@ -18,12 +18,9 @@ Value = Union[float, Callable]
 
 
 def ramp(start: float, final: float, steps: int, kind: str = 'cosine') -> optax.Schedule:
-  """``start`` at step 0 to ``final`` at ``steps``, held after; ``kind='cosine'`` is
-  R3GAN's ``cosine_decay_with_warmup`` without warm-up, ``'linear'`` a straight line.
-
-  The cosine's progress ``(1 - cos(pi t / T)) / 2`` is computed as ``sin(pi t / 2T)^2``
-  (optax's ``cosine_decay_schedule`` form loses float32 digits near the start).
-  """
+  """``start`` at step 0 to ``final`` at ``steps``, held after; ``'cosine'`` is R3GAN's
+  ``cosine_decay_with_warmup`` without warm-up, as ``sin(pi t / 2T)^2`` (optax's form
+  loses float32 digits near the start)."""
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
   start, final, steps = float(start), float(final), int(steps)

@@ -25,12 +25,8 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything that changes during training; a plain pytree (no static fields).
-
-  ``ema_params_g`` (an exponential moving average of G's parameters) and ``pl_mean``
-  (the running path-length mean) are ``None`` unless the run uses them
-  (``osgan_jax.core.regularizers``); the main steps pass them through untouched.
-  ``loss_state`` is a stateful loss's state (Fisher GAN's multiplier), else ``None``.
+  """Everything that changes during training, a plain pytree (docs/api.md);
+  ``ema_params_g``, ``pl_mean`` and ``loss_state`` are ``None`` unless the run uses them.
   """
 
   step: jax.Array
@@ -49,23 +45,11 @@ class TrainState:
 class GAN:
   """A GAN as pure functions; the steps know nothing else about the models.
 
-  Attributes:
-    generate: ``(params_g, model_state_g, z, rng) -> (fake_batch, model_state_g)``;
-      ``fake_batch`` is a dict with the keys ``batch_keys`` (e.g. ``{'image': x}``, plus
-      ``'label'`` for a conditional GAN).
-    discriminate: ``(params_d, model_state_d, batch, rng) -> (logits, model_state_d)``.
-    sample_latent: ``(rng, batch_size) -> z`` (any pytree ``generate`` accepts).
-    loss: a registered loss name or ``losses.Loss``.
-    optimizer_g, optimizer_d: optax transformations (weight clipping: ``clip_params``).
-    batch_keys: the keys of the real batch that D sees; ``()`` for a game without
-      real data (data-free distillation), where the steps take ``batch={}`` and D
-      sees fake samples only (see ``one_stage_grads``' ``x_real``).
-    mode: ``one_stage_grads``' mode, ``'exact'`` or ``'approx'``.
-    per_sample: whether D treats samples independently; ``None`` probes it at trace
-      time (see ``probe_per_sample`` to settle it once with concrete values).
-    penalties: ``{'r1' | 'r2' | 'gp': weight}``, D's gradient penalties in the main
-      step (``osgan_jax.core.penalties``); a weight may be an optax-style schedule
-      ``step -> weight``.
+  ``generate(params_g, model_state_g, z, rng) -> (fake_batch, model_state_g)``, a dict
+  of ``batch_keys``; ``discriminate(params_d, model_state_d, batch, rng) -> (logits,
+  model_state_d)``; ``sample_latent(rng, n) -> z``. ``batch_keys=()``: no real data
+  (``batch={}``). ``per_sample=None`` probes at trace time (``probe_per_sample``).
+  ``penalties``: ``{'r1' | 'r2' | 'gp': weight or schedule}``. Fields: docs/api.md.
   """
 
   generate: Callable
@@ -79,6 +63,7 @@ class GAN:
   per_sample: bool | None = None
   fake_batch_size: int = 0  # samples per step when there is no real batch
   penalties: Any = None
+  exact_bucket: float = 0.25  # one_stage_grads' exact_bucket
 
   def penalty_weights(self, step):
     """The penalties' weights at ``step`` (schedules evaluated), or ``None``."""
@@ -99,6 +84,7 @@ def init_state(
 ) -> TrainState:
   """The state at step 0; ``ema`` adds ``ema_params_g`` (a copy of ``params_g``) and
   ``path_length`` a float32 ``pl_mean`` of 0 (the official initial value)."""
+  loss = losses_lib.get(gan.loss)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params_g=params_g,
@@ -109,22 +95,13 @@ def init_state(
       model_state_d={} if model_state_d is None else model_state_d,
       ema_params_g=jax.tree.map(jnp.copy, params_g) if ema else None,
       pl_mean=jnp.zeros((), jnp.float32) if path_length else None,
-      loss_state=_initial_loss_state(gan),
+      loss_state=loss.init_state() if loss.stateful else None,
   )
 
 
-def _initial_loss_state(gan: GAN):
-  loss = losses_lib.get(gan.loss)
-  return loss.init_state() if loss.stateful else None
-
-
 def probe_per_sample(gan: GAN, state: TrainState, batch=None) -> GAN:
-  """Settles ``gan.per_sample`` with concrete values, so the jitted step need not.
-
-  Probes D on ``batch`` (its ``batch_keys``), or, with ``batch=None`` or a game
-  without real data, on four samples of G: whether D couples samples depends on its
-  architecture, not on the images.
-  """
+  """Settles ``gan.per_sample`` with concrete values, so the jitted step need not: on
+  ``batch``, or on four samples of G without one (coupling is architectural)."""
   if gan.per_sample is not None:
     return gan
   # Jitted, so the eager probe compiles D once instead of op by op.
@@ -144,12 +121,8 @@ def probe_per_sample(gan: GAN, state: TrainState, batch=None) -> GAN:
 
 
 def clip_params(limit: float) -> optax.GradientTransformation:
-  """Keeps every parameter in [-limit, limit] after the update (WGAN weight clipping).
-
-  Exact up to one rounding: optax adds the returned update to the parameters.
-
-  Chain it last: ``optax.chain(optax.adam(...), clip_params(0.01))``.
-  """
+  """WGAN weight clipping: every parameter in [-limit, limit] after the update, up to
+  one rounding. Chain it last: ``optax.chain(optax.adam(...), clip_params(0.01))``."""
 
   def update(updates, state, params):
     if params is None:
@@ -188,8 +161,27 @@ def apply_optimizer(optimizer, grads, opt_state, params):
   return optax.apply_updates(params, updates), opt_state
 
 
+def update_g(gan: GAN, state: TrainState, grads) -> dict:
+  """``{'params_g', 'opt_state_g'}`` after G's optimiser step on ``grads``."""
+  params, opt = apply_optimizer(gan.optimizer_g, grads, state.opt_state_g, state.params_g)
+  return {'params_g': params, 'opt_state_g': opt}
+
+
+def update_d(gan: GAN, state: TrainState, grads) -> dict:
+  """``{'params_d', 'opt_state_d'}`` after D's optimiser step on ``grads``."""
+  params, opt = apply_optimizer(gan.optimizer_d, grads, state.opt_state_d, state.params_d)
+  return {'params_d': params, 'opt_state_d': opt}
+
+
 def _f32(x):
   return jnp.asarray(x, jnp.float32)
+
+
+# The one-stage step's metrics: these of its aux record, where it has them.
+_METRICS = (
+    *('loss_d', 'loss_g', 'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact'),
+    *(f'{name}_penalty' for name in penalties_lib.NAMES),
+)
 
 
 def one_stage_step(gan: GAN, state: TrainState, batch, rng):
@@ -213,38 +205,17 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
       loss_state=state.loss_state,
       penalties=gan.penalty_weights(state.step),
       penalty_rng=rng_p,
-  )
-  params_g, opt_state_g = apply_optimizer(
-      gan.optimizer_g, grads_g, state.opt_state_g, state.params_g
-  )
-  params_d, opt_state_d = apply_optimizer(
-      gan.optimizer_d, grads_d, state.opt_state_d, state.params_d
+      exact_bucket=gan.exact_bucket,
   )
   state = state.replace(
       step=state.step + 1,
-      params_g=params_g,
-      params_d=params_d,
-      opt_state_g=opt_state_g,
-      opt_state_d=opt_state_d,
+      **update_g(gan, state, grads_g),
+      **update_d(gan, state, grads_d),
       model_state_g=aux['g_aux'],
       model_state_d=aux['d_aux'],
       loss_state=aux['loss_state'],
   )
-  metrics = {
-      k: _f32(aux[k])
-      for k in (
-          'loss_d',
-          'loss_g',
-          'gamma_mean',
-          'gamma_min',
-          'gamma_max',
-          'n_exact',
-          'r1_penalty',
-          'r2_penalty',
-          'gp_penalty',
-      )
-      if k in aux
-  }
+  metrics = {k: _f32(aux[k]) for k in _METRICS if k in aux}
   return state, {**metrics, **_loss_state_metrics(state.loss_state)}
 
 
@@ -262,17 +233,16 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   rng_z1, rng_z2, rng_g1, rng_g2, rng_d1, rng_d2 = jax.random.split(rng, 6)
 
   # Stage 1: D on real and fake, G frozen (forward only).
-  fake, _ = gan.generate(
-      state.params_g, state.model_state_g, gan.sample_latent(rng_z1, batch_size), rng_g1
-  )
+  z1 = gan.sample_latent(rng_z1, batch_size)
+  fake, _ = gan.generate(state.params_g, state.model_state_g, z1, rng_g1)
   fake = jax.lax.stop_gradient(fake)
-
   weights = gan.penalty_weights(state.step)
 
+  def disc(p, x):
+    return gan.discriminate(p, state.model_state_d, x, rng_d1)
+
   def d_objective(params_d):
-    fake_logits, model_state_d = gan.discriminate(
-        params_d, state.model_state_d, fake, rng_d1
-    )
+    fake_logits, model_state_d = disc(params_d, fake)
     real_logits = _real_logits(
         gan, params_d, state.model_state_d, real, rng_d1, fake_logits
     )
@@ -280,28 +250,17 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
     penalty, penalty_metrics = 0.0, {}
     if weights:
       penalty, penalty_metrics = penalties_lib.loss(
-          lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d1),
-          params_d,
-          real,
-          fake,
-          weights,
-          jax.random.fold_in(rng, 6),
-          has_aux=True,
+          disc, params_d, real, fake, weights, jax.random.fold_in(rng, 6), has_aux=True
       )
     loss_d = loss.d(r32, f32, state.loss_state)
-    return loss_d + penalty, (
-        loss_d,
-        model_state_d,
-        penalty_metrics,
-        loss.updated(state.loss_state, r32, f32),
-    )
+    loss_state = loss.updated(state.loss_state, r32, f32)
+    return loss_d + penalty, (loss_d, model_state_d, penalty_metrics, loss_state)
 
   (_, (loss_d, model_state_d, penalty_metrics, loss_state)), grads_d = jax.value_and_grad(
       d_objective, has_aux=True
   )(state.params_d)
-  params_d, opt_state_d = apply_optimizer(
-      gan.optimizer_d, grads_d, state.opt_state_d, state.params_d
-  )
+  new_d = update_d(gan, state, grads_d)
+  params_d = new_d['params_d']
 
   # Stage 2: G against the updated D, fresh z.
   z2 = gan.sample_latent(rng_z2, batch_size)
@@ -312,25 +271,19 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
     real_logits = _real_logits(gan, params_d, model_state_d, real, rng_d2, fake_logits)
     return loss.g(_f32(real_logits), _f32(fake_logits), loss_state), model_state_g
 
+  # The official code also differentiates D's parameters here, to no use.
+  argnums = (0, 1) if official else 0
+  (loss_g, model_state_g), grads_g = jax.value_and_grad(
+      g_objective, argnums, has_aux=True
+  )(state.params_g, params_d)
   metrics = {k: _f32(v) for k, v in penalty_metrics.items()}
   if official:
-    (loss_g, model_state_g), (grads_g, wasted) = jax.value_and_grad(
-        g_objective, argnums=(0, 1), has_aux=True
-    )(state.params_g, params_d)
+    grads_g, wasted = grads_g
     metrics['wasted_d_grad_norm'] = _f32(optax.tree.norm(wasted))
-  else:
-    (loss_g, model_state_g), grads_g = jax.value_and_grad(g_objective, has_aux=True)(
-        state.params_g, params_d
-    )
-  params_g, opt_state_g = apply_optimizer(
-      gan.optimizer_g, grads_g, state.opt_state_g, state.params_g
-  )
   state = state.replace(
       step=state.step + 1,
-      params_g=params_g,
-      params_d=params_d,
-      opt_state_g=opt_state_g,
-      opt_state_d=opt_state_d,
+      **update_g(gan, state, grads_g),
+      **new_d,
       model_state_g=model_state_g,
       model_state_d=model_state_d,
       loss_state=loss_state,
@@ -357,12 +310,8 @@ STEPS = {
 
 
 def jit_state_step(fn, *, state_sharding=None, arg_shardings=(None,)):
-  """``jax.jit`` of ``fn(state, *args) -> (state, metrics)`` with the state donated.
-
-  With ``state_sharding`` the state keeps it in and out, ``args`` take
-  ``arg_shardings`` and the metrics are left to XLA; without, nothing is pinned.
-  Every train-state step (main, regularisation, EMA) is jitted through here.
-  """
+  """``jax.jit`` of ``fn(state, *args) -> (state, metrics)`` with the state donated;
+  with ``state_sharding`` the state keeps it and ``args`` take ``arg_shardings``."""
   if state_sharding is None:
     return jax.jit(fn, donate_argnums=0)
   return jax.jit(
@@ -374,11 +323,8 @@ def jit_state_step(fn, *, state_sharding=None, arg_shardings=(None,)):
 
 
 def jit_step(gan: GAN, stage: str = 'one', *, state_sharding=None, batch_sharding=None):
-  """``jax.jit`` of a step with ``gan`` bound and the state donated.
-
-  With shardings (see ``parallel``), the batch is split over the mesh and the state
-  replicated; XLA inserts the gradient all-reduce.
-  """
+  """``jax.jit`` of step ``stage`` with ``gan`` bound and the state donated; shardings:
+  docs/multihost.md."""
   if stage not in STEPS:
     raise ValueError(f'unknown stage {stage!r}; valid: {", ".join(STEPS)}')
   return jit_state_step(

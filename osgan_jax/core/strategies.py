@@ -47,6 +47,7 @@ class Game:
   per_sample: bool  # D's logits for sample i depend on image i alone
   penalties: dict  # validated {'r1' | 'r2' | 'gp': weight}
   measure_error: bool  # approx: also report the error against the exact cotangent
+  bucket: int = 0  # per-sample exact path: fakes re-run in a bucket of this size (0: all)
 
   @property
   def batch(self) -> int:
@@ -55,6 +56,10 @@ class Game:
   @property
   def has_real(self) -> bool:
     return has_real(self.x_real)
+
+  def call_d(self, params, x):
+    """D's ``(logits, aux)`` on ``x`` (aux None without ``d_has_aux``)."""
+    return call_with_aux(self.discriminate, self.d_has_aux, params, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +79,6 @@ class Pass:
   penalties_done: tuple = ()  # penalties already in grads_d and aux
 
 
-# ------------------------------------------------------------------------ choosing
-
-
 def choose_strategy(game: Game, *, mode: str) -> str:
   """The name (a key of ``STRATEGIES``) of the strategy for ``game`` in ``mode``."""
   if mode == 'approx':
@@ -92,25 +94,13 @@ def choose_strategy(game: Game, *, mode: str) -> str:
 
 
 def shares_r2_forward(game: Game) -> bool:
-  """Whether ``shared_r2`` applies (in exact mode): real data, R2 requested, and a D
-  that scores each sample by itself with one logit (so d sum_j D(x_j) / d x_i is
-  dD(x_i)/dx_i)."""
-  if not (
-      game.has_real
-      and game.per_sample
-      and 'r2' in game.penalties
-      and not game.measure_error
-  ):
+  """Whether ``shared_r2`` applies (exact mode): real data, R2, and a per-sample D with
+  one logit per sample."""
+  applies = game.has_real and game.per_sample and 'r2' in game.penalties
+  if not applies or game.measure_error:
     return False
-  logits = jax.eval_shape(
-      lambda p, x: call_with_aux(game.discriminate, game.d_has_aux, p, x)[0],
-      game.params_d,
-      game.x_fake,
-  )
+  logits = jax.eval_shape(lambda p, x: game.call_d(p, x)[0], game.params_d, game.x_fake)
   return logits.ndim == 1
-
-
-# ------------------------------------------------------------- the shared forward of D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +110,8 @@ class Forward:
   vjp_d: Callable
   d_aux: Any
   logit_dtypes: tuple  # (real, fake): D's compute dtype
-  r32: jax.Array
-  f32: jax.Array
+  real_logits: jax.Array  # float32 (or wider)
+  fake_logits: jax.Array
   c_real: jax.Array  # dL_D / d real logits
   c_fake: jax.Array  # dL_D / d fake logits
   g_fake: jax.Array  # dL_G / d fake logits
@@ -138,40 +128,37 @@ class Forward:
     """Input-only backward of D with G's cotangent (D's parameter grads unused)."""
     return self.backward(jnp.zeros_like(self.c_real), g_cot_fake)[1]
 
+  def global_gamma(self):
+    """``(gamma, exact)`` of one gamma for the whole fake batch."""
+    return project(self.c_fake, self.g_fake, tuple(range(self.fake_logits.ndim)))
+
   def result(self, **fields) -> Pass:
-    return Pass(
-        real_logits=self.r32,
-        fake_logits=self.f32,
-        c_fake=self.c_fake,
-        gamma=self.gamma,
-        sample_axes=self.sample_axes,
-        d_aux=self.d_aux,
-        **fields,
-    )
+    """The strategy's ``Pass``: ``fields`` and this forward's logits, gamma and aux."""
+    shared = ('real_logits', 'fake_logits', 'c_fake', 'gamma', 'sample_axes', 'd_aux')
+    return Pass(**{name: getattr(self, name) for name in shared}, **fields)
 
 
 def logits_fn(game: Game) -> Callable:
   """``(params_d, x_fake) -> ((real logits, fake logits), aux)``: one call of D on the
   concatenated batch for a per-sample D, one per half when it couples samples."""
-  disc, has_aux = game.discriminate, game.d_has_aux
   x_real, batch = game.x_real, game.batch
   if not game.has_real:
 
     def forward(p, xf):
-      fake_logits, aux = call_with_aux(disc, has_aux, p, xf)
+      fake_logits, aux = game.call_d(p, xf)
       return (fake_logits[:0], fake_logits), aux
 
   elif game.per_sample:
 
     def forward(p, xf):
-      logits, aux = call_with_aux(disc, has_aux, p, concat(x_real, xf))
+      logits, aux = game.call_d(p, concat(x_real, xf))
       return (logits[:batch], logits[batch:]), aux
 
   else:
 
     def forward(p, xf):
-      real_logits, _ = call_with_aux(disc, has_aux, p, x_real)
-      fake_logits, aux = call_with_aux(disc, has_aux, p, xf)
+      real_logits, _ = game.call_d(p, x_real)
+      fake_logits, aux = game.call_d(p, xf)
       return (real_logits, fake_logits), aux
 
   return forward
@@ -185,57 +172,80 @@ def shared_forward(game: Game) -> Forward:
   # Cotangents at the logits, computed in float32 whatever D's compute dtype.
   r32, f32 = real_logits.astype(jnp.float32), fake_logits.astype(jnp.float32)
   c_real, c_fake, g_fake = game.loss.coefficients(r32, f32, game.loss_state)
-  sample_axes = tuple(range(1, f32.ndim))
-  gamma, decomposable = project(c_fake, g_fake, sample_axes)
+  axes = tuple(range(1, f32.ndim))  # within a sample
+  gamma, decomposable = project(c_fake, g_fake, axes)
+  dtypes = (real_logits.dtype, fake_logits.dtype)
   return Forward(
-      vjp_d=vjp_d,
-      d_aux=d_aux,
-      logit_dtypes=(real_logits.dtype, fake_logits.dtype),
-      r32=r32,
-      f32=f32,
-      c_real=c_real,
-      c_fake=c_fake,
-      g_fake=g_fake,
-      sample_axes=sample_axes,
-      gamma=gamma,
-      decomposable=decomposable,
+      vjp_d, d_aux, dtypes, r32, f32, c_real, c_fake, g_fake, axes, gamma, decomposable
   )
 
 
-def fresh_input_cotangent(game: Game, g_cot_fake, logits_dtype):
-  """D's input cotangent at the fakes from a fresh forward of D on the fakes alone
-  (valid since D's fake call never sees the reals: per-sample D, or separate calls when
-  D couples samples). For use under ``lax.cond``: it keeps the main backward's
-  intermediates out of the branch, which XLA would otherwise materialise as branch
-  operands on every step, taken or not."""
-  _, vjp_x = jax.vjp(
-      lambda xf: call_with_aux(game.discriminate, game.d_has_aux, game.params_d, xf)[0],
-      game.x_fake,
-  )
+def fresh_input_cotangent(game: Game, g_cot_fake, logits_dtype, x_fake=None):
+  """D's input cotangent at the fakes (``x_fake``, default the game's) from a fresh
+  forward of D on them alone (D's fake call never sees the reals). Under ``lax.cond``
+  it keeps the main backward's intermediates out of the branch operands."""
+  x_fake = game.x_fake if x_fake is None else x_fake
+  _, vjp_x = jax.vjp(lambda xf: game.call_d(game.params_d, xf)[0], x_fake)
   return vjp_x(g_cot_fake.astype(logits_dtype))[0]
 
 
-# ---------------------------------------------------------------------- the strategies
+def bucket_capacity(bucket, batch: int) -> int:
+  """The static bucket size for ``bucket`` (a fraction of the batch in (0, 1], or a
+  count; None or 0: no bucket)."""
+  if not bucket:
+    return 0
+  if isinstance(bucket, float) and bucket <= 1:
+    bucket = np.ceil(bucket * batch)
+  size = int(bucket)
+  return size if 0 < size < batch else 0
+
+
+def _bucketed_cotangent(game: Game, fwd: Forward, singular, size: int):
+  """D's input cotangent with g at the singular fakes, from D's forward on a bucket of
+  ``size`` samples (gathered, padded with zero cotangents, scattered back)."""
+  index = jnp.nonzero(singular, size=size, fill_value=0)[0]
+  valid = jnp.arange(size) < jnp.sum(singular)
+  x_bucket = jax.tree.map(lambda leaf: leaf[index], game.x_fake)
+  g_bucket = jnp.where(
+      expand_per_sample(valid, fwd.g_fake[index]), fwd.g_fake[index], 0.0
+  )
+  rows = fresh_input_cotangent(game, g_bucket, fwd.logit_dtypes[1], x_bucket)
+
+  def scatter(leaf, row):
+    if row.dtype == jax.dtypes.float0:
+      return np.zeros(leaf.shape, jax.dtypes.float0)
+    row = jnp.where(expand_per_sample(valid, row), row, 0)
+    return jnp.zeros(leaf.shape, row.dtype).at[index].add(row)
+
+  return jax.tree.map(scatter, game.x_fake, rows)
 
 
 def per_sample_exact(game: Game) -> Pass:
   """Per-sample D: gamma times D's input cotangent where the decomposition is exact, an
-  input-only backward of D with g for the samples where it is not."""
+  input-only backward of D with g for the samples where it is not: on a bucket of them
+  when they fit (``game.bucket``), else on the whole fake batch."""
   fwd = shared_forward(game)
   grads_d, x_bar = fwd.backward(fwd.c_real, fwd.c_fake)
   g_cot = scale_per_sample(fwd.gamma, x_bar)
-  n_exact = jnp.sum(~fwd.decomposable)
+  singular = ~fwd.decomposable
+  n_exact = jnp.sum(singular)
+  size = bucket_capacity(game.bucket, game.batch)
 
-  def fix(g_cot):
-    only_needed = jnp.where(
-        expand_per_sample(fwd.decomposable, fwd.g_fake), 0.0, fwd.g_fake
-    )
-    exact = fresh_input_cotangent(game, only_needed, fwd.logit_dtypes[1])
+  def whole_batch(g_cot):
+    g_singular = jnp.where(expand_per_sample(singular, fwd.g_fake), fwd.g_fake, 0.0)
+    exact = fresh_input_cotangent(game, g_singular, fwd.logit_dtypes[1])
+    return select_per_sample(fwd.decomposable, g_cot, exact)
+
+  def bucket(g_cot):
+    exact = _bucketed_cotangent(game, fwd, singular, size)
     return select_per_sample(fwd.decomposable, g_cot, exact)
 
   # D's forward re-runs in the branch: vjp residuals as operands cost 10-12% per step.
-  g_cot = jax.lax.cond(n_exact > 0, fix, lambda c: c, g_cot)
-  return fwd.result(grads_d=grads_d, g_cot=g_cot, n_exact=n_exact)
+  branches = [lambda c: c, whole_batch] + ([bucket] if size else [])
+  path = jnp.where(n_exact == 0, 0, jnp.where((n_exact <= size) & (size > 0), 2, 1))
+  g_cot = jax.lax.switch(jnp.minimum(path, len(branches) - 1), branches, g_cot)
+  aux = {'exact_path': path, 'exact_bucket': jnp.asarray(size)}
+  return fwd.result(grads_d=grads_d, g_cot=g_cot, n_exact=n_exact, aux=aux)
 
 
 def approx(game: Game) -> Pass:
@@ -248,7 +258,7 @@ def approx(game: Game) -> Pass:
   # unless one global gamma fits (symmetric losses).
   n_exact = jnp.sum(~fwd.decomposable)
   if not game.per_sample:
-    global_gamma, global_ok = project(fwd.c_fake, fwd.g_fake, tuple(range(fwd.f32.ndim)))
+    global_gamma, global_ok = fwd.global_gamma()
     fits = global_ok & jnp.all(
         jnp.abs(fwd.gamma - global_gamma) <= 1e-6 * jnp.abs(global_gamma)
     )
@@ -273,7 +283,7 @@ def coupled_symmetric(game: Game) -> Pass:
   """Coupled D, symmetric loss: one global gamma is exact; where the logits leave none
   (e.g. every coefficient zero), an input-only backward of D with g."""
   fwd = shared_forward(game)
-  global_gamma, global_ok = project(fwd.c_fake, fwd.g_fake, tuple(range(fwd.f32.ndim)))
+  global_gamma, global_ok = fwd.global_gamma()
   grads_d, x_bar = fwd.backward(fwd.c_real, fwd.c_fake)
   g_cot = scale_per_sample(jnp.full((game.batch,), global_gamma), x_bar)
   g_cot = jax.lax.cond(
@@ -296,14 +306,8 @@ def coupled_asymmetric(game: Game) -> Pass:
 
 
 def shared_r2(game: Game) -> Pass:
-  """D's gradient of L_D + R1/R2 and G's image cotangent from one forward of D.
-
-  One forward of D on [reals; fakes] and its input backward give the logits and
-  ``d sum_j D(x_j) / d x``; differentiating ``c . logits + penalties`` (``c`` held
-  constant) with respect to D's parameters is the double backward, which gives
-  J_params^T c plus the penalties' gradient. G's cotangent is ``g_i dD(x_i)/dx_i``
-  (per-sample D, one logit per sample), exact for every loss, with no gamma.
-  """
+  """D's gradient of L_D + R1/R2 and G's image cotangent ``g_i dD(x_i)/dx_i`` from one
+  forward of D and a double backward (docs/method.md)."""
   batch, weights = game.batch, game.penalties
   x_cat = concat(game.x_real, jax.lax.stop_gradient(game.x_fake))
 
@@ -349,9 +353,6 @@ def shared_r2(game: Game) -> Pass:
 
 
 STRATEGIES: dict[str, Callable[[Game], Pass]] = {
-    'shared_r2': shared_r2,
-    'per_sample_exact': per_sample_exact,
-    'approx': approx,
-    'coupled_symmetric': coupled_symmetric,
-    'coupled_asymmetric': coupled_asymmetric,
+    fn.__name__: fn
+    for fn in (shared_r2, per_sample_exact, approx, coupled_symmetric, coupled_asymmetric)
 }

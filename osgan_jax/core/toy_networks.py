@@ -84,11 +84,7 @@ def init_discriminator(kind, key, dtype=jnp.float32, bias=True):
   """Parameters of a small discriminator of ``kind`` (biases 0 when ``bias`` False)."""
   ks = jax.random.split(key, 4)
   c = IMAGE_SHAPE[-1]
-  b = (
-      (lambda n: jnp.full((n,), 0.05, dtype))
-      if bias
-      else (lambda n: jnp.zeros((n,), dtype))
-  )
+  b = lambda n: jnp.full((n,), 0.05 if bias else 0.0, dtype)
   if kind == 'mlp':
     n = int(np.prod(IMAGE_SHAPE))
     return {
@@ -163,11 +159,8 @@ def problem(
     emulate=None,
     penalty='none',
 ):
-  """Everything ``one_stage_grads`` takes, for one gradcheck setting, as a dict.
-  ``emulate`` ('tf32', 'bf16'): G and D round float32 matmul/conv operands to that
-  precision wherever full precision is not in effect, as GPUs and TPUs do by default.
-  ``penalty``: a key of ``PENALTIES``. A stateful loss gets a state away from its
-  initial one (``LOSS_STATES``), so that the state matters."""
+  """Everything ``one_stage_grads`` takes for one gradcheck setting, as a dict; with
+  ``emulate`` ('tf32', 'bf16') G and D round float32 operands as GPUs and TPUs do."""
   loss_obj = losses_lib.get(loss)
   if penalty not in PENALTIES:
     raise ValueError(f'unknown penalty {penalty!r}; valid: {", ".join(PENALTIES)}')
@@ -185,6 +178,10 @@ def problem(
   z = jax.random.normal(kz, (batch, Z_DIM), dtype)
   if zero:  # a bias-free G maps z = 0 to the zero image, which a bias-free D maps to 0.
     z = z.at[0].set(0.0)
+  loss_state = None
+  if loss_obj.stateful:
+    loss_state = LOSS_STATES.get(loss, loss_obj.init_state())
+    loss_state = jax.tree.map(lambda v: jnp.asarray(v, dtype), loss_state)
   return dict(
       generate=functools.partial(generate, emulate=emulate) if emulate else generate,
       discriminate=make_discriminator(disc, LOGIT_REGIMES[logits], emulate),
@@ -194,14 +191,7 @@ def problem(
       x_real=jnp.tanh(jax.random.normal(kx, (batch,) + IMAGE_SHAPE, dtype)),
       loss=loss,
       d_has_aux=disc == 'batchnorm',
-      loss_state=(
-          jax.tree.map(
-              lambda v: jnp.asarray(v, dtype),
-              LOSS_STATES.get(loss, loss_obj.init_state()),
-          )
-          if loss_obj.stateful
-          else None
-      ),
+      loss_state=loss_state,
       penalties=PENALTIES[penalty],
       penalty_rng=jax.random.fold_in(key, 5),
   )
