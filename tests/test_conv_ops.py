@@ -2,9 +2,6 @@
 kernel gradients, forward-mode tangents) for every configuration DCGAN uses, and the
 DCGAN modules give the same outputs and gradients with conv_impl='xla' and 'matmul'."""
 
-import pathlib
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -172,8 +169,7 @@ def test_transposed_conv_work_is_exact():
   """Forward + both cotangents of a stride-2 transposed conv cost exactly three times
   its forward in matmul FLOPs (no zeros multiplied: no lhs dilation, no extra windows),
   where plain XLA dilates the input with zeros."""
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'experiments'))
-  from cpu_throughput import hlo_matmul_flops  # pylint: disable=import-error
+  from experiments.flops import hlo_matmul_flops
 
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, 8, 8, 6)), _rand(rng, (4, 4, 6, 5))

@@ -14,6 +14,7 @@ from osgan_jax import models
 from osgan_jax.models import dcgan
 from osgan_jax.models import norms
 from osgan_jax.models.dcgan import Discriminator, Generator
+from helpers import config_path, needs_torch  # pylint: disable=import-error
 
 KEY = jax.random.PRNGKey(0)
 B = 4
@@ -575,9 +576,11 @@ def _to_torch(torch, module_params, torch_seq):
       m.bias.copy_(torch.from_numpy(np.array(module_params[name]['bias'])))
 
 
+@needs_torch
 @pytest.mark.parametrize('bias', [False, True])
 def test_matches_pytorch_dcgan(bias):
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=import-outside-toplevel
+
   z_dim, width, c = 6, 2, 3
   g = Generator(resolution=64, channels=c, width=width, z_dim=z_dim, use_bias=bias)
   d = Discriminator(resolution=64, channels=c, width=width, use_bias=bias)
@@ -605,13 +608,11 @@ def test_bfloat16_compute_from_the_config():
   """``model.*.dtype='bfloat16'`` (issue 15): the convolutions of the training step run
   in bfloat16 while parameters, optimiser state and losses stay float32; a dtype that
   is not one is a one-line error."""
-  import os
   from osgan_jax import config as config_lib
   from osgan_jax.tasks import gan
   from osgan_jax.core import steps
 
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  path = os.path.join(repo, 'configs', 'dcgan_fashion_mnist.py')
+  path = config_path('dcgan_fashion_mnist')
   config = config_lib.load_config(
       path,
       {

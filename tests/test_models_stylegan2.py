@@ -19,8 +19,7 @@ import pytest
 from osgan_jax import summary
 from osgan_jax.models import stylegan2 as sg
 from osgan_jax.models import stylegan2_ops as ops
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, config_path  # pylint: disable=import-error
 
 
 def n_params(tree):
@@ -692,7 +691,7 @@ def test_other_architectures_and_labels_shapes():
 def test_summary_of_the_ffhq_config_at_1024():
   from osgan_jax import config as config_lib
 
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
+  config = config_lib.load_config(config_path('stylegan2_ffhq'))
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
     totals = summary.summarize_config(config)

@@ -8,9 +8,13 @@ training. The registry and every architecture: ``docs/models.md``.
 from __future__ import annotations
 
 import importlib
+import itertools
+import math
+import numbers
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 # name -> (module path, generator class name, discriminator class name)
 _ARCHITECTURES: dict[str, tuple[str, str, str]] = {
@@ -29,8 +33,7 @@ def register(
     generator: str = 'Generator',
     discriminator: str = 'Discriminator',
 ) -> None:
-  """Registers an architecture: classes ``generator``/``discriminator`` of
-  ``module_path`` (imported on first ``get``)."""
+  """Registers ``module_path``'s G and D classes (imported on the first ``get``)."""
   _ARCHITECTURES[name] = (module_path, generator, discriminator)
 
 
@@ -60,8 +63,7 @@ def get_discriminator(name: str, **kwargs) -> nn.Module:
 
 
 def check_images(x, resolution: int, channels: int):
-  """``x`` as an array of images [B, resolution, resolution, channels]; a clear
-  ``ValueError`` otherwise."""
+  """``x`` as images [B, resolution, resolution, channels], else a ValueError."""
   x = jax.numpy.asarray(x)
   expected = (resolution, resolution, channels)
   if x.shape[1:] != expected:
@@ -72,8 +74,7 @@ def check_images(x, resolution: int, channels: int):
 
 
 def check_labels(labels, num_classes: int, batch: int):
-  """The integer labels [B] a conditional model needs (None for an unconditional one);
-  a clear ``ValueError`` for labels that do not fit."""
+  """Integer labels [B] of a conditional model (None if not), else a ValueError."""
   if num_classes <= 0:
     if labels is not None:
       raise ValueError('labels were given to an unconditional model (num_classes=0)')
@@ -90,8 +91,7 @@ def check_labels(labels, num_classes: int, batch: int):
 
 
 def rng_streams(module) -> tuple[str, ...]:
-  """The Flax RNG streams a module draws from when applied (its ``RNG_STREAMS``;
-  e.g. StyleGAN2's ``'noise'`` and ``'mixing'``), besides ``'params'`` at init."""
+  """The RNG streams a module draws from when applied (its ``RNG_STREAMS``)."""
   return tuple(getattr(module, 'RNG_STREAMS', ()))
 
 
@@ -116,9 +116,7 @@ def apply(
     method=None,
     **kwargs,
 ):
-  """``module.apply`` with the non-parameter collections (BatchNorm statistics, ...)
-  and RNG streams threaded through; returns ``(output, model_state)``, the state
-  updated in training mode."""
+  """``module.apply`` threading model state and RNGs: ``(output, new model_state)``."""
   variables = {'params': params, **model_state}
   kwargs.update(train=train, rngs=rngs(module, rng), method=method)
   if train and model_state:
@@ -141,3 +139,105 @@ __all__ = [
     'rng_streams',
     'rngs',
 ]
+
+
+def fields(module, names: str) -> dict:
+  """``{name: module.name}`` for the space-separated ``names``."""
+  return {name: getattr(module, name) for name in names.split()}
+
+
+def is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# A check maps a field's value and its module to what the value must be where it is
+# bad ('>= 1': 'NAME must be >= 1, got VALUE'), to None (or False) where it is good.
+
+
+def rule(must: str, ok, none_ok: bool = False):
+  """A check: ``ok(value)`` (or None where ``none_ok``), else ``must``."""
+
+  def check(v, _):
+    if not ((v is None and none_ok) or ok(v)):
+      return must + (' or None' if none_ok else '')
+
+  return check
+
+
+def at_least(lo: int, none_ok: bool = False):
+  """A check: an integer >= ``lo`` (or None where ``none_ok``)."""
+
+  def check(v, _):
+    if not ((v is None and none_ok) or (is_int(v) and v >= lo)):
+      must = f'>= {lo}' if is_int(v) else f'an integer >= {lo}'
+      return must + (' or None' if none_ok else '')
+
+  return check
+
+
+def positive(must: str = '> 0', none_ok: bool = False):
+  return rule(must, lambda v: is_real(v) and v > 0, none_ok)
+
+
+def unit_interval(none_ok: bool = False):
+  return rule('in [0, 1]', lambda v: is_real(v) and 0 <= v <= 1, none_ok)
+
+
+def power_of_two(lo: int):
+  return rule(
+      f'a power of two >= {lo}', lambda v: is_int(v) and v >= lo and v & (v - 1) == 0
+  )
+
+
+def one_of(options: tuple):
+  return rule(f'one of {options}', lambda v: v in options)
+
+
+def floating_dtype(examples: str, none_ok: bool = False):
+  """A check: a floating dtype ('float32', ``jnp.bfloat16``, ...)."""
+
+  def ok(v) -> bool:
+    try:
+      return jax.numpy.issubdtype(jax.numpy.dtype(v), jax.numpy.floating)
+    except TypeError:
+      return False
+
+  return rule(f'a floating dtype (e.g. {examples})', ok, none_ok)
+
+
+def fir_filter(must: str, ndims: tuple[int, ...]):
+  """A check: a finite FIR filter of ``ndims`` dimensions with a nonzero sum."""
+
+  def ok(f) -> bool:
+    try:
+      f = np.asarray(f, np.float64)
+      return f.ndim in ndims and f.size > 0 and np.all(np.isfinite(f)) and f.sum() != 0
+    except (TypeError, ValueError):
+      return False
+
+  return rule(must, ok)
+
+
+FLAG = rule('True or False', lambda v: isinstance(v, bool))
+
+
+def check_fields(module, *tables) -> None:
+  """Runs each table's ``(names, check)`` or ``(names, must, ok)`` entries in order on
+  each of the space-separated field names (``ok(value, module)``, else MUST, or
+  ``must(module)`` where a function): the first bad field raises the one-line
+  ValueError 'NAME must be MUST, got VALUE'."""
+  for names, *check in itertools.chain(*tables):
+    for name in names.split():
+      v = getattr(module, name)
+      if len(check) == 1:
+        must = check[0](v, module)
+      elif not check[1](v, module):
+        must = check[0](module) if callable(check[0]) else check[0]
+      else:
+        must = None
+      if must:
+        raise ValueError(f'{name} must be {must}, got {v!r}')

@@ -12,6 +12,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from osgan_jax import models
+
 ARCHS = ('lenet5', 'resnet18', 'resnet34')
 _RESNET_BLOCKS = {'resnet18': (2, 2, 2, 2), 'resnet34': (3, 4, 6, 3)}
 _DEFAULT_WIDTH = {'lenet5': 6, 'resnet18': 64, 'resnet34': 64}
@@ -27,6 +29,9 @@ def _unconditional(num_classes: int, labels) -> None:
     raise ValueError(
         'the DFAD networks are unconditional: num_classes must be 0 and labels None'
     )
+
+
+_UNCONDITIONAL = models.rule('0 (the DFAD networks are unconditional)', lambda v: v == 0)
 
 
 class _Layers(nn.Module):
@@ -57,13 +62,33 @@ class _BasicBlock(_Layers):
     return nn.relu(y + x)
 
 
+def _check_blocks(blocks, m):
+  if m.arch == 'lenet5':
+    return blocks and 'empty for lenet5 (blocks applies to the ResNets)'
+  if not isinstance(blocks, (tuple, list)) or not all(
+      models.is_int(n) and n >= 1 for n in blocks
+  ):
+    return 'integers >= 1, one per stage (empty: the default)'
+
+
+# Classifier.validate()'s checks.
+_CLASSIFIER_CHECKS = (
+    ('arch', f'one of {", ".join(ARCHS)}', lambda v, _: v in ARCHS),
+    ('width', models.at_least(0)),  # 0: the architecture's
+    ('blocks', _check_blocks),
+    ('num_outputs resolution', models.at_least(1)),
+    # Two 5x5 valid convs, each followed by 2x2 pooling, must leave a pixel.
+    ('resolution', '>= 16 for lenet5', lambda v, m: m.arch != 'lenet5' or v >= 16),
+    ('channels', models.at_least(1)),
+    ('num_classes', _UNCONDITIONAL),
+    ('spectral_norm', models.FLAG),
+)
+
+
 class Classifier(_Layers):
   """LeNet-5 or a CIFAR-style ResNet; ``[B, R, R, C]`` -> logits ``[B, num_outputs]``.
 
-  ``resolution`` and ``channels`` are checked against the input; ``width`` 0 means the
-  architecture's standard width (6 for LeNet-5, 64 for the ResNets). ``blocks``
-  (ResNets only) overrides the BasicBlocks per stage, e.g. ``(1, 1)``: the same
-  network, shallower, for tests and CPU runs; ``()`` is the architecture's.
+  ``width`` 0: the architecture's (6 or 64); ``blocks`` overrides a ResNet's per stage.
   """
 
   arch: str = 'lenet5'
@@ -73,6 +98,16 @@ class Classifier(_Layers):
   resolution: int = 32
   channels: int = 1
   num_classes: int = 0
+
+  @property
+  def per_sample(self) -> bool:
+    """Whether output i depends on image i alone: the ResNets' BatchNorm couples."""
+    return self.arch == 'lenet5'
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    models.check_fields(self, _CLASSIFIER_CHECKS)
 
   @nn.compact
   def __call__(self, x, labels=None, train: bool = True):
@@ -134,6 +169,19 @@ class Generator(nn.Module):
   resolution: int = 32
   channels: int = 1
   num_classes: int = 0
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    models.check_fields(
+        self,
+        (
+            ('z_dim width channels', models.at_least(1)),
+            ('resolution', models.at_least(4)),
+            ('resolution', 'a multiple of 4', lambda v, _: v % 4 == 0),
+            ('num_classes', _UNCONDITIONAL),
+        ),
+    )
 
   @nn.compact
   def __call__(self, z, labels=None, train: bool = True):

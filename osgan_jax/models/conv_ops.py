@@ -38,12 +38,9 @@ def _pairs(padding, kernel_hw, strides, in_hw) -> tuple[tuple[int, int], ...]:
 
 
 def _bilinear(primal: Callable, tangent_x: Callable, tangent_w: Callable) -> Callable:
-  """``f(x, w)`` computed by ``primal``, differentiated through the tangent forms.
+  """Bilinear ``primal(x, w)`` whose JVP is ``tangent_x(dx, w) + tangent_w(x, dw)``.
 
-  All three must be the same bilinear function of (x, w). The tangent is
-  ``tangent_x(dx, w) + tangent_w(x, dw)``; reverse mode transposes each part, so
-  ``tangent_x`` decides how the input cotangent is computed and ``tangent_w`` the
-  kernel cotangent.
+  All three compute the same function; reverse mode transposes each tangent part.
   """
   f = jax.custom_jvp(primal)
 
@@ -56,27 +53,14 @@ def _bilinear(primal: Callable, tangent_x: Callable, tangent_w: Callable) -> Cal
   return f
 
 
-# Stride-1 VALID convs with at most this many output pixels, or with at most this many
-# inputs per output (kh * kw * C), use patches for everything: their patch matrices are
-# small next to the matmul. Larger ones use XLA's conv for the forward and the input
-# cotangent (a stride-1 conv, which XLA:CPU runs at forward speed) and a matmul form for
-# the kernel cotangent.
+# The size thresholds of ``_forms`` (docs/cpu.md).
 _SMALL_OUTPUT = 100
 _SMALL_WINDOW = 64
-# XLA:CPU's conv is slow with few output channels (DCGAN's RGB layer: 20 ms where the
-# shifted matmul takes 4 ms); such forwards use ``_shift_conv``.
 _FEW_OUTPUTS = 16
 
 
 def _forms(x_shape, w_shape):
-  """``(primal, tangent_x, tangent_w)`` for a stride-1 VALID conv of these shapes.
-
-  Measured on the DCGAN layers (2-core CPU, no page faults, each form's forward,
-  input cotangent and kernel cotangent timed alone): patches win for small outputs
-  and small windows; for large ones the kernel cotangent of XLA's conv is 2-6x slower
-  than a matmul, and ``_shift_conv`` beats patches when the layer has fewer output than
-  input channels (its per-pixel intermediate is smaller).
-  """
+  """``(primal, tangent_x, tangent_w)`` of a stride-1 VALID conv by size (docs/cpu.md)."""
   kh, kw, c, o = w_shape
   ho, wo = x_shape[1] - kh + 1, x_shape[2] - kw + 1
   if kh * kw * c <= _SMALL_WINDOW:
@@ -88,9 +72,6 @@ def _forms(x_shape, w_shape):
       _xla_valid,
       _shift_conv if o <= c else _patch_conv_kernel_tangent,
   )
-
-
-# --------------------------------------------------------------------- building blocks
 
 
 def _patches(x, kh, kw):
@@ -115,10 +96,7 @@ def _patch_conv(x, w):
 
 
 def _patch_conv_kernel_tangent(x, w):
-  """``_patch_conv`` for the kernel tangent: its transpose, the kernel cotangent
-  ``P^T @ dy``, runs as ``(P^T) @ dy`` on an explicitly transposed patch matrix, a plain
-  matmul that XLA:CPU runs 5-25% faster than the transposed-operand dot it would
-  otherwise fold the transpose into (the barrier keeps it from folding)."""
+  """``_patch_conv`` with its kernel cotangent on pre-transposed patches (docs/cpu.md)."""
   kh, kw, c, o = w.shape
   b, h, wd, _ = x.shape
   p_t = lax.optimization_barrier(_patches(x, kh, kw).T)  # [kh*kw*C, B*Ho*Wo]
@@ -127,14 +105,7 @@ def _patch_conv_kernel_tangent(x, w):
 
 
 def _shift_conv(x, w):
-  """Stride-1 VALID conv as one matmul on every input pixel and a sum of shifted slices.
-
-  z = x @ [C, kh*kw*O] gives each pixel's contribution to every tap; output (i, j) sums
-  z[i+u, j+v, tap (u, v)]. No patches are materialised: reverse mode turns the shifted
-  sum into pads of the output cotangent (dz) and the matmul into dz @ w^T (the input
-  cotangent, directly) and x^T @ dz (the kernel cotangent). Costs (H W)/(Ho Wo) times
-  the conv's FLOPs, so it suits inputs larger than the kernel.
-  """
+  """Stride-1 VALID conv as a matmul per pixel and shifted-slice sums (docs/cpu.md)."""
   kh, kw, c, o = w.shape
   b, h, wd, _ = x.shape
   ho, wo = h - kh + 1, wd - kw + 1
@@ -183,8 +154,7 @@ def _conv_strided(x, w, strides, pads):
   b, h, wd, _ = x.shape
   hp, wp = h + sum(pads[0]), wd + sum(pads[1])
   ho, wo = (hp - kh) // s + 1, (wp - kw) // s + 1
-  # Extra zeros on the high side make the padded size a multiple of s; the outputs
-  # they add are cropped.
+  # High-side zeros pad to a multiple of s; the outputs they add are cropped.
   extra = ((-hp) % s, (-wp) % s)
   full = ((pads[0][0], pads[0][1] + extra[0]), (pads[1][0], pads[1][1] + extra[1]))
 
@@ -203,8 +173,7 @@ def _conv_strided(x, w, strides, pads):
   def strided(x, w):
     return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DN)
 
-  # XLA's strided forward needs no space-to-depth copy; its derivatives are the slow
-  # part, so they always go through the stride-1 forms.
+  # XLA's strided forward is fast; its derivatives always take the stride-1 forms.
   primal = strided if primal_s is _xla_valid else in_depth(primal_s)
   return _bilinear(primal, in_depth(tangent_x), in_depth(tangent_w))(x, w)
 
@@ -219,9 +188,6 @@ def _supported(x, w, strides) -> bool:
       and w.shape[0] % strides[0] == 0
       and w.shape[1] % strides[0] == 0
   )
-
-
-# --------------------------------------------------------------------------- public ops
 
 
 def conv2d(
@@ -252,8 +218,7 @@ def conv_transpose2d(
     padding: str | Sequence[tuple[int, int]] = 'VALID',
     impl: str = 'auto',
 ) -> Array:
-  """``lax.conv_transpose(x, kernel, strides, padding)`` (no kernel flip, as Flax's
-  ``nn.ConvTranspose``) in NHWC/HWIO."""
+  """``lax.conv_transpose`` (no kernel flip, as ``nn.ConvTranspose``) in NHWC/HWIO."""
   impl = resolve_impl(impl)
   strides = tuple(int(s) for s in strides)
 
@@ -311,16 +276,8 @@ def _one_pixel_transpose(x, kernel, pads):
 def _transposed_strided(x, kernel, s, pads, reference):
   """Stride-s transposed conv: scatter-form forward, strided-conv derivatives.
 
-  A transposed conv is the adjoint, in its input, of the strided conv
-  ``S(y) = conv2d(y, K, stride s, pads (k-1-lo, k-1-hi))`` whose kernel K is this
-  kernel flipped in space with its channel axes swapped. So its derivatives are S's:
-  the input cotangent is S's forward applied to the output cotangent, and the kernel
-  cotangent is S's kernel cotangent (at the output cotangent, with this conv's input as
-  S's output cotangent), flipped back. Both come from ``conv2d``'s space-to-depth forms
-  (exact FLOPs, no extra windows): the tangents are ``jax.linear_transpose``s of
-  ``conv2d``, which reverse mode transposes back. The forward is
-  ``_scatter_transpose``, whose own derivatives would gather k*k taps of the cotangent
-  per input pixel.
+  It is the adjoint of the strided conv S (pads ``k-1-lo, k-1-hi``, kernel flipped and
+  channel-swapped), so its tangents are ``jax.linear_transpose``s of S (docs/cpu.md).
   """
   b, h, w, _ = x.shape
   kh, kw, c, o = kernel.shape
@@ -358,13 +315,9 @@ def _transposed_strided(x, kernel, s, pads, reference):
 
 
 def _scatter_transpose(x, kernel, s, pads):
-  """Transposed conv as one matmul on every input pixel, overlap-added.
+  """Transposed conv as a matmul per input pixel, overlap-added by phase (docs/cpu.md).
 
-  With lax's pads (lo, hi), input i and tap u land on output s*i + lo - u (per axis):
-  z = x @ [C, kh*kw*O] holds every (pixel, tap) product, and output phase a sums the
-  z of the taps u = lo - a (mod s), shifted by (u - lo + a) / s pixels, then the phases
-  interleave (depth-to-space). Exact FLOPs, no patches. Needs an output of exactly s
-  times the input and k % s == 0 (every phase has k / s taps).
+  Needs an output of exactly s times the input and k % s == 0.
   """
   b, h, w, c = x.shape
   kh, kw, _, o = kernel.shape
@@ -396,10 +349,9 @@ def _scatter_transpose(x, kernel, s, pads):
 
 
 def conv_general_dilated(impl: str = 'auto') -> Callable:
-  """A drop-in ``lax.conv_general_dilated`` for ``nn.Conv(conv_general_dilated=...)``.
+  """A ``lax.conv_general_dilated`` for ``nn.Conv``: plain NHWC/HWIO convs via ``conv2d``.
 
-  Routes plain NHWC/HWIO convolutions through ``conv2d(impl=...)`` and anything else
-  (dilations, feature groups, other layouts) to XLA.
+  Anything else (dilation, feature groups, other layouts) goes to XLA.
   """
   return functools.partial(_conv_general_dilated, impl=impl)
 
@@ -452,13 +404,11 @@ def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
   return dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _DN)
 
 
-# ------------------------------------------------------------------------ Flax layers
-
-
 class ConvTranspose(nn.Module):
-  """``nn.ConvTranspose`` (``transpose_kernel=False``, no dilation, no mask) with a
-  choice of implementation; its parameters (names, shapes, init, order) are those of
-  ``nn.ConvTranspose``, so checkpoints are interchangeable."""
+  """``nn.ConvTranspose`` (no kernel transpose, dilation or mask) with a choice of impl.
+
+  Its parameters are ``nn.ConvTranspose``'s, so checkpoints are interchangeable.
+  """
 
   features: int
   kernel_size: Sequence[int]
@@ -473,18 +423,11 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, inputs):
-    kernel_size = tuple(self.kernel_size)
-    kernel = self.param(
-        'kernel',
-        self.kernel_init,
-        kernel_size + (inputs.shape[-1], self.features),
-        self.param_dtype,
-    )
-    bias = (
-        self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
+    shape = tuple(self.kernel_size) + (inputs.shape[-1], self.features)
+    kernel = self.param('kernel', self.kernel_init, shape, self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     padding = self.padding
     if not isinstance(padding, str):

@@ -56,15 +56,27 @@ def base_resolution(resolution: int) -> int:
   return s
 
 
+def _checks(norms: tuple[str, ...]) -> tuple:
+  """The checks of the fields G and D share (see ``Generator.validate``)."""
+  return (
+      ('resolution', models.at_least(1)),
+      ('resolution', lambda v, _: base_resolution(v) and None),  # 'is not supported'
+      ('channels width', models.at_least(1)),
+      ('num_classes embed_dim', models.at_least(0)),
+      ('max_mult', models.at_least(1)),
+      ('norm', models.one_of(norms)),
+      ('use_bias', models.FLAG),
+      ('bn_momentum', models.unit_interval()),
+      ('epsilon', models.positive('a finite number > 0')),
+      ('dtype', models.floating_dtype("'float32', 'bfloat16'", none_ok=True)),
+      ('conv_impl', models.one_of(conv_ops.IMPLS)),
+  )
+
+
 def channel_schedule(
     resolution: int, width: int, max_mult: int = 8
 ) -> list[tuple[int, int]]:
-  """``[(r, channels), ...]`` for the feature maps from R/2 down to s.
-
-  A feature map at resolution r has ``width * min(R // (2 r), max_mult)`` channels:
-  at R = 64, d = width: 32 -> d, 16 -> 2d, 8 -> 4d, 4 -> 8d. The generator walks the list
-  backwards (s -> R/2) and the discriminator forwards.
-  """
+  """``[(r, width * min(R // (2 r), max_mult)), ...]`` for the maps from R/2 down to s."""
   s = base_resolution(resolution)
   out = []
   r = resolution // 2
@@ -74,42 +86,21 @@ def channel_schedule(
   return out
 
 
-def _encode_labels(
-    module: nn.Module, labels, num_classes: int, embed_dim: int, batch: int, dtype: Dtype
-):
+def _encode_labels(module: nn.Module, labels, batch: int):
   """[B] integer labels -> [B, k] one-hot (embed_dim=0) or learned embedding."""
-  labels = models.check_labels(labels, num_classes, batch)
+  labels = models.check_labels(labels, module.num_classes, batch)
   if labels is None:
     return None
-  if embed_dim > 0:
-    embed = nn.Embed(num_classes, embed_dim, name='label_embed')
-    return embed(labels).astype(dtype)
-  return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+  if module.embed_dim > 0:
+    embed = nn.Embed(module.num_classes, module.embed_dim, name='label_embed')
+    return embed(labels).astype(module.dtype)
+  return jax.nn.one_hot(labels, module.num_classes, dtype=module.dtype)
 
 
 class Generator(nn.Module):
   """DCGAN generator: z [B, z_dim] (+ labels [B]) -> images [B, R, R, C] in [-1, 1].
 
-  Attributes:
-    resolution: output size R (see ``base_resolution``): 32, 64, any power of two >= 8,
-      or 28.
-    channels: image channels C.
-    width: d, the channel count of the last hidden layer (64: PyTorch DCGAN example;
-      128: the OSGAN paper).
-    z_dim: latent size; z must be ``[B, z_dim]`` (``[B, 1, 1, z_dim]`` also accepted).
-    norm: ``'batch'`` (BatchNorm, official) or ``'none'``.
-    num_classes: > 0 makes the generator conditional on integer labels [B].
-    embed_dim: 0: one-hot labels; > 0: a learned label embedding of this size.
-    max_mult: cap on the channel multiplier (8d at 64x64).
-    use_bias: biases on every (transposed) conv. False as the PyTorch DCGAN example
-      (whose counts the tests check); True as the official OSGAN networks.
-    bn_momentum, epsilon: BatchNorm running-average decay (PyTorch momentum 0.1 ->
-      0.9) and epsilon (PyTorch 1e-5).
-    dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
-    conv_impl: how the (transposed) convolutions are computed, see
-      ``conv_ops``: ``'xla'`` (``nn.ConvTranspose``), ``'matmul'`` (space-to-depth and
-      matmul reformulations, several times faster on CPU) or ``'auto'`` (``'matmul'``
-      on CPU, ``'xla'`` on GPU/TPU). Same function and parameters either way.
+  ``width`` is d, the last hidden layer's channels; the options: ``docs/models.md``.
   """
 
   resolution: int = 64
@@ -125,6 +116,12 @@ class Generator(nn.Module):
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   conv_impl: str = 'auto'
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    # z_dim 0 is a label-only conditional G (unconditional: the loop's empty-kernel check).
+    models.check_fields(self, _checks(G_NORMS), [('z_dim', models.at_least(0))])
 
   def _conv_t(self, h, features, kernel, strides, padding, name: str):
     impl = conv_ops.resolve_impl(self.conv_impl)
@@ -153,7 +150,7 @@ class Generator(nn.Module):
     if z.shape[1] != self.z_dim:
       raise ValueError(f'z must have {self.z_dim} features, got shape {z.shape}')
     h = z.astype(self.dtype)
-    y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
+    y = _encode_labels(self, labels, batch)
     if y is not None:
       h = jnp.concatenate([h, y], axis=-1)
     h = h.reshape(batch, 1, 1, h.shape[-1])
@@ -173,32 +170,19 @@ class Generator(nn.Module):
     return jnp.tanh(h)
 
 
-class Discriminator(nn.Module):
-  """DCGAN discriminator: images [B, R, R, C] (+ labels [B]) -> logits [B] or [B, h, w].
+# Discriminator.validate()'s checks after those G and D share.
+_D_CHECKS = (
+    ('num_groups sn_steps patch_kernel', models.at_least(1)),
+    ('spectral_norm patch', models.FLAG),
+    ('sn_collection', 'a collection name', lambda v, _: isinstance(v, str) and v),
+)
 
-  Attributes:
-    resolution: input size R (as ``Generator``).
-    channels: image channels C.
-    width: d, channels of the first conv (64 PyTorch example, 128 OSGAN paper).
-    norm: after every conv but the first and the last: ``'batch'`` (official symmetric
-      configs; couples samples in training mode), ``'group'`` (GroupNorm with
-      ``gcd(num_groups, channels)`` groups, i.e. 32 groups as the official asymmetric
-      configs whenever the channel count is a multiple of 32), ``'layer'`` (per-sample
-      normalisation over H, W, C with a per-channel affine) or ``'none'``.
-    num_groups: GroupNorm groups (32, official).
-    spectral_norm: wrap every conv in ``flax.linen.SpectralNorm`` (SNGAN); its state
-      lives in ``sn_collection`` and must be updated in training (see module doc).
-    sn_collection: collection of the spectral-norm vectors (``'batch_stats'``).
-    sn_steps: power-iteration steps per call.
-    patch: PatchGAN output: the final conv is a ``patch_kernel`` stride-1 'SAME' conv
-      to one channel and the logits are ``[B, s, s]`` (``[B, 4, 4]`` at 32 or 64).
-    patch_kernel: 3 or 4.
-    num_classes, embed_dim: conditioning (one-hot or learned label map concatenated
-      to the input image as extra channels).
-    max_mult, use_bias, bn_momentum, epsilon, dtype, conv_impl: as ``Generator``
-      (``'xla'``: ``nn.Conv`` as is; otherwise ``nn.Conv`` with ``conv_ops``'
-      convolution, same parameters). Logits are returned in float32 whatever
-      ``dtype``.
+
+class Discriminator(nn.Module):
+  """DCGAN discriminator: images [B, R, R, C] (+ labels [B]) -> float32 logits [B].
+
+  ``patch=True``: PatchGAN logits [B, s, s]. ``norm`` follows every conv but the first
+  and the last; spectral-norm state lives in ``sn_collection``. See ``docs/models.md``.
   """
 
   resolution: int = 64
@@ -219,6 +203,16 @@ class Discriminator(nn.Module):
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   conv_impl: str = 'auto'
+
+  @property
+  def per_sample(self) -> bool:
+    """Whether logit i depends on image i alone: BatchNorm in training mode couples."""
+    return self.norm != 'batch'
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    models.check_fields(self, _checks(D_NORMS), _D_CHECKS)
 
   def _conv(self, h, features, kernel, strides, padding, train: bool, name: str):
     impl = conv_ops.resolve_impl(self.conv_impl)
@@ -254,11 +248,7 @@ class Discriminator(nn.Module):
       )(h)
     if self.norm == 'layer':
       return nn.LayerNorm(
-          epsilon=self.epsilon,
-          reduction_axes=(-3, -2, -1),
-          feature_axes=-1,
-          dtype=self.dtype,
-          name=name,
+          epsilon=self.epsilon, reduction_axes=(-3, -2, -1), dtype=self.dtype, name=name
       )(h)
     return h
 
@@ -269,11 +259,9 @@ class Discriminator(nn.Module):
     x = models.check_images(x, self.resolution, self.channels)
     batch = x.shape[0]
     h = x.astype(self.dtype)
-    y = _encode_labels(self, labels, self.num_classes, self.embed_dim, batch, self.dtype)
+    y = _encode_labels(self, labels, batch)
     if y is not None:
-      label_map = jnp.broadcast_to(
-          y[:, None, None, :], (batch,) + x.shape[1:3] + y.shape[-1:]
-      )
+      label_map = jnp.broadcast_to(y[:, None, None, :], h.shape[:3] + y.shape[-1:])
       h = jnp.concatenate([h, label_map], axis=-1)
 
     schedule = channel_schedule(self.resolution, self.width, self.max_mult)

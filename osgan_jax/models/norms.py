@@ -14,8 +14,7 @@ from jax import lax
 
 
 def group_norm(x, scale, bias, num_groups: int, epsilon: float):
-  """GroupNorm of ``x`` ``[B, ..., C]`` (statistics over all but the batch axis and
-  each group's channels), in float32; ``scale``/``bias`` ``[C]`` or None."""
+  """Float32 GroupNorm of ``x`` [B, ..., C]; ``scale``/``bias`` [C] or None."""
   b, c = x.shape[0], x.shape[-1]
   cg = c // num_groups
   xf = x.astype(jnp.float32).reshape(b, -1, c)
@@ -50,15 +49,10 @@ class GroupNorm(nn.Module):
       raise ValueError(
           f'GroupNorm: {c} channels do not split into {self.num_groups} groups'
       )
-    scale = (
-        self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
-        if self.use_scale
-        else None
-    )
-    bias = (
-        self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
+    scale = bias = None
+    if self.use_scale:
+      scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, *(p for p in (scale, bias) if p is not None))
     return group_norm(x, scale, bias, self.num_groups, self.epsilon).astype(dtype)

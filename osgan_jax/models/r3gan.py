@@ -29,16 +29,10 @@ LINEAR_LAYERS_PER_BRANCH = 3
 RESAMPLE_FILTER = (1, 2, 1)
 
 
-# ---------------------------------------------------------------------------
-# Initialisation, schedules, resampling.
-
-
 def msr_init(gain: float = 1.0):
   """The official ``MSRInitializer``: N(0, (gain / sqrt(fan_in))^2), zeros for gain 0.
 
-  ``fan_in`` is the product of all but the last axis, which for the layouts used here
-  (conv ``[kh, kw, in / groups, out]``, dense ``[in, out]``, embedding ``[classes,
-  dim]``) is the official ``weight.size(1) * kh * kw``.
+  ``fan_in``, all axes but the last, is the official one for the layouts used here.
   """
   gain = float(gain)
 
@@ -57,12 +51,7 @@ def branch_gain(num_blocks_total: int) -> float:
 
 
 def lowpass_filter(weights: Sequence[float] = RESAMPLE_FILTER) -> np.ndarray:
-  """The official interpolative low-pass filter, kept separable (1-D, sum 1).
-
-  ``CreateLowpassKernel(weights, Inplace=False)``: ``convolve(weights, [1, 1])``, 2-D as
-  its outer product divided by its sum, which is the outer product of this 1-D filter
-  with itself: ``[1, 2, 1]`` -> ``[1, 3, 3, 1] / 8``.
-  """
+  """The official low-pass filter ``convolve(weights, [1, 1])``, kept 1-D (sum 1)."""
   f = np.convolve(np.asarray(weights, np.float64), [1.0, 1.0])
   return ops.setup_filter(f)
 
@@ -75,12 +64,12 @@ def lowpass_kernel_2d(weights: Sequence[float] = RESAMPLE_FILTER) -> np.ndarray:
 
 
 def upsample(x, f: np.ndarray):
-  """2x interpolative upsampling of NHWC ``x`` (official ``InterpolativeUpsampler``)."""
+  """2x interpolative upsampling (official ``InterpolativeUpsampler``)."""
   return ops.upsample2d(x, f, up=2)
 
 
 def downsample(x, f: np.ndarray):
-  """2x interpolative downsampling of NHWC ``x`` (official ``InterpolativeDownsampler``)."""
+  """2x interpolative downsampling (official ``InterpolativeDownsampler``)."""
   return ops.downsample2d(x, f, down=2)
 
 
@@ -102,12 +91,7 @@ def stage_schedule(
     channel_max: int = 768,
     group_size: int = 16,
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
-  """``(widths, cardinalities, blocks)`` per stage, lowest resolution (4x4) first.
-
-  Explicit lists are checked against the number of stages of ``resolution``; missing
-  ones are derived: width ``min(channel_base // res, channel_max)``, cardinality
-  ``max(1, width * expansion // group_size)``, ``blocks`` the same for every stage.
-  """
+  """``(widths, cardinalities, blocks)`` per stage from 4x4, checked; ``None`` derived."""
   res = stage_resolutions(resolution)
   n = len(res)
   if widths is None:
@@ -119,11 +103,7 @@ def stage_schedule(
   widths, cardinalities, blocks = (
       tuple(int(v) for v in s) for s in (widths, cardinalities, blocks)
   )
-  for name, s in (
-      ('widths', widths),
-      ('cardinalities', cardinalities),
-      ('blocks', blocks),
-  ):
+  for name, s in dict(widths=widths, cardinalities=cardinalities, blocks=blocks).items():
     if len(s) != n:
       raise ValueError(
           f'R3GAN {name} has {len(s)} stages but resolution {resolution} '
@@ -140,10 +120,6 @@ def stage_schedule(
   return widths, cardinalities, blocks
 
 
-# ---------------------------------------------------------------------------
-# Layers.
-
-
 CONV_IMPLS = ('auto', 'xla', 'dense')
 
 
@@ -157,8 +133,7 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 def block_diagonal_kernel(w, groups: int):
-  """The dense ``[k, k, in, out]`` kernel equal to grouped kernel ``w [k, k, in /
-  groups, out]`` (zeros between groups): a dense conv with it is the grouped conv."""
+  """The dense ``[k, k, in, out]`` kernel, zeros between groups, of grouped ``w``."""
   if groups == 1:
     return w
   kh, kw, cg, out = w.shape
@@ -169,33 +144,18 @@ def block_diagonal_kernel(w, groups: int):
 
 
 def grouped_conv(x, w, groups: int = 1, impl: str = 'auto'):
-  """Stride-1 'same' (``(k - 1) // 2`` padding) grouped convolution, NHWC / HWIO.
-
-  ``impl='xla'``: ``lax.conv_general_dilated(feature_group_count=groups)``.
-  ``'dense'``: a dense conv with the block-diagonal kernel, the same function (the
-  extra products are exact zeros) whose every derivative is a dense conv; XLA:CPU
-  computes a grouped conv's kernel gradient (and the double backward of gradient
-  penalties) tens of times slower than a dense conv of ``groups`` times the FLOPs.
-  """
-  k = w.shape[0]
-  p = (k - 1) // 2
+  """Stride-1 'same' grouped conv, NHWC / HWIO; 'dense': block-diagonal (docs/cpu.md)."""
+  p = (w.shape[0] - 1) // 2
   if groups > 1 and resolve_conv_impl(impl) == 'dense':
     w, groups = block_diagonal_kernel(w, groups), 1
+  dn = ('NHWC', 'HWIO', 'NHWC')
   return lax.conv_general_dilated(
-      x,
-      w,
-      (1, 1),
-      ((p, p), (p, p)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=groups,
+      x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=dn, feature_group_count=groups
   )
 
 
 class Conv(nn.Module):
-  """Bias-free stride-1 'same' convolution (official ``Convolution``), MSR init.
-
-  The kernel ``[k, k, in / groups, out]`` is cast to the input's dtype.
-  """
+  """Bias-free stride-1 'same' convolution (official ``Convolution``), MSR init."""
 
   features: int
   kernel_size: int = 1
@@ -223,8 +183,7 @@ class BiasedActivation(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-  """Inverted-bottleneck residual block with grouped 3x3 conv (official
-  ``ResidualBlock``); ``conv3`` starts at zero (identity block at init)."""
+  """Inverted bottleneck, grouped 3x3, identity at init (official ``ResidualBlock``)."""
 
   cardinality: int
   expansion: int = 2
@@ -282,6 +241,10 @@ class DiscriminativeBasis(nn.Module):
     return jnp.dot(h, w.astype(h.dtype))
 
 
+# The fields of a stage's residual blocks, the stage's of the same name.
+_BLOCK_FIELDS = 'cardinality expansion kernel_size num_blocks_total conv_impl'
+
+
 class GeneratorStage(nn.Module):
   """Transition (basis at 4x4, else upsample [+1x1 conv]) then residual blocks."""
 
@@ -306,14 +269,7 @@ class GeneratorStage(nn.Module):
         x = Conv(self.features, 1, name='transition')(x)
       x = upsample(x, lowpass_filter(self.resample_filter))
     for i in range(self.num_blocks):
-      x = ResidualBlock(
-          self.cardinality,
-          self.expansion,
-          self.kernel_size,
-          self.num_blocks_total,
-          self.conv_impl,
-          name=f'block{i}',
-      )(x)
+      x = ResidualBlock(**models.fields(self, _BLOCK_FIELDS), name=f'block{i}')(x)
     return x
 
 
@@ -335,14 +291,7 @@ class DiscriminatorStage(nn.Module):
   def __call__(self, x):
     x = x.astype(self.dtype)
     for i in range(self.num_blocks):
-      x = ResidualBlock(
-          self.cardinality,
-          self.expansion,
-          self.kernel_size,
-          self.num_blocks_total,
-          self.conv_impl,
-          name=f'block{i}',
-      )(x)
+      x = ResidualBlock(**models.fields(self, _BLOCK_FIELDS), name=f'block{i}')(x)
     if self.last:
       return DiscriminativeBasis(self.out_features, name='basis')(x)
     x = downsample(x, lowpass_filter(self.resample_filter))
@@ -351,8 +300,69 @@ class DiscriminatorStage(nn.Module):
     return x
 
 
-# ---------------------------------------------------------------------------
-# Networks.
+def _stages(lo: int, scalar_ok: bool = False):
+  """A check: None (or one integer >= ``lo``, where ``scalar_ok``), or one per stage."""
+
+  def check(v, m):
+    if (v is None and not scalar_ok) or (scalar_ok and models.is_int(v) and v >= lo):
+      return None
+    n = len(stage_resolutions(m.resolution))
+    if not (
+        isinstance(v, Sequence)
+        and not isinstance(v, str)
+        and len(v) == n
+        and all(models.is_int(x) and x >= lo for x in v)
+    ):
+      either = f'an integer >= {lo} or ' if scalar_ok else 'None or '
+      return f'{either}{n} integers >= {lo} (one per stage, 4x4 up)'
+
+  return check
+
+
+def _expanded_widths(m) -> tuple[int, ...]:
+  """The stage widths times the expansion, from the (checked) fields of ``m``."""
+  res = stage_resolutions(m.resolution)
+  widths = m.widths or [max(1, min(m.channel_base // s, m.channel_max)) for s in res]
+  return tuple(w * m.expansion for w in widths)
+
+
+def _check_group_size(g, m):
+  # Unused with cardinalities; a group wider than a stage is that stage in one group,
+  # as stage_schedule does.
+  expanded = _expanded_widths(m)
+  if m.cardinalities is None and not (
+      models.is_int(g) and g >= 1 and all(e % g == 0 or g >= e for e in expanded)
+  ):
+    return f'>= 1 and divide every expanded stage width {expanded}'
+
+
+def _check_cardinalities(c, m):
+  expanded = _expanded_widths(m)
+  if c is not None and any(e % k for e, k in zip(expanded, c)):
+    return f'divisors of the expanded stage widths {expanded}'
+
+
+# _Networks.validate()'s checks.
+_CHECKS = (
+    ('resolution', models.power_of_two(4)),
+    ('channels', models.at_least(1)),
+    ('num_classes', models.at_least(0)),
+    ('embed_dim', models.at_least(1, none_ok=True)),
+    ('channel_base channel_max expansion', models.at_least(1)),
+    ('widths cardinalities', _stages(1)),
+    ('blocks_per_stage', _stages(0, scalar_ok=True)),
+    ('group_size', _check_group_size),
+    ('cardinalities', _check_cardinalities),
+    (
+        'kernel_size',
+        'an odd integer >= 1',
+        lambda k, _: models.is_int(k) and k >= 1 and k % 2,
+    ),
+    ('resample_filter', models.fir_filter('a 1-D filter with a nonzero sum', (1,))),
+    ('num_mixed_stages', models.at_least(0)),
+    ('mixed_dtype', models.floating_dtype("'bfloat16'")),
+    ('conv_impl', models.one_of(CONV_IMPLS)),
+)
 
 
 class _Networks(nn.Module):
@@ -375,46 +385,50 @@ class _Networks(nn.Module):
   mixed_dtype: Dtype = jnp.bfloat16
   conv_impl: str = 'auto'
 
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    models.check_fields(self, _CHECKS)
+
   def schedule(self):
     """``(widths, cardinalities, blocks)``, lowest resolution first."""
-    return stage_schedule(
-        self.resolution,
-        self.widths,
-        self.cardinalities,
-        self.blocks_per_stage,
-        self.expansion,
-        self.channel_base,
-        self.channel_max,
-        self.group_size,
+    names = (
+        'resolution widths cardinalities expansion channel_base channel_max group_size'
     )
+    return stage_schedule(blocks=self.blocks_per_stage, **models.fields(self, names))
+
+  def _stage_kwargs(self, blocks) -> dict:
+    """The arguments every stage takes."""
+    return dict(
+        num_blocks_total=sum(blocks),
+        resample_filter=tuple(self.resample_filter),
+        **models.fields(self, 'expansion kernel_size conv_impl'),
+    )
+
+
+# Generator.validate()'s checks after _Networks'.
+_G_CHECKS = (
+    ('z_dim', models.at_least(0)),
+    (
+        'z_dim',
+        '>= 1 (0 only with num_classes > 0 and an embed_dim)',
+        lambda v, m: v or (m.num_classes > 0 and m.embed_dim),
+    ),
+)
 
 
 class Generator(_Networks):
   """R3GAN generator: z [B, z_dim] (+ labels [B]) -> images [B, R, R, C] (no tanh).
 
-  Attributes:
-    resolution: output size R, a power of two >= 4 (one stage per resolution from 4).
-    channels: image channels C (3 officially).
-    z_dim: noise size (64 in every official preset).
-    num_classes: > 0 makes G conditional on integer labels [B].
-    embed_dim: class-embedding size (None: ``z_dim``, as the presets).
-    widths, cardinalities, blocks_per_stage: per-stage lists from 4x4 up (the presets'
-      ``WidthPerStage``, ``CardinalityPerStage``, ``BlocksPerStage``); ``None`` widths /
-      cardinalities come from ``channel_base``, ``channel_max`` and ``group_size``; an
-      int ``blocks_per_stage`` is used for every stage.
-    channel_base, channel_max: width ``min(channel_base // res, channel_max)``.
-    group_size: channels per group of the grouped conv (expanded space):
-      cardinality ``max(1, width * expansion // group_size)``.
-    expansion: inverted-bottleneck expansion factor (2).
-    kernel_size: the grouped conv's kernel (3).
-    resample_filter: low-pass filter taps before ``convolve(., [1, 1])`` ((1, 2, 1)).
-    num_mixed_stages: the highest-resolution stages computed in ``mixed_dtype``.
-    conv_impl: how the grouped convs are computed (``grouped_conv``): ``'xla'``,
-      ``'dense'`` (block-diagonal kernel, fast on CPU) or ``'auto'`` (``'dense'`` on
-      CPU, ``'xla'`` elsewhere). Same function and parameters either way.
+  Stage lists run from 4x4 up (``None``: derived, ``stage_schedule``); ``embed_dim``
+  None means ``z_dim``. The options: ``docs/models.md``.
   """
 
   z_dim: int = 64
+
+  @nn.nowrap
+  def validate(self) -> None:
+    models.check_fields(self, _CHECKS, _G_CHECKS)
 
   @nn.compact
   def __call__(self, z, labels=None, train: bool = True):
@@ -430,24 +444,12 @@ class Generator(_Networks):
       dim = self.z_dim if self.embed_dim is None else int(self.embed_dim)
       embed = nn.Embed(self.num_classes, dim, embedding_init=msr_init(1.0), name='embed')
       z = jnp.concatenate([z, embed(labels)], axis=-1)
-    total = sum(blocks)
+    kw = self._stage_kwargs(blocks)
     n = len(widths)
     x = z
-    for i in range(n):
-      mixed = i >= n - self.num_mixed_stages
-      x = GeneratorStage(
-          widths[i],
-          cards[i],
-          blocks[i],
-          self.expansion,
-          self.kernel_size,
-          total,
-          first=i == 0,
-          resample_filter=tuple(self.resample_filter),
-          dtype=self.mixed_dtype if mixed else jnp.float32,
-          conv_impl=self.conv_impl,
-          name=f'stage{i}',
-      )(x)
+    for i, (w, c, b) in enumerate(zip(widths, cards, blocks)):
+      dtype = self.mixed_dtype if i >= n - self.num_mixed_stages else jnp.float32
+      x = GeneratorStage(w, c, b, first=i == 0, dtype=dtype, name=f'stage{i}', **kw)(x)
     x = Conv(self.channels, 1, name='aggregate')(x)
     return x.astype(jnp.float32)
 
@@ -455,10 +457,10 @@ class Generator(_Networks):
 class Discriminator(_Networks):
   """R3GAN discriminator: images [B, R, R, C] (+ labels [B]) -> logits [B].
 
-  Attributes: as ``Generator`` (the per-stage lists are also given from 4x4 up: D
-  walks them from R down to 4), plus ``embed_dim``: the conditional head's embedding
-  size (None: the 4x4 stage's width, as the presets).
+  Stage lists as ``Generator``'s, from 4x4 up; ``embed_dim`` None means the 4x4 width.
   """
+
+  per_sample = True  # no normalisation: logit i depends on image i alone
 
   @nn.compact
   def __call__(self, x, labels=None, train: bool = True):
@@ -468,7 +470,7 @@ class Discriminator(_Networks):
     batch = x.shape[0]
     labels = models.check_labels(labels, self.num_classes, batch)
     dim = widths[-1] if self.embed_dim is None else int(self.embed_dim)
-    total = sum(blocks)
+    kw = self._stage_kwargs(blocks)
     n = len(widths)
     dtypes = [
         self.mixed_dtype if i < self.num_mixed_stages else jnp.float32 for i in range(n)
@@ -478,17 +480,7 @@ class Discriminator(_Networks):
       last = i == n - 1
       out = (dim if labels is not None else 1) if last else widths[i + 1]
       x = DiscriminatorStage(
-          out,
-          cards[i],
-          blocks[i],
-          self.expansion,
-          self.kernel_size,
-          total,
-          last=last,
-          resample_filter=tuple(self.resample_filter),
-          dtype=dtypes[i],
-          conv_impl=self.conv_impl,
-          name=f'stage{i}',
+          out, cards[i], blocks[i], last=last, dtype=dtypes[i], name=f'stage{i}', **kw
       )(x)
     x = x.astype(jnp.float32)
     if labels is not None:

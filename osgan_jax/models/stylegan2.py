@@ -7,6 +7,7 @@ Variables, RNG streams, use and mixed precision: ``docs/models.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence, Tuple
 
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from osgan_jax import models
 from osgan_jax.models import stylegan2_ops as ops
 
 Array = jax.Array
@@ -54,32 +56,55 @@ def synthesis_num_ws(resolution: int, architecture: str = 'skip') -> int:
   return num_conv + 1  # plus the last block's ToRGB
 
 
-def _normal_init(stddev: float):
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.normal(key, shape, dtype) * stddev
-
-  return init
+ARCHITECTURES = ('orig', 'skip', 'resnet')
 
 
-def _const_init(value: float):
-  def init(key, shape, dtype=jnp.float32):
-    del key
-    return jnp.full(shape, value, dtype)
+def _block_dtype(module, res: int) -> Dtype:
+  """float32, or the mixed dtype at the top ``num_fp16_res`` resolutions (official)."""
+  fp16_res = fp16_resolution(module.resolution, module.num_fp16_res)
+  return (
+      module.mixed_dtype if module.num_fp16_res > 0 and res >= fp16_res else jnp.float32
+  )
 
-  return init
+
+# Fields passed down by name: SynthesisNetwork -> SynthesisBlock, G -> SynthesisNetwork.
+_SHARED_BLOCK_FIELDS = (
+    'img_channels architecture resample_filter conv_clamp use_noise fused_modconv'
+)
+_SYNTHESIS_FIELDS = (
+    'w_dim resolution channel_base channel_max num_fp16_res mixed_dtype '
+    + _SHARED_BLOCK_FIELDS
+)
 
 
-# ---------------------------------------------------------------------------
-# Equalised-learning-rate layers.
+def _checks(min_resolution: int) -> tuple:
+  """The checks of the fields G and D share (see ``Generator.validate``)."""
+  return (
+      ('resolution', models.power_of_two(min_resolution)),
+      ('img_channels channel_base channel_max', models.at_least(1)),
+      (
+          'channel_base',  # the top block's channel_base // R channels
+          lambda m: f'>= the resolution {m.resolution} (every block needs a channel)',
+          lambda v, m: v >= m.resolution,
+      ),
+      ('num_fp16_res', models.at_least(0)),
+      ('mixed_dtype', models.floating_dtype("'bfloat16', 'float16'")),
+      ('architecture', models.one_of(ARCHITECTURES)),
+      ('conv_clamp', models.positive(none_ok=True)),
+      (
+          'resample_filter',
+          models.fir_filter('a 1-D or 2-D FIR filter with a nonzero sum', (1, 2)),
+      ),
+  )
+
+
+# N(0, stddev^2) and constant initialisers of float32 parameters (also under x64).
+_normal_init = functools.partial(nn.initializers.normal, dtype=jnp.float32)
+_const_init = functools.partial(nn.initializers.constant, dtype=jnp.float32)
 
 
 class FullyConnectedLayer(nn.Module):
-  """Dense layer with equalised learning rate (official ``FullyConnectedLayer``).
-
-  ``weight`` [in, out] ~ N(0, 1) / lr_multiplier, used as
-  ``weight * lr_multiplier / sqrt(in)``; ``bias`` initialised to ``bias_init`` and
-  used as ``bias * lr_multiplier``. Computes in the dtype of its input.
-  """
+  """Equalised-lr dense layer, weight [in, out] (official ``FullyConnectedLayer``)."""
 
   features: int
   use_bias: bool = True
@@ -104,11 +129,7 @@ class FullyConnectedLayer(nn.Module):
 
 
 class Conv2dLayer(nn.Module):
-  """Conv layer with equalised learning rate and FIR resampling (official ``Conv2dLayer``).
-
-  ``weight`` [k, k, in, out] ~ N(0, 1), scaled by ``1 / sqrt(in * k * k)``; output
-  gets ``bias_act`` with gain ``act_gain * gain`` and clamp ``conv_clamp * gain``.
-  """
+  """Equalised-lr conv with FIR resampling, weight [k, k, in, out] (official)."""
 
   out_channels: int
   kernel_size: int
@@ -125,36 +146,23 @@ class Conv2dLayer(nn.Module):
     k = self.kernel_size
     w = self.param('weight', _normal_init(1.0), (k, k, cin, self.out_channels))
     w = w * (1.0 / np.sqrt(cin * k * k))
-    b = (
-        self.param('bias', nn.initializers.zeros, (self.out_channels,))
-        if self.use_bias
-        else None
-    )
+    b = None
+    if self.use_bias:
+      b = self.param('bias', nn.initializers.zeros, (self.out_channels,))
     f = ops.setup_filter(self.resample_filter)
+    w = w.astype(x.dtype)
     x = ops.conv2d_resample(
-        x,
-        w.astype(x.dtype),
-        f=f,
-        up=self.up,
-        down=self.down,
-        padding=k // 2,
-        flip_weight=(self.up == 1),
+        x, w, f=f, up=self.up, down=self.down, padding=k // 2, flip_weight=(self.up == 1)
     )
     act_gain = ops.activation_gain(self.activation) * gain
     clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
     return ops.bias_act(x, b, act=self.activation, gain=act_gain, clamp=clamp)
 
 
-# ---------------------------------------------------------------------------
-# Mapping network.
-
-
 class MappingNetwork(nn.Module):
   """z (and labels) -> w, broadcast to ``num_ws`` copies (official ``MappingNetwork``).
 
-  z is normalised to unit second moment; labels are embedded by an FC layer and
-  normalised likewise. ``w_avg`` (collection ``batch_stats``) tracks the mean of W
-  with decay ``w_avg_beta`` and is used by the truncation trick.
+  ``w_avg`` (collection ``batch_stats``) tracks the mean of W for truncation.
   """
 
   z_dim: int = 512
@@ -211,15 +219,11 @@ class MappingNetwork(nn.Module):
       w_avg = self.variable(
           STATE_COLLECTION, 'w_avg', jnp.zeros, (self.w_dim,), jnp.float32
       )
-      if (
-          update_w_avg
-          and not self.is_initializing()
-          and self.is_mutable_collection(STATE_COLLECTION)
-      ):
+      updating = update_w_avg and not self.is_initializing()
+      if updating and self.is_mutable_collection(STATE_COLLECTION):
         mean = jnp.mean(jax.lax.stop_gradient(x), axis=0)
-        w_avg.value = mean + self.w_avg_beta * (
-            w_avg.value - mean
-        )  # lerp(mean, w_avg, beta)
+        # lerp(mean, w_avg, beta), as official.
+        w_avg.value = mean + self.w_avg_beta * (w_avg.value - mean)
 
     if self.num_ws is not None:
       x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, x.shape[-1]))
@@ -235,17 +239,8 @@ class MappingNetwork(nn.Module):
     return x
 
 
-# ---------------------------------------------------------------------------
-# Synthesis network.
-
-
 class SynthesisLayer(nn.Module):
-  """Modulated 3x3 conv (+ optional 2x FIR upsampling), noise, bias, lrelu (official).
-
-  Parameters: ``affine`` (FC w -> styles, bias init 1), ``weight`` [k, k, in, out]
-  ~ N(0, 1) (no explicit equalisation: demodulation normalises it),
-  ``noise_strength`` (scalar, init 0), ``bias``. Buffer: ``noise_const`` [res, res].
-  """
+  """Modulated 3x3 conv (+ optional 2x FIR upsampling), noise, bias, lrelu (official)."""
 
   out_channels: int
   resolution: int
@@ -266,8 +261,7 @@ class SynthesisLayer(nn.Module):
       gain: float = 1.0,
       noise: Optional[Array] = None,
   ) -> Array:
-    """``noise``: optional unit-variance noise [B, res, res, 1] for ``noise_mode='random'``
-    (drawn from rng ``'noise'`` when not given); it is scaled by ``noise_strength``."""
+    """``noise``: unit noise [B, res, res, 1] for 'random' (default: rng ``'noise'``)."""
     assert noise_mode in ('random', 'const', 'none'), noise_mode
     unit_noise = noise
     cin = x.shape[-1]
@@ -313,7 +307,7 @@ class SynthesisLayer(nn.Module):
 
 
 class ToRGBLayer(nn.Module):
-  """Modulated 1x1 conv without demodulation to image channels (official ``ToRGBLayer``)."""
+  """Modulated 1x1 conv to image channels, no demodulation (official ``ToRGBLayer``)."""
 
   out_channels: int
   kernel_size: int = 1
@@ -343,7 +337,6 @@ class SynthesisBlock(nn.Module):
   """One resolution of the synthesis network (official ``SynthesisBlock``).
 
   ``in_channels == 0`` marks the 4x4 block, which starts from the learned ``const``.
-  ``ws``: [B, num_conv + num_torgb, w_dim]. Returns ``(x, img)``; ``img`` is float32.
   """
 
   in_channels: int
@@ -375,81 +368,50 @@ class SynthesisBlock(nn.Module):
       noise_mode: str = 'random',
       noises: Optional[Sequence[Array]] = None,
   ) -> Tuple[Array, Optional[Array]]:
-    """``noises``: optional per-layer unit noise (one per conv) for ``noise_mode='random'``."""
+    """``noises``: optional unit noise per conv for ``noise_mode='random'``."""
     assert self.architecture in ('orig', 'skip', 'resnet')
     noises = list(noises) if noises is not None else [None] * self.num_conv
     assert ws.shape[1] == self.num_conv + self.num_torgb, ws.shape
-    dtype = self.dtype
-    layer_kw = dict(
-        resample_filter=self.resample_filter,
-        conv_clamp=self.conv_clamp,
-        use_noise=self.use_noise,
-        fused_modconv=self.fused_modconv,
+    res, f = self.resolution, self.resample_filter
+    layer = functools.partial(
+        SynthesisLayer,
+        self.out_channels,
+        res,
+        **models.fields(self, 'resample_filter conv_clamp use_noise fused_modconv'),
     )
-    w_idx = 0
-
     if self.in_channels == 0:
-      const = self.param(
-          'const',
-          _normal_init(1.0),
-          (self.resolution, self.resolution, self.out_channels),
-      )
-      x = jnp.broadcast_to(const.astype(dtype)[None], (ws.shape[0],) + const.shape)
+      const = self.param('const', _normal_init(1.0), (res, res, self.out_channels))
+      x = jnp.broadcast_to(const.astype(self.dtype)[None], (ws.shape[0],) + const.shape)
+      x = layer(name='conv1')(x, ws[:, 0], noise_mode, noise=noises[0])
     else:
-      assert x.shape[1:] == (self.resolution // 2, self.resolution // 2, self.in_channels)
-      x = x.astype(dtype)
-
-    if self.in_channels == 0:
-      x = SynthesisLayer(self.out_channels, self.resolution, name='conv1', **layer_kw)(
-          x, ws[:, w_idx], noise_mode, noise=noises[0]
-      )
-      w_idx += 1
-    elif self.architecture == 'resnet':
-      y = Conv2dLayer(
-          self.out_channels,
-          1,
-          use_bias=False,
-          up=2,
-          resample_filter=self.resample_filter,
-          name='skip',
-      )(x, gain=np.sqrt(0.5))
-      x = SynthesisLayer(
-          self.out_channels, self.resolution, up=2, name='conv0', **layer_kw
-      )(x, ws[:, w_idx], noise_mode, noise=noises[0])
-      x = SynthesisLayer(self.out_channels, self.resolution, name='conv1', **layer_kw)(
-          x, ws[:, w_idx + 1], noise_mode, gain=np.sqrt(0.5), noise=noises[1]
-      )
-      x = y + x
-      w_idx += 2
-    else:
-      x = SynthesisLayer(
-          self.out_channels, self.resolution, up=2, name='conv0', **layer_kw
-      )(x, ws[:, w_idx], noise_mode, noise=noises[0])
-      x = SynthesisLayer(self.out_channels, self.resolution, name='conv1', **layer_kw)(
-          x, ws[:, w_idx + 1], noise_mode, noise=noises[1]
-      )
-      w_idx += 2
+      assert x.shape[1:] == (res // 2, res // 2, self.in_channels)
+      x = x.astype(self.dtype)
+      resnet = self.architecture == 'resnet'
+      if resnet:
+        y = Conv2dLayer(
+            self.out_channels, 1, use_bias=False, up=2, resample_filter=f, name='skip'
+        )(x, gain=np.sqrt(0.5))
+      x = layer(up=2, name='conv0')(x, ws[:, 0], noise_mode, noise=noises[0])
+      gain = np.sqrt(0.5) if resnet else 1.0
+      x = layer(name='conv1')(x, ws[:, 1], noise_mode, gain=gain, noise=noises[1])
+      if resnet:
+        x = y + x
 
     if img is not None:
-      img = ops.upsample2d(img, ops.setup_filter(self.resample_filter))
-    if self.is_last or self.architecture == 'skip':
-      y = ToRGBLayer(
+      img = ops.upsample2d(img, ops.setup_filter(f))
+    if self.num_torgb:
+      torgb = ToRGBLayer(
           self.img_channels,
-          conv_clamp=self.conv_clamp,
-          fused_modconv=self.fused_modconv,
           name='torgb',
-      )(x, ws[:, w_idx])
-      y = y.astype(jnp.float32)
+          **models.fields(self, 'conv_clamp fused_modconv'),
+      )
+      y = torgb(x, ws[:, self.num_conv]).astype(jnp.float32)
       img = img + y if img is not None else y
     return x, img
 
 
 class SynthesisNetwork(nn.Module):
-  """ws [B, num_ws, w_dim] -> images [B, R, R, img_channels] (official ``SynthesisNetwork``).
-
-  Submodules ``b4, b8, ..., b{R}``. ``num_fp16_res`` top resolutions compute in
-  ``mixed_dtype``.
-  """
+  """ws [B, num_ws, w_dim] -> images [B, R, R, C] (official ``SynthesisNetwork``)."""
 
   w_dim: int = 512
   resolution: int = 1024
@@ -477,58 +439,48 @@ class SynthesisNetwork(nn.Module):
     assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.w_dim), ws.shape
     ws = ws.astype(jnp.float32)
     ch = channels_dict(self.resolution, self.channel_base, self.channel_max)
-    fp16_res = fp16_resolution(self.resolution, self.num_fp16_res)
-    # Draw the per-layer noise of all layers with one RNG call (one PRNG computation
-    # to compile instead of one per layer; same distribution as per-layer draws).
-    block_noises = {res: None for res in self.block_resolutions}
+    # All layers' noise in one RNG call: one PRNG computation to compile, not one each.
+    noises = {}
     if self.use_noise and noise_mode == 'random':
-      sizes = [(res, 1 if res == 4 else 2) for res in self.block_resolutions]
-      total = sum(res * res * n for res, n in sizes)
+      convs = [res for res in self.block_resolutions for _ in range(1 if res == 4 else 2)]
+      sizes = [res * res for res in convs]
       flat = jax.random.normal(
-          self.make_rng(NOISE_RNG), (ws.shape[0], total), jnp.float32
+          self.make_rng(NOISE_RNG), (ws.shape[0], sum(sizes)), jnp.float32
       )
-      off = 0
-      for res, n in sizes:
-        block_noises[res] = []
-        for _ in range(n):
-          block_noises[res].append(
-              flat[:, off : off + res * res].reshape(-1, res, res, 1)
-          )
-          off += res * res
+      for res, part in zip(convs, jnp.split(flat, np.cumsum(sizes)[:-1], axis=1)):
+        noises.setdefault(res, []).append(part.reshape(-1, res, res, 1))
     x = img = None
     w_idx = 0
     for res in self.block_resolutions:
-      is_last = res == self.resolution
       block = SynthesisBlock(
           in_channels=ch[res // 2] if res > 4 else 0,
           out_channels=ch[res],
           resolution=res,
-          img_channels=self.img_channels,
-          is_last=is_last,
-          architecture=self.architecture,
-          resample_filter=self.resample_filter,
-          conv_clamp=self.conv_clamp,
-          dtype=self.mixed_dtype
-          if (self.num_fp16_res > 0 and res >= fp16_res)
-          else jnp.float32,
-          use_noise=self.use_noise,
-          fused_modconv=self.fused_modconv,
+          is_last=res == self.resolution,
+          dtype=_block_dtype(self, res),
           name=f'b{res}',
+          **models.fields(self, _SHARED_BLOCK_FIELDS),
       )
       n = block.num_conv + block.num_torgb
-      x, img = block(x, img, ws[:, w_idx : w_idx + n], noise_mode, block_noises[res])
+      x, img = block(x, img, ws[:, w_idx : w_idx + n], noise_mode, noises.get(res))
       w_idx += block.num_conv
     return img
 
 
-class Generator(nn.Module):
-  """StyleGAN2 generator: ``mapping`` (MappingNetwork) + ``synthesis`` (SynthesisNetwork).
+# Generator.validate()'s checks after those G and D share.
+_G_CHECKS = (
+    ('c_dim z_dim', models.at_least(0)),
+    ('z_dim', '>= 1 (0 only for a conditional generator)', lambda v, m: v or m.c_dim),
+    ('w_dim mapping_layers', models.at_least(1)),
+    ('mapping_lr_multiplier', models.positive()),
+    ('w_avg_beta', models.unit_interval(none_ok=True)),
+    ('style_mixing_prob', models.unit_interval()),
+    ('use_noise fused_modconv', models.FLAG),
+)
 
-  Defaults are config-f at 1024x1024 (``Generator(resolution=256)`` etc. keeps
-  ``channel_base`` / ``channel_max``, as the official preset). Images are NHWC,
-  roughly in [-1, 1]. ``style_mixing_prob`` is the training-time mixing probability
-  (0.9 = official loss default); see ``__call__``.
-  """
+
+class Generator(nn.Module):
+  """StyleGAN2 generator, ``mapping`` + ``synthesis``; defaults are config-f at 1024."""
 
   z_dim: int = 512
   c_dim: int = 0
@@ -556,21 +508,13 @@ class Generator(nn.Module):
   def num_ws(self) -> int:
     return synthesis_num_ws(self.resolution, self.architecture)
 
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    models.check_fields(self, _checks(4), _G_CHECKS)
+
   def setup(self):
-    self.synthesis = SynthesisNetwork(
-        w_dim=self.w_dim,
-        resolution=self.resolution,
-        img_channels=self.img_channels,
-        channel_base=self.channel_base,
-        channel_max=self.channel_max,
-        num_fp16_res=self.num_fp16_res,
-        mixed_dtype=self.mixed_dtype,
-        architecture=self.architecture,
-        resample_filter=self.resample_filter,
-        conv_clamp=self.conv_clamp,
-        use_noise=self.use_noise,
-        fused_modconv=self.fused_modconv,
-    )
+    self.synthesis = SynthesisNetwork(**models.fields(self, _SYNTHESIS_FIELDS))
     self.mapping = MappingNetwork(
         z_dim=self.z_dim,
         c_dim=self.c_dim,
@@ -593,24 +537,14 @@ class Generator(nn.Module):
   ) -> Array:
     """z [B, z_dim] (+ labels [B, c_dim]) -> ws [B, num_ws, w_dim], with style mixing.
 
-    ``style_mixing_prob=None`` means ``self.style_mixing_prob`` when ``train`` else 0.
-    With probability p a cutoff is drawn uniformly from [1, num_ws) (one per batch,
-    as the official loss) and ws[:, cutoff:] are replaced by the W of fresh latents
-    (rng ``'mixing'``; the second mapping does not update ``w_avg``). ``w_avg`` is
-    updated when ``train`` and the ``batch_stats`` collection is mutable.
+    ``style_mixing_prob=None`` means ``self.style_mixing_prob`` when ``train`` else 0;
+    one mixing cutoff per batch, as the official loss.
     """
-    p = (
-        (self.style_mixing_prob if train else 0.0)
-        if style_mixing_prob is None
-        else style_mixing_prob
-    )
-    ws = self.mapping(
-        z,
-        labels,
-        truncation_psi=truncation_psi,
-        truncation_cutoff=truncation_cutoff,
-        update_w_avg=train,
-    )
+    p = style_mixing_prob
+    if p is None:
+      p = self.style_mixing_prob if train else 0.0
+    truncation = dict(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+    ws = self.mapping(z, labels, update_w_avg=train, **truncation)
     if isinstance(p, (int, float)) and p <= 0:
       return ws
     key = self.make_rng(MIXING_RNG)
@@ -619,13 +553,7 @@ class Generator(nn.Module):
     cutoff = jax.random.randint(k_cut, (), 1, num_ws)
     cutoff = jnp.where(jax.random.uniform(k_p, ()) < p, cutoff, num_ws)
     z2 = jax.random.normal(k_z, z.shape, z.dtype) if z is not None else None
-    ws2 = self.mapping(
-        z2,
-        labels,
-        truncation_psi=truncation_psi,
-        truncation_cutoff=truncation_cutoff,
-        update_w_avg=False,
-    )
+    ws2 = self.mapping(z2, labels, update_w_avg=False, **truncation)
     mix = (jnp.arange(num_ws) >= cutoff)[None, :, None]
     return jnp.where(mix, ws2, ws)
 
@@ -647,11 +575,7 @@ class Generator(nn.Module):
       noise_mode: str = 'random',
       train: bool = True,
   ) -> Array:
-    """z [B, z_dim] -> images [B, R, R, img_channels] (float32, NHWC).
-
-    rngs: ``'noise'`` if ``noise_mode == 'random'``; ``'mixing'`` if the mixing
-    probability is > 0 (by default: when ``train``).
-    """
+    """z [B, z_dim] -> float32 images [B, R, R, img_channels]."""
     ws = self.map(
         z,
         labels,
@@ -663,16 +587,10 @@ class Generator(nn.Module):
     return self.synthesize(ws, noise_mode=noise_mode, train=train)
 
 
-# ---------------------------------------------------------------------------
-# Discriminator.
-
-
 class DiscriminatorBlock(nn.Module):
   """One resolution of the discriminator (official ``DiscriminatorBlock``).
 
   ``in_channels == 0`` marks the first (top-resolution) block, which has ``fromrgb``.
-  'resnet': ``skip`` (1x1, FIR down, no bias) + conv0 + conv1 (FIR down), summed with
-  gain sqrt(0.5) each.
   """
 
   in_channels: int
@@ -690,56 +608,24 @@ class DiscriminatorBlock(nn.Module):
   def __call__(self, x: Optional[Array], img: Optional[Array]):
     assert self.architecture in ('orig', 'skip', 'resnet')
     assert self.in_channels in (0, self.tmp_channels)
-    dtype = self.dtype
+    res, f, arch = self.resolution, self.resample_filter, self.architecture
+    conv = functools.partial(Conv2dLayer, **models.fields(self, 'activation conv_clamp'))
     if x is not None:
-      assert x.shape[1:] == (self.resolution, self.resolution, self.in_channels), x.shape
-      x = x.astype(dtype)
+      assert x.shape[1:] == (res, res, self.in_channels), x.shape
+      x = x.astype(self.dtype)
 
-    if self.in_channels == 0 or self.architecture == 'skip':
-      assert img.shape[1:] == (
-          self.resolution,
-          self.resolution,
-          self.img_channels,
-      ), img.shape
-      img = img.astype(dtype)
-      y = Conv2dLayer(
-          self.tmp_channels,
-          1,
-          activation=self.activation,
-          conv_clamp=self.conv_clamp,
-          name='fromrgb',
-      )(img)
+    if self.in_channels == 0 or arch == 'skip':
+      assert img.shape[1:] == (res, res, self.img_channels), img.shape
+      img = img.astype(self.dtype)
+      y = conv(self.tmp_channels, 1, name='fromrgb')(img)
       x = x + y if x is not None else y
-      img = (
-          ops.downsample2d(img, ops.setup_filter(self.resample_filter))
-          if self.architecture == 'skip'
-          else None
-      )
+      img = ops.downsample2d(img, ops.setup_filter(f)) if arch == 'skip' else None
 
-    conv0 = Conv2dLayer(
-        self.tmp_channels,
-        3,
-        activation=self.activation,
-        conv_clamp=self.conv_clamp,
-        name='conv0',
-    )
-    conv1 = Conv2dLayer(
-        self.out_channels,
-        3,
-        activation=self.activation,
-        down=2,
-        resample_filter=self.resample_filter,
-        conv_clamp=self.conv_clamp,
-        name='conv1',
-    )
-    if self.architecture == 'resnet':
+    conv0 = conv(self.tmp_channels, 3, name='conv0')
+    conv1 = conv(self.out_channels, 3, down=2, resample_filter=f, name='conv1')
+    if arch == 'resnet':
       y = Conv2dLayer(
-          self.out_channels,
-          1,
-          use_bias=False,
-          down=2,
-          resample_filter=self.resample_filter,
-          name='skip',
+          self.out_channels, 1, use_bias=False, down=2, resample_filter=f, name='skip'
       )(x, gain=np.sqrt(0.5))
       x = conv0(x)
       x = conv1(x, gain=np.sqrt(0.5))
@@ -751,10 +637,7 @@ class DiscriminatorBlock(nn.Module):
 
 
 class DiscriminatorEpilogue(nn.Module):
-  """4x4 head: minibatch std, conv, FC, output FC (official ``DiscriminatorEpilogue``).
-
-  Runs in float32. ``fc`` flattens the 4x4 features in the official NCHW order.
-  """
+  """Float32 4x4 head: minibatch std, conv, FC, output FC (official)."""
 
   in_channels: int
   cmap_dim: int
@@ -777,11 +660,7 @@ class DiscriminatorEpilogue(nn.Module):
     if self.mbstd_num_channels > 0:
       x = ops.minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
     x = Conv2dLayer(
-        self.in_channels,
-        3,
-        activation=self.activation,
-        conv_clamp=self.conv_clamp,
-        name='conv',
+        self.in_channels, 3, name='conv', **models.fields(self, 'activation conv_clamp')
     )(x)
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # official NCHW flatten
     x = FullyConnectedLayer(self.in_channels, activation=self.activation, name='fc')(x)
@@ -791,12 +670,25 @@ class DiscriminatorEpilogue(nn.Module):
     return x
 
 
+def _check_mbstd_channels(v, m):
+  c = min(m.channel_base // 4, m.channel_max)
+  return v and c % v and f'0 or divide the 4x4 channels ({c})'
+
+
+# Discriminator.validate()'s checks after those G and D share.
+_D_CHECKS = (
+    ('c_dim', models.at_least(0)),
+    ('cmap_dim mbstd_group_size', models.at_least(1, none_ok=True)),
+    ('mbstd_num_channels', models.at_least(0)),
+    ('mbstd_num_channels', _check_mbstd_channels),
+    ('label_mapping_layers', models.at_least(1)),
+)
+
+
 class Discriminator(nn.Module):
   """StyleGAN2 discriminator ('resnet' by default): images [B, R, R, C] -> logits [B].
 
-  Submodules ``b{R}, ..., b8`` (DiscriminatorBlock), ``mapping`` (labels only) and
-  ``b4`` (DiscriminatorEpilogue). Minibatch std uses groups of
-  ``min(mbstd_group_size, B)``, so the batch must be divisible by that.
+  Minibatch std groups ``min(mbstd_group_size, B)`` samples: B must be a multiple.
   """
 
   c_dim: int = 0
@@ -818,19 +710,27 @@ class Discriminator(nn.Module):
   def block_resolutions(self) -> Sequence[int]:
     return [2**i for i in range(_log2(self.resolution), 2, -1)]
 
+  @property
+  def per_sample(self) -> bool:
+    """Whether logit i depends on image i alone: minibatch std of groups couples."""
+    group = self.mbstd_group_size
+    return not (self.mbstd_num_channels > 0 and (group is None or group > 1))
+
+  @nn.nowrap
+  def validate(self) -> None:
+    """Checks every field without tracing; a ``ValueError`` 'FIELD must be ...'."""
+    # The 4x4 epilogue needs a block above it (as official).
+    models.check_fields(self, _checks(8), _D_CHECKS)
+
   @nn.compact
   def __call__(
       self, images: Array, labels: Optional[Array] = None, train: bool = True
   ) -> Array:
     del train  # no train/eval difference (no dropout / batch norm)
     assert self.resolution >= 8, 'the discriminator needs resolution >= 8 (as official)'
-    assert images.shape[1:] == (self.resolution, self.resolution, self.img_channels), (
-        images.shape,
-        self.resolution,
-        self.img_channels,
-    )
+    r, c = self.resolution, self.img_channels
+    assert images.shape[1:] == (r, r, c), (images.shape, r, c)
     ch = channels_dict(self.resolution, self.channel_base, self.channel_max)
-    fp16_res = fp16_resolution(self.resolution, self.num_fp16_res)
     cmap_dim = ch[4] if self.cmap_dim is None else self.cmap_dim
     if self.c_dim == 0:
       cmap_dim = 0
@@ -843,14 +743,9 @@ class Discriminator(nn.Module):
           tmp_channels=ch[res],
           out_channels=ch[res // 2],
           resolution=res,
-          img_channels=self.img_channels,
-          architecture=self.architecture,
-          resample_filter=self.resample_filter,
-          conv_clamp=self.conv_clamp,
-          dtype=self.mixed_dtype
-          if (self.num_fp16_res > 0 and res >= fp16_res)
-          else jnp.float32,
+          dtype=_block_dtype(self, res),
           name=f'b{res}',
+          **models.fields(self, 'img_channels architecture resample_filter conv_clamp'),
       )(x, img)
 
     cmap = None
@@ -868,43 +763,24 @@ class Discriminator(nn.Module):
         ch[4],
         cmap_dim=cmap_dim,
         resolution=4,
-        img_channels=self.img_channels,
-        architecture=self.architecture,
-        mbstd_group_size=self.mbstd_group_size,
-        mbstd_num_channels=self.mbstd_num_channels,
-        conv_clamp=self.conv_clamp,
         name='b4',
+        **models.fields(
+            self,
+            'img_channels architecture mbstd_group_size mbstd_num_channels conv_clamp',
+        ),
     )(x, img, cmap)
     return x[:, 0]
 
 
-# ---------------------------------------------------------------------------
-# Presets.
-
-
 def config_f(resolution: int = 1024, img_channels: int = 3, **overrides):
-  """(Generator, Discriminator) with the official config-f / 'stylegan2' preset settings.
-
-  ``overrides`` are applied to both where the field exists (e.g. ``conv_clamp=256,
-  num_fp16_res=4`` for the official ADA mixed-precision settings).
-  """
+  """(Generator, Discriminator) of config-f; ``overrides`` set either's fields."""
   return _make(dict(resolution=resolution, img_channels=img_channels), overrides)
 
 
 def tiny(resolution: int = 32, img_channels: int = 1, **overrides):
-  """(Generator, Discriminator) small enough to train on a CPU: 64-d z/w, 2 mapping
-  layers, ``channel_base=512, channel_max=64`` (4..8: 64, 16: 32, 32: 16 channels)."""
-  base = dict(
-      resolution=resolution,
-      img_channels=img_channels,
-      z_dim=64,
-      w_dim=64,
-      mapping_layers=2,
-      channel_base=512,
-      channel_max=64,
-  )
-  base.update(overrides)
-  return _make(base, {})
+  """(Generator, Discriminator) small enough to train on a CPU."""
+  small = dict(z_dim=64, w_dim=64, mapping_layers=2, channel_base=512, channel_max=64)
+  return _make(dict(resolution=resolution, img_channels=img_channels, **small), overrides)
 
 
 def _make(base: dict, overrides: dict):

@@ -7,6 +7,7 @@ differentiable to any order (R1 and path length need second derivatives). Layout
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 from jax import lax
 
 Padding = Union[int, Sequence[int]]
+_DN = ('NHWC', 'HWIO', 'NHWC')
 
 # name -> (function(x, alpha), default alpha, default gain); as the official table.
 ACTIVATIONS = {
@@ -43,11 +45,7 @@ def bias_act(
     gain: Optional[float] = None,
     clamp: Optional[float] = None,
 ) -> jax.Array:
-  """Adds bias ``b`` along the last axis, applies ``act``, scales by ``gain``, clamps.
-
-  As the official ``bias_act``: ``gain=None`` uses the activation's default gain,
-  ``clamp=None`` disables clamping; the output keeps ``x``'s dtype.
-  """
+  """Bias (last axis), activation, gain, clamp (official ``bias_act``); keeps dtype."""
   func, def_alpha, def_gain = ACTIVATIONS[act]
   alpha = def_alpha if alpha is None else float(alpha)
   gain = def_gain if gain is None else float(gain)
@@ -62,10 +60,6 @@ def bias_act(
   return x
 
 
-# ---------------------------------------------------------------------------
-# FIR filters and upfirdn2d.
-
-
 def setup_filter(
     f: Sequence[float] = (1, 3, 3, 1),
     normalize: bool = True,
@@ -73,13 +67,7 @@ def setup_filter(
     gain: float = 1.0,
     separable: Optional[bool] = None,
 ) -> np.ndarray:
-  """Prepares a FIR filter as a numpy float32 array (1-D = separable, or 2-D).
-
-  Unlike the official ``setup_filter`` (which expands filters with fewer than 8
-  taps to 2-D), a 1-D filter is kept separable by default: ``outer(f, f) / sum^2``
-  equals ``outer(f / sum, f / sum)``, so results are identical and cheaper.
-  ``gain`` is the overall 2-D gain, as in the official code.
-  """
+  """A float32 FIR filter; 1-D stays separable (official: 2-D, the same result)."""
   f = np.asarray(f, dtype=np.float32)
   if f.ndim == 0:
     f = f[np.newaxis]
@@ -124,7 +112,7 @@ def filter_size(f: Optional[np.ndarray]) -> Tuple[int, int]:
 
 
 def _fir_axis(x: jax.Array, taps: np.ndarray, axis: int, down: int) -> jax.Array:
-  """Valid correlation of ``x`` with 1-D ``taps`` along ``axis``, keeping every ``down``-th."""
+  """Valid correlation with 1-D ``taps`` along ``axis``, keeping every ``down``-th."""
   n = len(taps)
   length = x.shape[axis] - n + 1
   assert length >= 1, 'image too small for the filter'
@@ -143,10 +131,7 @@ def _fir_axis(x: jax.Array, taps: np.ndarray, axis: int, down: int) -> jax.Array
   return acc
 
 
-# How separable FIR filters are applied: 'slices' (default: shifted slices and adds,
-# exact float32 FMAs that XLA fuses with neighbouring elementwise ops; ~100x faster than
-# depthwise convolutions on XLA:CPU) or 'conv' (depthwise convolutions at HIGHEST
-# precision: faster to compile, slow to run on CPU). Results agree to float32 rounding.
+# Separable FIR filters: 'slices' (shifted slices and adds) or 'conv' (docs/cpu.md).
 FIR_IMPL = 'slices'
 
 
@@ -160,7 +145,7 @@ def _depthwise(x: jax.Array, k: np.ndarray, strides: Tuple[int, int]) -> jax.Arr
       kernel,
       window_strides=strides,
       padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      dimension_numbers=_DN,
       feature_group_count=c,
       precision=lax.Precision.HIGHEST,
   )
@@ -175,15 +160,10 @@ def upfirdn2d(
     flip_filter: bool = False,
     gain: float = 1.0,
 ) -> jax.Array:
-  """Upsample (zero insertion), pad, FIR-filter and downsample a batch of NHWC images.
+  """Upsample (zero insertion), pad, FIR-filter, downsample NHWC images (official op).
 
-  Same semantics as the official ``upfirdn2d`` (and ``scipy.signal.upfirdn``):
-  1. insert ``up - 1`` zeros after each pixel; 2. pad by ``padding`` =
-  ``(x0, x1, y0, y1)`` (negative crops); 3. convolve with ``f`` (``flip_filter=True``
-  for correlation), keeping only outputs whose footprint lies inside the padded
-  image; 4. keep every ``down``-th pixel. ``f`` is a numpy filter from
-  ``setup_filter`` (1-D separable or 2-D) or None for identity. Filtering is
-  accumulated in float32 and the result cast back to ``x.dtype``.
+  ``padding`` is ``(x0, x1, y0, y1)`` (negative crops); ``f`` comes from
+  ``setup_filter`` (None: identity). Filters in float32; the result has ``x.dtype``.
   """
   assert x.ndim == 4
   upx, upy = _parse_scaling(up)
@@ -193,19 +173,9 @@ def upfirdn2d(
     f = np.ones([1], np.float32)
   f = np.asarray(f, np.float32)
   dtype = x.dtype
-  # Zero insertion + pad/crop in one lax.pad (interior padding inserts zeros;
-  # negative edge padding crops after the insertion, as the official code does).
-  zero = jnp.zeros((), dtype)
-  x = lax.pad(
-      x,
-      zero,
-      [
-          (0, 0, 0),
-          (py0, py1 + upy - 1, upy - 1),
-          (px0, px1 + upx - 1, upx - 1),
-          (0, 0, 0),
-      ],
-  )
+  # Zero insertion and pad/crop in one lax.pad; it crops after the insertion, as official.
+  y_pads, x_pads = (py0, py1 + upy - 1, upy - 1), (px0, px1 + upx - 1, upx - 1)
+  x = lax.pad(x, jnp.zeros((), dtype), [(0, 0, 0), y_pads, x_pads, (0, 0, 0)])
   x = x.astype(jnp.float32)
   if f.ndim == 1:
     taps = f if flip_filter else f[::-1]
@@ -220,14 +190,6 @@ def upfirdn2d(
     k = f if flip_filter else f[::-1, ::-1]
     x = _depthwise(x, k * float(gain), (downy, downx))
   return x.astype(dtype)
-
-
-def filter2d(x, f, padding: Padding = 0, flip_filter=False, gain=1.0):
-  """Filters keeping the image size (plus extra ``padding``), as the official op."""
-  px0, px1, py0, py1 = _parse_padding(padding)
-  fw, fh = filter_size(f)
-  p = (px0 + fw // 2, px1 + (fw - 1) // 2, py0 + fh // 2, py1 + (fh - 1) // 2)
-  return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain)
 
 
 def upsample2d(x, f, up=2, padding: Padding = 0, flip_filter=False, gain=1.0):
@@ -245,7 +207,7 @@ def upsample2d(x, f, up=2, padding: Padding = 0, flip_filter=False, gain=1.0):
 
 
 def downsample2d(x, f, down=2, padding: Padding = 0, flip_filter=False, gain=1.0):
-  """FIR downsampling by ``down``: output is the input size over ``down`` (official op)."""
+  """FIR downsampling by ``down``: output is the input size over ``down`` (official)."""
   downx, downy = _parse_scaling(down)
   px0, px1, py0, py1 = _parse_padding(padding)
   fw, fh = filter_size(f)
@@ -256,12 +218,6 @@ def downsample2d(x, f, down=2, padding: Padding = 0, flip_filter=False, gain=1.0
       py1 + (fh - downy) // 2,
   )
   return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain)
-
-
-# ---------------------------------------------------------------------------
-# Convolution with optional FIR up/down-sampling.
-
-_DN = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv(
@@ -299,12 +255,9 @@ def conv2d_resample(
     flip_filter: bool = False,
     groups: int = 1,
 ) -> jax.Array:
-  """2-D convolution with optional FIR up/downsampling (official ``conv2d_resample``).
+  """Conv with optional FIR up/downsampling (official ``conv2d_resample``, fast paths).
 
-  ``x``: [B, H, W, I]; ``w``: [kh, kw, I // groups, O]. ``padding`` is with respect to
-  the upsampled image, applied once. The result equals the generic definition
-  ``upfirdn2d(x, f, up, pad, gain=up**2) -> conv(w) -> upfirdn2d(f, down)`` and uses
-  the same fast paths as the official code (strided / transposed convolutions).
+  ``w``: [kh, kw, I // groups, O]; ``padding`` is relative to the upsampled image.
   """
   assert x.ndim == 4 and w.ndim == 4
   assert isinstance(up, int) and up >= 1 and isinstance(down, int) and down >= 1
@@ -322,20 +275,19 @@ def conv2d_resample(
     py0 += (fh - down + 1) // 2
     py1 += (fh - down) // 2
 
+  conv = functools.partial(_conv, w=w, flip_weight=flip_weight, groups=groups)
+  fir = functools.partial(upfirdn2d, f=f, flip_filter=flip_filter)
+  pads = (px0, px1, py0, py1)
+
   # 1x1 conv, downsampling only: downsample first, then convolve.
   if kw == 1 and kh == 1 and down > 1 and up == 1:
-    x = upfirdn2d(x, f, down=down, padding=(px0, px1, py0, py1), flip_filter=flip_filter)
-    return _conv(x, w, flip_weight=flip_weight, groups=groups)
+    return conv(fir(x, down=down, padding=pads))
   # 1x1 conv, upsampling only: convolve first, then upsample.
   if kw == 1 and kh == 1 and up > 1 and down == 1:
-    x = _conv(x, w, flip_weight=flip_weight, groups=groups)
-    return upfirdn2d(
-        x, f, up=up, padding=(px0, px1, py0, py1), gain=up**2, flip_filter=flip_filter
-    )
+    return fir(conv(x), up=up, padding=pads, gain=up**2)
   # Downsampling only: filter, then strided convolution.
   if down > 1 and up == 1:
-    x = upfirdn2d(x, f, padding=(px0, px1, py0, py1), flip_filter=flip_filter)
-    return _conv(x, w, stride=down, flip_weight=flip_weight, groups=groups)
+    return conv(fir(x, padding=pads), stride=down)
   # Upsampling (optionally followed by downsampling): transposed convolution, i.e.
   # zero insertion (lhs_dilation) + full convolution, then the FIR filter.
   if up > 1:
@@ -345,31 +297,16 @@ def conv2d_resample(
     py1 -= kh - up
     pxt = max(min(-px0, -px1), 0)
     pyt = max(min(-py0, -py1), 0)
-    x = _conv(
-        x,
-        w,
-        padding=((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt)),
-        lhs_dilation=(up, up),
-        flip_weight=flip_weight,
-        groups=groups,
-    )
-    x = upfirdn2d(
-        x,
-        f,
-        padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt),
-        gain=up**2,
-        flip_filter=flip_filter,
-    )
+    full = ((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt))
+    x = conv(x, padding=full, lhs_dilation=(up, up))
+    x = fir(x, padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt), gain=up**2)
     if down > 1:
-      x = upfirdn2d(x, f, down=down, flip_filter=flip_filter)
+      x = fir(x, down=down)
     return x
   # No resampling.
-  if min(px0, px1, py0, py1) >= 0:
-    return _conv(
-        x, w, padding=((py0, py1), (px0, px1)), flip_weight=flip_weight, groups=groups
-    )
-  x = upfirdn2d(x, None, padding=(px0, px1, py0, py1))
-  return _conv(x, w, flip_weight=flip_weight, groups=groups)
+  if min(pads) >= 0:
+    return conv(x, padding=((py0, py1), (px0, px1)))
+  return conv(upfirdn2d(x, None, padding=pads))
 
 
 def normalize_2nd_moment(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax.Array:
@@ -392,28 +329,15 @@ def modulated_conv2d(
 ) -> jax.Array:
   """Modulated (and demodulated) convolution, as the official ``modulated_conv2d``.
 
-  Args:
-    x: activations [B, H, W, I] (float32 or a low-precision dtype).
-    weight: raw weight [kh, kw, I, O] (float32; cast to ``x.dtype`` for the conv).
-    styles: per-sample modulation [B, I] (float32).
-    noise: optional tensor added to the output (broadcastable to [B, H', W', O]).
-    fused_modconv: False (default) scales the activations before and after a shared
-      convolution (one big conv: best on TPU/GPU under jit); True builds per-sample
-      weights and convolves each sample with its own (vmap = grouped conv). Both are
-      mathematically identical.
-
-  Demodulation coefficients are ``rsqrt(sum_{k,i} (w_kio * s_bi)^2 + 1e-8)`` per
-  sample and output channel. For low-precision ``x`` the official pre-normalisation
-  (weight by its per-output-channel max, styles by their per-sample max) is applied
-  first; demodulation cancels it exactly up to the 1e-8 epsilon.
+  ``x`` [B, H, W, I], ``weight`` [kh, kw, I, O], ``styles`` [B, I]; ``noise`` is added
+  to the output. ``fused_modconv=True`` convolves each sample with its own weights
+  (vmap) instead of scaling activations around one shared conv: the same function.
+  Low-precision ``x`` gets the official pre-normalisation, which demodulation cancels.
   """
   b = x.shape[0]
   kh, kw, cin, cout = weight.shape
-  assert x.shape[-1] == cin and styles.shape == (b, cin), (
-      x.shape,
-      weight.shape,
-      styles.shape,
-  )
+  shapes = (x.shape, weight.shape, styles.shape)
+  assert x.shape[-1] == cin and styles.shape == (b, cin), shapes
   weight = weight.astype(jnp.float32)
   styles = styles.astype(jnp.float32)
 
@@ -428,40 +352,24 @@ def modulated_conv2d(
     wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
     dcoefs = lax.rsqrt(jnp.square(styles) @ wsq + 1e-8)  # [B, O]
 
+  conv = functools.partial(
+      conv2d_resample,
+      f=resample_filter,
+      up=up,
+      down=down,
+      padding=padding,
+      flip_weight=flip_weight,
+  )
   if not fused_modconv:
     x = x * styles.astype(x.dtype)[:, None, None, :]
-    x = conv2d_resample(
-        x,
-        weight.astype(x.dtype),
-        f=resample_filter,
-        up=up,
-        down=down,
-        padding=padding,
-        flip_weight=flip_weight,
-    )
+    x = conv(x, weight.astype(x.dtype))
     if demodulate:
       x = x * dcoefs.astype(x.dtype)[:, None, None, :]
-    if noise is not None:
-      x = x + noise.astype(x.dtype)
-    return x
-
-  w = weight[None] * styles[:, None, None, :, None]  # [B, kh, kw, I, O]
-  if demodulate:
-    w = w * dcoefs[:, None, None, None, :]
-  w = w.astype(x.dtype)
-
-  def one(xi, wi):
-    return conv2d_resample(
-        xi[None],
-        wi,
-        f=resample_filter,
-        up=up,
-        down=down,
-        padding=padding,
-        flip_weight=flip_weight,
-    )[0]
-
-  x = jax.vmap(one)(x, w)
+  else:
+    w = weight[None] * styles[:, None, None, :, None]  # [B, kh, kw, I, O]
+    if demodulate:
+      w = w * dcoefs[:, None, None, None, :]
+    x = jax.vmap(lambda xi, wi: conv(xi[None], wi)[0])(x, w.astype(x.dtype))
   if noise is not None:
     x = x + noise.astype(x.dtype)
   return x
@@ -470,12 +378,10 @@ def modulated_conv2d(
 def minibatch_std(
     x: jax.Array, group_size: Optional[int] = 4, num_channels: int = 1
 ) -> jax.Array:
-  """Appends ``num_channels`` minibatch-stddev feature maps (official ``MinibatchStdLayer``).
+  """Appends minibatch-stddev maps, computed in float32 (official ``MinibatchStdLayer``).
 
-  The group size is ``min(group_size, batch)`` (``None`` = the whole batch); the batch
-  must be divisible by it. Groups are strided as in the official reshape
-  ``[G, B // G, ...]``: sample ``n`` belongs to group ``n % (B // G)``.
-  Computed in float32 regardless of ``x.dtype``; the result has ``x.dtype``.
+  Groups of ``min(group_size, B)`` (None: B) samples, strided as official: sample ``n``
+  is in group ``n % (B // G)``.
   """
   n, h, w, c = x.shape
   g = n if group_size is None else min(int(group_size), n)

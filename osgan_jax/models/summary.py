@@ -18,14 +18,6 @@ def _count(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _num_leaves(tree) -> int:
-  return len(jax.tree_util.tree_leaves(tree))
-
-
-def _fields(cls) -> set:
-  return set(getattr(cls, '__dataclass_fields__', {}))
-
-
 def _img_channels(module) -> int:
   for name in ('img_channels', 'channels'):
     if hasattr(module, name):
@@ -39,12 +31,10 @@ def _rngs():
 
 
 def abstract_variables(module, *args, **kwargs):
-  """``(variables, calls)`` of a module, via ``jax.eval_shape`` (no real memory).
+  """``(variables, calls)`` of a module via ``jax.eval_shape`` (no real memory).
 
-  ``variables`` are ShapeDtypeStructs; ``calls`` maps each submodule path (a tuple of
-  names), in the order the forward pass first calls it, to its output
-  ``[(shape, dtype), ...]`` (of its last call). ``args`` may be ShapeDtypeStructs;
-  ``kwargs`` go to ``__call__`` (e.g. ``train=False``).
+  ``calls`` maps each submodule path, in first-call order, to its last outputs'
+  ``[(shape, dtype), ...]``; ``kwargs`` go to ``__call__``.
   """
   calls: Dict[Tuple[str, ...], List[Tuple[Tuple[int, ...], str]]] = {}
 
@@ -84,11 +74,8 @@ def _flatten(tree) -> Dict[Tuple[str, ...], Any]:
 
 
 def module_rows(variables, calls, depth: int) -> List[Dict[str, Any]]:
-  """One row per submodule path truncated at ``depth``, in forward-pass order.
-
-  Rows hold trainable parameters (``params``), buffers (every other collection),
-  the number of parameter tensors, and the module's output shapes / dtypes.
-  """
+  """One row per submodule path cut at ``depth``, in forward-pass order: parameters,
+  buffers (other collections), tensor count, output shapes and dtypes."""
   params = _flatten(variables.get('params', {}))
   buffers = {}
   for col, tree in variables.items():
@@ -134,24 +121,13 @@ def format_table(
     verbose: bool = False,
 ) -> str:
   headers = ('Module', 'Parameters', 'Buffers', 'Tensors', 'Output shape', 'Datatype')
-  body = [
-      (
-          r['module'],
-          f"{r['params']:,}",
-          f"{r['buffers']:,}",
-          str(r['tensors']),
-          r['output'],
-          r['dtype'],
-      )
-      for r in rows
-  ]
-  total = (
-      'Total',
-      f'{total_params:,}',
-      f'{total_buffers:,}',
-      str(sum(r['tensors'] for r in rows)),
-      '',
-      '',
+
+  def cells(module, params, buffers, tensors, output, dtype, **_):
+    return (module, f'{params:,}', f'{buffers:,}', str(tensors), output, dtype)
+
+  body = [cells(**r) for r in rows]
+  total = cells(
+      'Total', total_params, total_buffers, sum(r['tensors'] for r in rows), '', ''
   )
   widths = [
       max(len(h), *(len(b[i]) for b in body + [total])) for i, h in enumerate(headers)
@@ -184,9 +160,7 @@ def summarize(
     out=None,
     num_classes: int = 0,
 ) -> Dict[str, int]:
-  """Prints the tables of ``generator`` / ``discriminator``; returns the JSON totals.
-
-  ``num_classes > 0``: both networks are conditional and get integer labels."""
+  """Prints the tables of ``generator`` / ``discriminator``; returns the JSON totals."""
   out = out or sys.stdout
   z_dim = int(getattr(generator, 'z_dim'))
   resolution = int(getattr(generator, 'resolution'))
@@ -200,57 +174,37 @@ def summarize(
   g_vars, g_calls = abstract_variables(generator, z, *labels, train=False)
   d_vars, d_calls = abstract_variables(discriminator, images, *labels, train=False)
   g_params = g_vars.get('params', {})
-  g_top = set(g_params)
-  nested = {'mapping', 'synthesis'} & g_top
+  nested = [k for k in ('mapping', 'synthesis') if k in g_params]
   if g_depth is None:
     g_depth = 2 if nested else 1
   if d_depth is None:
     d_depth = 1
+  totals = {
+      'G': _count(g_params),
+      **{f'G_{k}': _count(g_params[k]) for k in nested},
+      'D': _count(d_vars.get('params', {})),
+  }
 
-  def buffers(v):
-    return sum(_count(t) for c, t in v.items() if c != 'params')
-
-  totals = {'G': _count(g_params)}
-  if 'mapping' in g_top:
-    totals['G_mapping'] = _count(g_params['mapping'])
-  if 'synthesis' in g_top:
-    totals['G_synthesis'] = _count(g_params['synthesis'])
-  totals['D'] = _count(d_vars.get('params', {}))
+  def print_table(title, variables, calls, depth, total):
+    rows = module_rows(variables, calls, depth)
+    buffers = sum(_count(t) for c, t in variables.items() if c != 'params')
+    print(format_table(title, rows, total, buffers, verbose), file=out)
 
   g_title = (
       f'Generator {type(generator).__module__}.{type(generator).__name__} '
       f'(z [{batch_size},{z_dim}] -> images [{batch_size},{resolution},'
       f'{resolution},{channels}])'
   )
-  print(
-      format_table(
-          g_title,
-          module_rows(g_vars, g_calls, g_depth),
-          totals['G'],
-          buffers(g_vars),
-          verbose,
-      ),
-      file=out,
-  )
-  for key in ('G_mapping', 'G_synthesis'):
-    if key in totals:
-      print(f'  {key[2:]}: {totals[key]:,} parameters', file=out)
+  print_table(g_title, g_vars, g_calls, g_depth, totals['G'])
+  for k in nested:
+    print(f'  {k}: {totals["G_" + k]:,} parameters', file=out)
   print(file=out)
   d_title = (
       f'Discriminator {type(discriminator).__module__}.'
       f'{type(discriminator).__name__} (images [{batch_size},{resolution},'
       f'{resolution},{channels}] -> logits)'
   )
-  print(
-      format_table(
-          d_title,
-          module_rows(d_vars, d_calls, d_depth),
-          totals['D'],
-          buffers(d_vars),
-          verbose,
-      ),
-      file=out,
-  )
+  print_table(d_title, d_vars, d_calls, d_depth, totals['D'])
   print(file=out)
   print(json.dumps(totals), file=out)
   return totals
