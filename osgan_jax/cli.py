@@ -1,6 +1,5 @@
-"""How every command reads its flags and reports errors: absl flags of its own,
-``--help`` that exits 0, and one line ``<command>: error: <message>`` on stderr with exit
-status 1 (2 for a bad flag or value on the command line)."""
+"""How every command reads its flags (absl flags of its own; ``--help`` exits 0) and
+reports errors: ``<command>: error: <message>`` on stderr, exit status 1 (2: usage)."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from typing import Callable, Sequence
 from absl import flags
 from absl import logging
 
+from osgan_jax.config import base
 from osgan_jax.config import keys
 
 HELP_FLAGS = ('--help', '-h', '--helpshort', '--helpfull', '-?')
@@ -29,10 +29,6 @@ def one_line(error: BaseException) -> str:
   return ' '.join(str(error).split())
 
 
-def _config_overrides(argv) -> list[str]:
-  return [a.split('=', 1)[0][2:] for a in argv if re.match(r'--config\.[\w.]+', a)]
-
-
 def _unknown_config_key(error: BaseException, argv) -> str:
   """ml_collections' locked-config error as one line naming the key and the flag."""
   cause = error
@@ -41,11 +37,8 @@ def _unknown_config_key(error: BaseException, argv) -> str:
   lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
   key = lines[0].strip('\'"') if lines else '?'
   hint = ' ' + ' '.join(lines[1:]) if len(lines) > 1 else ''
-  culprits = [
-      o
-      for o in _config_overrides(argv)
-      if o.split('.')[-1] == key or f'.{key}.' in f'{o}.'
-  ]
+  overrides = [a.split('=', 1)[0][2:] for a in argv if re.match(r'--config\.[\w.]+', a)]
+  culprits = [o for o in overrides if o.split('.')[-1] == key or f'.{key}.' in f'{o}.']
   where = f' in --{culprits[0]}' if culprits else ''
   moved = next((o for o in culprits if o.split('.')[1] in keys.RENAMED), None)
   if moved:
@@ -70,7 +63,6 @@ class Command:
     self.flags = flags.FlagValues()
 
   def report(self, message: str, status: int = 1) -> int:
-    """Prints the one-line error; returns ``status``."""
     print(f'{self.prog}: error: {message}', file=sys.stderr)
     return status
 
@@ -78,12 +70,18 @@ class Command:
     return f'{self.usage.strip()}\n\nflags:\n{self.flags.get_help()}\n'
 
   def parse(self, argv: Sequence[str]) -> list[str]:
-    """``argv[1:]``'s flags; returns the other arguments (those after ``--`` too)."""
+    """Parses ``argv[1:]``'s flags; returns the other arguments."""
     argv = list(argv)
     if any(a in HELP_FLAGS for a in argv[1:]):
       sys.stdout.write(self.help_text())
       raise _HelpShown
     self.flags.unparse_flags()
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    if path and 'config' in self.flags:
+      try:  # a config file that cannot be loaded, in one line naming why
+        base.get_config_of(path)
+      except (OSError, base.ConfigError) as e:
+        raise CommandError(one_line(e), USAGE_STATUS) from None
     try:
       return self.flags(argv)
     except OSError as e:  # a config file that is missing or fails to load

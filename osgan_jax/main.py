@@ -1,15 +1,15 @@
-"""Trains: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR``.
-
-Override any config key as ``--config.KEY=VALUE`` (the config is locked: an unknown
-key is an error); rerunning the same command resumes; SIGTERM/SIGINT save a
-checkpoint and exit 0. Errors are one line and exit 1 (``docs/training.md``).
-"""
+"""Trains: ``python -m osgan_jax.main --config=configs/NAME.py --workdir=DIR
+[--config.KEY=VALUE ...]``; rerunning it resumes. The flags, signals and one-line errors:
+``docs/training.md``."""
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from osgan_jax import cli
@@ -40,6 +40,21 @@ _TUNE_MALLOC = flags.DEFINE_enum(
     'CPU only.',
     flag_values=COMMAND.flags,
 )
+_CACHE = flags.DEFINE_string(
+    'compilation_cache',
+    '',
+    "JAX's persistent compilation cache: a directory, or 'off' (default: "
+    '$OSGAN_COMPILATION_CACHE, else ~/.cache/osgan_jax/jax_compilation_cache). A rerun '
+    'on the same machine loads its compiled programs.',
+    flag_values=COMMAND.flags,
+)
+_VERIFY = flags.DEFINE_bool(
+    'verify',
+    False,
+    'Check every checkpoint of --workdir against its checksums (no --config needed); '
+    'exit 1 if one fails.',
+    flag_values=COMMAND.flags,
+)
 _HELPCONFIG = flags.DEFINE_bool(
     'helpconfig',
     False,
@@ -48,8 +63,28 @@ _HELPCONFIG = flags.DEFINE_bool(
 )
 
 
+def verify(workdir: str) -> int:
+  """One line per checkpoint of ``workdir`` (``checkpoints/`` and ``best*/``)."""
+  from osgan_jax.training import checkpoint  # lazy: --help loads no JAX
+
+  folders = [os.path.join(workdir, 'checkpoints'), *sorted(glob.glob(f'{workdir}/best*'))]
+  bad, seen = 0, 0
+  for folder in filter(os.path.isdir, folders):
+    for step, problem in checkpoint.verify(folder):
+      seen += 1
+      bad += problem is not None and 'not verified' not in problem
+      print(f'{os.path.relpath(folder, workdir)}/{step}: {problem or "ok"}')
+  if not seen:
+    raise cli.CommandError(f'no checkpoint in {workdir}')
+  return 1 if bad else 0
+
+
 def main(args) -> int:
   del args
+  if _VERIFY.value:
+    if not _WORKDIR.value:
+      raise cli.CommandError('--verify needs --workdir', 2)
+    return verify(_WORKDIR.value)
   if _CONFIG.value is None:
     raise cli.CommandError('--config is required (--help lists the flags)', 2)
   config = _CONFIG.value
@@ -57,8 +92,7 @@ def main(args) -> int:
     config.get('stage')  # config_flags defers a config file's load error to first use
   except OSError as e:
     raise cli.CommandError(cli.one_line(e), 2) from None
-  # Imported here, not at the top: --help and flag errors load no JAX.
-  from osgan_jax import config as config_lib
+  from osgan_jax import config as config_lib  # here: --help and flag errors load no JAX
 
   if _HELPCONFIG.value:
     print(config_lib.describe(config))
@@ -66,24 +100,27 @@ def main(args) -> int:
   if not _WORKDIR.value:
     raise cli.CommandError('--workdir is required (--help lists the flags)', 2)
   cli.quiet_logs()
+  logging.info(
+      'Training %s in %s (one line per setup stage follows)',
+      config_flags.get_config_filename(COMMAND.flags['config']),
+      _WORKDIR.value,
+  )
   from osgan_jax.training import host_memory
 
-  if _TUNE_MALLOC.value == 'on' or (
-      _TUNE_MALLOC.value == 'auto' and host_memory.cpu_only()
-  ):
+  tune = _TUNE_MALLOC.value
+  if tune == 'on' or (tune == 'auto' and host_memory.cpu_only()):  # before JAX starts
     host_memory.keep_freed_memory()
-  from osgan_jax import data
-  from osgan_jax import train
-  from osgan_jax.training import checkpoint
-  from osgan_jax.training import guards
+  from osgan_jax import data, train
+  from osgan_jax.training import checkpoint, compile_cache, guards, workdir
 
+  logging.info('Compilation cache: %s', compile_cache.enable(_CACHE.value) or 'off')
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
   except data.DataError as e:
     raise cli.CommandError(f'data: {cli.one_line(e)}') from None
   except config_lib.ConfigError as e:
     raise cli.CommandError(f'config: {cli.one_line(e)}') from None
-  except (guards.TrainingError, checkpoint.CheckpointError) as e:
+  except (guards.TrainingError, checkpoint.CheckpointError, workdir.WorkdirBusy) as e:
     raise cli.CommandError(cli.one_line(e)) from None
   return 0
 

@@ -4,6 +4,9 @@ and runs it in the one loop. What a run leaves in its workdir: ``docs/training.m
 from __future__ import annotations
 
 import json
+import time
+
+from absl import logging
 
 from osgan_jax import config as config_lib
 from osgan_jax import tasks
@@ -36,13 +39,17 @@ def loop_settings(config) -> loop.Settings:
 
 
 def train_and_evaluate(config, workdir: str):
-  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint, if any).
-
-  Returns the final state (replicated over the mesh). Raises ``data.DataError`` for
-  missing or unusable data and ``ConfigError`` for invalid settings, both before
-  anything is compiled or written.
-  """
+  """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns the
+  final state, replicated over the mesh. ``DataError`` and ``ConfigError`` are raised
+  before anything is written."""
   parallel.initialize(config.multihost)
   parallel.check_same_config(config.to_json_best_effort(sort_keys=True))
   config_lib.validate(config)
-  return loop.run(loop_settings(config), workdir, tasks.build(config, workdir))
+  start = time.perf_counter()
+  task = tasks.build(config, workdir)
+  logging.info(
+      'Setup: the %s task (data, networks, evaluators) in %.1f s',
+      config.get('task', 'gan'),
+      time.perf_counter() - start,
+  )
+  return loop.run(loop_settings(config), workdir, task)

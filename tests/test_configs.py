@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from osgan_jax import config as config_lib, models
+from helpers import REPO, config_path  # pylint: disable=import-error
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, 'configs', '*.py')))
+CONFIGS = sorted(glob.glob(config_path('*')))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIGS]
 EXPECTED = {
     'dcgan_fashion_mnist',
@@ -154,7 +154,7 @@ def test_lazy_regularisation_corrects_adam():
   import numpy as np
   from osgan_jax.tasks import gan
 
-  config = config_lib.load_config(os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'))
+  config = config_lib.load_config(config_path('stylegan2_ffhq'))
   opt_g, opt_d = gan.make_optimizers(config)
   params = {'w': jnp.zeros(3)}
   grads = {'w': jnp.array([1.0, -2.0, float('nan')])}
@@ -165,7 +165,7 @@ def test_lazy_regularisation_corrects_adam():
         updates['w'], [-0.002 * k / (k + 1), 0.002 * k / (k + 1), 0.0], rtol=1e-5
     )
   config = config_lib.load_config(
-      os.path.join(REPO, 'configs', 'stylegan2_ffhq.py'),
+      config_path('stylegan2_ffhq'),
       {'reg.pl_weight': 0.0, 'optimizer.nan_to_num': False},
   )
   opt_g, _ = gan.make_optimizers(config)
@@ -201,7 +201,7 @@ def test_summary_of_every_config(path):
 
 
 def test_load_config_rejects_unknown_keys_and_wrong_types():
-  path = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
+  path = config_path('dcgan_fashion_mnist')
   config = config_lib.load_config(path, {'data.resolution': 16, 'stage': 'two'})
   assert (config.data.resolution, config.stage) == (16, 'two')
   with pytest.raises(KeyError, match='nope'):
@@ -217,7 +217,7 @@ def _main(*args, timeout=300):
       sys.executable,
       '-m',
       'osgan_jax.main',
-      f'--config={os.path.join(REPO, "configs", "dcgan_fashion_mnist.py")}',
+      f'--config={config_path("dcgan_fashion_mnist")}',
       *args,
   ]
   return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)

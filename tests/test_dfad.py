@@ -33,44 +33,28 @@ from osgan_jax.tasks import gan as gan_lib
 from osgan_jax import train as train_lib
 from osgan_jax.config import ConfigError
 from osgan_jax.models import classifiers
-from helpers import tiny_fashion_mnist_config  # pylint: disable=import-error
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER_CONFIG = os.path.join(REPO, 'configs', 'dfad_teacher_fashion_mnist.py')
-DFAD_CONFIG = os.path.join(REPO, 'configs', 'dfad_fashion_mnist.py')
-CIFAR_TEACHER_CONFIG = os.path.join(REPO, 'configs', 'dfad_teacher_cifar10.py')
-CIFAR_CONFIG = os.path.join(REPO, 'configs', 'dfad_cifar10.py')
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
-needs_data = pytest.mark.skipif(
-    not os.path.exists(FASHION_MNIST), reason='offline Fashion-MNIST not installed'
+from helpers import (  # pylint: disable=import-error
+    HAVE_FASHION_MNIST,
+    REPO,
+    assert_trees_equal,
+    config_path,
+    needs_fashion_mnist,
+    read_metrics,
+    tiny_fashion_mnist_config,
+    tiny_overrides,
 )
 
-TINY = {
-    'data.resolution': 16,
-    'data.num_threads': 0,
-    'progress_bar': False,
-    'evals.test_accuracy.batch_size': 2000,
-    'evals.samples.num': 16,
-    'z_dim': 16,
-    'model.generator.width': 8,
-}
+TEACHER_CONFIG = config_path('dfad_teacher_fashion_mnist')
+DFAD_CONFIG = config_path('dfad_fashion_mnist')
+CIFAR_TEACHER_CONFIG = config_path('dfad_teacher_cifar10')
+CIFAR_CONFIG = config_path('dfad_cifar10')
+# The tiny teacher and student on Fashion-MNIST (both the 'dfad' architecture), each
+# test setting its run's length; 16 samples in a grid.
+TINY = tiny_overrides('dfad_fashion_mnist', run={'evals.samples.num': 16})
 
 
 def tiny_config(path, **overrides):
   return config_lib.load_config(path, {**TINY, **overrides})
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree.flatten(jax.device_get(a))
-  leaves_b, tree_b = jax.tree.flatten(jax.device_get(b))
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
 # ----------------------------------------------------------------------- networks
@@ -308,8 +292,8 @@ def test_steps_without_real_data_need_a_fake_batch_size():
 @pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory):
   """A LeNet-5 teacher at 16x16 after 300 steps (~0.8 test accuracy), saved at 150, 300."""
-  if not os.path.exists(FASHION_MNIST):
-    pytest.skip('offline Fashion-MNIST not installed')
+  if not HAVE_FASHION_MNIST:
+    pytest.skip(needs_fashion_mnist.kwargs['reason'])
   workdir = str(tmp_path_factory.mktemp('teacher'))
   config = tiny_config(
       TEACHER_CONFIG,
@@ -325,6 +309,7 @@ def teacher_dir(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.e2e
 def test_one_run_logs_inception_and_classifier_fid(teacher_dir, tmp_path, monkeypatch):
   """Two evaluators of config.evals in one run: TF-Inception FID and the FID in the
   teacher's features, each logged, each with its cached statistics and best checkpoint."""
@@ -382,7 +367,8 @@ def distill_config(teacher_dir, **overrides):
   )
 
 
-@needs_data
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_teacher_learns_and_resumes_exactly(teacher_dir, tmp_path):
   records = read_metrics(teacher_dir)
   accuracy = [r['test_accuracy'] for r in records if 'test_accuracy' in r]
@@ -424,7 +410,8 @@ LEARNS = {
 LEARN_STEPS = 100
 
 
-@needs_data
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_distillation_without_training_data_beats_chance(
     teacher_dir, tmp_path, monkeypatch
 ):
@@ -465,7 +452,9 @@ def test_distillation_without_training_data_beats_chance(
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == [str(n)]
 
 
-@needs_data
+# The same code as test_distillation_without_training_data_beats_chance, at the
+# default sizes.
+@needs_fashion_mnist
 @pytest.mark.slow
 def test_student_beats_chance_at_the_default_size(tmp_path):
   """The shipped configs, shortened: a 600-step teacher (~0.85), 200 one-stage steps.
@@ -495,7 +484,8 @@ def test_student_beats_chance_at_the_default_size(tmp_path):
   assert records[-1]['test_accuracy'] > 0.2, records  # chance is 0.1
 
 
-@needs_data
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_distillation_resumes_bit_identically(teacher_dir, tmp_path):
   """Two-stage (the loop and the RNG are the one-stage run's; the step is richer)."""
   config = distill_config(
@@ -516,14 +506,16 @@ def test_distillation_resumes_bit_identically(teacher_dir, tmp_path):
   assert [r['step'] for r in read_metrics(workdir)] == [1, 2, 3, 4]
 
 
-@needs_data
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_wrong_teacher_is_a_clear_error(teacher_dir, tmp_path):
   config = distill_config(teacher_dir, **{'teacher.width': 4})
   with pytest.raises(ConfigError, match='has width=6 but this config expects 4'):
     train_lib.train_and_evaluate(config, str(tmp_path))
 
 
-@needs_data
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_missing_teacher_is_a_one_line_error_from_main(tmp_path):
   missing = tmp_path / 'no_teacher'
   config = distill_config(str(missing))
@@ -666,6 +658,7 @@ CIFAR_TINY = {
 }
 
 
+@pytest.mark.e2e
 def test_cifar10_configs_run_at_tiny_sizes_on_mock_data(tmp_path):
   """Both CIFAR-10 commands, narrow and shallow, on tfds' mock cifar10 (no TensorFlow)."""
   tfds = pytest.importorskip('tensorflow_datasets')

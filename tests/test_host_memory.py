@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from osgan_jax.training import host_memory
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO  # pylint: disable=import-error
 
 # A jitted op whose 64 MiB output (above glibc's largest mmap threshold) is freed after
 # every call; minor page faults per call, counted by the kernel.
@@ -34,7 +33,7 @@ _PROBE = textwrap.dedent("""
 
 
 def _probe(tune: bool) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   for key in (
       'MALLOC_ARENA_MAX',
       'MALLOC_MMAP_MAX_',

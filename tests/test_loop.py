@@ -22,6 +22,7 @@ from osgan_jax import config as config_lib
 from osgan_jax import train
 from osgan_jax.core import steps
 from osgan_jax.data import DataError
+from helpers import REPO, config_path  # pylint: disable=import-error
 
 
 @flax.struct.dataclass
@@ -270,9 +271,7 @@ def guarded_scenario(name: str, workdir: str) -> None:
             os.path.join(folder, f'{i}.png')
         )
       c = config_lib.load_config(
-          os.path.join(
-              os.path.dirname(__file__), '..', 'configs', 'dcgan_fashion_mnist.py'
-          ),
+          config_path('dcgan_fashion_mnist'),
           {
               'batch_size': 4,
               'num_train_steps': 6,
@@ -317,11 +316,11 @@ def _run_scenario(name, tmp_path):
       capture_output=True,
       text=True,
       timeout=600,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      cwd=REPO,
   )
 
 
-@pytest.mark.parametrize('name', ['toy', 'gan'])
+@pytest.mark.parametrize('name', ['toy', pytest.param('gan', marks=pytest.mark.e2e)])
 def test_steps_between_boundaries_make_no_device_to_host_transfer(name, tmp_path):
   result = _run_scenario(name, tmp_path)
   assert result.returncode == 0 and 'scenario passed' in result.stdout, result.stderr[

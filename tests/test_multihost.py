@@ -31,18 +31,17 @@ from osgan_jax.tasks import evals
 from osgan_jax.tasks import teacher as teacher_lib
 from osgan_jax.training import parallel
 from osgan_jax.config import ConfigError
-from helpers import write_blob_pngs  # pylint: disable=import-error
-from test_train import (
+from helpers import (  # pylint: disable=import-error
     REPO,
-    _cli,
     assert_trees_equal,
     checkpoint_steps,
+    cli_flags,
     config_path,
+    needs_fashion_mnist,
     read_metrics,
     tiny_overrides,
 )
 
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz'
 DCGAN = 'dcgan_fashion_mnist'
 # BatchNorm D (statistics over the global batch); no conv biases, as
 # test_train.test_eight_devices_equal_one_device explains.
@@ -55,13 +54,10 @@ TIMEOUT = 300
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory):
+def images(make_png_folder):
   """8 small RGB PNGs and a corrupt one (skipped and counted by whichever process
   loads it)."""
-  root = tmp_path_factory.mktemp('images')
-  write_blob_pngs(root, 8)
-  (root / '03_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n not a png')
-  return root
+  return make_png_folder(8, corrupt=True)
 
 
 def launch_command(num_processes, devices, command, grace=10):
@@ -84,7 +80,7 @@ def main_command(name, workdir, overrides):
       'osgan_jax.main',
       f'--config={config_path(name)}',
       f'--workdir={workdir}',
-      *_cli(overrides),
+      *cli_flags(overrides),
   ]
 
 
@@ -149,6 +145,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_launcher_env_prefixes_and_exit_status():
   result = subprocess.run(
       launch_command(2, 3, [sys.executable, '-c', _CHILD, 'env']),
@@ -187,6 +184,7 @@ def test_launcher_env_prefixes_and_exit_status():
   assert time.monotonic() - start < 30
 
 
+@pytest.mark.e2e
 def test_launcher_forwards_sigterm_to_every_process():
   proc = subprocess.Popen(
       launch_command(2, 0, [sys.executable, '-c', _CHILD, 'wait']),
@@ -275,6 +273,7 @@ _BATCH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_global_batch_rng_and_collectives_equal_one_process(images):
   """Each process loads only its slice; assembled, the slices are the batch one
   process loads; latents drawn sharded are the unsharded draw; skips sum up."""
@@ -305,6 +304,7 @@ def _fid_overrides():
   }
 
 
+@pytest.mark.e2e
 def test_two_processes_equal_one_process(images, tmp_path):
   """2 processes x 2 devices, 1 x 4 and 1 x 1: the same training, BatchNorm included.
 
@@ -348,6 +348,7 @@ def test_two_processes_equal_one_process(images, tmp_path):
 # -------------------------------------------------------------------------- SIGTERM
 
 
+@pytest.mark.e2e
 def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path):
   """A preemption notice on one host: both stop at the same step (agreed at the next
   log boundary) with one checkpoint; the same launch resumes bit for bit (against
@@ -425,6 +426,10 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path)
 # ------------------------------------------------------------ StyleGAN2, distillation
 
 
+# slow: the multi-process mechanism is test_two_processes_equal_one_process's, StyleGAN2's
+# phases test_train.py::test_stylegan2_regularisers_ema_and_exact_resume's (57 s).
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_stylegan2_trains_in_two_processes(images, tmp_path):
   """Minibatch std over groups that span devices, R1, path length and EMA phases."""
   overrides = tiny_overrides(
@@ -440,26 +445,20 @@ def test_stylegan2_trains_in_two_processes(images, tmp_path):
   assert os.listdir(tmp_path / 'samples') == ['step_000002.png']
 
 
-DFAD_TINY = {
-    'data.resolution': 16,
-    'data.num_threads': 0,
-    'progress_bar': False,
-    'evals.test_accuracy.batch_size': 2000,
-    'evals.samples.num': 4,
-    'z_dim': 16,
-    'model.generator.width': 8,
-    'batch_size': 16,
-    'num_train_steps': 2,
-    'log_every_steps': 1,
-    'evals.test_accuracy.every_steps': 100,
-    'checkpoint_every_steps': 100,
-    'evals.samples.every_steps': 2,
-}
-
-
-@pytest.mark.skipif(
-    not os.path.exists(FASHION_MNIST), reason='offline Fashion-MNIST not installed'
+# The teacher's and the student's config alike (both the 'dfad' architecture).
+DFAD_TINY = tiny_overrides(
+    'dfad_fashion_mnist',
+    batch_size=16,
+    checkpoint_every_steps=100,
+    **{'evals.test_accuracy.every_steps': 100},
 )
+
+
+# slow: the multi-process mechanism is test_two_processes_equal_one_process's and both
+# tasks' training is test_dfad.py's; this one adds their combination (37 s).
+@pytest.mark.slow
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_teacher_and_distillation_train_in_two_processes(tmp_path):
   """Both tasks of data-free distillation; test accuracy on replicated parameters."""
   teacher_dir, student_dir = tmp_path / 'teacher', tmp_path / 'student'
@@ -512,6 +511,7 @@ def _main_alone(workdir, address, process_id):
   return line
 
 
+@pytest.mark.e2e
 def test_unreachable_coordinator_is_a_one_line_error(tmp_path):
   """Where JAX itself would abort (after its timeout) or crash without a word."""
   address = f'localhost:{portpicker.pick_unused_port()}'
@@ -530,6 +530,7 @@ def test_unreachable_coordinator_is_a_one_line_error(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.e2e
 def test_batch_not_divisible_by_every_device_is_an_error(images, tmp_path):
   overrides = tiny_overrides(DCGAN, images, batch_size=6)  # 3 per process, 1.5 per device
   result = run_launch(2, 2, main_command(DCGAN, tmp_path, overrides))
@@ -541,6 +542,7 @@ def test_batch_not_divisible_by_every_device_is_an_error(images, tmp_path):
   ]
 
 
+@pytest.mark.e2e
 def test_different_configs_in_the_processes_are_an_error(images, tmp_path):
   command = main_command(DCGAN, tmp_path, tiny_overrides(DCGAN, images))
   per_process = ['sh', '-c', 'exec "$@" --config.seed=$OSGAN_PROCESS_ID', 'sh', *command]

@@ -9,32 +9,36 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from osgan_jax.training import checkpoint, loop
 from osgan_jax import config as config_lib, train
 from osgan_jax.config import ConfigError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, 'configs', 'dcgan_fashion_mnist.py')
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(FASHION_MNIST), reason='needs the offline Fashion-MNIST files'
+from helpers import (  # pylint: disable=import-error
+    REPO,
+    assert_trees_equal,
+    checkpoint_steps as steps_on_disk,
+    cli_flags,
+    config_path,
+    needs_fashion_mnist,
+    read_metrics as metrics,
+    tiny_overrides,
 )
-TINY = {
-    'model.generator.width': 8,
-    'model.discriminator.width': 8,
-    'batch_size': 16,
-    'data.resolution': 16,
-    'data.num_threads': 0,
-    'log_every_steps': 5,
-    'evals.samples.every_steps': 1000,
-    'checkpoint_every_steps': 10,
-    'keep_checkpoints': 10,
-    'num_train_steps': 20,
-    'progress_bar': False,
-}
+
+CONFIG = config_path('dcgan_fashion_mnist')
+pytestmark = needs_fashion_mnist
+# 20 steps of the tiny DCGAN, logged every 5, checkpointed every 10; no samples.
+TINY = tiny_overrides(
+    'dcgan_fashion_mnist',
+    run={
+        'batch_size': 16,
+        'log_every_steps': 5,
+        'evals.samples.every_steps': 1000,
+        'checkpoint_every_steps': 10,
+        'keep_checkpoints': 10,
+        'num_train_steps': 20,
+    },
+)
 DIVERGE = {
     'optimizer.g_lr': 1e30,
     'optimizer.d_lr': 1e30,
@@ -46,22 +50,6 @@ def config(**overrides):
   return config_lib.load_config(CONFIG, {**TINY, **overrides})
 
 
-def steps_on_disk(workdir):
-  return sorted(
-      int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()
-  )
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def main_cli(workdir, overrides):
   return subprocess.run(
       [
@@ -70,7 +58,7 @@ def main_cli(workdir, overrides):
           'osgan_jax.main',
           f'--config={CONFIG}',
           f'--workdir={workdir}',
-          *[f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()],
+          *cli_flags({**TINY, **overrides}),
       ],
       cwd=REPO,
       capture_output=True,
@@ -102,6 +90,7 @@ def finite_run(tmp_path_factory):
 # ------------------------------------------------------------------ 1. divergence
 
 
+@pytest.mark.e2e
 def test_a_diverging_run_stops_in_one_line_and_keeps_every_finite_checkpoint(
     finite_run, tmp_path
 ):
@@ -118,6 +107,7 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_every_finite_checkpoint(
       assert f.read() == data
 
 
+@pytest.mark.e2e
 def test_rollback_restores_the_last_checkpoint_skips_ahead_and_caps_retries(
     finite_run, tmp_path
 ):
@@ -135,6 +125,7 @@ def test_rollback_restores_the_last_checkpoint_skips_ahead_and_caps_retries(
   assert steps_on_disk(workdir) == [10, 20]
 
 
+@pytest.mark.e2e
 def test_a_collapsed_game_is_flagged(tmp_path, caplog):
   # D's learning rate huge, G's zero: D separates perfectly, loss_d -> 0, G stuck.
   c = config(
@@ -162,6 +153,7 @@ def test_a_collapsed_game_is_flagged(tmp_path, caplog):
 # ------------------------------------------------------------------ 2. corrupt checkpoints
 
 
+@pytest.mark.e2e
 def test_a_truncated_latest_checkpoint_resumes_from_the_one_before(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
@@ -184,6 +176,7 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_one_before(finite_run, t
   assert_trees_equal(resumed, straight)  # from step 10, bit-identical
 
 
+@pytest.mark.e2e
 def test_no_readable_checkpoint_is_one_line(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
@@ -198,6 +191,7 @@ def test_no_readable_checkpoint_is_one_line(finite_run, tmp_path):
 # ------------------------------------------------------------------ 3. changed configs
 
 
+@pytest.mark.e2e
 def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
@@ -221,6 +215,7 @@ def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
   assert steps_on_disk(workdir) == [10, 20]  # a misfit is not corruption
 
 
+@pytest.mark.e2e
 def test_harmless_changes_resume_and_are_recorded(finite_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finite_run[0], workdir)
@@ -235,6 +230,7 @@ def test_harmless_changes_resume_and_are_recorded(finite_run, tmp_path):
 # ------------------------------------------------------------------ 4. filesystem
 
 
+@pytest.mark.e2e
 def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
   mount = tmp_path / 'small'
   mount.mkdir()
@@ -304,6 +300,7 @@ def test_values_that_crashed_late_fail_before_anything_is_written(
 # ------------------------------------------------------------------ 6. metrics
 
 
+@pytest.mark.e2e
 def test_the_first_interval_after_a_resume_is_the_uninterrupted_runs(tmp_path):
   """Checkpoints at 6 fall inside a log interval (every 4): the resumed run logs
   step 8 over steps 5-8, as the uninterrupted run does."""

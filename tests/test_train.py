@@ -1,9 +1,9 @@
-"""End-to-end training: every config in both stages, artifacts, exact resume, SIGTERM,
-corrupt images, 8 devices == 1 device.
+"""End-to-end training: one run per architecture and stage, every config's train step
+traced, artifacts, exact resume, SIGTERM, corrupt images, 8 devices == 1 device.
 
 Runs are tiny (16x16 images, width 8, batch 8, a few steps) on fake data (a folder of
-PNGs written here, or the offline Fashion-MNIST), so XLA compilation dominates; each
-compiled run is checked for as much as possible.
+PNGs, or the offline Fashion-MNIST), so XLA compilation dominates; each compiled run is
+checked for as much as possible.
 """
 
 import glob
@@ -16,137 +16,79 @@ import textwrap
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from osgan_jax.training import checkpoint, evaluators
-from osgan_jax import config as config_lib, train
+from osgan_jax.training import checkpoint, evaluators, loop
+from osgan_jax import config as config_lib, tasks, train
 from osgan_jax.tasks import gan as gan_lib
 from osgan_jax.config import ConfigError
-from helpers import write_blob_pngs  # pylint: disable=import-error
+from helpers import (  # pylint: disable=import-error
+    CONFIGS,
+    HAVE_FASHION_MNIST,
+    REPO,
+    assert_trees_equal,
+    checkpoint_steps,
+    cli_flags,
+    config_path,
+    needs_fashion_mnist,
+    read_metrics,
+    tiny_config,
+    tiny_overrides,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
-
-
-def config_path(name):
-  return os.path.join(REPO, 'configs', f'{name}.py')
-
-
-# The configs this loop trains (the others, e.g. data-free distillation's, set a task).
+# The configs of the GAN task (the others, data-free distillation's, set a task).
 CONFIG_NAMES = sorted(
     n
     for n in (
         os.path.splitext(os.path.basename(p))[0]
-        for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+        for p in glob.glob(os.path.join(CONFIGS, '*.py'))
     )
     if config_lib.load_config(config_path(n)).get('task', 'gan') == 'gan'
 )
 
-# Per architecture: the overrides that make its networks tiny.
-TINY_MODEL = {
-    'dcgan': {'model.generator.width': 8, 'model.discriminator.width': 8},
-    'r3gan': {
-        'model.generator.channel_base': 64,
-        'model.generator.channel_max': 16,
-        'model.discriminator.channel_base': 64,
-        'model.discriminator.channel_max': 16,
-        'model.generator.blocks_per_stage': 1,
-        'model.discriminator.blocks_per_stage': 1,
-    },
-    'stylegan2': {
-        'z_dim': 16,
-        'model.generator.w_dim': 16,
-        'model.generator.mapping_layers': 2,
-        'model.generator.channel_base': 64,
-        'model.generator.channel_max': 16,
-        'model.discriminator.channel_base': 64,
-        'model.discriminator.channel_max': 16,
-    },
-}
-
-
-def tiny_overrides(name, folder, **extra):
-  """Overrides that make any config a few-second run on CPU."""
-  base = config_lib.load_config(config_path(name))
-  overrides = {
-      'batch_size': 8,
-      'num_train_steps': 2,
-      'log_every_steps': 1,
-      'evals.samples.every_steps': 2,
-      'checkpoint_every_steps': 1000,
-      'evals.samples.num': 4,
-      'progress_bar': False,
-      'data.resolution': 16,
-      'data.num_threads': 0,
-      'evals.fid.every_steps': 0,  # the paper configs' FID-50k is tested on its own
-      **TINY_MODEL[base.model.name],
-  }
-  if base.num_classes:
-    overrides['evals.samples.num'] = 2 * base.num_classes
-  if base.num_classes and os.path.exists(FASHION_MNIST):
-    overrides['data.name'] = 'fashion_mnist'  # real labels
-    overrides['data.path'] = ''
-  else:
-    overrides['data.name'] = 'folder'
-    overrides['data.path'] = str(folder)
-  overrides.update(extra)
-  return overrides
-
-
-def tiny_config(name, folder, **extra):
-  return config_lib.load_config(config_path(name), tiny_overrides(name, folder, **extra))
-
-
-def _cli(overrides):
-  return [f'--config.{k}={v}' for k, v in overrides.items()]
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def checkpoint_steps(workdir):
-  return sorted(
-      int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()
-  )
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and np.array_equal(x, y)
-
 
 @pytest.fixture(scope='module')
-def folder(tmp_path_factory):
+def folder(png_folder):
   """12 small RGB PNGs (non-square: the loader crops and resizes)."""
-  root = tmp_path_factory.mktemp('images')
-  write_blob_pngs(root, 12)
-  return root
+  return png_folder
 
 
 @pytest.fixture(scope='module')
-def corrupt_folder(folder, tmp_path_factory):
-  """The same images plus one corrupt PNG and one grayscale image."""
-  root = tmp_path_factory.mktemp('images_corrupt')
-  for p in sorted(folder.iterdir())[:6]:
-    (root / p.name).write_bytes(p.read_bytes())
-  (root / '03_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n definitely not a png')
-  Image.fromarray(np.full((16, 16), 200, np.uint8), 'L').save(root / '04_gray.png')
-  return root
+def corrupt_folder(make_png_folder):
+  """6 of those images plus one corrupt PNG and one grayscale image."""
+  return make_png_folder(6, corrupt=True, gray=True)
 
 
-# ----------------------------------------------------------------------- every config
+# ---------------------------------------------------- one run per architecture and stage
 
-# The StyleGAN2 configs differ only in sizes that tiny_overrides replaces: the tiny
-# one runs both stages (and test_stylegan2_regularisers_ema_and_exact_resume more), the
-# FFHQ one runs one-stage in mixed precision (bfloat16 in the top two resolutions).
+# The configs of an architecture differ in the loss, which changes no code but the loss
+# function: every loss is checked exactly, with every kind of D, by test_losses,
+# test_one_stage, test_penalties and test_gradcheck, and every config's train step is
+# built and traced below. One compiled run per architecture and stage adds what is the
+# same for every loss: the loop, the data, the optimisers, checkpoints and samples.
+E2E_RUNS = {
+    # ('dcgan', 'one'): hinge_celeba (spectral norm), the straight_run below, checked by
+    # test_run_leaves_checkpoints_metrics_events_and_samples.
+    ('dcgan', 'two'): 'wgan_celeba',  # weight clipping
+    ('cgan', 'one'): 'cgan_mnist',
+    ('cgan', 'two'): 'cgan_mnist',
+    # ('stylegan2', 'one'): stylegan2_tiny, test_stylegan2_regularisers_ema_and_exact_resume.
+    # FFHQ's config is the tiny one at other sizes: its run is in mixed precision
+    # (float16 in the top two resolutions), as the paper's.
+    ('stylegan2', 'two'): 'stylegan2_ffhq',
+    ('r3gan', 'one'): 'r3gan_ffhq256',  # unconditional, bfloat16 stages
+    ('r3gan', 'two'): 'r3gan_fashion_mnist',  # conditional
+    # DFAD: tests/test_dfad.py's test_distillation_without_training_data_beats_chance
+    # (one-stage) and test_distillation_resumes_bit_identically (two-stage).
+}
+TRAINED = {(name, stage) for (_, stage), name in E2E_RUNS.items()} | {
+    ('hinge_celeba', 'one'),
+    ('stylegan2_tiny', 'one'),
+}
+assert {name for name, _ in TRAINED} <= set(CONFIG_NAMES)
 EXTRA = {
     'stylegan2_ffhq': {
         'model.generator.num_fp16_res': 2,
@@ -157,40 +99,28 @@ EXTRA = {
 }
 
 
-# The R3GAN paper configs differ from r3gan_fashion_mnist (both stages) in sizes, data
-# and bfloat16 stages: the FFHQ one runs one-stage (unconditional, mixed precision).
-SKIP = {
-    ('stylegan2_ffhq', 'two'),
-    ('r3gan_cifar10', 'one'),
-    ('r3gan_cifar10', 'two'),
-    ('r3gan_ffhq256', 'two'),
-}
+def _gan_and_models(config):
+  g, d = gan_lib.create_models(config)
+  return gan_lib.make_gan(config, g, d), g, d
 
 
-@pytest.mark.parametrize(
-    'name,stage',
-    [(n, s) for n in CONFIG_NAMES for s in ('one', 'two') if (n, s) not in SKIP],
-)
-def test_every_config_trains(name, stage, folder, tmp_path):
-  config = tiny_config(name, folder, stage=stage, **EXTRA.get(name, {}))
-  state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 2
+def check_trained_run(config, state, workdir, steps=2, checkpoints=(2,)):
+  """What every run of a GAN config leaves: its state, metrics, checkpoints, samples."""
+  assert int(state.step) == steps
   for leaf in jax.tree.leaves(state):
     assert np.all(np.isfinite(np.asarray(leaf)))
-  records = read_metrics(tmp_path)
-  assert [r['step'] for r in records] == [1, 2]
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == list(range(1, steps + 1))
   assert all(np.isfinite(r['loss_d']) and np.isfinite(r['loss_g']) for r in records)
-  if stage == 'one':
+  if config.stage == 'one':
     assert {'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact'} <= set(records[-1])
-  assert checkpoint_steps(tmp_path) == [2]
-  grid = np.asarray(Image.open(tmp_path / 'samples' / 'step_000002.png'))
+  assert checkpoint_steps(workdir) == list(checkpoints)
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', f'step_{steps:06d}.png')))
   assert grid.ndim == (2 if config.data.channels == 1 else 3)
-
-  base = config_lib.load_config(config_path(name))
-  if base.optimizer.weight_clip > 0:  # WGAN: every D weight clipped
+  if config.optimizer.weight_clip > 0:  # WGAN: every D weight clipped
     for leaf in jax.tree.leaves(state.params_d):
-      assert np.max(np.abs(np.asarray(leaf))) <= base.optimizer.weight_clip
-  if base.model.discriminator.get('spectral_norm'):  # SN vectors are state, updated
+      assert np.max(np.abs(np.asarray(leaf))) <= config.optimizer.weight_clip
+  if config.model.discriminator.get('spectral_norm'):  # SN vectors are state, updated
     init = jax.jit(gan_lib.make_init(config, *_gan_and_models(config)))(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
     )
@@ -198,13 +128,59 @@ def test_every_config_trains(name, stage, folder, tmp_path):
         lambda a, b: not np.array_equal(a, b), init.model_state_d, state.model_state_d
     )
     assert all(jax.tree.leaves(changed))
-  if base.num_classes:  # one class per column
+  if config.num_classes:  # one class per column
     assert grid.shape[1] > grid.shape[0]
 
 
-def _gan_and_models(config):
-  g, d = gan_lib.create_models(config)
-  return gan_lib.make_gan(config, g, d), g, d
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    'arch,stage', list(E2E_RUNS), ids=[f'{a}-{s}' for a, s in E2E_RUNS]
+)
+def test_every_architecture_trains_in_both_stages(arch, stage, folder, tmp_path):
+  name = E2E_RUNS[arch, stage]
+  config = tiny_config(name, folder, stage=stage, **EXTRA.get(name, {}))
+  state = train.train_and_evaluate(config, str(tmp_path))
+  check_trained_run(config, state, tmp_path)
+
+
+def _abstract_batch(config):
+  b, r, c = int(config.batch_size), int(config.data.resolution), config.data.channels
+  batch = {'image': jax.ShapeDtypeStruct((b, r, r, c), jnp.float32)}
+  if config.num_classes:
+    batch['label'] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  return batch
+
+
+@pytest.mark.parametrize(
+    'name,stage',
+    [(n, s) for n in CONFIG_NAMES for s in ('one', 'two') if (n, s) not in TRAINED],
+)
+def test_every_config_builds_and_traces_its_steps(name, stage, folder, tmp_path):
+  """Every GAN config at tiny sizes in each stage that E2E_RUNS does not train: the
+  task builds (networks, data, evaluators), and each phase of its step (the main step,
+  lazy regularisers, the EMA) traces to a state of the same structure, shapes and
+  dtypes, with its metrics. Tracing checks what a loss or a normalisation changes."""
+  key = jax.random.PRNGKey(0)
+  config = tiny_config(name, folder, stage=stage, **EXTRA.get(name, {}))
+  task = tasks.build(config, str(tmp_path))
+  state = loop.abstract_state(task, key)
+  phases = task.make_phases(state)
+  assert phases[0].name == 'main'
+  for phase in phases:
+    new, metrics = jax.eval_shape(
+        phase.fn, state, _abstract_batch(config), key, jnp.int32(0)
+    )
+    assert jax.tree.structure(new) == jax.tree.structure(state), phase.name
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state)):
+      assert (a.shape, a.dtype) == (b.shape, b.dtype), phase.name
+    assert all(m.shape == () for m in jax.tree.leaves(metrics)), phase.name
+    if phase.name == 'main':
+      assert {'loss_d', 'loss_g'} <= set(metrics)
+      if stage == 'one':
+        assert {'gamma_mean', 'gamma_min', 'gamma_max', 'n_exact'} <= set(metrics)
+  if config.model.discriminator.get('spectral_norm'):  # power-iteration vectors
+    assert jax.tree.leaves(state.model_state_d)
+  assert not os.listdir(tmp_path)  # building a task writes nothing
 
 
 # ----------------------------------------------------- artifacts, resume, corrupt data
@@ -225,8 +201,11 @@ def straight_run(corrupt_folder, tmp_path_factory):
   return config, workdir, state
 
 
+@pytest.mark.e2e
 def test_run_leaves_checkpoints_metrics_events_and_samples(straight_run):
-  _, workdir, state = straight_run
+  """Also the one-stage DCGAN run of E2E_RUNS (hinge loss, spectral norm)."""
+  config, workdir, state = straight_run
+  check_trained_run(config, state, workdir, steps=4, checkpoints=(2, 4))
   assert int(state.step) == 4
   assert checkpoint_steps(workdir) == [2, 4]
   records = read_metrics(workdir)
@@ -269,6 +248,7 @@ def read_events(workdir):
   return tags
 
 
+@pytest.mark.e2e
 def test_tensorboard_events_hold_scalars_and_images(straight_run):
   _, workdir, _ = straight_run
   tags = read_events(workdir)
@@ -278,6 +258,7 @@ def test_tensorboard_events_hold_scalars_and_images(straight_run):
   assert tags[('image', 'samples')] == [2, 4]
 
 
+@pytest.mark.e2e
 def test_corrupt_image_is_skipped_and_counted(straight_run):
   _, workdir, _ = straight_run
   skipped = [r['data_skipped_images'] for r in read_metrics(workdir)]
@@ -285,6 +266,7 @@ def test_corrupt_image_is_skipped_and_counted(straight_run):
   assert skipped == [1, 2, 3, 4]
 
 
+@pytest.mark.e2e
 def test_resume_is_bit_identical(straight_run, tmp_path):
   config, straight_dir, straight_state = straight_run
   # The same command in a copy of the workdir whose last checkpoint is gone: it
@@ -310,25 +292,21 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
 # ----------------------------------------------------------------------------- StyleGAN2
 
 
+@pytest.mark.e2e
+@needs_fashion_mnist
 def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
   """The tiny StyleGAN2 config on Fashion-MNIST with lazy R1 every 2 and path length
   every 3 steps, and the EMA: the regularisers run at their intervals and update their
   player only, the EMA and pl_mean are in the state, the samples use the EMA, and a
-  run resumed from its step-3 checkpoint equals the uninterrupted one bit for bit."""
-  if not os.path.exists(FASHION_MNIST):
-    pytest.skip(
-        'needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)'
-    )
-  overrides = tiny_overrides(
+  run resumed from its step-3 checkpoint equals the uninterrupted one bit for bit.
+  Also the one-stage StyleGAN2 run of E2E_RUNS."""
+  config = tiny_config(
       'stylegan2_tiny',
-      None,
       num_train_steps=6,
       checkpoint_every_steps=3,
       keep_checkpoints=5,
-      **{'evals.samples.every_steps': 6},
       **{
-          'data.name': 'fashion_mnist',
-          'data.path': '',
+          'evals.samples.every_steps': 6,
           'reg.r1_interval': 2,
           'reg.pl_interval': 3,
           'reg.r1_gamma': 1.0,
@@ -336,9 +314,9 @@ def test_stylegan2_regularisers_ema_and_exact_resume(tmp_path):
           'ema.rampup': 0.0,
       },
   )
-  config = config_lib.load_config(config_path('stylegan2_tiny'), overrides)
   straight = tmp_path / 'straight'
   state = jax.device_get(train.train_and_evaluate(config, str(straight)))
+  check_trained_run(config, state, straight, steps=6, checkpoints=(3, 6))
   assert int(state.step) == 6
   records = read_metrics(straight)
   r1_steps = [r['step'] for r in records if 'r1_penalty' in r]
@@ -382,6 +360,7 @@ def optax_count(opt_state):
 # ------------------------------------------------------------------------------ SIGTERM
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
   name = 'dcgan_fashion_mnist'
   overrides = tiny_overrides(
@@ -399,7 +378,7 @@ def test_sigterm_saves_then_resume_matches_uninterrupted(folder, tmp_path):
           'osgan_jax.main',
           f'--config={config_path(name)}',
           f'--workdir={workdir}',
-          *_cli(overrides),
+          *cli_flags(overrides),
       ],
       cwd=REPO,
       stdout=subprocess.PIPE,
@@ -463,6 +442,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_eight_devices_equal_one_device(folder, tmp_path):
   """BatchNorm D and G, asymmetric loss: BN statistics are over the global batch.
 
@@ -504,6 +484,7 @@ def test_eight_devices_equal_one_device(folder, tmp_path):
 # ------------------------------------------------------------------------- small parts
 
 
+@pytest.mark.long
 def test_the_sampler_program_does_not_depend_on_the_seed(folder):
   """Runs that differ only in their seed share one compiled sampler: its key is an
   argument (as a constant it made a new program, and a compile, for every seed of a
@@ -569,9 +550,7 @@ def test_invalid_settings_fail_before_any_work(folder, tmp_path):
           'the data has 10 classes',
       ),
   ):
-    if overrides.get('data.name') == 'fashion_mnist' and not os.path.exists(
-        FASHION_MNIST
-    ):
+    if overrides.get('data.name') == 'fashion_mnist' and not HAVE_FASHION_MNIST:
       continue
     with pytest.raises(ConfigError, match=message):
       train.train_and_evaluate(
@@ -588,6 +567,7 @@ def test_invalid_settings_fail_before_any_work(folder, tmp_path):
 # ----------------------------------------------------------------------- FID / KID
 
 
+@pytest.mark.e2e
 def test_fid_and_kid_logged_stats_cached_best_checkpoint_kept(
     folder, tmp_path, monkeypatch
 ):

@@ -40,19 +40,38 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """``get_config()`` of a config file, locked, with dotted-key ``overrides`` applied.
-
-  The programmatic twin of ``--config=PATH --config.KEY=VALUE``: an unknown key raises
-  ``KeyError`` and a value of the wrong type ``TypeError``, as on the command line.
-  """
+def get_config_of(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file; ``ConfigError`` in one line when the file cannot
+  be loaded, has no ``get_config``, or it fails or returns something else."""
   name = 'osgan_config_' + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f'no config file at {path}')
+  if spec is None or spec.loader is None or not os.path.isfile(path):
+    raise FileNotFoundError(f'--config={path}: No such file or directory')
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f'{path}, line {e.lineno}: syntax error ({e.msg})') from None
+  except Exception as e:  # pylint: disable=broad-except  (the file's own code failed)
+    raise ConfigError(f'{path} failed to load ({type(e).__name__}: {e})') from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise ConfigError(f'{path} defines no get_config() (configs/*.py show the form)')
+  try:
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'{path}: get_config() raised {type(e).__name__}: {e}') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(
+        f'{path}: get_config() returned {type(config).__name__}, not an '
+        'ml_collections.ConfigDict (a missing return?)'
+    )
+  return config
+
+
+def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """``get_config()`` of a config file, locked, with dotted-key ``overrides``; an unknown
+  key raises ``KeyError``, a wrongly typed value ``TypeError``, as on the command line."""
+  config = get_config_of(path)
   config.lock()
   for key, value in (overrides or {}).items():
     *parents, leaf = key.split('.')

@@ -23,9 +23,6 @@ class Key:
   resume: bool = False
 
 
-# ------------------------------------------------------------------------ checks
-
-
 def _number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -106,11 +103,8 @@ def flag(v) -> str | None:
 
 POSITIVE = integer(1)
 NONNEGATIVE = integer(0)
-PROBABILITY = real(0, 1)
 BETA = real(0, 1, hi_open=True)
 RAMP_TARGET = real()  # negative: not ramped
-
-# ------------------------------------------------------------------------ the keys
 
 KEYS: dict[str, Key] = {
     'task': Key(
@@ -132,6 +126,12 @@ KEYS: dict[str, Key] = {
         one_of('exact', 'approx'),
     ),
     'loss': Key('non_saturating', 'a registered loss (osgan_jax.losses.names())', text),
+    'one_stage_bucket': Key(
+        0.25,
+        'exact one-stage, per-sample D: the fakes with a singular gamma re-run D in a bucket '
+        'of this fraction of the batch when they fit (0: always the whole batch)',
+        real(0, 1),
+    ),
     'seed': Key(
         0, 'model init, latents (fold_in(key, step)) and the data order', integer()
     ),

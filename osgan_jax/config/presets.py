@@ -25,11 +25,8 @@ NUM_EXAMPLES = {
 
 
 def official_dcgan_config(data_name: str, epochs: float) -> ml_collections.ConfigDict:
-  """The base config with the official OSGAN DCGAN setup for ``data_name``.
-
-  64x64 images (1 channel for the MNIST sets, 3 otherwise), batch 128, ``epochs``
-  passes over the training split, Adam(0.5, 0.999).
-  """
+  """The base config with the official OSGAN DCGAN setup for ``data_name``: 64x64, batch
+  128, ``epochs`` passes over the training split."""
   c = get_base_config()
   c.batch_size = 128
   c.num_train_steps = epochs_to_steps(epochs, NUM_EXAMPLES[data_name], c.batch_size)
@@ -40,23 +37,15 @@ def official_dcgan_config(data_name: str, epochs: float) -> ml_collections.Confi
 
 
 def official_stylegan2_config() -> ml_collections.ConfigDict:
-  """The base config with the official StyleGAN2 'stylegan2' (config-f) preset.
-
-  Networks: ``channel_base=32768, channel_max=512``, 512-d z and w, 8 mapping layers
-  (lr multiplier 0.01), style mixing 0.9, minibatch std group 4, no mixed precision
-  (``num_fp16_res``, ``conv_clamp`` to set it). Training: non-saturating loss, batch
-  32, Adam(0.002, betas (0, 0.99), eps 1e-8) with NaN-safe gradients, lazy R1 (gamma
-  10 every 16 steps) and path length (weight 2 every 4 steps), G EMA with a 10 kimg
-  half-life, 25000 kimg. The data keys are the caller's.
-  """
+  """The base config with the official StyleGAN2 'stylegan2' (config-f) preset, without
+  mixed precision (docs/stylegan2.md); the data keys are the caller's."""
   c = get_base_config()
   c.loss = 'non_saturating'
   c.batch_size = 32
   c.num_train_steps = 25_000_000 // 32  # 25000 kimg
   c.log_every_steps = 100
   c.checkpoint_every_steps = 6_250  # 200 kimg, the official snapshot period
-  c.evals.samples.every_steps = 1_250
-  c.evals.samples.num = 32
+  c.evals.samples.update(every_steps=1_250, num=32)
   c.z_dim = 512
   no_clamp = lambda: ml_collections.FieldReference(None, field_type=float)
   c.model.name = 'stylegan2'
@@ -81,20 +70,10 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
           conv_clamp=no_clamp(),
       )
   )
-  c.optimizer.g_lr = 0.002
-  c.optimizer.d_lr = 0.002
-  c.optimizer.b1 = 0.0
-  c.optimizer.b2 = 0.99
-  c.optimizer.eps = 1e-8
-  c.optimizer.nan_to_num = True
-  c.reg.r1_gamma = 10.0
-  c.reg.r1_interval = 16
-  c.reg.pl_weight = 2.0
-  c.reg.pl_interval = 4
-  c.reg.pl_decay = 0.01
-  c.reg.pl_batch_shrink = 2
-  c.ema.half_life_kimg = 10.0
-  c.ema.rampup = 0.0
+  c.optimizer.update(g_lr=0.002, d_lr=0.002, b1=0.0, b2=0.99, eps=1e-8, nan_to_num=True)
+  c.reg.update(r1_gamma=10.0, r1_interval=16)
+  c.reg.update(pl_weight=2.0, pl_interval=4, pl_decay=0.01, pl_batch_shrink=2)
+  c.ema.update(half_life_kimg=10.0, rampup=0.0)
   return c
 
 
@@ -109,15 +88,8 @@ R3GAN_DECAY_IMAGES = 20_000_000
 
 
 def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
-  """The base config with an official R3GAN preset (``R3GAN_PRESETS``).
-
-  Networks: the official widths (``min(24576 / resolution, 768)``) and 16 channels per
-  group, 2 blocks per stage, expansion 2, z 64, the preset's bfloat16 stages.
-  Training: RpGAN (``'relativistic'``) with R1 and R2 every step, Adam betas
-  (0, beta2), eps 1e-8, and the official ramps (``config.schedule``). The official run
-  has no set length (``--kimg`` defaults to 10^7 kimg); ``num_train_steps`` is 100M
-  images, a choice. Data is the caller's.
-  """
+  """The base config with an official R3GAN preset (``R3GAN_PRESETS``, docs/r3gan.md);
+  ``num_train_steps`` (100M images) is a choice. Data is the caller's."""
   p = R3GAN_PRESETS[preset]
   c = get_base_config()
   c.loss = 'relativistic'
@@ -143,38 +115,26 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
         )
     )
 
-  c.optimizer.g_lr = c.optimizer.d_lr = 2e-4
-  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.0, 0.9, 1e-8
+  c.optimizer.update(g_lr=2e-4, d_lr=2e-4, b1=0.0, b2=0.9, eps=1e-8)
   c.penalty.r1 = c.penalty.r2 = p['gamma'][0]
   c.ema.half_life_kimg = 0.0
 
-  c.schedule.kind = 'cosine'
-  c.schedule.steps = decay_steps
-  c.schedule.g_lr = c.schedule.d_lr = 5e-5
-  c.schedule.b2 = 0.99
+  c.schedule.update(kind='cosine', steps=decay_steps, g_lr=5e-5, d_lr=5e-5, b2=0.99)
   c.schedule.r1 = c.schedule.r2 = p['gamma'][1]
   c.schedule.ema_half_life_kimg = p['ema_kimg']
 
-  c.evals.fid.every_steps = 10_000
-  c.evals.fid.num_samples = 50_000
-  c.evals.fid.num_real = -1
+  c.evals.fid.update(every_steps=10_000, num_samples=50_000, num_real=-1)
   return c
 
 
 def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   """Fashion-MNIST at 32x32: LeNet-5 teacher, LeNet-5-half student, DFAD's generator.
-
-  Data-free distillation (``osgan_jax.tasks.distill``); the ``configs/dfad_*.py`` files
-  start from this. Both tasks of one experiment share every key, so the distillation
-  config knows the teacher it loads.
-  """
+  Both tasks of one experiment share every key, so distillation knows its teacher."""
   c = get_base_config()
   c.task = task
   c.loss = 'dfad'
   c.z_dim = 100
-  c.data.name = 'fashion_mnist'
-  c.data.resolution = 32
-  c.data.channels = 1
+  c.data.update(name='fashion_mnist', resolution=32, channels=1)
   c.model.name = 'dfad'
   # DFAD's generator has width 64 (1.05M parameters); 16 keeps a CPU step cheap.
   c.model.generator = ml_collections.ConfigDict(dict(width=16))
@@ -183,22 +143,17 @@ def dfad_config(task: str = 'dfad') -> ml_collections.ConfigDict:
   )
   # The generator's Adam (lr 1e-3, PyTorch's default betas) and the student's SGD (lr
   # 0.01, momentum 0.9, weight decay 1e-4), DFAD's MNIST settings.
-  c.optimizer.g_lr = 1e-3
-  c.optimizer.d_lr = 0.01
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
+  c.optimizer.update(g_lr=1e-3, d_lr=0.01, b1=0.9, b2=0.999)
   c.batch_size = 128
   c.num_train_steps = 2_000
   c.evals.test_accuracy = ml_collections.ConfigDict(
       keys.eval_defaults('test_accuracy', every_steps=500, batch_size=1000)
   )
   if task == 'teacher':
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 1_000
+    c.update(log_every_steps=100, checkpoint_every_steps=1_000)
     c.evals.samples.every_steps = 0  # a classifier has no samples
   else:
-    c.log_every_steps = 50
-    c.checkpoint_every_steps = 500
+    c.update(log_every_steps=50, checkpoint_every_steps=500)
     c.evals.samples.every_steps = 500
   return c
 
@@ -207,41 +162,22 @@ CIFAR10_TRAIN_EXAMPLES = 50_000
 
 
 def dfad_cifar10_config(task: str = 'dfad') -> ml_collections.ConfigDict:
-  """CIFAR-10 as in DFAD's code: ResNet-34 teacher, ResNet-18 student, GeneratorA.
-
-  DFAD's ``train_teacher.py`` and ``DFAD_cifar.py`` (github.com/VainF/Data-Free-
-  Adversarial-Distillation) and its README's commands: the teacher is trained with
-  SGD (lr 0.1, momentum 0.9, weight decay 5e-4), batch 128, 200 epochs; the student
-  with SGD (lr 0.1, momentum 0.9, weight decay 5e-4) against GeneratorA (nz 256,
-  width 64, Adam lr 1e-3) at batch 256, 500 "epochs" of 50 iterations, both learning
-  rates x0.1 after epochs 100 and 200 (``--scheduler``).
-  """
+  """CIFAR-10 as DFAD's ``train_teacher.py``, ``DFAD_cifar.py`` and README commands run
+  it: ResNet-34 teacher, ResNet-18 student, GeneratorA (docs/dfad.md)."""
   c = dfad_config(task)
-  c.data.name = 'cifar10'
-  c.data.resolution = 32
-  c.data.channels = 3
+  c.data.update(name='cifar10', resolution=32, channels=3)
   c.z_dim = 256
   c.model.generator.width = 64
-  c.model.discriminator.arch = 'resnet18'
-  c.model.discriminator.width = 64
-  c.optimizer.d_lr = 0.1
-  c.optimizer.g_lr = 1e-3
+  c.model.discriminator.update(arch='resnet18', width=64)
+  c.optimizer.update(d_lr=0.1, g_lr=1e-3)
   iters_per_epoch = 50  # DFAD validates every 50 iterations and calls that an epoch
   c.optimizer.lr_milestones = (100 * iters_per_epoch, 200 * iters_per_epoch)
   c.optimizer.lr_decay = 0.1
+  c.teacher.update(arch='resnet34', width=64, blocks=())
   # DFAD's step schedule (x0.1 every 80 epochs) is off in its README's command; a
   # cosine decay over the 200 epochs is the usual CIFAR recipe and needs no tuning.
-  c.teacher = ml_collections.ConfigDict(
-      dict(
-          arch='resnet34',
-          width=64,
-          blocks=(),
-          optimizer='sgd',
-          lr=0.1,
-          lr_schedule='cosine',
-          momentum=0.9,
-          weight_decay=5e-4,
-      )
+  c.teacher.update(
+      optimizer='sgd', lr=0.1, lr_schedule='cosine', momentum=0.9, weight_decay=5e-4
   )
   c.dfad.teacher_workdir = '/tmp/dfad_teacher_cifar10'
   c.dfad.teacher_config = 'configs/dfad_teacher_cifar10.py'
@@ -252,13 +188,11 @@ def dfad_cifar10_config(task: str = 'dfad') -> ml_collections.ConfigDict:
     steps_per_epoch = -(-CIFAR10_TRAIN_EXAMPLES // c.batch_size)
     c.num_train_steps = epochs_to_steps(200, CIFAR10_TRAIN_EXAMPLES, c.batch_size)
     c.evals.test_accuracy.every_steps = 5 * steps_per_epoch
-    c.log_every_steps = 100
-    c.checkpoint_every_steps = 5 * steps_per_epoch
+    c.update(log_every_steps=100, checkpoint_every_steps=5 * steps_per_epoch)
   else:
     c.batch_size = 256
     c.num_train_steps = 500 * iters_per_epoch
     c.evals.test_accuracy.every_steps = iters_per_epoch
-    c.log_every_steps = iters_per_epoch
-    c.checkpoint_every_steps = 20 * iters_per_epoch
+    c.update(log_every_steps=iters_per_epoch, checkpoint_every_steps=20 * iters_per_epoch)
     c.evals.samples.every_steps = 20 * iters_per_epoch
   return c

@@ -43,11 +43,8 @@ def _check(config) -> None:
 
 
 def make_gan(config, generator, student, teacher) -> steps.GAN:
-  """The DFAD game as a ``steps.GAN`` without real data; the student plays D.
-
-  D's model state is ``{'student': its BatchNorm statistics, 'teacher': the teacher's
-  variables}``; the teacher runs in inference mode and is returned unchanged.
-  """
+  """The DFAD game as a ``steps.GAN`` without real data; the student plays D, its model
+  state ``{'student': BatchNorm statistics, 'teacher': variables (frozen)}``."""
   z_dim = int(config.z_dim)
 
   def generate(params, model_state, z, rng, train=True):
@@ -79,6 +76,7 @@ def make_gan(config, generator, student, teacher) -> steps.GAN:
       batch_keys=(),
       mode=config.one_stage_mode,
       fake_batch_size=int(config.batch_size),
+      per_sample=student.per_sample,  # the teacher runs in inference mode
   )
 
 
@@ -105,23 +103,15 @@ def make_optimizers(config):
 def two_stage_step(
     gan: steps.GAN, state: steps.TrainState, batch, rng, *, student_steps: int
 ):
-  """DFAD's schedule: ``student_steps`` student updates, then one generator update.
-
-  Each student update is on fresh generated inputs with the generator frozen; the
-  last one and the generator's update against the updated student are
-  ``steps.two_stage_step``, so ``student_steps=1`` is exactly the GAN baseline.
-  """
+  """DFAD's schedule: ``student_steps`` student updates on fresh fakes, the last one and
+  the generator's as ``steps.two_stage_step`` (``student_steps=1``: the GAN baseline)."""
   loss = losses_lib.get(gan.loss)
   keys = jax.random.split(rng, student_steps)
 
   def student_update(state, key):
     rng_z, rng_g, rng_d = jax.random.split(key, 3)
-    fake, _ = gan.generate(
-        state.params_g,
-        state.model_state_g,
-        gan.sample_latent(rng_z, gan.fake_batch_size),
-        rng_g,
-    )
+    z = gan.sample_latent(rng_z, gan.fake_batch_size)
+    fake, _ = gan.generate(state.params_g, state.model_state_g, z, rng_g)
     fake = jax.lax.stop_gradient(fake)
 
     def objective(params_d):
@@ -132,15 +122,10 @@ def two_stage_step(
     (loss_d, model_state_d), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params_d
     )
-    params_d, opt_state_d = steps.apply_optimizer(
-        gan.optimizer_d, grads, state.opt_state_d, state.params_d
+    state = state.replace(
+        **steps.update_d(gan, state, grads), model_state_d=model_state_d
     )
-    return (
-        state.replace(
-            params_d=params_d, opt_state_d=opt_state_d, model_state_d=model_state_d
-        ),
-        loss_d,
-    )
+    return state, loss_d
 
   state, _ = jax.lax.scan(student_update, state, keys[:-1])
   return steps.two_stage_step(gan, state, batch, keys[-1])
@@ -154,12 +139,8 @@ def _display(images):
 
 
 def build(config, workdir: str) -> loop.Task:
-  """Distils the teacher of ``dfad.teacher_workdir`` into a student without data.
-
-  ``model_state_d['teacher']`` of the state holds the teacher, unchanged. Raises
-  ``ConfigError`` for invalid settings or a missing teacher and ``data.DataError`` for
-  a missing test set, before anything is trained.
-  """
+  """Distils the teacher of ``dfad.teacher_workdir`` into a student without data; raises
+  ``ConfigError`` or ``data.DataError`` before anything is trained."""
   _check(config)
   data = config.data.to_dict()
   num_classes = evals.num_classes(data, evals.accuracy_split(config.evals.to_dict()))
@@ -177,13 +158,8 @@ def build(config, workdir: str) -> loop.Task:
     g_vars = dict(generator.init(key_g, jnp.zeros((2, int(config.z_dim))), train=False))
     params_g = g_vars.pop('params')
     params_d, student_state = teacher_lib.init_classifier(student, key_d)
-    return steps.init_state(
-        gan,
-        params_g,
-        params_d,
-        g_vars,
-        {'student': student_state, 'teacher': teacher_vars},
-    )
+    model_state_d = {'student': student_state, 'teacher': teacher_vars}
+    return steps.init_state(gan, params_g, params_d, g_vars, model_state_d)
 
   def sampler(n: int, salt: int):
     # The fixed latents as an argument, not a constant: one program for every seed.

@@ -23,14 +23,9 @@ METRIC = {'inception': 'fid', 'classifier': 'fid_classifier'}
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """What a task offers its evaluators.
-
-  ``data``: ``config.data`` as a dict; ``num_examples``: its size (None: unknown);
-  ``sampler(n, salt)``: a function ``(state, index) -> images in [-1, 1]``, batch
-  ``index`` of ``n`` fixed latents drawn from ``fold_in(seed, salt)``;
-  ``classifier``: ``(model, variables(state) -> (params, model_state))`` for
-  accuracy; ``load_classifier(workdir, resolution, channels)`` for classifier FID.
-  """
+  """What a task offers its evaluators: ``sampler(n, salt) -> ((state, index) -> images
+  in [-1, 1])`` (batch ``index`` of ``n`` fixed latents), ``classifier`` ``(model, state
+  -> (params, model_state))`` and ``load_classifier(workdir, resolution, channels)``."""
 
   workdir: str
   data: dict
@@ -154,10 +149,7 @@ def _fid(name: str, entry: dict, ctx: Context):
       extractor=extractor,
       real=real,
       stats_path=os.path.join(cache_dir, stats_file(features, split, ctx.data['split'])),
-      num_samples=entry['num_samples'],
-      batch_size=entry['batch_size'],
-      kid=entry['kid'],
-      keep_best=entry['keep_best'],
+      **{k: entry[k] for k in ('num_samples', 'batch_size', 'kid', 'keep_best')},
       best_dir=None if name == 'fid' else f'best_{name}',
       is_main=ctx.is_main,
       progress=ctx.progress,

@@ -33,11 +33,7 @@ _G_FROM_CONFIG = {
     'z_dim': ('z_dim',),
     'num_classes': ('num_classes', 'c_dim'),
 }
-_D_FROM_CONFIG = {
-    'data.resolution': ('resolution',),
-    'data.channels': ('channels', 'img_channels'),
-    'num_classes': ('num_classes', 'c_dim'),
-}
+_D_FROM_CONFIG = {k: names for k, names in _G_FROM_CONFIG.items() if k != 'z_dim'}
 
 
 def _lookup(config, dotted: str):
@@ -76,7 +72,10 @@ def _model_kwargs(config, section: str, cls, from_config: dict) -> dict:
 
 
 def create_models(config):
-  """``(generator, discriminator)`` Flax modules of ``config.model``."""
+  """``(generator, discriminator)`` Flax modules of ``config.model``, each checked by
+  its ``validate()`` where it has one: a bad argument is a ``ConfigError`` naming its
+  key (``config.model.generator.mapping_layers must be >= 1, got -1``, or the top-level
+  key it comes from, ``config.data.resolution ...``)."""
   try:
     g_cls, d_cls = models.get(config.model.name)
   except ValueError as e:
@@ -84,20 +83,41 @@ def create_models(config):
   g_kwargs = _model_kwargs(config, 'model.generator', g_cls, _G_FROM_CONFIG)
   d_kwargs = _model_kwargs(config, 'model.discriminator', d_cls, _D_FROM_CONFIG)
   try:
-    return g_cls(**g_kwargs), d_cls(**d_kwargs)
+    generator, discriminator = g_cls(**g_kwargs), d_cls(**d_kwargs)
   except TypeError as e:
     raise ConfigError(f'config.model: {e}') from None
+  for section, module, from_config in (
+      ('model.generator', generator, _G_FROM_CONFIG),
+      ('model.discriminator', discriminator, _D_FROM_CONFIG),
+  ):
+    if not hasattr(module, 'validate'):
+      continue
+    try:
+      module.validate()
+    except ValueError as e:
+      # 'ARG must be ...' -> 'config.model.generator.ARG must be ...', or the top-level
+      # key ARG comes from ('config.data.resolution ...'); one line.
+      message = ' '.join(str(e).split())
+      arg = message.split(' ', 1)[0]
+      fields = getattr(type(module), '__dataclass_fields__', {})
+      keys = {
+          next((n for n in names if n in fields), None): key
+          for key, names in from_config.items()
+      }
+      if arg in keys:
+        message = f'config.{keys[arg]}{message[len(arg):]}'
+      elif arg in fields:
+        message = f'config.{section}.{message}'
+      else:
+        message = f'config.{section}: {message}'
+      raise ConfigError(message) from None
+  return generator, discriminator
 
 
 def make_gan(config, generator, discriminator) -> steps.GAN:
-  """Wraps two Flax modules into the pure functions of ``steps.GAN``.
-
-  ``generate`` returns ``{'image': x}`` (plus ``'label'`` for a conditional GAN, whose
-  latent is ``{'z': z, 'label': y}``); the model state is every variable collection
-  but ``'params'``, updated in training mode. ``generate`` and ``discriminate`` take an
-  extra ``train`` argument (default True) that the steps never pass; ``generate`` also
-  takes ``truncation_psi`` (for sampling; only architectures that support it).
-  """
+  """Two Flax modules as ``steps.GAN``'s pure functions; model state is every collection
+  but ``'params'``, a conditional latent ``{'z', 'label'}``. ``train`` and
+  ``truncation_psi`` are for sampling; the steps never pass them."""
   conditional = config.num_classes > 0
   z_dim, num_classes = int(config.z_dim), int(config.num_classes)
 
@@ -140,7 +160,11 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       optimizer_d=optimizer_d,
       batch_keys=('image', 'label') if conditional else ('image',),
       mode=config.one_stage_mode,
+      exact_bucket=float(config.one_stage_bucket),
       penalties=penalties or None,
+      # Declared by the architecture (a test checks it against the probe), so no jvp of
+      # D runs at start-up; None (an architecture that does not say) probes.
+      per_sample=getattr(discriminator, 'per_sample', None),
   )
 
 
@@ -169,7 +193,7 @@ def make_optimizers(config):
 
 
 def make_init(config, gan: steps.GAN, generator, discriminator):
-  """``init(key) -> TrainState`` (traceable; the loop jits it with the state's sharding)."""
+  """``init(key) -> TrainState``; traceable: the loop jits it with its sharding."""
   res, ch = int(config.data.resolution), int(config.data.channels)
   n = 4  # minibatch std needs a batch its group size divides; 4 fits both architectures
 
@@ -178,31 +202,17 @@ def make_init(config, gan: steps.GAN, generator, discriminator):
     key_g_rngs, key_d_rngs = jax.random.split(jax.random.fold_in(key, 1))
     z = gan.sample_latent(jax.random.PRNGKey(0), n)
     z_arr, labels = (z['z'], z['label']) if config.num_classes > 0 else (z, None)
-    g_vars = dict(
-        generator.init(
-            {'params': key_g, **models.rngs(generator, key_g_rngs)},
-            z_arr,
-            labels,
-            train=False,
-        )
-    )
+    g_rngs = {'params': key_g, **models.rngs(generator, key_g_rngs)}
+    d_rngs = {'params': key_d, **models.rngs(discriminator, key_d_rngs)}
+    g_vars = dict(generator.init(g_rngs, z_arr, labels, train=False))
     d_vars = dict(
-        discriminator.init(
-            {'params': key_d, **models.rngs(discriminator, key_d_rngs)},
-            jnp.zeros((n, res, res, ch)),
-            labels,
-            train=False,
-        )
+        discriminator.init(d_rngs, jnp.zeros((n, res, res, ch)), labels, train=False)
     )
     params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
+    ema = hparams.active(config, 'ema_half_life_kimg')
+    path_length = config.reg.pl_weight > 0
     return steps.init_state(
-        gan,
-        params_g,
-        params_d,
-        g_vars,
-        d_vars,
-        ema=hparams.active(config, 'ema_half_life_kimg'),
-        path_length=config.reg.pl_weight > 0,
+        gan, params_g, params_d, g_vars, d_vars, ema=ema, path_length=path_length
     )
 
   return init
@@ -215,9 +225,8 @@ def eval_params_g(state):
 
 def make_sampler(config, gan: steps.GAN, n: int, salt: int):
   """Jitted ``(params_g, model_state_g, index) -> images``: batch ``index`` of ``n``
-  fixed latents (and noise) drawn from ``fold_in(seed, salt)``, G in inference mode.
-  The key is an argument, not a constant of the program: runs that differ only in
-  their seed share one compiled sampler (and its persistent-cache entry)."""
+  fixed latents from ``fold_in(seed, salt)``; the key is an argument, so seeds share
+  one program."""
   key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), salt)
 
   def sample(key, params_g, model_state_g, index):
@@ -225,13 +234,9 @@ def make_sampler(config, gan: steps.GAN, n: int, salt: int):
     z = gan.sample_latent(key_z, n)
     if config.num_classes > 0:
       z['label'] = jnp.arange(n, dtype=jnp.int32) % int(config.num_classes)
+    psi = float(config.sample_truncation_psi)
     fake, _ = gan.generate(
-        params_g,
-        model_state_g,
-        z,
-        key_noise,
-        train=False,
-        truncation_psi=float(config.sample_truncation_psi),
+        params_g, model_state_g, z, key_noise, train=False, truncation_psi=psi
     )
     return fake['image']
 
@@ -239,17 +244,13 @@ def make_sampler(config, gan: steps.GAN, n: int, salt: int):
 
 
 def regularizers(config) -> phases_lib.Regularizers:
-  reg, ema = config.reg, config.ema
+  reg = config.reg
   return phases_lib.Regularizers(
       batch_size=int(config.batch_size),
-      r1_gamma=float(reg.r1_gamma),
-      r1_interval=int(reg.r1_interval),
-      pl_weight=float(reg.pl_weight),
-      pl_interval=int(reg.pl_interval),
-      pl_decay=float(reg.pl_decay),
-      pl_batch_shrink=int(reg.pl_batch_shrink),
+      **{k: float(reg[k]) for k in ('r1_gamma', 'pl_weight', 'pl_decay')},
+      **{k: int(reg[k]) for k in ('r1_interval', 'pl_interval', 'pl_batch_shrink')},
       ema_half_life_kimg=hparams.value(config, 'ema_half_life_kimg'),
-      ema_rampup=float(ema.rampup),
+      ema_rampup=float(config.ema.rampup),
       use_ema=hparams.active(config, 'ema_half_life_kimg'),
   )
 
@@ -308,7 +309,6 @@ def build(config, workdir: str) -> loop.Task:
 
     def main_phase(state, batch, rng, i):
       state, metrics = main(state, batch, rng)
-      # The ramped hyperparameters at this step, logged as schedule_<name>.
       ramped = {f'schedule_{name}': jnp.float32(v(i)) for name, v in ramps.items()}
       return state, {**metrics, **ramped}
 

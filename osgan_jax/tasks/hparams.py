@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from osgan_jax.config import ConfigError
-from osgan_jax.core.schedules import KINDS, Value, ramp
+from osgan_jax.core.schedules import Value, ramp
 
 # schedule key -> (config section, key): where the ramp's starting value lives.
 STARTS = {
@@ -44,23 +43,3 @@ def active(config, name: str) -> bool:
   """Whether ``name`` is ever non-zero (a penalty or the EMA is computed at all)."""
   section, key = STARTS[name]
   return float(config[section][key]) > 0 or final(config, name) > 0
-
-
-def validate(config) -> None:
-  """One-line errors for ``config.schedule``."""
-  s = config.schedule
-  if s.kind not in KINDS:
-    raise ConfigError(f'config.schedule.kind must be one of {KINDS}, got {s.kind!r}')
-  if int(s.steps) < 0:
-    raise ConfigError(f'config.schedule.steps must be >= 0, got {s.steps}')
-  ramped = [n for n in STARTS if float(s[n]) >= 0]
-  if ramped and int(s.steps) == 0:
-    raise ConfigError(
-        f'config.schedule.{ramped[0]} is set but config.schedule.steps is '
-        f'0; give the ramp length in steps'
-    )
-  if is_scheduled(config, 'b2') and not float(s.b2) < 1:
-    raise ConfigError(f'config.schedule.b2 must be in [0, 1), got {s.b2}')
-  for n in ('g_lr', 'd_lr'):
-    if is_scheduled(config, n) and not float(s[n]) > 0:
-      raise ConfigError(f'config.schedule.{n} must be > 0, got {s[n]}')

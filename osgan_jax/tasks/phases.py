@@ -33,21 +33,15 @@ class Regularizers:
 
 
 def _path_length(gan: steps.GAN, generator, r: Regularizers, conditional: bool):
-  labels = (lambda z: z['label']) if conditional else (lambda z: None)
-  unpack = (lambda z: z['z']) if conditional else (lambda z: z)
-
   def map_fn(params, model_state, z, rng):
+    z, labels = (z['z'], z['label']) if conditional else (z, None)
     return models.apply(
-        generator, params, model_state, unpack(z), labels(z), True, rng, method='map'
+        generator, params, model_state, z, labels, True, rng, method='map'
     )
 
   def synthesize_fn(params, model_state, ws, rng):
-    return generator.apply(
-        {'params': params, **model_state},
-        ws,
-        method='synthesize',
-        rngs=models.rngs(generator, rng),
-    )
+    variables, rngs = {'params': params, **model_state}, models.rngs(generator, rng)
+    return generator.apply(variables, ws, method='synthesize', rngs=rngs)
 
   pl = functools.partial(
       regularizers.path_length_step,

@@ -27,8 +27,10 @@ from osgan_jax.training import checkpoint
 from osgan_jax.training import loop
 from osgan_jax.training import parallel
 
-# What must agree between a teacher checkpoint and the config that loads it.
-_IDENTITY = ('arch', 'width', 'blocks', 'resolution', 'channels', 'num_outputs')
+# The network's arguments of a Spec, and what must agree between a teacher checkpoint
+# and the config that loads it.
+_NETWORK = ('arch', 'width', 'blocks', 'resolution', 'channels')
+_IDENTITY = (*_NETWORK, 'num_outputs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,32 +53,23 @@ class Spec:
   def of(cls, config) -> Spec:
     """Read from a config (a ConfigDict, or the dict of a workdir's ``config.json``)."""
     t, data = config['teacher'], config['data']
+    texts = {k: str(t[k]) for k in ('arch', 'optimizer', 'lr_schedule')}
+    floats = {k: float(t[k]) for k in ('lr', 'momentum', 'weight_decay')}
     return cls(
-        arch=str(t['arch']),
+        **texts,
+        **floats,
         width=int(t['width']),
         blocks=tuple(int(n) for n in t.get('blocks', ()) or ()),
         resolution=int(data['resolution']),
         channels=int(data['channels']),
-        optimizer=str(t['optimizer']),
-        lr=float(t['lr']),
-        lr_schedule=str(t['lr_schedule']),
-        momentum=float(t['momentum']),
-        weight_decay=float(t['weight_decay']),
         num_train_steps=int(config['num_train_steps']),
     )
 
   def meta(self, num_outputs: int, data_name: str = '') -> dict:
     """What a teacher checkpoint records of itself."""
-    return {
-        'arch': self.arch,
-        'width': self.width,
-        'blocks': list(self.blocks),
-        'resolution': self.resolution,
-        'channels': self.channels,
-        'num_outputs': int(num_outputs),
-        'data': data_name,
-        'num_train_steps': self.num_train_steps,
-    }
+    meta = {k: getattr(self, k) for k in _NETWORK}
+    meta.update(blocks=list(self.blocks), num_outputs=int(num_outputs), data=data_name)
+    return {**meta, 'num_train_steps': self.num_train_steps}
 
 
 @flax.struct.dataclass
@@ -92,14 +85,8 @@ def create_teacher(config, num_outputs: int = 10) -> classifiers.Classifier:
 
 
 def network(spec: Spec, num_outputs: int) -> classifiers.Classifier:
-  return classifiers.Classifier(
-      arch=spec.arch,
-      width=spec.width,
-      blocks=spec.blocks,
-      num_outputs=num_outputs,
-      resolution=spec.resolution,
-      channels=spec.channels,
-  )
+  arguments = {k: getattr(spec, k) for k in _NETWORK}
+  return classifiers.Classifier(**arguments, num_outputs=num_outputs)
 
 
 def init_classifier(model, key):
@@ -122,12 +109,7 @@ def optimizer(spec: Spec) -> optax.GradientTransformation:
 def _init(model, tx):
   def init(key):
     params, model_state = init_classifier(model, key)
-    return TeacherState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        model_state=model_state,
-        opt_state=tx.init(params),
-    )
+    return TeacherState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
 
   return init
 
@@ -185,23 +167,19 @@ def train_command(workdir: str, config_path: str) -> str:
 
 
 def load(workdir: str, spec: Spec, num_outputs: int, command: str):
-  """``(module, {'params', ...} variables, meta)`` of the teacher trained in ``workdir``.
-
-  Raises ``ConfigError`` (with the command that trains it) when there is no
-  checkpoint, and when the checkpoint is not of the network ``spec`` describes.
-  """
+  """``(module, variables, meta)`` of the teacher trained in ``workdir``; ``ConfigError``
+  (naming ``command``) when there is none or it is not ``spec``'s network."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   missing = ConfigError(
       f'no teacher checkpoint in {workdir} (config.dfad.teacher_workdir); train the '
       f'teacher first: {command}'
   )
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(checkpoints):
     raise missing
   model = network(spec, num_outputs)
   init = _init(model, optimizer(spec))
-  manager = checkpoint.manager(
-      os.path.join(workdir, 'checkpoints'), 1 << 30, async_save=False
-  )
+  manager = checkpoint.manager(checkpoints, 1 << 30, async_save=False)
   try:
     step = manager.latest_step()
     if step is None:

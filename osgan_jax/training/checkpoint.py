@@ -1,9 +1,5 @@
-"""Asynchronous orbax checkpoints of a whole train state plus a JSON ``meta`` dict.
-
-Training goes on while a save is written, and ``restore_latest`` falls back to the
-newest intact checkpoint, so a killed save or a corrupt file does not cost the run.
-Details: ``docs/reliability.md``.
-"""
+"""Asynchronous orbax checkpoints of a whole train state plus a JSON ``meta`` dict;
+``restore_latest`` falls back to the newest intact one (``docs/reliability.md``)."""
 
 from __future__ import annotations
 
@@ -17,8 +13,11 @@ import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from absl import logging
+
+from osgan_jax.training import digests
 
 BEST_DIR = 'best'
 BEST_FILE = 'best.json'
@@ -40,11 +39,8 @@ def manager(
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
   """Starts saving ``(state, meta)`` as checkpoint ``step`` (returns once on the host).
-
-  Checks the free disk space first (the previous save finished): a full disk is a
-  one-line ``CheckpointError`` that leaves every saved checkpoint intact, instead of
-  orbax's background writes failing with hundreds of lines.
-  """
+  Too little disk space is a one-line ``CheckpointError``, not orbax's background writes
+  failing with hundreds of lines."""
   wait(mngr)
   directory = os.fspath(mngr.directory)
   need = sum(
@@ -57,6 +53,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
         f'about {need / 2**20:.1f} MiB needed; the checkpoints there '
         f'({_listed(mngr)}) are intact: free space and run the same command to resume'
     )
+  meta = {**meta, 'digests': digests.of(state)}
   try:
     mngr.save(
         step,
@@ -85,7 +82,6 @@ def _write_error(mngr: ocp.CheckpointManager, what: str, e: Exception):
 
 
 def close(mngr: ocp.CheckpointManager) -> None:
-  """Waits for the last save (``wait``), then closes the manager."""
   try:
     wait(mngr)
   finally:
@@ -105,7 +101,8 @@ def abstract(state_shapes, sharding):
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step=None):
-  """``(state, meta)`` of checkpoint ``step`` (default: the latest)."""
+  """``(state, meta)`` of checkpoint ``step`` (default: the latest; ``abstract_state``
+  None: numpy arrays on the host)."""
   step = mngr.latest_step() if step is None else step
   restored = mngr.restore(
       step,
@@ -129,21 +126,17 @@ class CheckpointError(RuntimeError):
 
 def _shapes(tree) -> dict:
   """``{'a/b/c': (shape, dtype)}`` of a tree's arrays, whatever its containers."""
-
-  def name(key):
-    return str(getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key))))
-
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {
-      '/'.join(name(k) for k in path): (tuple(x.shape), str(x.dtype))
-      for path, x in leaves
+      digests.leaf_name(p): (tuple(x.shape), str(x.dtype))
+      for p, x in leaves
       if hasattr(x, 'shape')
   }
 
 
 def _mismatch(mngr: ocp.CheckpointManager, step: int, abstract_state) -> str | None:
   """The first array whose shape differs between checkpoint ``step`` and
-  ``abstract_state``; None if they agree. Raises if the metadata is unreadable."""
+  ``abstract_state``, or None; raises if the metadata is unreadable."""
   saved = _shapes(mngr.item_metadata(step)['state'].tree)
   wanted = _shapes(abstract_state)
   for path in sorted(set(saved) | set(wanted)):
@@ -160,8 +153,6 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(os.path.join(directory, str(step)), target)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(f'osgan_jax: checkpoint {step} moved aside')
   mngr.reload()
   return target
@@ -184,14 +175,9 @@ def _stderr_to(path: str):
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
-  """``(state, meta, step)`` of the newest checkpoint that reads and passes
-  ``check(state) -> problem or None``; ``None`` when there is no checkpoint.
-
-  An unreadable one is moved to ``checkpoints/corrupt/`` (never deleted) with a
-  one-line warning (the details in ``corrupt/<step>.<time>.log``), and the one before
-  it is tried. A checkpoint of other shapes (another config) is a
-  ``CheckpointError``, not corruption; so is having none left.
-  """
+  """``(state, meta, step)`` of the newest checkpoint that reads, matches its checksums
+  and passes ``check(state) -> problem or None``; None when there is none. Unusable ones
+  are moved to ``corrupt/``; other shapes or none left: ``CheckpointError``."""
   steps = sorted(mngr.all_steps(), reverse=True)
   log = os.path.join(os.fspath(mngr.directory), f'restore.{jax.process_index()}.log')
   for step in steps:
@@ -199,7 +185,9 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
     with _stderr_to(log):
       try:
         state, meta = restore(mngr, abstract_state, step)
-        problem = check(state) if check is not None else None
+        problem = digests.mismatch(state, meta.get('digests'))
+        if problem is None and check is not None:
+          problem = check(state)
       except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many)
         problem = f'{type(e).__name__}: {" ".join(str(e).split())[:160]}'
         try:
@@ -208,14 +196,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
           pass
         time.sleep(1.0)  # the failed read's other pending reads report on fd 2 meanwhile
       if problem is not None:
-        # Its abandoned asyncio tasks sit in reference cycles with their tracebacks;
-        # collected here, their 'Task exception was never retrieved' goes to the log
-        # rather than to the terminal whenever the garbage collector next runs.
-        gc.collect()
+        gc.collect()  # now, while fd 2 is the log: collected asyncio tasks print errors
     if mismatch:
       raise CheckpointError(
-          f'checkpoint {step} in {mngr.directory} does not fit this '
-          f'config ({mismatch})'
+          f'checkpoint {step} in {mngr.directory} does not fit this config ({mismatch})'
       )
     if problem is None:
       os.remove(log)
@@ -231,20 +215,53 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
     )
   if steps:
     raise CheckpointError(
-        f'no usable checkpoint in {mngr.directory}: all {len(steps)} '
-        f'were moved to {CORRUPT_DIR}/; start afresh with another '
-        f'--workdir'
+        f'no usable checkpoint in {mngr.directory}: all {len(steps)} were moved to '
+        f'{CORRUPT_DIR}/; start afresh with another --workdir'
     )
   return None
 
 
-class Best:
-  """The checkpoint with the best value of one metric so far, in ``workdir/best/`` (or
-  ``workdir/<directory>/``).
+def latest_config(directory: str):
+  """``(step, config)`` of the newest checkpoint in ``directory`` carrying a config."""
+  if not os.path.isdir(directory):
+    return None
+  mngr = manager(directory, 1 << 30, async_save=False)
+  try:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        config = restore_meta(mngr, step).get('config')
+      except Exception:  # pylint: disable=broad-except  (an unreadable one: try older)
+        continue
+      if config:
+        return step, config
+  finally:
+    mngr.close()
+  return None
 
-  ``best/best.json`` (``{"step", "metric", "value"}``) is written after the checkpoint
-  is complete, so it never names a partial one.
-  """
+
+def verify(directory: str) -> list:
+  """``[(step, problem or None)]``: every checkpoint in ``directory`` read back (to host
+  memory) and checked against its recorded checksums."""
+  mngr = manager(directory, 1 << 30, async_save=False)
+  results = []
+  try:
+    for step in sorted(mngr.all_steps()):
+      try:
+        state, meta = restore(mngr, None, step)  # no target: onto the host
+        problem = digests.mismatch(state, meta.get('digests'))
+        if problem is None and not meta.get('digests'):
+          problem = 'no checksums recorded (saved by an older version): not verified'
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many)
+        problem = f'unreadable ({type(e).__name__}: {" ".join(str(e).split())[:160]})'
+      results.append((step, problem))
+  finally:
+    mngr.close()
+  return results
+
+
+class Best:
+  """The checkpoint with the best value of ``metric`` so far, in ``workdir/best/`` (or
+  ``<directory>/``); ``best.json`` is written once it is complete."""
 
   def __init__(
       self, workdir: str, metric: str, mode: str = 'min', directory: str | None = None

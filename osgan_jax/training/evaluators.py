@@ -1,6 +1,5 @@
-"""The evaluators the loop runs at their intervals: sample grids, FID/KID in a feature
-network, test accuracy. Each is built from plain values (``tasks.evals`` builds them
-from ``config.evals``); the loop keeps the best checkpoint of one with ``best``."""
+"""Evaluators the loop runs every ``every_steps`` (sample grids, FID/KID, test accuracy);
+the loop keeps the best checkpoint of one with a ``best`` ``(metric, mode)``."""
 
 from __future__ import annotations
 
@@ -20,9 +19,7 @@ from PIL import Image
 from osgan_jax.metrics import fid as fid_lib
 
 FID_STATS_FILE = 'fid_stats_real.npz'
-# Up to this many samples per set FID is computed from the features with an exact
-# n1 x n2 SVD (``fid_from_features``) instead of two 2048 x 2048 eigendecompositions.
-LOW_RANK_MAX = 2048
+LOW_RANK_MAX = 2048  # up to this many samples per set: exact FID from the features
 
 
 def image_grid(
@@ -51,7 +48,7 @@ def save_png(grid: np.ndarray, path: str) -> None:
 
 class SampleGrid:
   """``workdir/samples/step_000100.png`` and a TensorBoard image of ``sample(state)``
-  (images in [-1, 1], e.g. G on a fixed z), every ``every_steps``."""
+  (images in [-1, 1]) every ``every_steps``."""
 
   def __init__(
       self,
@@ -77,8 +74,8 @@ class SampleGrid:
 
 @dataclasses.dataclass(frozen=True)
 class RealImages:
-  """The reference images of an FID: ``batches(batch_size)`` yields them (a fixed
-  order), ``num`` of them are used, ``identity`` says what they and the features are."""
+  """An FID's reference images: ``batches(batch_size)`` yields them in a fixed order,
+  ``num`` are used, ``identity`` says what they and the features are."""
 
   batches: Callable
   num: int
@@ -86,14 +83,10 @@ class RealImages:
 
 
 class Fid:
-  """FID (and KID) of generated images against cached statistics of real images.
-
-  ``generate(state, index)`` gives batch ``index`` of the fixed evaluation latents;
-  ``extractor()`` makes the feature network (on first use). Every process generates
-  (a jitted program over the whole mesh); process 0 alone extracts features and
-  computes the metrics (``<metric>_seconds``: that time, the real statistics
-  excluded). The real statistics are cached in ``stats_path``.
-  """
+  """FID (and KID) of generated images against real statistics cached in
+  ``stats_path``. ``generate(state, index)`` gives batch ``index`` of the fixed latents
+  (on every process: a program over the whole mesh); ``extractor()`` makes the feature
+  network, which process 0 alone runs (``<metric>_seconds``: that time)."""
 
   def __init__(
       self,
@@ -118,9 +111,9 @@ class Fid:
     self.batch_size, self.kid, self.is_main = int(batch_size), bool(kid), is_main
     self.best = (metric, 'min') if keep_best else None
     self.best_dir, self.progress = best_dir, progress
-    # Real features are kept for KID, and for few images (cheap; FID from features).
     self._keep_features = self.kid or real.num <= LOW_RANK_MAX
     self._extractor = self._real = None
+    self._warned = False
 
   def _features(self, batches, total: int, desc: str) -> np.ndarray:
     if self._extractor is None:
@@ -133,17 +126,12 @@ class Fid:
     if not os.path.exists(self.stats_path):
       return None
     ref = fid_lib.load_stats(self.stats_path)
-    # Files from before the identity was saved: Inception on the training data.
-    same = (
-        ref['meta'] == self.real.identity
-        if ref['meta'] is not None
-        else self.stats_path.endswith(FID_STATS_FILE)
-    )
-    if (
-        same
-        and ref['n'] == self.real.num
-        and (ref['features'] is not None or not self._keep_features)
-    ):
+    if ref['meta'] is None:  # saved before the identity was: Inception, training data
+      same = self.stats_path.endswith(FID_STATS_FILE)
+    else:
+      same = ref['meta'] == self.real.identity
+    has_features = ref['features'] is not None or not self._keep_features
+    if same and ref['n'] == self.real.num and has_features:
       return ref
     logging.info(
         'FID: %s does not fit num_real=%d / kid=%s / %s; recomputing',
@@ -201,13 +189,18 @@ class Fid:
     if ref['features'] is not None and max(len(fake), ref['n']) <= LOW_RANK_MAX:
       out = {name: fid_lib.fid_from_features(fake, ref['features'])}  # exact
     else:
-      out = {
-          name: fid_lib.fid_from_stats(*fid_lib.statistics(fake), ref['mu'], ref['sigma'])
-      }
+      mu, sigma = fid_lib.statistics(fake)
+      out = {name: fid_lib.fid_from_stats(mu, sigma, ref['mu'], ref['sigma'])}
     if self.kid:
       kid = 'kid' if name == 'fid' else f'kid_{name.removeprefix("fid_")}'
       out[f'{kid}_mean'], out[f'{kid}_std'] = fid_lib.kid(fake, ref['features'])
     out[f'{name}_seconds'] = time.perf_counter() - t0
+    if not self._warned:  # once per run: the counts do not change
+      self._warned = True
+      for kid in (False, True) if self.kid else (False,):
+        warning = fid_lib.sample_size_warning(ref['n'], len(fake), fake.shape[1], kid=kid)
+        if warning:
+          logging.warning('%s: %s', name, warning)
     logging.info(
         '%s %.4g on %d samples vs %d real (%.1f s)',
         name,

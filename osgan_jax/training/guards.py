@@ -17,9 +17,7 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Divergence:
-  """``policy`` 'stop' or 'rollback' (at most ``max_rollbacks`` times); a game with
-  ``|loss_d| <= collapse_loss_d`` and ``loss_g >= collapse_loss_g`` for
-  ``collapse_intervals`` log intervals is flagged."""
+  """The ``divergence.*`` config keys (``docs/reliability.md``)."""
 
   policy: str = 'stop'
   max_rollbacks: int = 3
@@ -30,20 +28,15 @@ class Divergence:
 
 @jax.jit
 def all_finite(tree):
-  leaves = [
-      jnp.all(jnp.isfinite(x))
-      for x in jax.tree.leaves(tree)
-      if jnp.issubdtype(x.dtype, jnp.inexact)
-  ]
+  floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [jnp.all(jnp.isfinite(x)) for x in floats]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def non_finite(state, history: list, done: int) -> str | None:
   """What is non-finite at step ``done`` (the state, or a ``loss*`` metric of the
   interval ``history``), or None."""
-  problems = (
-      [] if bool(all_finite(state)) else ['non-finite parameters or optimiser state']
-  )
+  problems = [] if all_finite(state) else ['non-finite parameters or optimiser state']
   first = done - len(history)
   for j, metrics in enumerate(history):
     bad = [k for k, v in metrics.items() if k.startswith('loss') and not np.isfinite(v)]
@@ -54,19 +47,16 @@ def non_finite(state, history: list, done: int) -> str | None:
 
 
 class Rollbacks:
-  """The divergence policy: ``decide`` raises ``TrainingError`` when the run must stop,
-  else counts one more rollback (kept in the checkpoint's meta as ``rollbacks``)."""
+  """The divergence policy: ``decide`` raises ``TrainingError`` or counts a rollback."""
 
   def __init__(self, settings: Divergence, count: int):
     self.settings, self.count = settings, count
 
   def decide(self, problem: str, done: int, last_good: int | None, ckpt_dir: str) -> None:
     if self.settings.policy != 'rollback' or self.count >= self.settings.max_rollbacks:
-      saved = (
-          f'the last good checkpoint is {ckpt_dir}/{last_good}'
-          if last_good
-          else 'no checkpoint was saved yet'
-      )
+      saved = 'no checkpoint was saved yet'
+      if last_good:
+        saved = f'the last good checkpoint is {ckpt_dir}/{last_good}'
       tried = f' after {self.count} rollbacks' if self.count else ''
       raise TrainingError(
           f'training diverged at step {done}{tried}: {problem}; {saved} (a non-finite '
@@ -87,20 +77,16 @@ class Rollbacks:
 
 
 class CollapseWatch:
-  """Log intervals in a row in which D wins outright (``|loss_d|`` ~ 0) and G's loss is
-  large: flags ``values['collapsed']`` and warns once per streak."""
+  """Flags ``values['collapsed']`` after log intervals in a row in which D wins outright
+  and G's loss is large, and warns once per streak."""
 
   def __init__(self, settings: Divergence):
     self.settings, self.streak = settings, 0
 
   def update(self, values: dict) -> None:
     s = self.settings
-    hit = (
-        'loss_d' in values
-        and 'loss_g' in values
-        and abs(values['loss_d']) <= s.collapse_loss_d
-        and values['loss_g'] >= s.collapse_loss_g
-    )
+    d, g = values.get('loss_d', np.nan), values.get('loss_g', np.nan)  # nan: no hit
+    hit = abs(d) <= s.collapse_loss_d and g >= s.collapse_loss_g
     self.streak = self.streak + 1 if hit else 0
     if self.streak >= s.collapse_intervals:
       values['collapsed'] = 1.0

@@ -1,9 +1,5 @@
-"""Keeps freed host memory mapped, so XLA:CPU steps stop page-faulting.
-
-glibc gives XLA:CPU's large per-step buffers fresh ``mmap`` pages every step;
-``keep_freed_memory()`` (``--tune_malloc``) makes malloc reuse them, and must run
-before JAX starts. Why, and what it sets: ``docs/cpu.md``.
-"""
+"""Keeps freed host memory mapped (glibc ``mallopt``, before JAX starts), so XLA:CPU
+steps stop page-faulting fresh ``mmap`` pages every step (``docs/cpu.md``)."""
 
 from __future__ import annotations
 
@@ -14,23 +10,14 @@ import logging
 import os
 import sys
 
-# mallopt parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_TOP_PAD = -2
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-# Never give the heap's top back to the kernel; grow it in large steps (address space,
-# not resident memory).
-_SETTINGS = (
-    (_M_ARENA_MAX, 1),
-    (_M_MMAP_MAX, 0),
-    (_M_TRIM_THRESHOLD, 2**31 - 1),
-    (_M_TOP_PAD, 1 << 30),
-)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8  # malloc.h
+# One arena, no mmap, never trim the heap's top, grow it 1 GiB at a time (address space).
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0))
+_SETTINGS += ((_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30))
 
 
 def _glibc():
-  """The C library if it is glibc (has ``mallopt`` and ``gnu_get_libc_version``)."""
+  """The C library if it is glibc, else None."""
   try:
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
   except OSError:
@@ -40,21 +27,15 @@ def _glibc():
   return libc
 
 
-# Packages that give JAX a GPU or TPU backend.
-_ACCELERATOR_PLUGINS = (
-    'jax_cuda12_plugin',
-    'jax_cuda13_plugin',
-    'jax_rocm60_plugin',
-    'jax_rocm7_plugin',
-    'libtpu',
-    'libtpu_nightly',
-)
+_ACCELERATOR_PLUGINS = (  # the packages that give JAX a GPU or TPU backend
+    'jax_cuda12_plugin jax_cuda13_plugin jax_rocm60_plugin jax_rocm7_plugin libtpu '
+    'libtpu_nightly'
+).split()
 
 
 def cpu_only() -> bool:
-  """Whether JAX will run on the CPU only, decided without starting JAX: from
-  ``JAX_PLATFORMS`` (or ``jax.config.jax_platforms``) when set, else from whether a
-  GPU/TPU plugin package is installed."""
+  """Whether JAX will run on the CPU only, without starting JAX: from ``JAX_PLATFORMS``
+  (or ``jax.config.jax_platforms``) if set, else whether a GPU/TPU plugin is installed."""
   platforms = os.environ.get('JAX_PLATFORMS', '')
   if not platforms and 'jax' in sys.modules:
     platforms = sys.modules['jax'].config.jax_platforms or ''
@@ -73,11 +54,8 @@ def jax_backends_started() -> bool:
 
 
 def keep_freed_memory() -> bool:
-  """Applies the malloc settings above; returns whether they are in effect.
-
-  Does nothing (and logs why) on a C library other than glibc, or once JAX's backends
-  exist.
-  """
+  """Applies the malloc settings above; returns whether they are in effect (not on
+  another C library or once JAX's backends exist: it logs why)."""
   libc = _glibc()
   if libc is None:
     logging.info('host_memory: not glibc; malloc settings left alone')

@@ -1,7 +1,6 @@
-"""The one training loop: every task (GAN, StyleGAN2, the DFAD teacher and distillation)
-runs here. A task gives its state's ``init``, its phases, its batches and evaluators;
-the loop owns devices, RNG, resume, signals, checkpoints, metrics and progress
-(``docs/training.md`` narrates it)."""
+"""The one training loop every task runs: a task gives its state's ``init``, phases,
+batches and evaluators; the loop owns devices, RNG, resume, signals, checkpoints, metrics
+and progress (``docs/training.md`` narrates it)."""
 
 from __future__ import annotations
 
@@ -10,27 +9,29 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-import tqdm
 from absl import logging
 
 from osgan_jax import data as data_lib
 from osgan_jax.config import ConfigError
 from osgan_jax.core import steps
 from osgan_jax.training import checkpoint
+from osgan_jax.training import compile_cache
 from osgan_jax.training import guards
 from osgan_jax.training import parallel
+from osgan_jax.training import progress
 from osgan_jax.training import runtime
 from osgan_jax.training import workdir as workdir_lib
 from osgan_jax.training.guards import Divergence, TrainingError
 from osgan_jax.training.metric_writer import MetricWriter, reduce_metrics
 
 MAX_IN_FLIGHT = 2  # iterations dispatched ahead of the device: bounds the batches held
+_BUILD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AssertionError)
+_BUILD_ERRORS += (ZeroDivisionError,)  # what building a bad config's networks raises
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +46,10 @@ class Phase:
 
 @dataclasses.dataclass
 class Task:
-  """What a task gives the loop.
-
-  ``init(key, *init_args)`` makes the state at step 0 (it has a ``step``);
-  ``make_phases(state)`` the phases; ``batches(start_step, process_index,
-  process_count)`` this process's host batches from global batch ``start_step`` on (or
-  None: no data); evaluators (``training.evaluators``); ``meta`` goes into every
-  checkpoint; ``progress`` names the metrics the progress bar shows.
-  """
+  """What a task gives the loop: ``init(key, *init_args)`` the state at step 0;
+  ``batches(start_step, process_index, process_count)`` this process's host batches
+  from global batch ``start_step`` on (None: no data); ``meta`` goes into every
+  checkpoint; ``progress`` names the metrics the progress bar shows."""
 
   name: str
   init: Callable
@@ -81,12 +78,9 @@ class Settings:
 
 
 def run(settings: Settings, workdir: str, task: Task):
-  """Trains ``task`` for ``settings.num_train_steps`` in ``workdir``; returns the state.
-
-  Raises ``ConfigError`` (before anything is written), ``data.DataError``,
-  ``TrainingError`` (diverged; a file of the workdir cannot be written) and
-  ``checkpoint.CheckpointError``, each with a one-line message.
-  """
+  """Trains ``task`` in ``workdir``; returns the state. Raises ``ConfigError`` (before
+  anything is written), ``data.DataError``, ``TrainingError`` (diverged; cannot write)
+  and ``checkpoint.CheckpointError``, each with a one-line message."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     with contextlib.ExitStack() as stack:
@@ -99,19 +93,11 @@ def run(settings: Settings, workdir: str, task: Task):
 
 
 def abstract_state(task: Task, key):
-  """The state's shapes from tracing ``init``: networks that cannot be built (an
-  unsupported resolution, a bad keyword) or with empty arrays (``z_dim=0``) are a
-  one-line ``ConfigError`` before anything is written."""
+  """The state's shapes from tracing ``init``: networks that cannot be built or with
+  empty arrays (``z_dim=0``) are a one-line ``ConfigError`` before anything is written."""
   try:
     shapes = jax.eval_shape(task.init, key, *task.init_args)
-  except (
-      ValueError,
-      TypeError,
-      KeyError,
-      IndexError,
-      AssertionError,
-      ZeroDivisionError,
-  ) as e:
+  except _BUILD_ERRORS as e:
     raise ConfigError(
         f'{task.name}: the networks cannot be built with this config '
         f'({type(e).__name__}: {" ".join(str(e).split())[:300]})'
@@ -130,12 +116,9 @@ def _mesh(settings: Settings):
     mesh = parallel.make_mesh(settings.num_devices)
   except ValueError as e:
     raise ConfigError(f'config.num_devices: {e}') from None
-  if settings.batch_size % mesh.size or settings.batch_size % jax.process_count():
-    where = (
-        f' ({jax.process_count()} processes x {jax.local_device_count()} devices)'
-        if jax.process_count() > 1
-        else ''
-    )
+  n = jax.process_count()
+  if settings.batch_size % mesh.size or settings.batch_size % n:
+    where = f' ({n} processes x {jax.local_device_count()} devices)' if n > 1 else ''
     raise ConfigError(
         f'config.batch_size={settings.batch_size} must be a multiple of the '
         f'{mesh.size} devices{where}'
@@ -147,39 +130,8 @@ def _every(step: int, period: int, last: int) -> bool:
   return step % int(period) == 0 or step == last
 
 
-class _Clock:
-  """Training time: compilation (the first call of each phase), evaluation and saving
-  are excluded; ``seconds`` is summed over resumed runs."""
-
-  def __init__(self, seconds: float):
-    self.seconds, self.interval_steps, self.interval_seconds = seconds, 0, 0.0
-    self.start = time.perf_counter()
-
-  def exclude(self, fn):
-    """Runs ``fn()`` to completion off the clock."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    self.start += time.perf_counter() - t0
-    return out
-
-  def stop(self) -> None:
-    elapsed = time.perf_counter() - self.start
-    self.seconds += elapsed
-    self.interval_seconds += elapsed
-
-  def restart(self) -> None:
-    self.start = time.perf_counter()
-
-  def take_interval(self) -> dict:
-    """``steps_per_sec`` and ``images_per_sec`` factors of the interval, then resets."""
-    steps_, seconds = self.interval_steps, self.interval_seconds
-    self.interval_steps, self.interval_seconds = 0, 0.0
-    return {} if not steps_ else {'steps_per_sec': steps_ / max(seconds, 1e-9)}
-
-
 class _Run:
-  """One call of ``run``: setup in ``__init__``, then ``train``, which reads top to
-  bottom: restore, the hot loop, and the named boundary actions."""
+  """One call of ``run``: setup, then ``train`` (restore, hot loop, boundaries)."""
 
   def __init__(self, settings: Settings, workdir: str, task: Task, stack):
     self.settings, self.workdir, self.task, self.stack = settings, workdir, task, stack
@@ -193,18 +145,34 @@ class _Run:
     self.step_key = jax.device_put(
         np.asarray(jax.random.fold_in(root, 1)), self.state_sharding
     )
-    self.init = jax.jit(task.init, out_shardings=self.state_sharding)
+    # init runs once: LLVM's optimisation is most of its compile time, so skip it.
+    self.init = jax.jit(
+        task.init,
+        out_shardings=self.state_sharding,
+        compiler_options={'xla_backend_optimization_level': 0},
+    )
+    start = time.perf_counter()
     self.abstract = checkpoint.abstract(
         abstract_state(task, self.init_key), self.state_sharding
+    )
+    logging.info(
+        "Setup: the state's shapes traced in %.1f s", time.perf_counter() - start
     )
     self.ckpt_dir = os.path.join(workdir, 'checkpoints')
     resuming = os.path.isdir(self.ckpt_dir) and any(
         d.isdigit() for d in os.listdir(self.ckpt_dir)
     )
-    workdir_lib.prepare(workdir, settings.record, resuming, self.is_main)
+    if self.is_main:  # one run per workdir; process 0 holds it for the job
+      stack.enter_context(workdir_lib.Lock(workdir))
+    workdir_lib.prepare(
+        workdir,
+        settings.record,
+        resuming,
+        self.is_main,
+        recover=lambda: checkpoint.latest_config(self.ckpt_dir),
+    )
 
   def train(self):
-    """Restore or init, run the iterations, act at each boundary; returns the state."""
     settings, task, stack = self.settings, self.task, self.stack
     # From here on SIGTERM/SIGINT only set a flag: a signal during setup or compilation
     # stops the run after its first step, with a checkpoint.
@@ -219,7 +187,14 @@ class _Run:
           settings.num_train_steps,
       )
       return state
+    start_phases = time.perf_counter()
     phases = self._jit_phases(task.make_phases(state))
+    names = ', '.join(f'{p.name}/{p.interval}' for p, _ in phases)
+    logging.info(
+        'Setup: phases %s in %.1f s; compiling the first step',
+        names,
+        time.perf_counter() - start_phases,
+    )
     batches = self._batches(start)
     self.writer = MetricWriter(self.workdir, start, self.is_main)
     stack.callback(self.writer.close)
@@ -229,20 +204,29 @@ class _Run:
     self.best = self._best_trackers()
     self.guard = guards.Rollbacks(settings.divergence, int(self.meta.get('rollbacks', 0)))
     self.collapse = guards.CollapseWatch(settings.divergence)
-    self.pbar = stack.enter_context(self._progress_bar(start))
+    self.progress = stack.enter_context(
+        progress.Progress(
+            settings.num_train_steps,
+            start,
+            task.name,
+            ('images_per_sec', *task.progress),
+            enabled=self.is_main,
+            bar=settings.progress_bar,
+        )
+    )
     logging.info(
         '%s: %d devices, batch %d, phases %s, state of %d numbers',
         task.name,
         self.num_devices,
         settings.batch_size,
-        ', '.join(f'{p.name}/{p.interval}' for p, _ in phases),
+        names,
         sum(x.size for x in jax.tree.leaves(state) if hasattr(x, 'size')),
     )
-    # Phases whose first call (their compilation) comes after the first step, e.g. a
-    # lazy R1 phase after a resume: that call is not training time either.
+    # Phases first called (compiled) after the first step, e.g. a lazy one after a resume.
     uncompiled = {k for k, (p, _) in enumerate(phases) if start % p.interval}
     in_flight = collections.deque()
-    self.clock = _Clock(float(self.meta.get('train_seconds', 0.0)))
+    evaluators = [e for e in task.evaluators if e.every_steps]  # 0: off
+    self.clock = progress.Clock(float(self.meta.get('train_seconds', 0.0)))
     self.stopped_by, self.rolled_back_at = None, None
     done, num_steps = start, settings.num_train_steps
     for i in range(start, num_steps):
@@ -255,7 +239,7 @@ class _Run:
           jax.block_until_ready(in_flight.popleft())
       self.skipped += skipped
       done = i + 1
-      self.pbar.update(1)
+      self.progress.update()
       if i == start:  # compilation is not training time
         jax.block_until_ready(state)
         logging.info(
@@ -263,14 +247,11 @@ class _Run:
             time.perf_counter() - self.clock.start,
         )
         self.clock.restart()
+        self.progress.restart_eta(done)
       else:
         self.clock.interval_steps += 1
       at_log = _every(done, settings.log_every_steps, num_steps)
-      due = [
-          e
-          for e in task.evaluators
-          if e.every_steps and _every(done, e.every_steps, num_steps)
-      ]
+      due = [e for e in evaluators if _every(done, e.every_steps, num_steps)]
       # Every process stops at the same step (a collective, so only at log boundaries).
       if jax.process_count() == 1 or at_log:
         if parallel.any_process(self.stop.received is not None):
@@ -285,32 +266,34 @@ class _Run:
           break
     return self._finish(state, done)
 
-  # ---------------------------------------------------------------- setup pieces
-
   def _restore(self):
     """The latest intact checkpoint (state, step) and its bookkeeping, or step 0."""
+    start = time.perf_counter()
     restored = checkpoint.restore_latest(
         self.ckpt,
         self.abstract,
         lambda s: None if bool(guards.all_finite(s)) else 'non-finite values',
     )
     if restored is None:
-      state, start, meta, self.last_saved = (
-          self.init(self.init_key, *self.task.init_args),
-          0,
-          {},
-          None,
-      )
+      state = jax.block_until_ready(self.init(self.init_key, *self.task.init_args))
+      meta, self.last_saved = {}, None
+      logging.info('Setup: the state initialised in %.1f s', time.perf_counter() - start)
+      start = 0
     else:
       state, meta, _ = restored
+      took = time.perf_counter() - start
       start = self.last_saved = int(jax.device_get(state.step))
-      logging.info('Resumed from the checkpoint at step %d in %s', start, self.workdir)
+      logging.info(
+          'Setup: resumed from the checkpoint at step %d in %s (%.1f s)',
+          start,
+          self.workdir,
+          took,
+      )
     self.meta = {**meta, **self.task.meta}
-    # The metrics since the last log boundary, kept by the checkpoint so that the first
-    # interval logged after a resume is the uninterrupted run's.
+    # Metrics since the last log, so the first interval logged is the uninterrupted run's.
     self.history = list(self.meta.pop('pending_metrics', []))
-    # Each process counts the skips in its own slices; the checkpoint holds the sum
-    # over processes, which process 0 carries on.
+    self.meta.pop('digests', None)  # each checkpoint's own
+    # Skips counted per process; the checkpoint holds the sum, which process 0 carries on.
     self.skipped = int(self.meta.get('skipped_images', 0)) if self.is_main else 0
     return state, start
 
@@ -349,20 +332,6 @@ class _Run:
         best[id(e)] = tracker
     return best
 
-  def _progress_bar(self, start: int):
-    return tqdm.tqdm(
-        total=self.settings.num_train_steps,
-        initial=start,
-        unit='step',
-        dynamic_ncols=True,
-        desc=self.task.name,
-        smoothing=0.05,
-        mininterval=0.5 if sys.stderr.isatty() else 30,
-        disable=not (self.is_main and self.settings.progress_bar),
-    )
-
-  # ---------------------------------------------------------------- the hot path
-
   def _iterate(self, phases, uncompiled: set, state, batch, i: int):
     """Every phase due at iteration ``i``; nothing waits for the device (but a phase's
     first call, its compilation, which the clock excludes)."""
@@ -379,8 +348,6 @@ class _Run:
       metrics.update(m)
     return state, metrics
 
-  # ---------------------------------------------------------------- boundaries
-
   def _boundary(self, state, done: int, at_log: bool, due: list, at_ckpt: bool):
     """Divergence guard, then logging, evaluators (and best checkpoints), saving."""
     jax.block_until_ready(state)
@@ -395,7 +362,7 @@ class _Run:
       if values:
         values['train_seconds'] = self.clock.seconds
       self.writer.write_scalars(done, values)
-      self._show(values)
+      self.progress.show(values, done)
       if at_ckpt and self.last_saved != done:
         self._save(state, done)
     self.clock.restart()
@@ -407,11 +374,10 @@ class _Run:
     checkpoint.wait(self.ckpt)
     last_good = self.ckpt.latest_step()
     self.guard.decide(problem, done, last_good, self.ckpt_dir)
-    state = (
-        self.init(self.init_key, *self.task.init_args)
-        if last_good is None
-        else checkpoint.restore(self.ckpt, self.abstract, last_good)[0]
-    )
+    if last_good is None:
+      state = self.init(self.init_key, *self.task.init_args)
+    else:
+      state = checkpoint.restore(self.ckpt, self.abstract, last_good)[0]
     self.meta['rollbacks'] = self.guard.count
     self.writer.write_scalars(done, {'rollbacks': self.guard.count})
     self.history, self.clock.interval_steps, self.clock.interval_seconds = [], 0, 0.0
@@ -451,15 +417,10 @@ class _Run:
         )
     return values
 
-  def _show(self, values: dict) -> None:
-    shown = ('images_per_sec', *self.task.progress)
-    self.pbar.set_postfix(
-        {k: f'{values[k]:.3g}' for k in shown if k in values}, refresh=False
-    )
-
   def _save(self, state, done: int) -> None:
     meta = {
         **self.meta,
+        'config': self.settings.record.config,  # rebuilds a lost config.json
         'rollbacks': self.guard.count,
         'train_seconds': self.clock.seconds,
         'skipped_images': parallel.sum_over_processes(self.skipped),
@@ -479,17 +440,22 @@ class _Run:
           where,
       )
     elif self.rolled_back_at == done:
-      kept = (
-          f'checkpoint {where}/{self.last_saved}'
-          if self.last_saved
-          else 'the initial state'
-      )
+      kept = 'the initial state'
+      if self.last_saved:
+        kept = f'checkpoint {where}/{self.last_saved}'
       raise TrainingError(
           f'training diverged at step {done} and was rolled back to {kept}: no step after '
           f'{self.last_saved or 0} was kept, so the run did not finish. Lower the learning '
           'rates'
       )
     else:
+      cache = compile_cache.counts()
+      if cache['hits'] or cache['misses']:
+        logging.info(
+            'Compilation cache: %d programs loaded, %d compiled',
+            cache['hits'],
+            cache['misses'],
+        )
       logging.info(
           'Finished %d steps (%.1f s of training steps); checkpoint at step %s in %s',
           done,

@@ -1,7 +1,5 @@
-"""A clu-style metric writer: ``metrics.jsonl`` plus TensorBoard events, on process 0.
-
-Every other process gets a writer that does nothing, so callers need no ``if``.
-"""
+"""A clu-style metric writer: ``metrics.jsonl`` plus TensorBoard events on process 0, a
+writer that does nothing on the others (callers need no ``if``)."""
 
 from __future__ import annotations
 
@@ -10,6 +8,7 @@ import os
 
 import jax
 import numpy as np
+import tensorboardX
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -24,9 +23,9 @@ class MetricWriter:
       return
     self.path = os.path.join(workdir, METRICS_FILE)
     self._truncate(start_step)
-    from tensorboardX import SummaryWriter
-
-    self._tb = SummaryWriter(logdir=workdir, purge_step=start_step or None, flush_secs=30)
+    self._tb = tensorboardX.SummaryWriter(
+        logdir=workdir, purge_step=start_step or None, flush_secs=30
+    )
 
   def _truncate(self, start_step: int) -> None:
     """Drops lines logged after the checkpoint we resume from (a crash's leftovers)."""
@@ -80,10 +79,6 @@ def reduce_metrics(history: list) -> dict:
   out = {}
   for k in dict.fromkeys(k for h in history for k in h):
     values = np.asarray([h[k] for h in history if k in h], np.float64)
-    if k.endswith('_min'):
-      out[k] = float(values.min())
-    elif k.endswith('_max'):
-      out[k] = float(values.max())
-    else:
-      out[k] = float(values.mean())
+    reduce = np.min if k.endswith('_min') else np.max if k.endswith('_max') else np.mean
+    out[k] = float(reduce(values))
   return out

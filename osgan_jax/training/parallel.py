@@ -1,9 +1,6 @@
-"""Device mesh, shardings and multi-host setup for data-parallel training.
-
-One ``'data'`` mesh axis (batch split, state replicated) under plain ``jax.jit``, so a
-step computes what it computes on one device; ``initialize`` joins the processes of a
-multi-host run. Details and environment variables: ``docs/multihost.md``.
-"""
+"""Device mesh, shardings and multi-host setup for data-parallel training: one
+``'data'`` axis (batch split, state replicated) under plain ``jax.jit``
+(``docs/multihost.md``)."""
 
 from __future__ import annotations
 
@@ -19,6 +16,7 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from osgan_jax.config import ConfigError
+from osgan_jax.training import host_memory
 
 DATA_AXIS = 'data'
 MULTIHOST_ENV = 'OSGAN_MULTIHOST'
@@ -38,8 +36,8 @@ def multihost_requested(multihost: bool = False) -> bool:
 
 
 def explicit_cluster() -> dict | None:
-  """``jax.distributed.initialize`` arguments from ``$OSGAN_COORDINATOR`` & co., or
-  None when ``$OSGAN_COORDINATOR`` is unset. ``ConfigError`` for malformed values."""
+  """``jax.distributed.initialize`` arguments from ``$OSGAN_COORDINATOR`` & co. (None
+  when it is unset); ``ConfigError`` for malformed values."""
   address = os.environ.get(COORDINATOR_ENV, '').strip()
   if not address:
     return None
@@ -49,9 +47,8 @@ def explicit_cluster() -> dict | None:
     timeout = int(os.environ.get(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT))
   except ValueError:
     raise ConfigError(
-        f'${COORDINATOR_ENV}={address} is set, so ${NUM_PROCESSES_ENV} '
-        f'and ${PROCESS_ID_ENV} must be integers (and ${INIT_TIMEOUT_ENV} '
-        'if set)'
+        f'${COORDINATOR_ENV}={address} is set, so ${NUM_PROCESSES_ENV} and '
+        f'${PROCESS_ID_ENV} must be integers (and ${INIT_TIMEOUT_ENV} if set)'
     ) from None
   if not 0 <= pid < num or timeout <= 0:
     raise ConfigError(
@@ -74,11 +71,8 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def wait_for_coordinator(address: str, timeout: float) -> None:
-  """Polls ``address`` until it accepts a TCP connection.
-
-  JAX aborts the whole process (no Python exception) when it cannot reach the
-  coordinator in time; this turns that case into a ``ConfigError`` naming it.
-  """
+  """Polls ``address`` until it accepts a TCP connection, else a ``ConfigError``: JAX
+  aborts the whole process, with no Python exception, when it cannot reach it in time."""
   host, port = _host_port(address)
   deadline = time.monotonic() + timeout
   while True:
@@ -101,39 +95,35 @@ def check_port_free(address: str) -> None:
   (in use, e.g. by an earlier run): JAX crashes without a message there."""
   _, port = _host_port(address)
   try:
-    if socket.has_dualstack_ipv6():  # JAX listens on [::]:port
-      server = socket.create_server(
-          ('', port), family=socket.AF_INET6, dualstack_ipv6=True
-      )
-    else:
-      server = socket.create_server(('', port))
-    server.close()
+    dual = socket.has_dualstack_ipv6()  # JAX listens on [::]:port
+    family = socket.AF_INET6 if dual else socket.AF_INET
+    socket.create_server(('', port), family=family, dualstack_ipv6=dual).close()
   except OSError as e:
     raise ConfigError(
-        f'cannot serve the coordinator on port {port} of {address} '
-        f'({type(e).__name__}: {e}); is an earlier run still using it? '
-        f'(${COORDINATOR_ENV})'
+        f'cannot serve the coordinator on port {port} of {address} ({type(e).__name__}: '
+        f'{e}); is an earlier run still using it? (${COORDINATOR_ENV})'
     ) from None
 
 
 def initialize(multihost: bool = False) -> bool:
-  """Joins the processes of a multi-process run (once); returns whether it did.
-
-  ``$OSGAN_COORDINATOR`` & co. (``osgan_jax.launch`` sets them) give the coordinator,
-  process count and id; else ``multihost`` / ``$OSGAN_MULTIHOST`` asks JAX to detect
-  the cluster (TPU pods, SLURM, ...). Must run before anything else touches JAX's
-  backends. On CPU the cross-process collectives are gloo's.
-  """
+  """Joins the processes of a multi-process run (once; before anything else touches
+  JAX's backends) from ``$OSGAN_COORDINATOR`` & co., else, if ``multihost`` or
+  ``$OSGAN_MULTIHOST``, from the cluster JAX detects; returns whether it did."""
   global _initialized
   cluster = explicit_cluster()
   if _initialized or (cluster is None and not multihost_requested(multihost)):
     return False
-  from osgan_jax.training import host_memory
-
   if host_memory.cpu_only():
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if cluster is None:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise ConfigError(
+          f'config.multihost=True (or ${MULTIHOST_ENV}=1) but JAX found no cluster '
+          f'({" ".join(str(e).split())}): run on a TPU pod or SLURM, or set '
+          f'${COORDINATOR_ENV}, ${NUM_PROCESSES_ENV} and ${PROCESS_ID_ENV}'
+      ) from None
   else:
     start, address = time.monotonic(), cluster['coordinator_address']
     if cluster['process_id'] == 0:  # process 0 serves the coordinator itself
@@ -154,11 +144,8 @@ def initialize(multihost: bool = False) -> bool:
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D ``('data',)`` mesh over all devices, or the first ``num_devices``.
-
-  The axis is ``AxisType.Auto`` (GSPMD propagation), not ``jax.make_mesh``'s default
-  ``Explicit``, so model code needs no sharding annotations.
-  """
+  """A 1-D ``('data',)`` mesh over all devices, or the first ``num_devices``; the axis is
+  ``AxisType.Auto``, not ``jax.make_mesh``'s ``Explicit``: models need no annotations."""
   devices = jax.devices()
   if num_devices:
     if not 0 < num_devices <= len(devices):
@@ -200,8 +187,7 @@ def any_process(flag: bool) -> bool:
   """Whether ``flag`` is set on any process (a collective when multi-host)."""
   if jax.process_count() == 1:
     return bool(flag)
-  flags = multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))
-  return bool(np.any(flags))
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
 
 
 def sum_over_processes(value: int) -> int:
@@ -212,21 +198,18 @@ def sum_over_processes(value: int) -> int:
 
 
 def check_same_config(text: str) -> None:
-  """``ConfigError`` unless every process runs the same config (a collective).
-
-  Processes that disagree (a different override on one host) would otherwise train
-  different things in lockstep, or hang in a collective one of them never reaches.
-  """
+  """``ConfigError`` unless every process runs the same config (a collective): else they
+  would train different things in lockstep, or hang in a collective."""
   if jax.process_count() == 1:
     return
   digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
   digests = np.asarray(multihost_utils.process_allgather(digest))
   differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
   if differ:
+    listed = ', '.join(map(str, differ))
     raise ConfigError(
-        f'the config differs between processes: process(es) '
-        f'{", ".join(map(str, differ))} run another config than process 0; '
-        'start every process with the same command and overrides'
+        f'the config differs between processes: process(es) {listed} run another config '
+        'than process 0; start every process with the same command and overrides'
     )
 
 

@@ -1,5 +1,5 @@
-"""What keeps the device busy and the run stoppable: batches prefetched to the devices
-from a thread, and SIGTERM/SIGINT turned into a flag the loop checks between steps."""
+"""Batches prefetched to the devices from a thread, and SIGTERM/SIGINT turned into a flag
+the loop checks between steps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ PREFETCH_DEPTH = 2
 
 
 class StopOnSignal:
-  """SIGTERM/SIGINT set ``received``; a second SIGINT raises KeyboardInterrupt (Ctrl-C
-  twice aborts without saving). Installs handlers in the main thread only."""
+  """SIGTERM/SIGINT set ``received`` (handlers in the main thread only); a second SIGINT
+  raises KeyboardInterrupt: Ctrl-C twice aborts without saving."""
 
   def __init__(self):
     self.received, self._previous = None, {}
@@ -32,10 +32,8 @@ class StopOnSignal:
       raise KeyboardInterrupt
     self.received = signal.Signals(signum).name
     # No logging here (its locks are not reentrant): a plain write is signal-safe.
-    os.write(
-        2,
-        f'\n{self.received} received: saving a checkpoint after this step, then stopping\n'.encode(),
-    )
+    what = 'saving a checkpoint after this step, then stopping'
+    os.write(2, f'\n{self.received} received: {what}\n'.encode())
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -44,11 +42,8 @@ class StopOnSignal:
 
 
 class DevicePrefetch:
-  """Host batches -> global device arrays, ``depth`` ahead, from a thread.
-
-  Yields ``(batch, skipped)``: the number of unreadable images the data source
-  replaced in that batch travels with it, so counts stay exact despite the lead.
-  """
+  """Host batches -> global device arrays, ``depth`` ahead, from a thread; yields
+  ``(batch, skipped)``, the unreadable images the source replaced in that batch."""
 
   def __init__(self, it, sharding, depth: int = PREFETCH_DEPTH):
     self._it, self._sharding = it, sharding
