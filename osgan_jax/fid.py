@@ -1,11 +1,6 @@
-"""FID / KID between two image folders or statistics files, offline:
-
-    python -m osgan_jax.fid --real PATH --fake PATH [--kid] [--batch-size N]
-                            [--save-stats OUT.npz [--with-features]] [--weights FILE]
-
-Prints one JSON line ``{"fid", "kid_mean", "kid_std", "n_real", "n_fake"}``; errors are
-one line and exit 2. Inputs, protocol and output: ``docs/fid.md``.
-"""
+"""FID / KID between two image folders or statistics files, offline: ``python -m
+osgan_jax.fid --real PATH --fake PATH [--kid] [--save-stats OUT.npz]`` prints one JSON
+line; errors are one line and exit 2 (``docs/fid.md``)."""
 
 from __future__ import annotations
 
@@ -56,6 +51,9 @@ def _compare(args) -> int:
     raise cli.CommandError('--fake is required unless --save-stats is given', 2)
   if batch_size < 1:
     raise cli.CommandError(f'--batch-size must be >= 1, got {batch_size}', 2)
+  for name in ('kid-subsets', 'kid-subset-size'):
+    if F[name].value < 1:
+      raise cli.CommandError(f'--{name} must be >= 1, got {F[name].value}', 2)
   for name, path in (('real', real), ('fake', fake)):
     if path is not None and not os.path.exists(path):
       raise cli.CommandError(f'--{name}: {path} does not exist', 2)
@@ -73,6 +71,12 @@ def _compare(args) -> int:
     )
   except folders.InputError as e:
     raise cli.CommandError(str(e), 2) from None
+  from osgan_jax.metrics import fid as fid_lib  # lazy: --help loads no JAX
+
+  for kid in (False, True) if F.kid else (False,):
+    warning = fid_lib.sample_size_warning(result['n_real'], result['n_fake'], kid=kid)
+    if warning and fake is not None:
+      print(f'warning: {warning}', file=sys.stderr)
   if F.kid and fake is not None and result['kid_mean'] is None:
     print(
         'warning: KID needs features; a statistics file without them gives null',

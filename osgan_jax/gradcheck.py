@@ -1,12 +1,7 @@
-"""Is one-stage training exact for my loss and discriminator? A diagnostic command:
-
-    python -m osgan_jax.gradcheck --loss hinge --disc batchnorm [--mode exact|approx] \
-        [--seed N] [--x64] [--logits normal|extreme|huge|zero] [--penalty none|r1|...] \
-        [--emulate none|tf32|bf16]
-
-Prints one JSON line (``osgan_jax.core.exactness.check``) and exits 0 when one-stage is
-exact, 1 when not, 2 for bad arguments (``docs/exactness.md``).
-"""
+"""Is one-stage training exact for my loss and discriminator? ``python -m
+osgan_jax.gradcheck --loss hinge --disc batchnorm [...]`` prints one JSON line
+(``core.exactness.check``); exit 0 when exact, 1 when not, 2 for bad arguments
+(``docs/exactness.md``)."""
 
 from __future__ import annotations
 
@@ -43,8 +38,7 @@ flags.DEFINE_string(
 
 def _check(args) -> int:
   del args
-  # Lazy: --help and flag errors load no JAX.
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top  (lazy: --help loads no JAX)
 
   from osgan_jax.core import exactness, losses, one_stage, precision, toy_networks
 

@@ -1,9 +1,6 @@
-"""Runs one multi-process JAX job on this machine: N copies of a command, joined.
-
-What every host of a cluster does, on one machine, so the multi-process code paths run
-and are tested without one: ``python -m osgan_jax.launch --num_processes=N
-[--devices_per_process=K] -- COMMAND``. Flags, signals, exit status: docs/multihost.md.
-"""
+"""Runs N copies of a command as the processes of one JAX job on this machine, so the
+multi-process code paths run without a cluster: ``python -m osgan_jax.launch
+--num_processes=N [--devices_per_process=K] -- COMMAND`` (``docs/multihost.md``)."""
 
 from __future__ import annotations
 
@@ -37,10 +34,8 @@ def child_env(
   env[parallel.PROCESS_ID_ENV] = str(process_id)
   env['PYTHONUNBUFFERED'] = '1'  # lines arrive as they are printed
   if devices_per_process:
-    flags = re.sub(rf'{_DEVICE_COUNT_FLAG}=\S*', '', env.get('XLA_FLAGS', ''))
-    env['XLA_FLAGS'] = ' '.join(
-        [*flags.split(), f'{_DEVICE_COUNT_FLAG}={devices_per_process}']
-    )
+    flags = re.sub(rf'{_DEVICE_COUNT_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
+    env['XLA_FLAGS'] = ' '.join([*flags, f'{_DEVICE_COUNT_FLAG}={devices_per_process}'])
     env['JAX_PLATFORMS'] = 'cpu'
   return env
 
@@ -84,14 +79,11 @@ class Launch:
     self.grace = float(grace_seconds)
     lock = threading.Lock()
     self.procs, self.threads = [], []
+    piped = subprocess.PIPE
     for i in range(num_processes):
       env = child_env(os.environ, self.coordinator, num_processes, i, devices_per_process)
       proc = subprocess.Popen(
-          command,
-          env=env,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          start_new_session=True,
+          command, env=env, stdout=piped, stderr=piped, start_new_session=True
       )
       self.procs.append(proc)
       _say(
@@ -181,9 +173,12 @@ def _launch(command) -> int:
     raise cli.CommandError(
         '--num_processes must be >= 1 and --devices_per_process >= 0', 2
     )
-  launch = Launch(
-      command, _NUM_PROCESSES.value, _DEVICES.value, _GRACE.value, _PORT.value
-  )
+  try:
+    launch = Launch(
+        command, _NUM_PROCESSES.value, _DEVICES.value, _GRACE.value, _PORT.value
+    )
+  except OSError as e:  # the command cannot be started
+    raise cli.CommandError(f'cannot start {command[0]}: {e.strerror or e}') from None
   previous = {
       sig: signal.signal(sig, lambda signum, _: launch.signal_all(signum))
       for sig in (signal.SIGINT, signal.SIGTERM)
@@ -198,10 +193,10 @@ def _launch(command) -> int:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  if any(a in cli.HELP_FLAGS for a in argv[: argv.index('--') if '--' in argv else None]):
+  split = argv.index('--') if '--' in argv else len(argv)
+  options, command = argv[:split], argv[split + 1 :]
+  if any(a in cli.HELP_FLAGS for a in options):
     return COMMAND.run(lambda args: 0, ['--help'])
-  command = argv[argv.index('--') + 1 :] if '--' in argv else []
-  options = argv[: argv.index('--')] if '--' in argv else argv
   if not command:
     return COMMAND.report(
         'give the command after -- (--help shows the usage)', cli.USAGE_STATUS

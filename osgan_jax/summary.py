@@ -1,13 +1,10 @@
-"""Parameter tables of a config's networks, with no real memory:
-``python -m osgan_jax.summary --config=configs/stylegan2_ffhq.py [--verbose]``.
-
-The networks are those ``osgan_jax.main`` trains with the same config and overrides;
-the last line is one JSON object of the totals (``docs/models.md``)."""
+"""Parameter tables of the networks ``osgan_jax.main`` trains with a config, with no real
+memory: ``python -m osgan_jax.summary --config=configs/NAME.py [--verbose]``; the last
+line is one JSON object of the totals (``docs/models.md``)."""
 
 from __future__ import annotations
 
 import sys
-
 from typing import Dict, Optional
 
 from absl import flags
@@ -75,6 +72,18 @@ def main(args) -> int:
   del args
   if _CONFIG.value is None:
     raise cli.CommandError('--config is required (--help lists the flags)', 2)
+  if _BATCH.value < 1:
+    raise cli.CommandError(f'--batch_size must be >= 1, got {_BATCH.value}', 2)
+  for name, depth in (('g_depth', _G_DEPTH.value), ('d_depth', _D_DEPTH.value)):
+    if depth is not None and depth < 1:
+      raise cli.CommandError(f'--{name} must be >= 1, got {depth}', 2)
+  from osgan_jax import config as config_lib  # lazy: --help loads no JAX
+
+  config_lib.validate(_CONFIG.value)
+  if _CONFIG.value.z_dim == 0 and not _CONFIG.value.num_classes:
+    raise config_lib.ConfigError(
+        'config.z_dim must be positive: the generator has no input'
+    )
   summarize_config(
       _CONFIG.value,
       batch_size=_BATCH.value,
@@ -88,7 +97,5 @@ def main(args) -> int:
 if __name__ == '__main__':
   from osgan_jax.config import ConfigError
 
-  # Bad keys and sizes: what the networks' constructors raise.
-  raise SystemExit(
-      COMMAND.run(main, errors=(ConfigError, OSError, ValueError, TypeError))
-  )
+  errors = (ConfigError, OSError, ValueError, TypeError)  # what bad keys and sizes raise
+  raise SystemExit(COMMAND.run(main, errors=errors))

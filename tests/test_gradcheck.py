@@ -114,6 +114,9 @@ def _cli(*args):
   )
 
 
+# slow: the emulated verdict is test_reduced_precision_is_reported_and_the_verdict_stays_exact's,
+# the command's JSON and exit status test_gradcheck_command_reports_json_and_exit_status's.
+@pytest.mark.slow
 def test_command_emulates_tf32_and_exits_0():
   run = _cli('--loss', 'non_saturating', '--disc', 'conv', '--emulate', 'tf32')
   assert run.returncode == 0, run.stderr

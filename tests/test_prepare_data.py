@@ -15,8 +15,8 @@ from osgan_jax import prepare_data
 from osgan_jax.data import DataError
 
 from test_data import _idx_dir
+from helpers import REPO  # pylint: disable=import-error
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = (data.PREPARED_IMAGES, data.PREPARED_LABELS, data.PREPARED_META)
 
 
@@ -92,12 +92,12 @@ def _one_line_error(proc, *needles, status=1):
 
 
 def _cli(*args):
-  env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
   return subprocess.run(
       [sys.executable, "-m", "osgan_jax.prepare_data", *args],
       capture_output=True,
       text=True,
-      cwd=ROOT,
+      cwd=REPO,
       env=env,
       timeout=120,
   )

@@ -1,9 +1,5 @@
-"""Crash-safe file writes for the prepared format's writer.
-
-A preparation is killed at any moment (Ctrl-C, kill -9, a crash) and resumed later, so
-each write is either whole or absent: JSON files are replaced atomically, pixel chunks
-are written in full and flushed before anything records them.
-"""
+"""Crash-safe file writes for the prepared format's writer, which may be killed at any
+moment and resumed: each write is whole or absent."""
 
 from __future__ import annotations
 
@@ -23,7 +19,7 @@ def read_json(path: str) -> Optional[dict]:
 
 
 def write_json_atomic(path: str, value: dict) -> None:
-  """Writes tmp, fsyncs, renames: a reader sees the old file or the new one, never a torn one."""
+  """Writes tmp, fsyncs, renames: readers see the old or the new file, never a torn one."""
   tmp = f"{path}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(value, f, indent=1, sort_keys=True)
@@ -62,7 +58,7 @@ def pread_all(fd: int, size: int, offset: int) -> bytes:
 
 
 def open_sized(path: str, size: int, keep: bool) -> int:
-  """fd of `path`, emptied unless `keep`, then sized to `size` bytes (sparse until written)."""
+  """fd of `path`, emptied unless `keep`, sized to `size` bytes (sparse until written)."""
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   if not keep:
     os.ftruncate(fd, 0)

@@ -39,7 +39,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
 def fit(
     img: Image.Image, resolution: int, center_crop: int, resample: int
 ) -> Image.Image:
-  """Optional centre crop, then the centred square of side min(h, w) resized to resolution."""
+  """Optional centre crop, then the centred min(h, w) square resized to resolution."""
   w, h = img.size
   left, top, right, bottom = 0, 0, w, h
   if center_crop > 0:
@@ -65,7 +65,7 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
 
 
 def _resize_rows(images: np.ndarray, width: int, resample: int) -> np.ndarray:
-  """PIL horizontal resampling pass of uint8 [N, H, W] -> [N, H, width] on one tall image."""
+  """One PIL horizontal pass, uint8 [N, H, W] -> [N, H, width], on one tall image."""
   n, h, w = images.shape
   tall = Image.fromarray(np.ascontiguousarray(images).reshape(n * h, w), "L")
   return np.asarray(tall.resize((width, n * h), resample)).reshape(n, h, width)
@@ -74,12 +74,10 @@ def _resize_rows(images: np.ndarray, width: int, resample: int) -> np.ndarray:
 def resize_uint8(
     images: np.ndarray, resolution: int, resample: int = Image.BILINEAR
 ) -> np.ndarray:
-  """Resizes uint8 [N, H, W] images to [N, R, R], bit-identical to per-image PIL ``resize``.
+  """uint8 [N, H, W] -> [N, R, R], bit-identical to per-image PIL ``resize``.
 
-  PIL resamples separably (a horizontal pass into a uint8 image, then a vertical
-  pass). Running each pass over many images stacked into one tall image gives
-  exactly the same pixels as resizing image by image, at a fraction of the
-  Python overhead; chunks run in a thread pool (PIL releases the GIL).
+  PIL resamples separably, so each pass runs on the images stacked into one tall
+  image (little Python overhead), in chunks on a thread pool (PIL releases the GIL).
   """
   n, h, w = images.shape
   if h == resolution and w == resolution:

@@ -20,22 +20,18 @@ from osgan_jax.data.sources import DataConfig, OpenedSource
 
 _MAX_STEPS = 2**62
 
-# The host path's formula for each of the 256 pixel values. Looking them up keeps
-# the device result bit-identical to it: compiled, ``x * s - 1`` may become one
-# fused multiply-add that rounds once instead of twice (XLA:CPU does this; 255
-# then maps to 1.0000001).
+# The host formula per pixel value: a lookup keeps the device bit-identical, where
+# ``x * s - 1`` may compile to one FMA (XLA:CPU then maps 255 to 1.0000001).
 _UINT8_TO_FLOAT = np.arange(256, dtype=np.uint8).astype(np.float32) * np.float32(
     1.0 / 127.5
 ) - np.float32(1.0)
 
 
 def to_float(batch: dict) -> dict:
-  """``batch`` with a uint8 ``'image'`` mapped to float32 in [-1, 1]; anything else unchanged.
+  """``batch`` with a uint8 ``'image'`` as float32 in [-1, 1]; anything else unchanged.
 
-  For ``make_iterator(..., image_dtype='uint8')`` batches: under ``jax.jit`` the
-  conversion runs on the device and gives exactly the ``image_dtype='float32'``
-  batch, ``x.astype(float32) * float32(1 / 127.5) - float32(1)``, whatever the
-  backend fuses. The output keeps the image's sharding.
+  Under ``jax.jit`` it gives exactly the ``image_dtype='float32'`` batch, whatever the
+  backend fuses, and keeps the image's sharding.
   """
   image = batch.get("image") if isinstance(batch, Mapping) else None
   if image is None or image.dtype != np.uint8:
@@ -84,7 +80,7 @@ class _MakeBatch:
 
 
 class BatchIterator:
-  """Infinite iterator of host batches; `.step` is the next global batch, `.skipped` a counter."""
+  """Endless host batches; `.step`: the next global batch, `.skipped`: images replaced."""
 
   def __init__(self, dataset, start_step: int, info: dict):
     self._dataset = dataset
@@ -111,12 +107,8 @@ class BatchIterator:
 
 
 def _ignore_sigint(worker_index: int, worker_count: int) -> None:
-  """Grain workers leave Ctrl-C to the main process, which stops them.
-
-  A terminal's Ctrl-C reaches the whole process group: workers killed by it
-  mid-batch would turn the main process's clean stop (a checkpoint, a resume
-  message) into a "worker terminated unexpectedly" crash.
-  """
+  """Grain workers leave Ctrl-C (sent to the whole group) to the main process, which
+  stops them: killed mid-batch, they would turn its clean stop into a crash."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -131,11 +123,7 @@ def iterate_source(
     process_count: int = 1,
     image_dtype: str = "float32",
 ) -> BatchIterator:
-  """Batches ``start_step, start_step + 1, ...`` of an opened source (arguments unchecked).
-
-  ``make_iterator`` validates its arguments and calls this; ``prepared.prepare``
-  calls it directly on the source it is writing.
-  """
+  """Batches ``start_step, start_step + 1, ...`` of an opened source; args unchecked."""
   # Lazy: grain costs a noticeable import and defines absl flags, which the commands
   # that import the data layer should not get before they parse their own.
   import grain

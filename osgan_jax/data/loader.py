@@ -18,11 +18,7 @@ def make_source(cfg: DataConfig) -> OpenedSource:
 
 
 def dataset_info(data_config) -> dict:
-  """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'} without decoding pixels.
-
-  ``resolution``/``channels`` describe the output (what the iterator yields);
-  ``num_classes`` is 0 for unlabeled data.
-  """
+  """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'}; no decoding."""
   cfg = DataConfig(data_config)
   if cfg.name != "prepared":
     return source_info(cfg)
@@ -48,14 +44,9 @@ def make_iterator(
 ) -> BatchIterator:
   """Yields {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} forever.
 
-  image_dtype='uint8' yields the raw uint8 pixels instead, for the training
-  loop to convert on the device with `to_float`.
-
-  b = batch_size // process_count (this host's share: the contiguous slice
-  process_index of the global batch). Deterministic in (seed, step): the
-  iterator started at start_step=k yields exactly the batches an iterator
-  started at 0 yields from its k-th batch on. Raises DataError for missing or
-  unusable data and ValueError for bad arguments.
+  image_dtype='uint8': the raw pixels, for `to_float` on the device. b is this host's
+  share, batch_size // process_count; batch k is a pure function of (seed, k). Raises
+  DataError for unusable data, ValueError for bad arguments (docs/data.md).
   """
   if batch_size <= 0 or process_count <= 0 or batch_size % process_count:
     raise ValueError(

@@ -36,6 +36,8 @@ PREPARED_VERSION = 1
 PREPARED_META = "meta.json"
 PREPARED_IMAGES = "images.u8"
 PREPARED_LABELS = "labels.i32"
+BLOCK_BYTES = 4 << 20  # the image array is checksummed in blocks of this size
+VERIFY_ALL_BYTES = 256 << 20  # smaller arrays are checked whole on every load
 PREPARED_PROGRESS = "progress.json"
 _PREPARED_KEYS = {
     "format": str,
@@ -53,15 +55,25 @@ _PREPARED_KEYS = {
 }
 
 
-def prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) -> str:
-  """sha256 of the header fields (all but the checksum), the first and last image and all labels.
+def block_digests(path: str, block: int = BLOCK_BYTES, which=None) -> list:
+  """sha256 (16 hex digits) of each ``block``-byte block of a file (or of the blocks
+  numbered in ``which``)."""
+  size = file_size(path) or 0
+  count = -(-size // block)
+  out = []
+  with open(path, "rb") as f:
+    for i in range(count) if which is None else which:
+      f.seek(i * block)
+      out.append(hashlib.sha256(f.read(block)).hexdigest()[:16])
+  return out
 
-  Cheap enough to check at every start, unlike hashing gigabytes of pixels; it
-  catches an edited header, a swapped or regenerated images file and changed
-  labels (a truncated file is caught by its size).
-  """
+
+def prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) -> str:
+  """sha256 of the header fields (but the checksum), first and last image, all labels."""
   h = hashlib.sha256()
-  fields = {k: v for k, v in header.items() if k != "checksum"}
+  fields = {
+      k: v for k, v in header.items() if k not in ("checksum", "blocks", "block_bytes")
+  }
   h.update(json.dumps(fields, sort_keys=True).encode())
   for part in (first, last, labels):
     h.update(len(part).to_bytes(8, "little"))
@@ -69,7 +81,26 @@ def prepared_checksum(header: dict, first: bytes, last: bytes, labels: bytes) ->
   return "sha256:" + h.hexdigest()
 
 
-# --------------------------------------------------------------------------- reading
+def check_blocks(directory: str, meta: dict, everything: bool = False) -> None:
+  """The image array against meta.json's block checksums: all of it when it is small
+  (or ``everything``), else a random sample of blocks on each load. Preparations from
+  before block checksums have none to check."""
+  recorded = meta.get("blocks")
+  if not recorded:
+    return
+  path = os.path.join(directory, PREPARED_IMAGES)
+  block = int(meta.get("block_bytes", BLOCK_BYTES))
+  if everything or (file_size(path) or 0) <= VERIFY_ALL_BYTES:
+    which = list(range(len(recorded)))
+  else:
+    which = sorted(np.random.default_rng().choice(len(recorded), 8, replace=False))
+  for i, digest in zip(which, block_digests(path, block, which)):
+    if digest != recorded[i]:
+      raise DataError(
+          f"{path}: bytes {i * block}-{(i + 1) * block - 1} do not match their checksum "
+          f"(corrupted); delete {directory} and write it again with "
+          f"`{prepare_command(meta['spec'], directory)}`"
+      )
 
 
 def _no_meta_error(directory: str, generic: str) -> DataError:
@@ -141,7 +172,7 @@ def _check_shape(cfg: DataConfig, meta: dict) -> None:
 
 
 def read_meta(cfg: DataConfig) -> dict:
-  """meta.json of the prepared directory ``data.path``, checked against the file sizes and the config."""
+  """meta.json of ``data.path``, checked against the file sizes and the config."""
   d = cfg.path
   generic = (
       f"python -m osgan_jax.prepare_data --source=SOURCE --resolution={cfg.resolution} "
@@ -166,7 +197,7 @@ def read_meta(cfg: DataConfig) -> dict:
 
 
 class PreparedSource:
-  """Memory-mapped uint8 [N, R, R, C] images of a prepared directory: a batch is one gather, no decoding."""
+  """Memory-mapped uint8 [N, R, R, C] prepared images: a batch is one gather."""
 
   def __init__(self, directory: str, meta: dict):
     self.directory = directory
@@ -212,22 +243,20 @@ class PreparedSource:
 
 
 def open_prepared(cfg: DataConfig) -> OpenedSource:
-  """The checked (header, sizes, checksum) prepared directory ``data.path``."""
+  """The checked (header, sizes, checksums) prepared directory ``data.path``."""
   source = PreparedSource(cfg.path, read_meta(cfg))
   source.verify()
+  check_blocks(cfg.path, source.meta)
   return OpenedSource(source, "prepared", source.meta["num_classes"])
 
 
-# --------------------------------------------------------------------------- writing
-
-
 def read_progress(out: str) -> dict:
-  """progress.json of an unfinished preparation in `out` ({} if none): ``done`` of ``num_examples``."""
+  """progress.json of an unfinished preparation in `out`, {} if none."""
   return read_json(os.path.join(out, PREPARED_PROGRESS)) or {}
 
 
 def _finished(out: str, spec: dict) -> Optional[dict]:
-  """meta.json of a finished preparation of `spec` in `out` (checked), or None if there is none."""
+  """meta.json of a finished preparation of `spec` in `out`, checked; None if none."""
   meta_path = os.path.join(out, PREPARED_META)
   if not os.path.exists(meta_path):
     return None
@@ -247,7 +276,7 @@ def _finished(out: str, spec: dict) -> Optional[dict]:
 
 
 def _unfinished(out: str, spec: dict) -> Optional[dict]:
-  """progress.json of an unfinished preparation of `spec` in `out`, or None if there is none."""
+  """progress.json of an unfinished preparation of `spec` in `out`; None if none."""
   progress_path = os.path.join(out, PREPARED_PROGRESS)
   if not os.path.exists(progress_path):
     return None
@@ -286,11 +315,7 @@ def _resume_point(progress: Optional[dict], n: int, batch: int, out: str) -> tup
 
 
 class _ChunkWriter:
-  """The images and labels files of one preparation, written in place chunk by chunk.
-
-  Each chunk is flushed before progress.json (replaced atomically) records it, so
-  a rerun continues after the last recorded chunk.
-  """
+  """The images and labels files of one preparation, written in place chunk by chunk."""
 
   def __init__(self, out: str, spec: dict, n: int, batch: int, progress: Optional[dict]):
     self.spec, self.n = spec, n
@@ -339,10 +364,9 @@ def _write_rest(
     progress_bar: bool,
     on_chunk: Optional[Callable[[int], None]],
 ) -> tuple:
-  """Writes images [writer.done, n) in order under a progress bar, then closes the files.
+  """Writes images [writer.done, n) in order, closes the files; the checksum parts.
 
-  Whole chunks come from the iterator, the rest from one direct load_batch;
-  ``on_chunk(done)`` runs after each chunk is recorded. Returns the checksum parts.
+  ``on_chunk(done)`` runs after each chunk is recorded.
   """
   n, batch = writer.n, writer.batch
   whole = n - n % batch
@@ -410,6 +434,9 @@ def _write_header(
       "skipped": skipped,
   }
   meta["checksum"] = prepared_checksum(meta, *parts)
+  # From the file as written and synced: each load checks the blocks against these.
+  meta["block_bytes"] = BLOCK_BYTES
+  meta["blocks"] = block_digests(os.path.join(out, PREPARED_IMAGES))
   write_json_atomic(os.path.join(out, PREPARED_META), meta)
   os.remove(os.path.join(out, PREPARED_PROGRESS))
   fsync_dir(out)
@@ -420,43 +447,22 @@ def prepare(
     source: str,
     out: str,
     *,
-    resolution: int,
-    channels: int,
-    split: str = "train",
-    center_crop: int = -1,
-    interpolation: str = "",
-    data_dir: str = "",
-    download: bool = False,
-    num_workers: int = 0,
-    num_threads: int = 4,
     batch: int = 256,
     progress_bar: bool = True,
     on_chunk: Optional[Callable[[int], None]] = None,
+    **options,
 ) -> dict:
-  """Writes `source` into `out` (or finishes an interrupted run); returns the meta.json dict.
+  """Writes `source` into `out`, or finishes an interrupted run; returns meta.json's dict.
 
-  The dict also has ``'already_prepared'``: True when `out` already held this
-  preparation (checked, then left alone); otherwise ``'seconds'`` and
-  ``'images_written'`` (by this call) say how fast it went. ``on_chunk(done)``
-  runs after each chunk is recorded (tests interrupt with it). Raises DataError
-  with a one-line message.
+  ``options`` are ``source_config``'s (resolution, channels, split, center_crop, ...).
+  Plus ``'already_prepared'``, and ``'seconds'`` and ``'images_written'`` when it
+  wrote; ``on_chunk(done)`` runs after each recorded chunk. Raises DataError.
   """
   if batch <= 0:
     raise DataError(f"--batch must be a positive int, got {batch}")
-  if num_workers < 0:
-    raise DataError(f"--num_workers must be >= 0, got {num_workers}")
-  cfg, spec = source_config(
-      source,
-      resolution=resolution,
-      channels=channels,
-      split=split,
-      center_crop=center_crop,
-      interpolation=interpolation,
-      data_dir=data_dir,
-      download=download,
-      num_workers=num_workers,
-      num_threads=num_threads,
-  )
+  if options.get("num_workers", 0) < 0:
+    raise DataError(f"--num_workers must be >= 0, got {options['num_workers']}")
+  cfg, spec = source_config(source, **options)
   out = os.path.abspath(os.path.expanduser(out))
   meta = _finished(out, spec)
   if meta is not None:

@@ -30,9 +30,7 @@ def batch_indices(
 ) -> np.ndarray:
   """Example indices of positions [start, stop) of global batch `step`.
 
-  Position ``p = step * global_batch + j`` belongs to epoch ``e = p // n`` and reads
-  example ``perm(seed, e)[p % n]`` (``p % n`` without shuffling): batches run across
-  epoch boundaries without dropping anything.
+  Position p reads ``perm(seed, p // n)[p % n]``: batches cross epochs, nothing dropped.
   """
   positions = step * global_batch + np.arange(start, stop, dtype=np.int64)
   if not shuffle:
@@ -46,6 +44,6 @@ def batch_indices(
 
 
 def host_slice(global_batch: int, process_index: int, process_count: int) -> tuple:
-  """(start, stop): the contiguous positions of the global batch that host `process_index` loads."""
+  """(start, stop) of the global batch's positions that host `process_index` loads."""
   per_host = global_batch // process_count
   return process_index * per_host, (process_index + 1) * per_host

@@ -56,9 +56,6 @@ class OpenedSource(NamedTuple):
   num_classes: int  # 0 for unlabeled data
 
 
-# --------------------------------------------------------------------------- config
-
-
 def _get(cfg, key, default):
   try:
     value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
@@ -96,6 +93,10 @@ class DataConfig:
     if self.source not in ("auto", "idx", "tfds"):
       raise DataError(f"data.source must be 'auto', 'idx' or 'tfds', got {self.source!r}")
     center_crop = int(_get(cfg, "center_crop", -1))
+    if center_crop < -1:
+      raise DataError(
+          f"data.center_crop must be >= -1 (-1: the default, 0: none), got {center_crop}"
+      )
     self.center_crop = default_center_crop(self.name) if center_crop < 0 else center_crop
     interp = str(_get(cfg, "interpolation", "")) or default_interpolation(self.name)
     if interp not in RESAMPLE:
@@ -108,9 +109,6 @@ class DataConfig:
     self.prefetch = int(_get(cfg, "prefetch", 8))
     self.num_workers = int(_get(cfg, "num_workers", 0))
     self.download = bool(_get(cfg, "download", False))
-
-
-# --------------------------------------------------------------------------- IDX
 
 
 _IDX_DTYPES = {0x08: np.uint8}
@@ -133,19 +131,32 @@ def _idx_header(f, path: str, ndim: int) -> tuple:
   dims_raw = f.read(4 * ndim)
   if len(dims_raw) < 4 * ndim:
     raise DataError(f"{path}: truncated IDX header")
-  return tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+  dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+  if 0 in dims:
+    raise DataError(f"{path}: the IDX header has an empty dimension {dims}: no data")
+  return dims
+
+
+def _read_at_most(f, count: int, chunk: int = 64 << 20) -> bytes:
+  """Up to ``count`` bytes, in chunks: a header that claims more than the file holds
+  costs no memory."""
+  parts, left = [], count
+  while left > 0:
+    part = f.read(min(chunk, left))
+    if not part:
+      break
+    parts.append(part)
+    left -= len(part)
+  return b"".join(parts)
 
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
-  """Reads an unsigned-byte IDX file (optionally gzipped) with `ndim` dimensions.
-
-  Raises DataError for a missing, truncated, corrupt or mis-typed file.
-  """
+  """An unsigned-byte IDX file (gzipped or not) of `ndim` dimensions; DataError if bad."""
   try:
     with _open_idx(path) as f:
       dims = _idx_header(f, path, ndim)
       count = int(np.prod(dims, dtype=np.int64))
-      data = f.read(count + 1)
+      data = _read_at_most(f, count + 1)
   except FileNotFoundError:
     raise DataError(f"{path}: file not found") from None
   except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
@@ -217,9 +228,8 @@ class _ArraySource:
   """In-memory uint8 images already at the output size (IDX data)."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, channels: int):
-    self.images = (
-        images  # [N, R, R] uint8, grayscale; replicated per batch if channels == 3
-    )
+    # [N, R, R] uint8, grayscale; replicated per batch if channels == 3.
+    self.images = images
     self.labels = labels.astype(np.int32)
     self.channels = channels
 
@@ -253,9 +263,6 @@ def _idx_count(cfg: DataConfig, directory: str) -> int:
       return _idx_header(f, image_path, 3)[0]
   except (OSError, EOFError, zlib.error) as e:
     raise DataError(f"{image_path}: unreadable ({type(e).__name__}: {e})") from None
-
-
-# --------------------------------------------------------------------------- decoded one by one
 
 
 class _LazySource(abc.ABC):
@@ -316,6 +323,11 @@ class _FolderSource(_LazySource):
       with Image.open(path) as img:
         img.load()
         img = to_mode(img, self.channels)
+      if 8 * min(img.size) < self.resolution:
+        raise ValueError(
+            f"{img.size[0]}x{img.size[1]} is too small for data.resolution="
+            f"{self.resolution} (more than 8x upscaling)"
+        )
       img = fit(img, self.resolution, self.center_crop, self.resample)
       return pil_to_array(img), 0
     except Exception as e:  # PIL raises many types for corrupt files
@@ -415,9 +427,7 @@ def _open_tfds(cfg: DataConfig):
   where = cfg.path or "the default tfds data_dir"
   try:
     ds = tfds.data_source(name, **kwargs)
-  except (
-      Exception
-  ) as e:  # tfds raises assorted types (NotImplementedError, AssertionError)
+  except Exception as e:  # tfds raises assorted types (NotImplementedError, ...)
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DataError(
         f"tfds dataset {name!r} (split {cfg.split!r}) is not available as array_record in {where}: "
@@ -428,9 +438,6 @@ def _open_tfds(cfg: DataConfig):
   has_label = "label" in features
   num_classes = int(getattr(features["label"], "num_classes", 0) or 0) if has_label else 0
   return ds, has_label, num_classes, f"tfds {name}[{cfg.split}]"
-
-
-# --------------------------------------------------------------------------- opening
 
 
 def open_source(cfg: DataConfig) -> OpenedSource:

@@ -1,9 +1,5 @@
-"""The spec of a preparation: every setting that decides a prepared directory's pixels.
-
-`source_config` reads it from the prepare_data flags; `prepare_command` turns it back
-into the command that writes it, for error messages. Two preparations with equal specs
-write identical files, which is what lets a rerun resume or recognise a finished one.
-"""
+"""The spec of a preparation: every setting that decides a prepared directory's pixels
+(equal specs write identical files, so a rerun resumes or recognises a finished one)."""
 
 from __future__ import annotations
 
@@ -18,8 +14,6 @@ from osgan_jax.data.sources import (
     default_center_crop,
     default_interpolation,
 )
-
-_DATA_NAMES = tuple(TFDS_NAMES)
 
 
 def source_config(
@@ -40,6 +34,10 @@ def source_config(
     raise DataError(f"--resolution must be a positive int, got {resolution}")
   if channels not in (1, 3):
     raise DataError(f"--channels must be 1 or 3, got {channels}")
+  if center_crop < -1:
+    raise DataError(
+        f"--center_crop must be >= -1 (-1: the data set's default, 0: none), got {center_crop}"
+    )
   if interpolation and interpolation not in RESAMPLE:
     raise DataError(
         f"--interpolation must be one of {', '.join(RESAMPLE)}, got {interpolation!r}"
@@ -61,11 +59,11 @@ def source_config(
           f"--source=tfds:{rest}: unknown tfds set (supported: {', '.join(TFDS_NAMES)})"
       )
     path, mode, source = data_dir, "tfds", f"tfds:{name}"
-  elif not sep and source in _DATA_NAMES:
+  elif not sep and source in TFDS_NAMES:
     name, path, mode = source, data_dir, "auto"
   else:
     raise DataError(
-        f"--source={source!r} is not folder:PATH, tfds:NAME or one of {', '.join(_DATA_NAMES)}"
+        f"--source={source!r} is not folder:PATH, tfds:NAME or one of {', '.join(TFDS_NAMES)}"
     )
   cfg = {
       "name": name,

@@ -37,8 +37,7 @@ def _penultimate(model, variables, x):
 
 
 def quantize(images) -> np.ndarray:
-  """Images as float32 in [-1, 1] on the 256 levels of uint8 pixels, as a generated
-  image saved to PNG (real images are uint8 already)."""
+  """Images as float32 in [-1, 1] on uint8's 256 levels, as a generated image saved."""
   x = np.asarray(images)
   if x.dtype != np.uint8:
     x = np.clip(np.rint((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
@@ -46,19 +45,11 @@ def quantize(images) -> np.ndarray:
 
 
 class ClassifierFeatures:
-  """Batched, jitted penultimate features of a trained classifier.
+  """Batched, jitted penultimate features of a trained Flax ``Classifier``.
 
-  Args:
-    model: the Flax ``Classifier`` (``arch``, ``resolution``, ``channels``); images to
-      score must be ``[N, resolution, resolution, channels]``, ``uint8`` or float in
-      [-1, 1] (quantized to 256 levels first, as a saved image).
-    variables: its ``{'params': ..., 'batch_stats': ...}``.
-    identity: what makes two feature sets comparable (the classifier's workdir, arch,
-      steps, test accuracy, a checksum of its weights), reported as :attr:`identity`.
-    batch_size: images per network call (the network is compiled for this shape).
-
-  Attributes: ``dim`` (feature size: LeNet-5's 84, a ResNet's last width),
-  ``identity``.
+  Images are ``[N, resolution, resolution, channels]``, uint8 or float in [-1, 1]
+  (quantized first). ``identity`` says what makes two feature sets comparable; ``dim``
+  is the feature size (LeNet-5: 84).
   """
 
   def __init__(

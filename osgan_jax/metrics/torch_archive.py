@@ -122,10 +122,7 @@ class _TorchUnpickler(pickle.Unpickler):
 
 
 def read_torch_pickle(path: str) -> Any:
-  """Read a ``torch.save`` file (zip or legacy) or a TorchScript zip with numpy only.
-
-  Tensors become numpy arrays; TorchScript modules become :class:`ScriptObject`.
-  """
+  """A ``torch.save`` file (zip or legacy) or TorchScript zip, read with numpy only."""
   if zipfile.is_zipfile(path):
     with zipfile.ZipFile(path) as zf:
       names = zf.namelist()
@@ -146,10 +143,7 @@ def read_torch_pickle(path: str) -> Any:
 
 
 def _read_legacy(path: str) -> Any:
-  """The pre-1.6 ``torch.save`` format: magic, protocol, sys info, object, keys, raw storages.
-
-  The storages follow the object pickle, so tensors are rebuilt after they are read.
-  """
+  """The pre-1.6 format, whose storages follow the object: tensors are rebuilt last."""
   with open(path, 'rb') as f:
     buf = io.BytesIO(f.read())
   try:
