@@ -1,79 +1,24 @@
-"""FLOPs of a jitted step that count convolutions on every backend (issue 15).
+"""FLOPs of a jitted step that count convolutions on every backend.
 
-XLA's ``cost_analysis()`` depends on the backend: on a GPU, convolutions become cuDNN
-custom calls that it does not count (2.78 GFLOP reported for the one-stage DCGAN 64
-step at d=128, batch 128, whose CPU count is about 1.1 TFLOP). Two counts that do not:
-
-* ``analytic_flops``: walks the jaxpr of the step (what ``jax.jit(...).trace`` gives,
-  after dead-code elimination, so work XLA would prune is not counted) and every nested
-  jaxpr (``jit``, ``cond``, ``scan``, ``while``, ``custom_jvp_call``,
-  ``custom_vjp_call``, ``remat``, ``shard_map``, ...), counting
-
-  - ``dot_general``: 2 * (elements of the result) * (product of the contracting dims),
-    i.e. 2 M N K per batch element;
-  - ``conv_general_dilated``: 2 * (batch / batch_group_count) * out_features *
-    (in_features / feature_group_count) * prod over spatial dims of the number of
-    (output position, kernel tap) pairs that read a real input element: taps that fall
-    on padding or on the holes of an lhs (input) dilation multiply a zero the op
-    inserted and are not counted; rhs (kernel) dilation only spreads the taps out.
-    This is exactly the multiply-adds the op specifies, and XLA's own
-    ``HloCostAnalysis`` convolution count, so a CPU lowering agrees with it. (The
-    textbook 2 * out_elements * kh * kw * C_in / groups counts padding taps too, and
-    s^2 times too much for a transposed conv written with lhs dilation s.)
-
-  That is ``flops``, the number the benchmarks divide by time (the usual model-FLOPs
-  convention). Elementwise work is counted apart, in XLA's convention (one FLOP per
-  output element of an arithmetic op, one per input element of a reduction, none for
-  data movement or transcendentals): ``elementwise``. It is 1-3% of a DCGAN step at
-  d=64-128 and is what XLA's count has on top (``flops_xla_convention`` =
-  ``flops_max_branch`` + elementwise is XLA:CPU's count to well under 1% there).
-  ``lax.cond``: ``flops`` takes the cheapest branch of every conditional and
-  ``flops_max_branch`` the most expensive one (XLA's convention). In this code base
-  the cheapest branch is the one that runs in the common case: one-stage's exact-path
-  fix runs only on steps where some sample needs it (``n_exact > 0``), the coupled-D
-  fallback only when no global gamma exists. ``scan`` bodies count ``length`` times;
-  a ``while`` body counts once (its trip count is not static; ``while_loops`` says
-  how many there were). ``shard_map`` bodies count once per device of the mesh.
-  Operand dtypes are kept apart (``by_dtype``) to weigh mixed precision against the
-  right peak; ``float32:highest`` marks float32 products at ``Precision.HIGHEST``.
-
-* ``cpu_lowering_flops``: the same step lowered and compiled for the CPU backend
-  (its arguments placed on ``jax.devices('cpu')[0]``; works on a GPU or TPU machine
-  too, where the step is traced exactly as for the accelerator), whose
-  ``cost_analysis()`` counts convolutions: the cross-check. It also counts
-  elementwise work, and it takes the most expensive branch of a conditional: compare
-  it with ``flops_xla_convention``.
-
-The count is of the program that is traced: DCGAN's convolutions are traced as
-patch matmuls on a CPU and as XLA convolutions elsewhere (``conv_ops``' ``'auto'``),
-and the patch forms multiply padding taps too, so a CPU's count of the same config is
-higher (``--conv-impl xla`` traces the accelerator's program on a CPU).
-
-  python experiments/flops.py --config configs/dcgan_celeba.py --conv-impl xla \
-      --override batch_size=64 --override model.generator.width=64 \
-      --override model.discriminator.width=64 --cpu
+XLA's ``cost_analysis()`` misses convolutions on a GPU (cuDNN custom calls), so the
+benchmarks count the step's jaxpr instead: dots and convolutions exactly (padding taps
+and the holes of an lhs dilation excluded, as XLA counts them), elementwise work apart,
+the cheapest and the dearest branch of every conditional, and, with
+``executed_flops``, the branch each step actually took. The counting rules are in
+``experiments/README.md`` ("FLOPs").
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import os
 import re
-import sys
 from typing import Sequence
 
+import jax
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
-
-import jax  # noqa: E402
-from jax import lax  # noqa: E402
-from jax.extend import core as jex_core  # noqa: E402
+from jax import lax
+from jax.extend import core as jex_core
 
 # ---------------------------------------------------------------- per-op formulas
 
@@ -474,6 +419,82 @@ def cpu_lowering_flops(fn, *args, donate_argnums=()) -> dict:
   return {**_cost(compiled), 'compile_s': time.perf_counter() - t0}
 
 
+# ---------------------------------------------------------------- optimised HLO
+
+
+def hlo_matmul_flops(hlo_text: str) -> tuple[float, float]:
+  """FLOPs of the dots and convolutions in optimised HLO text: ``(outside conditional
+  branches, inside them)``.
+
+  ``cost_analysis()`` counts both branches of a ``lax.cond``; the exact one-stage path
+  keeps an input backward of D in one that runs only when a sample needs it, so the
+  first number is what a step computes when no sample does. 2 * output size * reduced
+  size per dot, 2 * output size * window size * input features per convolution,
+  divided by the input dilation (transposed convolutions and input gradients of strided
+  ones, whose dilated input is mostly zeros).
+  """
+  comps, calls, cur = {}, {}, None
+  for line in hlo_text.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith('{'):
+      cur = 'ENTRY' if line.startswith('ENTRY') else line.split()[0].lstrip('%')
+      comps[cur] = (dict(re.findall(r'([\w.\-]+): (\w+\[[\d,]*\])', line)), [])
+    elif cur is not None and ' = ' in line:
+      m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])', line)
+      if m:
+        comps[cur][0][m.group(1)] = m.group(2)
+      comps[cur][1].append(line)
+      calls.setdefault(cur, set()).update(
+          re.findall(
+              r'(?:calls|to_apply|body|condition|computations?)=\{?%?([\w.\-]+)', line
+          )
+      )
+      for group in re.findall(r'branch_computations=\{([^}]*)\}', line):
+        calls[cur].update(c.strip().lstrip('%') for c in group.split(','))
+
+  def dims(shape):
+    return [int(v) for v in re.search(r'\[([\d,]*)\]', shape).group(1).split(',') if v]
+
+  branches = set()
+  for _, lines in comps.values():
+    for line in lines:
+      for group in re.findall(r'branch_computations=\{([^}]*)\}', line):
+        branches.update(c.strip().lstrip('%') for c in group.split(','))
+  inside, todo = set(), list(branches)
+  while todo:
+    c = todo.pop()
+    if c not in inside:
+      inside.add(c)
+      todo.extend(calls.get(c, ()))
+
+  totals = [0.0, 0.0]
+  for name, (shapes, lines) in comps.items():
+    for line in lines:
+      m = re.search(
+          r'= (\w+\[[\d,]*\])\S* (dot|convolution)\(%?([\w.\-]+), %?([\w.\-]+)\)', line
+      )
+      if not m or m.group(3) not in shapes or m.group(4) not in shapes:
+        continue
+      out = float(np.prod(dims(m.group(1))))
+      lhs, rhs = dims(shapes[m.group(3)]), dims(shapes[m.group(4)])
+      if m.group(2) == 'dot':
+        contract = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', line).group(1)
+        flops = 2 * out * np.prod([lhs[int(i)] for i in contract.split(',') if i])
+      else:
+        window = re.search(r'size=([\dx]+)', line).group(1)
+        labels = re.search(r'dim_labels=\w+_(\w+)->', line).group(1)
+        flops = (
+            2
+            * out
+            * np.prod([int(v) for v in window.split('x')])
+            * rhs[labels.index('i')]
+        )  # per-group input features
+        dilation = re.search(r'lhs_dilate=([\dx]+)', line)
+        if dilation:  # the inserted zeros are no work (borders ignored)
+          flops /= np.prod([int(v) for v in dilation.group(1).split('x')])
+      totals[name in inside] += float(flops)
+  return totals[0], totals[1]
+
+
 # ---------------------------------------------------------------- device peaks
 
 # Dense (no structured sparsity) peak TFLOP/s per chip, from the vendors' datasheets:
@@ -563,68 +584,89 @@ def peak_fields(count: dict, step_s: float | None, peaks: dict | None) -> dict:
   return out
 
 
-# ---------------------------------------------------------------- command line
+# ---------------------------------------------------------------- executed branches
+
+_INLINED = ('pjit', 'jit', 'closed_call', 'core_call')
 
 
-def _parse_value(text: str):
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
+def _inlined(eqn):
+  """The closed jaxpr of a call ``with_branch_indices`` evaluates equation by equation
+  (a nested ``jax.jit``), else None."""
+  if eqn.primitive.name not in _INLINED:
+    return None
+  sub = eqn.params.get('jaxpr', eqn.params.get('call_jaxpr'))
+  if isinstance(sub, jex_core.Jaxpr):
+    return jex_core.ClosedJaxpr(sub, ())
+  return sub if isinstance(sub, jex_core.ClosedJaxpr) else None
 
 
-def parse_overrides(items: Sequence[str]) -> dict:
-  """``['a.b=1', 'c=x']`` -> ``{'a.b': 1, 'c': 'x'}`` (values parsed as JSON if they
-  can be)."""
-  out = {}
-  for item in items or ():
-    key, sep, value = item.partition('=')
-    if not sep or not key:
-      raise ValueError(f'override {item!r} is not KEY=VALUE')
-    out[key.strip()] = _parse_value(value.strip())
-  return out
+def branch_table(closed) -> list:
+  """Dots and convolutions of every branch of each conditional that
+  ``with_branch_indices`` reports, in its order: those of the jaxpr itself and of the
+  jitted calls in it (a conditional nested in another counts as its cheapest branch)."""
+  table = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      sub = _inlined(eqn)
+      if sub is not None:
+        walk(sub.jaxpr)
+      elif eqn.primitive.name == 'cond':
+        table.append([count_jaxpr(b).flops for b in eqn.params['branches']])
+
+  walk(getattr(closed, 'jaxpr', closed))
+  return table
 
 
-def main(argv=None) -> int:
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import benchmark_speed  # pylint: disable=import-error
+def _evaluate(jaxpr, consts, args, indices: list):
+  """``jaxpr`` applied to ``args`` primitive by primitive (traceable: under ``jax.jit``
+  it builds the same program), appending the branch index of every conditional."""
+  env = {}
 
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--config', default='configs/dcgan_celeba.py')
-  p.add_argument('--override', action='append', default=[], metavar='KEY=VALUE')
-  p.add_argument(
-      '--stage',
-      default='one,two,official_two,one_approx',
-      help='comma-separated: one, two, official_two, one_approx',
-  )
-  p.add_argument(
-      '--conv-impl',
-      choices=('auto', 'xla', 'matmul'),
-      default='auto',
-      help="DCGAN's model.*.conv_impl ('xla': the accelerators' program)",
-  )
-  p.add_argument('--cpu', action='store_true', help='also the CPU-lowering count')
-  args = p.parse_args(argv)
-  spec = benchmark_speed.RowSpec(args.config, parse_overrides(args.override))
-  extra = (
-      None
-      if args.conv_impl == 'auto'
-      else {
-          f'model.{net}.conv_impl': args.conv_impl
-          for net in ('generator', 'discriminator')
-      }
-  )
-  names = {
-      'one': 'one_stage',
-      'two': 'two_stage',
-      'official_two': 'official_two_stage',
-      'one_approx': 'one_stage_approx',
-  }
-  variants = [names.get(s, s) for s in args.stage.split(',') if s]
-  for row in benchmark_speed.variant_flops(spec, variants, extra=extra, cpu=args.cpu):
-    print(json.dumps(row), flush=True)
-  return 0
+  def read(v):
+    return v.val if isinstance(v, jex_core.Literal) else env[v]
+
+  for v, x in zip(list(jaxpr.constvars) + list(jaxpr.invars), list(consts) + list(args)):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    values = [read(v) for v in eqn.invars]
+    sub = _inlined(eqn)
+    if sub is not None:
+      outs = _evaluate(sub.jaxpr, sub.consts, values, indices)
+    else:
+      if eqn.primitive.name == 'cond':
+        indices.append(values[0])
+      bound = eqn.primitive.get_bind_params(eqn.params)  # (subfuns, params) in old jax
+      subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
+      with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*subfuns, *values, **params)
+      outs = outs if eqn.primitive.multiple_results else [outs]
+    for v, x in zip(eqn.outvars, outs):
+      if not isinstance(v, jex_core.DropVar):
+        env[v] = x
+  return [read(v) for v in jaxpr.outvars]
 
 
-if __name__ == '__main__':
-  sys.exit(main())
+def with_branch_indices(fn, *example_args):
+  """``(run, count, table)`` for a step ``fn``: ``run(*args)`` returns ``(fn(*args),
+  [the branch index each conditional took])`` and can be jitted (the same program plus
+  one scalar per conditional); ``count`` is the step's ``Count``; ``table`` its
+  ``branch_table``. ``example_args`` may be ``jax.ShapeDtypeStruct`` s."""
+  closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+  closed = dce(closed)
+  out_tree = jax.tree.structure(out_shape)
+
+  def run(*args):
+    indices = []
+    outs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), indices)
+    return jax.tree.unflatten(out_tree, outs), indices
+
+  return run, count_jaxpr(closed), branch_table(closed)
+
+
+def executed_flops(count: Count, table: list, indices) -> float:
+  """Dots and convolutions of one step whose conditional i took branch ``indices[i]``
+  (``table``: ``branch_table``; conditionals it does not list at their cheapest, as
+  ``count.flops`` has them all)."""
+  extra = sum(branches[int(i)] - min(branches) for branches, i in zip(table, indices))
+  return count.flops + extra

@@ -1,27 +1,11 @@
-"""Throughput of the one training loop (issue 14): its own ceiling, and real steps through it.
+"""Throughput of the one training loop: its own ceiling, and real steps through it.
 
-    python experiments/loop_throughput.py                 # CPU: the loop's ceiling
-    python experiments/loop_throughput.py --real          # + DCGAN 64 one/two-stage
+The host iterator alone, the loop around a trivial jitted step (the most images per
+second it can feed any step) and, with ``--real``, the DCGAN 64 steps alone and
+through ``python -m osgan_jax.main``; one JSON line per measurement and
+``OUT/loop_throughput.json`` (``experiments/README.md``, "Loop throughput").
 
-Measurements, each one JSON line on stdout (and in ``--out``/loop_throughput.jsonl)
-with ``source``, ``step``, ``through_loop``, ``images_per_s``, ``device``:
-
-* ``step=none``: the host iterator alone (``data.make_iterator``, uint8), per source:
-  the data source's own ceiling.
-* ``step=trivial``, through the loop: ``osgan_jax.training.loop.run`` with a task whose one
-  phase touches one pixel of the batch. Everything else is the real loop (prefetch to
-  the device, uint8 -> float on the device, per-step key, metrics, the progress bar,
-  a checkpoint at the end): the most images per second the loop can feed a step.
-* ``--real``: the DCGAN 64 step of ``configs/dcgan_celeba.py`` (d=128, batch 128,
-  GroupNorm D) one- and two-stage, alone (``steps.jit_step`` on a batch already on the
-  device, interleaved rounds, medians; ``source=device_batch``) and through
-  ``python -m osgan_jax.main`` on the prepared data (``source=prepared``; the median
-  of its logged ``images_per_sec`` after the first interval, compilation excluded).
-
-Sources: ``prepared`` (``python -m osgan_jax.prepare_data`` output, memory-mapped
-uint8, no decoding) and ``folder`` (PNGs decoded every step), both made from
-``--images`` synthetic 64x64 RGB PNGs. ``images_per_s`` through the loop is the
-loop's own ``images_per_sec`` (median over its log intervals).
+  python -m experiments.loop_throughput --out DIR [--real]
 """
 
 from __future__ import annotations
@@ -35,29 +19,21 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # main runs beside us
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import flax  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchmark_speed  # noqa: E402  pylint: disable=import-error
-from osgan_jax import config as config_lib, data, train
+from experiments import common
+from experiments import rows as rows_lib
+from osgan_jax import config as config_lib
+from osgan_jax import data
+from osgan_jax import prepare_data
+from osgan_jax import train
+from osgan_jax.core import steps
 from osgan_jax.training import loop
-from osgan_jax.core import steps  # noqa: E402
-from osgan_jax import prepare_data  # noqa: E402
 
 REAL_CONFIG = 'configs/dcgan_celeba.py'
-
-
-def device_name() -> str:
-  d = jax.devices()[0]
-  return f'{d.platform}:{d.device_kind}'
 
 
 def make_images(folder: str, n: int, resolution: int) -> None:
@@ -164,8 +140,8 @@ def real_overrides(width: int, batch: int, resolution: int) -> dict:
 
 def steps_alone(stages, overrides: dict, rounds: int, per_call: int) -> dict:
   """images/s of the compiled one/two-stage steps on a device batch, interleaved."""
-  spec = benchmark_speed.RowSpec(config=REAL_CONFIG, overrides=overrides)
-  config, gan, init, batch = benchmark_speed.build(spec)
+  spec = common.RowSpec(config=REAL_CONFIG, overrides=overrides)
+  config, gan, init, batch = rows_lib.build(spec)
   gan = steps.probe_per_sample(gan, init(jax.random.PRNGKey(0)), None)
   batch_size = int(config.batch_size)
   fns, states = {}, {}
@@ -187,7 +163,7 @@ def steps_alone(stages, overrides: dict, rounds: int, per_call: int) -> dict:
       jax.block_until_ready(m)
 
     fns[stage] = run
-  times = benchmark_speed.run_interleaved(fns, rounds)
+  times = common.run_interleaved(fns, rounds)
   return {s: per_call * batch_size / float(np.median(t)) for s, t in times.items()}
 
 
@@ -215,20 +191,17 @@ def through_main(
       *[f'--config.{k}={v}' for k, v in args.items()],
   ]
   t0 = time.perf_counter()
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  result = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f'main failed: {result.stderr[-3000:]}')
-  print(
-      f'# main {stage}-stage: {steps_} steps in {time.perf_counter() - t0:.1f} s '
-      '(process, compilation included)',
-      file=sys.stderr,
-  )
-  return logged_rate(workdir)
+  process_s = time.perf_counter() - t0
+  print(f'# main {stage}-stage: {steps_} steps in {process_s:.1f} s', file=sys.stderr)
+  return (*logged_rate(workdir), process_s)
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--out', default=os.path.join(REPO, 'experiments', 'results', 'loop'))
+  p.add_argument('--out', help='results directory (default: a new temporary one)')
   p.add_argument('--work', default='', help='scratch directory (default: a temp dir)')
   p.add_argument('--images', type=int, default=2048)
   p.add_argument('--resolution', type=int, default=64)
@@ -241,9 +214,12 @@ def main(argv=None) -> int:
   p.add_argument('--rounds', type=int, default=15)
   p.add_argument('--per_call', type=int, default=10)
   args = p.parse_args(argv)
+  # `python -m osgan_jax.main` shares the device: set before this process's backend starts.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   work = args.work or tempfile.mkdtemp(prefix='loop_throughput_')
-  os.makedirs(args.out, exist_ok=True)
-  rows, device = [], device_name()
+  out = common.output_dir(args.out, 'loop_throughput')
+  prov = common.provenance(common.command_line('experiments.loop_throughput', argv))
+  rows, device = [], prov['device']
 
   def emit(**row):
     row = {**row, 'device': device, 'batch': args.batch}
@@ -288,25 +264,22 @@ def main(argv=None) -> int:
     for stage in ('one', 'two'):
       workdir = os.path.join(work, f'main_{stage}')
       shutil.rmtree(workdir, ignore_errors=True)
-      rate, intervals = through_main(stage, overrides, prepared, args.real_steps, workdir)
+      rate, intervals, process_s = through_main(
+          stage, overrides, prepared, args.real_steps, workdir
+      )
       emit(
           source='prepared',
           step=stage,
           through_loop=True,
           images_per_s=rate,
           log_intervals=intervals,
+          process_s=round(process_s, 1),  # the whole process: start-up, compiles
       )
 
-  record = {
-      'machine': benchmark_speed.machine(),
-      'device': device,
-      'args': vars(args),
-      'rows': rows,
-  }
-  path = os.path.join(args.out, 'loop_throughput.json')
-  with open(path, 'w') as f:
-    json.dump(record, f, indent=1)
+  record = {'provenance': prov, 'device': device, 'args': vars(args), 'rows': rows}
+  path = common.write_json(os.path.join(out, 'loop_throughput.json'), record)
   print(summary(rows), file=sys.stderr)
+  print(f'wrote {path}', file=sys.stderr)
   return 0
 
 

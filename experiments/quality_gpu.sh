@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17's GPU-size quality study on one H100/H200 machine that has no network and
+# The GPU-size quality study on one H100/H200 machine that has no network and
 # takes at most 64 MiB with each call: Fashion-MNIST (31 MB), the wheels (5 MB) and
 # the Inception weights (42 MiB in float16) do not fit one call, so they go in two
 # calls on the same warm machine (ignored folders stay there between calls).
@@ -15,13 +15,16 @@
 # (gpu.jsonl, gpu.md, the two PNGs, commands.txt) and $OUT/quality.log; copy them to
 # experiments/results/quality/. Settings: STOP_AFTER_MIN (6: no run starts later),
 # BUDGET_S (530: then SIGTERM, every worker checkpoints and stops), QUALITY_ARGS (extra
-# compare_quality.py flags; later ones win, e.g. `--tiny` for a dry run on a CPU),
+# experiments.compare_quality flags; later ones win, e.g. `--tiny` for a dry run),
 # CLASSIFIER (pack: a trained FID classifier to carry, e.g. the CPU study's, so both
 # sizes use the same features; default: trained there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/quality_gpu}
 LIMIT=$((64 * 1024 * 1024))
+
+FILES=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte
+  t10k-labels-idx1-ubyte)
 
 tree_bytes() {  # what every call carries anyway: tracked and untracked-not-ignored files
   { git ls-files -z; git ls-files -z -o --exclude-standard; } | xargs -0 -r du -cb 2>/dev/null \
@@ -40,16 +43,18 @@ carry_check() {  # name, paths...: the call's size against the limit
 case "${1:-}" in
 pack)
   src=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-  files=(train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte
-    t10k-labels-idx1-ubyte)
-  for f in "${files[@]}"; do
+  for f in "${FILES[@]}"; do
     [ -f "$src/$f.gz" ] || {
       echo "no $src/$f.gz: apt-get install dataset-fashion-mnist, or set FASHION_MNIST" >&2
       exit 1
     }
   done
+  if [ -n "${CLASSIFIER:-}" ] && [ ! -f "$CLASSIFIER/config.json" ]; then
+    echo "no $CLASSIFIER/config.json: CLASSIFIER must be a trained classifier's workdir" >&2
+    exit 1
+  fi
   mkdir -p .inception .quality_data/fashion-mnist
-  for f in "${files[@]}"; do cp "$src/$f.gz" .quality_data/fashion-mnist/ || exit 1; done
+  for f in "${FILES[@]}"; do cp "$src/$f.gz" .quality_data/fashion-mnist/ || exit 1; done
   if [ -n "${CLASSIFIER:-}" ]; then
     rm -rf .quality_data/classifier && cp -r "$CLASSIFIER" .quality_data/classifier || exit 1
     rm -f .quality_data/classifier/events.out.tfevents.*
@@ -74,10 +79,15 @@ print(len(z.files), 'Inception arrays,', sum(z[k].nbytes for k in z.files) >> 20
     || exit 1
   ;;
 run)
+  # What this call carries, checked before anything that can fail for another reason.
+  for f in "${FILES[@]}"; do
+    [ -f ".quality_data/fashion-mnist/$f.gz" ] || {
+      echo "no .quality_data/fashion-mnist/$f.gz: carry .quality_data (pack first)" >&2
+      exit 1
+    }
+  done
   mkdir -p "$OUT/quality"
   source experiments/device_env.sh || exit 1
-  [ -f .quality_data/fashion-mnist/train-images-idx3-ubyte.gz ] \
-    || { echo "no .quality_data: carry it (pack first)" >&2; exit 1; }
   args=(--size gpu --out "$OUT/quality" --workdir /tmp/quality
     --data-path .quality_data/fashion-mnist --stop-after "${STOP_AFTER_MIN:-6}")
   [ -d .quality_data/classifier ] && args+=(--classifier-workdir .quality_data/classifier)
@@ -92,13 +102,13 @@ run)
   done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   # shellcheck disable=SC2086  # QUALITY_ARGS: words on purpose
-  timeout -s TERM "${BUDGET_S:-530}" python3 experiments/compare_quality.py "${args[@]}" \
+  timeout -s TERM "${BUDGET_S:-530}" python3 -m experiments.compare_quality "${args[@]}" \
     ${QUALITY_ARGS:-} 2>&1 | grep --line-buffered -v '^[IW][0-9]' | tee "$OUT/quality.log"
   code=${PIPESTATUS[0]}
   echo "compare_quality exit $code"
   if [ "$code" -ne 0 ]; then  # stopped (BUDGET_S) or failed: the table of the rows so far
     # shellcheck disable=SC2086
-    python3 experiments/compare_quality.py --render --out "$OUT/quality" --size gpu \
+    python3 -m experiments.compare_quality --render --out "$OUT/quality" --size gpu \
       ${QUALITY_ARGS:-} | tail -n 30
   fi
   ;;
