@@ -21,6 +21,8 @@ setuptools.setup(
         "ml-collections>=1.0,<2",
         "orbax-checkpoint>=0.11,<0.13",
         "tensorflow-datasets>=4.9.8,<5",
+        # tfds imports it on every download/build path but does not declare it.
+        "importlib_resources>=6",
         "grain>=0.2.10,<0.3",
         "tensorboardX>=2.6,<3",
         "absl-py>=2.1",
@@ -33,7 +35,15 @@ setuptools.setup(
     # JAX's own extras (jax 0.10-0.12 define these): CUDA 12 or 13 wheels with the
     # matching NVIDIA libraries ("cuda" is JAX's default, CUDA 12), or libtpu.
     extras_require={
+        # The tests marked torch (cross-checks against PyTorch) also need CPU torch:
+        # .ci/run installs torch==2.13.0 (the CPU wheel); not listed here, as PyPI's
+        # Linux torch is the CUDA build.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pyink==26.5.1"],
+        # Building a tfds data set (MNIST, CIFAR-10, CelebA, LSUN) the first time runs
+        # TensorFlow's readers; reading a built one does not (array_record + grain).
+        "tfds": ["tensorflow-cpu>=2.16"],
+        # To view the event files a run writes: tensorboard --logdir WORKDIR
+        "tensorboard": ["tensorboard>=2.16"],
         "cuda": ["jax[cuda12]>=0.10,<0.13"],
         "cuda12": ["jax[cuda12]>=0.10,<0.13"],
         "cuda13": ["jax[cuda13]>=0.10,<0.13"],

@@ -1,10 +1,9 @@
 """Every Python file is formatted by the project's one formatter (pyink, pyproject.toml)."""
 
-import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO  # pylint: disable=import-error
 
 
 def test_every_python_file_is_pyink_formatted():
