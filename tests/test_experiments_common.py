@@ -3,6 +3,7 @@ checker, with exact expected values."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -254,3 +255,28 @@ def test_documents_cite_what_the_results_files_record(doc):
       text=True,
   )
   assert result.returncode == 0, result.stdout
+
+
+def test_startup_reads_the_lines_the_loop_writes():
+  """experiments.startup parses the loop's own log lines: a renamed line would leave
+  its table empty, so the patterns are checked against the loop's format strings."""
+  from experiments import startup
+
+  with open(os.path.join(REPO, 'osgan_jax', 'training', 'loop.py')) as f:
+    loop = f.read()
+  first = re.search(r"'(First step \(with compilation\) took %\.1f s)'", loop).group(1)
+  assert startup.FIRST_STEP.search(first.replace('%.1f', '12.5')).group(1) == '12.5'
+  cache = re.search(r"'(Compilation cache: %d programs loaded, %d compiled)'", loop)
+  line = cache.group(1).replace('%d', '3', 1).replace('%d', '4', 1)
+  assert startup.CACHE.search(line).groups() == ('3', '4')
+  rows = [
+      {'run': 'baseline abc', 'to_first_step_s': 100.0},
+      {'run': 'current, cold cache', 'to_first_step_s': 60.0},
+      {'run': 'current, warm cache', 'to_first_step_s': 20.0},
+  ]
+  lines = startup.table(rows).splitlines()
+  assert lines[2:] == [
+      '| baseline abc | 100.0 | 1.00 |',
+      '| current, cold cache | 60.0 | 0.60 |',
+      '| current, warm cache | 20.0 | 0.20 |',
+  ]
