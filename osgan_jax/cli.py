@@ -61,6 +61,13 @@ class Command:
   def __init__(self, prog: str, usage: str):
     self.prog, self.usage = prog, usage
     self.flags = flags.FlagValues()
+    flags.DEFINE_integer(
+        'verbosity',
+        0,
+        'log detail: 1 adds DEBUG lines',
+        short_name='v',
+        flag_values=self.flags,
+    )
 
   def report(self, message: str, status: int = 1) -> int:
     print(f'{self.prog}: error: {message}', file=sys.stderr)
@@ -111,6 +118,8 @@ class Command:
             USAGE_STATUS,
         )
       flags.FLAGS.mark_as_parsed()  # absl logging reads its defaults from here
+      if self.flags.verbosity > 0:
+        logging.set_verbosity(logging.DEBUG)
       return body(args) or 0
     except _HelpShown:
       return 0
@@ -124,7 +133,7 @@ def quiet_logs() -> None:
   """absl's handler at INFO for the project's lines, without other libraries' chatter
   (orbax's per-save lines, JAX's TPU probe)."""
   logging.use_absl_handler()
-  logging.set_verbosity(logging.INFO)
+  logging.set_verbosity(max(logging.get_verbosity(), logging.INFO))  # -v=1: DEBUG too
   handler = logging.get_absl_handler()
   handler.addFilter(
       lambda r: r.levelno >= 30

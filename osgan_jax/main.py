@@ -100,11 +100,8 @@ def main(args) -> int:
   if not _WORKDIR.value:
     raise cli.CommandError('--workdir is required (--help lists the flags)', 2)
   cli.quiet_logs()
-  logging.info(
-      'Training %s in %s (one line per setup stage follows)',
-      config_flags.get_config_filename(COMMAND.flags['config']),
-      _WORKDIR.value,
-  )
+  name = config_flags.get_config_filename(COMMAND.flags['config'])
+  logging.info('Training %s in %s (a line per setup stage follows)', name, _WORKDIR.value)
   from osgan_jax.training import host_memory
 
   tune = _TUNE_MALLOC.value

@@ -47,9 +47,6 @@ def train_and_evaluate(config, workdir: str):
   config_lib.validate(config)
   start = time.perf_counter()
   task = tasks.build(config, workdir)
-  logging.info(
-      'Setup: the %s task (data, networks, evaluators) in %.1f s',
-      config.get('task', 'gan'),
-      time.perf_counter() - start,
-  )
+  took, name = time.perf_counter() - start, config.get('task', 'gan')
+  logging.info('Setup: the %s task (data, networks, evaluators) in %.1f s', name, took)
   return loop.run(loop_settings(config), workdir, task)

@@ -255,42 +255,45 @@ def read_progress(out: str) -> dict:
   return read_json(os.path.join(out, PREPARED_PROGRESS)) or {}
 
 
+def _recorded(path: str, what: str, spec: dict, holds: str, fix: str) -> Optional[dict]:
+  """The JSON file at `path` if it records `spec`; None if absent; else a DataError."""
+  if not os.path.exists(path):
+    return None
+  record = read_json(path)
+  if record is None or not isinstance(record.get("spec"), dict):
+    raise DataError(f"{path} exists but is not a prepare_data {what}; pass another --out")
+  if record["spec"] != spec:
+    out = os.path.dirname(path)
+    raise DataError(
+        f"{out} {holds} {differences(record['spec'], spec)}; {fix} or delete {out}"
+    )
+  return record
+
+
 def _finished(out: str, spec: dict) -> Optional[dict]:
   """meta.json of a finished preparation of `spec` in `out`, checked; None if none."""
-  meta_path = os.path.join(out, PREPARED_META)
-  if not os.path.exists(meta_path):
-    return None
-  meta = read_json(meta_path)
-  if meta is None or not isinstance(meta.get("spec"), dict):
-    raise DataError(
-        f"{meta_path} exists but is not a prepare_data header; pass another --out"
-    )
-  if meta["spec"] != spec:
-    raise DataError(
-        f"{out} already holds data prepared with {differences(meta['spec'], spec)}; "
-        f"pass another --out or delete {out}"
-    )
-  size = {"resolution": spec["resolution"], "channels": spec["channels"]}
-  open_prepared(DataConfig({"name": "prepared", "path": out, **size}))  # sizes, checksum
+  meta = _recorded(
+      os.path.join(out, PREPARED_META),
+      "header",
+      spec,
+      "already holds data prepared with",
+      "pass another --out",
+  )
+  if meta is not None:
+    size = {"resolution": spec["resolution"], "channels": spec["channels"]}
+    open_prepared(DataConfig({"name": "prepared", "path": out, **size}))  # sizes, sums
   return meta
 
 
 def _unfinished(out: str, spec: dict) -> Optional[dict]:
   """progress.json of an unfinished preparation of `spec` in `out`; None if none."""
-  progress_path = os.path.join(out, PREPARED_PROGRESS)
-  if not os.path.exists(progress_path):
-    return None
-  progress = read_json(progress_path)
-  if progress is None or not isinstance(progress.get("spec"), dict):
-    raise DataError(
-        f"{progress_path} exists but is not a prepare_data progress file; pass another --out"
-    )
-  if progress["spec"] != spec:
-    raise DataError(
-        f"{out} holds an unfinished preparation with {differences(progress['spec'], spec)}; "
-        f"rerun that command to finish it, pass another --out, or delete {out}"
-    )
-  return progress
+  return _recorded(
+      os.path.join(out, PREPARED_PROGRESS),
+      "progress file",
+      spec,
+      "holds an unfinished preparation with",
+      "rerun that command to finish it, pass another --out,",
+  )
 
 
 def _resume_point(progress: Optional[dict], n: int, batch: int, out: str) -> tuple:

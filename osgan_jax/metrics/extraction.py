@@ -7,6 +7,7 @@ drops the padding rows again, and counts images on an optional tqdm bar.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 import jax
@@ -31,9 +32,12 @@ def extract(
   """Features ``[N, dim]`` float32 of the images of ``batches``, in order.
 
   Batches are cut into ``batch_size`` chunks, ``prepare``d and zero-padded to that
-  one shape; ``progress`` shows a tqdm bar on stderr.
+  one shape; ``progress`` shows a tqdm bar on stderr when it is a terminal (a log file
+  gets no carriage returns), removed when done (it may sit under the training bar).
   """
-  bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True) if progress else None
+  bar = None
+  if progress and sys.stderr.isatty():
+    bar = tqdm(total=total, desc=desc, unit='img', dynamic_ncols=True, leave=False)
   outs = []
   try:
     for batch in batches:

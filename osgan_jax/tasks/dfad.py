@@ -189,23 +189,15 @@ def build(config, workdir: str) -> loop.Task:
   for e in accuracy:
     if teacher_accuracy is not None:
       e.extra['teacher_test_accuracy'] = float(teacher_accuracy)
-  logging.info(
-      'DFAD %s-stage: teacher %s (test accuracy %s), student %s (width %d), batch %d',
-      config.stage,
-      config.teacher.arch,
-      teacher_accuracy,
-      student.arch,
-      student.width,
-      config.batch_size,
-  )
+  nets = f'teacher {config.teacher.arch} (test accuracy {teacher_accuracy}), student '
+  nets += f'{student.arch} (width {student.width}), batch {config.batch_size}'
+  logging.info('DFAD %s-stage: %s', config.stage, nets)
   student_steps = int(config.dfad.student_steps)
 
   def make_phases(state):
     probed = steps.probe_per_sample(gan, state)
-    logging.info(
-        'DFAD: the student treats samples %s',
-        'independently' if probed.per_sample else 'jointly (BatchNorm)',
-    )
+    coupling = 'independently' if probed.per_sample else 'jointly (BatchNorm)'
+    logging.info('DFAD: the student treats samples %s', coupling)
     if config.stage == 'one':
       step = functools.partial(steps.one_stage_step, probed)
     else:

@@ -263,11 +263,8 @@ def _check_data(config, info: dict, generator) -> None:
           f'config.num_classes={config.num_classes}'
       )
     if info['num_classes'] == 0:
-      logging.warning(
-          'config.num_classes=%d but the data set has no labels: every real image has '
-          'label 0',
-          config.num_classes,
-      )
+      message = 'config.num_classes=%d but the data set has no labels: every real image'
+      logging.warning(message + ' has label 0', config.num_classes)
   if (
       config.sample_truncation_psi != 1.0
       and 'truncation_psi' not in inspect.signature(type(generator).__call__).parameters
@@ -300,11 +297,8 @@ def build(config, workdir: str) -> loop.Task:
 
   def make_phases(state):
     probed = steps.probe_per_sample(gan, state, None)
-    logging.info(
-        '%s; D treats samples %s',
-        description,
-        'independently' if probed.per_sample else 'jointly (coupled)',
-    )
+    coupling = 'independently' if probed.per_sample else 'jointly (coupled)'
+    logging.info('%s; D treats samples %s', description, coupling)
     main = functools.partial(steps.STEPS[stage], probed)
 
     def main_phase(state, batch, rng, i):

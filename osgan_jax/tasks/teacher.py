@@ -208,18 +208,13 @@ def load(workdir: str, spec: Spec, num_outputs: int, command: str):
   finally:
     manager.close()
   if step < int(meta.get('num_train_steps', step)):
+    of = meta['num_train_steps']
     logging.warning(
-        'The teacher in %s is at step %d of %d (its run was interrupted)',
-        workdir,
-        step,
-        meta['num_train_steps'],
+        'The teacher in %s is at step %d of %d (interrupted)', workdir, step, of
     )
+  arch, accuracy = meta.get('arch'), meta.get('test_accuracy')
   logging.info(
-      'Teacher %s from %s, step %d, test accuracy %s',
-      meta.get('arch'),
-      workdir,
-      step,
-      meta.get('test_accuracy'),
+      'Teacher %s from %s, step %d, test accuracy %s', arch, workdir, step, accuracy
   )
   return model, {'params': state.params, **state.model_state}, meta
 

@@ -207,12 +207,8 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, check=None):
     where = _move_aside(mngr, step)
     if jax.process_index() == 0:
       os.replace(log, where + '.log')
-    logging.warning(
-        'Checkpoint %d is unusable (%s); moved to %s, trying the one before',
-        step,
-        problem,
-        where,
-    )
+    message = 'Checkpoint %d is unusable (%s); moved to %s, trying the one before'
+    logging.warning(message, step, problem, where)
   if steps:
     raise CheckpointError(
         f'no usable checkpoint in {mngr.directory}: all {len(steps)} were moved to '

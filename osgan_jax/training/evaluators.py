@@ -133,13 +133,8 @@ class Fid:
     has_features = ref['features'] is not None or not self._keep_features
     if same and ref['n'] == self.real.num and has_features:
       return ref
-    logging.info(
-        'FID: %s does not fit num_real=%d / kid=%s / %s; recomputing',
-        self.stats_path,
-        self.real.num,
-        self.kid,
-        self.real.identity,
-    )
+    wanted = f'num_real={self.real.num} / kid={self.kid} / {self.real.identity}'
+    logging.info('FID: %s does not fit %s; recomputing', self.stats_path, wanted)
     return None
 
   def real_stats(self) -> dict:
@@ -201,13 +196,9 @@ class Fid:
         warning = fid_lib.sample_size_warning(ref['n'], len(fake), fake.shape[1], kid=kid)
         if warning:
           logging.warning('%s: %s', name, warning)
+    counts = f'{self.num_samples} samples vs {ref["n"]} real'
     logging.info(
-        '%s %.4g on %d samples vs %d real (%.1f s)',
-        name,
-        out[name],
-        self.num_samples,
-        ref['n'],
-        out[f'{name}_seconds'],
+        '%s %.4g on %s (%.1f s)', name, out[name], counts, out[f'{name}_seconds']
     )
     return out
 

@@ -64,16 +64,9 @@ class Rollbacks:
           '--config.divergence.policy=rollback'
       )
     self.count += 1
-    logging.warning(
-        'Step %d: %s; rolled back to step %s and skipping ahead to step %d (rollback %d '
-        'of %d)',
-        done,
-        problem,
-        last_good or 0,
-        done,
-        self.count,
-        self.settings.max_rollbacks,
-    )
+    count = f'rollback {self.count} of {self.settings.max_rollbacks}'
+    message = 'Step %d: %s; rolled back to step %s and skipping ahead to step %d (%s)'
+    logging.warning(message, done, problem, last_good or 0, done, count)
 
 
 class CollapseWatch:
@@ -91,10 +84,6 @@ class CollapseWatch:
     if self.streak >= s.collapse_intervals:
       values['collapsed'] = 1.0
       if self.streak == s.collapse_intervals:
-        logging.warning(
-            'The game looks collapsed: loss_d %.3g and loss_g %.3g for %d log intervals '
-            '(D wins outright, G learns nothing useful)',
-            values['loss_d'],
-            values['loss_g'],
-            self.streak,
-        )
+        message = 'The game looks collapsed: loss_d %.3g and loss_g %.3g for %d log '
+        message += 'intervals (D wins outright, G learns nothing useful)'
+        logging.warning(message, values['loss_d'], values['loss_g'], self.streak)

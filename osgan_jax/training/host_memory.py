@@ -58,7 +58,7 @@ def keep_freed_memory() -> bool:
   another C library or once JAX's backends exist: it logs why)."""
   libc = _glibc()
   if libc is None:
-    logging.info('host_memory: not glibc; malloc settings left alone')
+    logging.debug('host_memory: not glibc; malloc settings left alone')
     return False
   if jax_backends_started():
     logging.warning(
@@ -70,7 +70,7 @@ def keep_freed_memory() -> bool:
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
   if ok:
-    logging.info(
+    logging.debug(  # -v=1 shows it
         'host_memory: freed memory stays mapped (one malloc arena, no mmap, '
         'no trimming)'
     )

@@ -155,9 +155,8 @@ class _Run:
     self.abstract = checkpoint.abstract(
         abstract_state(task, self.init_key), self.state_sharding
     )
-    logging.info(
-        "Setup: the state's shapes traced in %.1f s", time.perf_counter() - start
-    )
+    took = time.perf_counter() - start
+    logging.info("Setup: the state's shapes traced in %.1f s", took)
     self.ckpt_dir = os.path.join(workdir, 'checkpoints')
     resuming = os.path.isdir(self.ckpt_dir) and any(
         d.isdigit() for d in os.listdir(self.ckpt_dir)
@@ -181,20 +180,14 @@ class _Run:
     stack.callback(checkpoint.close, self.ckpt)  # waits for an asynchronous save
     state, start = self._restore()
     if start >= settings.num_train_steps:
-      logging.info(
-          'Nothing to do: the checkpoint is at step %d and num_train_steps=%d',
-          start,
-          settings.num_train_steps,
-      )
+      n = settings.num_train_steps
+      logging.info('Nothing to do: the checkpoint is at step %d of %d', start, n)
       return state
     start_phases = time.perf_counter()
     phases = self._jit_phases(task.make_phases(state))
     names = ', '.join(f'{p.name}/{p.interval}' for p, _ in phases)
-    logging.info(
-        'Setup: phases %s in %.1f s; compiling the first step',
-        names,
-        time.perf_counter() - start_phases,
-    )
+    took = time.perf_counter() - start_phases
+    logging.info('Setup: phases %s in %.1f s; compiling the first step', names, took)
     batches = self._batches(start)
     self.writer = MetricWriter(self.workdir, start, self.is_main)
     stack.callback(self.writer.close)
@@ -214,14 +207,9 @@ class _Run:
             bar=settings.progress_bar,
         )
     )
-    logging.info(
-        '%s: %d devices, batch %d, phases %s, state of %d numbers',
-        task.name,
-        self.num_devices,
-        settings.batch_size,
-        names,
-        sum(x.size for x in jax.tree.leaves(state) if hasattr(x, 'size')),
-    )
+    size = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, 'size'))
+    run = f'{self.num_devices} devices, batch {settings.batch_size}, phases {names}'
+    logging.info('%s: %s, state of %d numbers', task.name, run, size)
     # Phases first called (compiled) after the first step, e.g. a lazy one after a resume.
     uncompiled = {k for k, (p, _) in enumerate(phases) if start % p.interval}
     in_flight = collections.deque()
@@ -242,10 +230,8 @@ class _Run:
       self.progress.update()
       if i == start:  # compilation is not training time
         jax.block_until_ready(state)
-        logging.info(
-            'First step (with compilation) took %.1f s',
-            time.perf_counter() - self.clock.start,
-        )
+        took = time.perf_counter() - self.clock.start
+        logging.info('First step (with compilation) took %.1f s', took)
         self.clock.restart()
         self.progress.restart_eta(done)
       else:
@@ -283,12 +269,8 @@ class _Run:
       state, meta, _ = restored
       took = time.perf_counter() - start
       start = self.last_saved = int(jax.device_get(state.step))
-      logging.info(
-          'Setup: resumed from the checkpoint at step %d in %s (%.1f s)',
-          start,
-          self.workdir,
-          took,
-      )
+      message = 'Setup: resumed from the checkpoint at step %d in %s (%.1f s)'
+      logging.info(message, start, self.workdir, took)
     self.meta = {**meta, **self.task.meta}
     # Metrics since the last log, so the first interval logged is the uninterrupted run's.
     self.history = list(self.meta.pop('pending_metrics', []))
@@ -432,13 +414,10 @@ class _Run:
   def _finish(self, state, done: int):
     where = self.ckpt_dir
     if self.stopped_by is not None and done < self.settings.num_train_steps:
-      logging.warning(
-          'Stopped by %s at step %d; checkpoint saved in %s. Run the same command again '
-          'to resume.',
-          self.stopped_by,
-          done,
-          where,
+      message = (
+          'Stopped by %s at step %d; checkpoint saved in %s. Run the same command again'
       )
+      logging.warning(message + ' to resume.', self.stopped_by, done, where)
     elif self.rolled_back_at == done:
       kept = 'the initial state'
       if self.last_saved:
@@ -449,18 +428,14 @@ class _Run:
           'rates'
       )
     else:
-      cache = compile_cache.counts()
-      if cache['hits'] or cache['misses']:
-        logging.info(
-            'Compilation cache: %d programs loaded, %d compiled',
-            cache['hits'],
-            cache['misses'],
-        )
+      hits, misses = compile_cache.counts()['hits'], compile_cache.counts()['misses']
+      if hits or misses:
+        logging.info('Compilation cache: %d programs loaded, %d compiled', hits, misses)
+      saved = f'checkpoint at step {self.last_saved} in {where}'
       logging.info(
-          'Finished %d steps (%.1f s of training steps); checkpoint at step %s in %s',
+          'Finished %d steps (%.1f s of training steps); %s',
           done,
           self.clock.seconds,
-          self.last_saved,
-          where,
+          saved,
       )
     return state

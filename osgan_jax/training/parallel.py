@@ -130,12 +130,15 @@ def initialize(multihost: bool = False) -> bool:
       check_port_free(address)
     else:
       wait_for_coordinator(address, cluster['initialization_timeout'])
+    n, i, timeout = (
+        cluster[k] for k in ('num_processes', 'process_id', 'initialization_timeout')
+    )
     logging.info(
         'Joining %d processes as process %d through %s (timeout %d s)',
-        cluster['num_processes'],
-        cluster['process_id'],
+        n,
+        i,
         address,
-        cluster['initialization_timeout'],
+        timeout,
     )
     left = cluster['initialization_timeout'] - int(time.monotonic() - start)
     jax.distributed.initialize(**{**cluster, 'initialization_timeout': max(left, 1)})
