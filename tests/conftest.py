@@ -15,6 +15,7 @@ and long tests too (the edit-test loop); ``-m ""`` runs all.
 
 import functools
 import os
+import shutil
 import tempfile
 
 _flags = os.environ.get('XLA_FLAGS', '')
@@ -26,11 +27,17 @@ if 'OSGAN_COMPILATION_CACHE' not in os.environ:
       tempfile.gettempdir(), f'osgan_jax_test_cache_{_run}'
   )
 
+import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
 from PIL import Image  # pylint: disable=wrong-import-position
 
 import helpers  # pylint: disable=wrong-import-position,import-error
+
+# The tests' own processes share that cache too: a test that trains, stops and resumes
+# builds the same programs again, and loads them instead of compiling them.
+jax.config.update('jax_compilation_cache_dir', os.environ['OSGAN_COMPILATION_CACHE'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 @pytest.fixture(scope='session')
@@ -76,3 +83,9 @@ def tiny_config(png_folder):
   """``helpers.tiny_config`` reading ``png_folder`` where a config reads a folder:
   ``tiny_config('wgan_celeba', stage='two', batch_size=16)``."""
   return functools.partial(helpers.tiny_config, folder=png_folder)
+
+
+def pytest_sessionfinish(session):
+  """The session's compilation cache goes with it (xdist: once, in the controller)."""
+  if not hasattr(session.config, 'workerinput'):
+    shutil.rmtree(os.environ['OSGAN_COMPILATION_CACHE'], ignore_errors=True)

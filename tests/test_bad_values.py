@@ -218,6 +218,7 @@ def test_broken_config_files(bad_config_files, tmp_path, name, needle):
         ),
     ],
 )
+@pytest.mark.long
 def test_bad_command_lines(tmp_path, module, args, status, needle):
   one_line(run(module, *args, cwd=str(tmp_path)), module, status, needle)
 

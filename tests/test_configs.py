@@ -175,6 +175,7 @@ def test_lazy_regularisation_corrects_adam():
 
 
 @pytest.mark.parametrize('path', GAN_CONFIGS, ids=GAN_NAMES)
+@pytest.mark.long
 def test_summary_of_every_config(path):
   """``python -m osgan_jax.summary --config=...``'s totals are the parameter counts of
   the networks training builds (via eval_shape: no memory even at 1024)."""
@@ -241,6 +242,7 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
       f'--workdir={tmp_path / "run"}',
       '--config.data.name=folder',
       f'--config.data.path={missing}',
+      '-v=1',  # the malloc line is DEBUG
   )
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
@@ -250,7 +252,7 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
       'or is not a directory (set data.path)'
   ]
   # On this CPU-only install main applied the malloc settings, before JAX had started
-  # (else it would refuse).
+  # (else it would refuse); at -v=1 it says so.
   assert 'host_memory: freed memory stays mapped' in result.stderr
   assert 'already started' not in result.stderr
   result = _main(
@@ -258,6 +260,7 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
       '--config.data.name=folder',
       f'--config.data.path={missing}',
       '--tune_malloc=off',
+      '-v=1',
   )
   assert result.returncode == 1
   assert 'host_memory' not in result.stderr

@@ -60,6 +60,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize('hw,k,s,padding', CONV_CASES)
+@pytest.mark.long
 def test_conv2d_matches_xla(hw, k, s, padding):
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, hw, hw, 3)), _rand(rng, (k, k, 3, 5))
@@ -88,6 +89,7 @@ CONV_T_CASES = [
 
 
 @pytest.mark.parametrize('hw,k,s,padding', CONV_T_CASES)
+@pytest.mark.long
 def test_conv_transpose2d_matches_xla(hw, k, s, padding):
   rng = np.random.default_rng(0)
   x, w = _rand(rng, (2, hw, hw, 3)), _rand(rng, (k, k, 3, 5))
@@ -149,6 +151,7 @@ def test_float64_agrees_to_rounding():
     ],
     ids=['conv', 'transpose'],
 )
+@pytest.mark.long
 def test_second_order_gradient(conv, ref):
   """Gradient penalties differentiate the input gradient again (reverse over reverse);
   the transposed conv's derivatives are themselves transposes of conv2d."""
@@ -301,6 +304,7 @@ def _compare_impls(cls, kwargs, x, labels=None, collections=('batch_stats',)):
         (28, dict(norm='none', num_classes=3, embed_dim=2)),
     ],
 )
+@pytest.mark.long
 def test_generator_impls_agree(resolution, kwargs):
   g_kwargs = dict(resolution=resolution, channels=3, width=4, z_dim=6, **kwargs)
   z = _rand(np.random.default_rng(0), (2, 6))
@@ -317,6 +321,7 @@ def test_generator_impls_agree(resolution, kwargs):
         (28, dict(norm='layer', num_classes=3, patch=True, patch_kernel=3)),
     ],
 )
+@pytest.mark.long
 def test_discriminator_impls_agree(resolution, kwargs):
   d_kwargs = dict(resolution=resolution, channels=3, width=4, **kwargs)
   x = jnp.asarray(

@@ -50,6 +50,7 @@ CASES = {
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.long
 def test_declared_coupling_matches_the_probe(name):
   module = CASES[name]
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 1))

@@ -188,6 +188,7 @@ def _discrepancy(nets, state, params_g, params_s, z):
 
 
 @pytest.mark.parametrize('arch', ['lenet5', 'resnet'])
+@pytest.mark.long
 def test_one_stage_gradients_equal_hand_written_autodiff(arch):
   _, gan, state, nets = _game(arch)
   z = jax.random.normal(jax.random.PRNGKey(3), (6, 4))
@@ -228,6 +229,7 @@ def test_one_stage_gradients_equal_hand_written_autodiff(arch):
   assert float(aux['loss_d']) > 0
 
 
+@pytest.mark.long
 def test_two_stage_step_is_dfads_schedule():
   """student_steps student SGD updates on fresh fakes, then G against the new student."""
   # SGD for G too: Adam's first step is lr * sign(g), and the conv biases before
@@ -484,6 +486,9 @@ def test_student_beats_chance_at_the_default_size(tmp_path):
   assert records[-1]['test_accuracy'] > 0.2, records  # chance is 0.1
 
 
+# slow: exact resume is the loop's, for every task (test_train.py::test_resume_is_bit_identical,
+# test_dfad.py::test_teacher_learns_and_resumes_exactly); this adds the student (10 s).
+@pytest.mark.slow
 @pytest.mark.e2e
 @needs_fashion_mnist
 def test_distillation_resumes_bit_identically(teacher_dir, tmp_path):

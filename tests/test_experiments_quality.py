@@ -208,6 +208,9 @@ def test_inception_float16_copy_is_upcast_on_load(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_DATA, reason='apt-get install dataset-fashion-mnist')
+# slow: the study's statistics, rendering and run configs are this file's unit tests,
+# its training the loop's (test_train.py); this runs the whole study at 16x16 (28 s).
+@pytest.mark.slow
 def test_quality_study_tiny_end_to_end(tmp_path):
   """The study at its tiny size (16x16, 2 seeds, 1 loss, 4 steps, FID at 2 and 4), its
   runs in 2 worker processes: rows with provenance and n_exact, resumption from the

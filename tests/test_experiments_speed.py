@@ -199,6 +199,7 @@ def test_device_peaks_and_fraction_of_peak():
         ('xla', ('one_stage', 'two_stage')),
     ],
 )
+@pytest.mark.long
 def test_analytic_flops_agree_with_cpu_lowering_for_dcgan(impl, variants):
   """The DCGAN 64 config's steps (d=64, 16x16, batch 8), each variant, with
   the CPU's patch-matmul convolutions ('auto' here) and with XLA's convolutions ('xla',
@@ -284,6 +285,7 @@ def tiny_row():
   return rows.compile_row('tiny', TINY, log=lambda s: None)
 
 
+@pytest.mark.long
 def test_timed_row_fields_and_ratios(tiny_row):
   result = rows.time_row(tiny_row, rounds=2, steps_per_call=2, log=lambda s: None)
   by = {r['variant']: r for r in result}
@@ -333,7 +335,11 @@ def test_compile_row_counts_an_accelerator_step_on_the_cpu(monkeypatch):
     assert set(row['flops_by_primitive']) == {'conv_general_dilated'}
 
 
+# slow: executed FLOPs by branch are test_executed_flops_count_the_branch_each_step_took's,
+# interleaved timing test_timed_row_fields_and_ratios'; this runs the per-loss suite (19 s).
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_DATA, reason='apt-get install dataset-fashion-mnist')
+@pytest.mark.long
 def test_per_loss_suite_tiny_end_to_end(tmp_path):
   """``--suite losses`` as a user runs it, at a toy size: a short training with the
   branch each step took, both stages timed from the trained state, provenance."""
@@ -428,12 +434,20 @@ def _device(tmp_path, *argv, timeout=900):
   )
 
 
+@pytest.mark.long
 def test_device_suite_tiny_end_to_end(tmp_path):
   """``experiments.device --tiny``: DCGAN beside PyTorch (interleaved, at 1 and 2
   steps per synchronisation), the StyleGAN2 iteration and the loop's ceiling."""
   models = 'dcgan64_d128,stylegan2_256_f32_iteration,loop'
   result = _device(
-      tmp_path, '--models', models, '--syncs', '1,2', '--override=batch_size=4'
+      tmp_path,
+      '--models',
+      models,
+      '--syncs',
+      '1,2',
+      '--rounds',
+      '2',
+      '--override=batch_size=4',
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| model | variant | sync | ms/step |' in result.stdout
@@ -517,6 +531,9 @@ def test_device_suite_budget_skips_rows_and_prints_their_command(tmp_path):
 # ------------------------------------------------------------------ the loop
 
 
+# slow: the loop rows (prepared data, the trivial step through the loop) run in
+# test_device_suite_tiny_end_to_end; this adds the folder source and the real steps (28 s).
+@pytest.mark.slow
 def test_loop_throughput_rows_at_a_tiny_size(tmp_path, capsys):
   """The loop benchmark end to end at toy sizes: both sources, the trivial step through
   the loop, the real steps alone and through main, with provenance."""

@@ -78,6 +78,7 @@ def flip_a_decodable_bit(step_dir: str) -> None:
   raise AssertionError('no decodable bit flip found')
 
 
+@pytest.mark.long
 def test_bit_rot_is_caught_and_the_run_resumes_from_the_checkpoint_before(
     tmp_path, caplog, capsys
 ):
@@ -130,6 +131,7 @@ def test_one_run_per_workdir_and_a_stale_lock_is_taken_over(tmp_path, caplog):
 
 
 @pytest.mark.parametrize('damage', ['corrupt', 'delete'])
+@pytest.mark.long
 def test_a_lost_config_json_is_rebuilt_from_the_checkpoints(tmp_path, caplog, damage):
   run = str(tmp_path / 'run')
   train.train_and_evaluate(config(num_train_steps=2), run)
@@ -149,6 +151,7 @@ def test_a_lost_config_json_is_rebuilt_from_the_checkpoints(tmp_path, caplog, da
     assert json.load(f)['batch_size'] == 16
 
 
+@pytest.mark.long
 def test_a_rollback_that_never_progresses_is_not_reported_as_success(tmp_path):
   run = str(tmp_path / 'run')
   train.train_and_evaluate(config(num_train_steps=4), run)

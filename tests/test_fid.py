@@ -268,6 +268,7 @@ def test_preprocess_range_grey_and_quantisation():
 
 
 @needs_weights
+@pytest.mark.long
 def test_features_match_reference_fixture(extractor):
   """Features of the committed images equal FidHelper's (made with torch, see the docstring)."""
   ref = np.load(FIXTURE)
@@ -322,6 +323,7 @@ def _torch_reference_features(images_u8):
 
 @needs_torch
 @needs_weights
+@pytest.mark.long
 def test_features_match_torchscript_live(extractor):
   rng = np.random.default_rng(11)
   a = _smooth_images(rng, 4, 40, 52)
@@ -622,8 +624,10 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
 
 
 @needs_weights
-def test_cli_on_folders(tmp_path, capsys, extractor):
+def test_cli_on_folders(tmp_path, capsys, monkeypatch, extractor):
   from PIL import Image
+
+  monkeypatch.setattr(sys.stderr, 'isatty', lambda: True)  # the bar is for terminals
 
   rng = np.random.default_rng(9)
   real, fake = tmp_path / 'real', tmp_path / 'fake'
@@ -656,6 +660,7 @@ def test_cli_on_folders(tmp_path, capsys, extractor):
   out = json.loads(captured.out)
   assert (out['n_real'], out['n_fake']) == (4, 3)
   assert 'img' in captured.err  # the tqdm bar
+  assert 'warning: FID from 3 images' in captured.err  # and the sample-size warning
   fr = extractor(imgs_r[[0, 2, 1, 3]])  # sorted walk: root files first, then nested/
   ff = extractor(np.repeat(imgs_f[..., :1], 3, axis=-1))
   assert out['fid'] == pytest.approx(M.fid_from_features(fr, ff), rel=1e-5)

@@ -55,6 +55,7 @@ def _probe(tune: bool) -> dict:
 
 
 @pytest.mark.skipif(host_memory._glibc() is None, reason='needs glibc')
+@pytest.mark.long
 def test_freed_buffers_stop_page_faulting():
   pages = 64 * 2**20 // os.sysconf('SC_PAGE_SIZE')
   plain = _probe(tune=False)

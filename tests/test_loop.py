@@ -321,6 +321,7 @@ def _run_scenario(name, tmp_path):
 
 
 @pytest.mark.parametrize('name', ['toy', pytest.param('gan', marks=pytest.mark.e2e)])
+@pytest.mark.long
 def test_steps_between_boundaries_make_no_device_to_host_transfer(name, tmp_path):
   result = _run_scenario(name, tmp_path)
   assert result.returncode == 0 and 'scenario passed' in result.stdout, result.stderr[

@@ -87,6 +87,7 @@ def apply_train(module, variables, x, labels=None):
 
 @pytest.mark.parametrize('resolution', [32, 64])
 @pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.long
 def test_shapes_and_range(resolution, channels):
   g = Generator(resolution=resolution, channels=channels, width=4, z_dim=8)
   variables, z = init_g(g)
@@ -185,6 +186,7 @@ def test_input_validation():
 
 
 @pytest.mark.parametrize('resolution,kernel,hw', [(64, 3, 4), (32, 4, 4), (28, 3, 7)])
+@pytest.mark.long
 def test_patch_logits(resolution, kernel, hw):
   d = Discriminator(
       resolution=resolution,
@@ -578,6 +580,7 @@ def _to_torch(torch, module_params, torch_seq):
 
 @needs_torch
 @pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.long
 def test_matches_pytorch_dcgan(bias):
   import torch  # pylint: disable=import-outside-toplevel
 
@@ -604,6 +607,7 @@ def test_matches_pytorch_dcgan(bias):
   np.testing.assert_allclose(np.asarray(logits), tlogits.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.long
 def test_bfloat16_compute_from_the_config():
   """``model.*.dtype='bfloat16'`` (issue 15): the convolutions of the training step run
   in bfloat16 while parameters, optimiser state and losses stay float32; a dtype that

@@ -209,6 +209,7 @@ def init_both(g, d, batch=3, num_classes=0, seed=0):
 
 
 @pytest.mark.parametrize('resolution,num_classes', [(16, 0), (32, 3)])
+@pytest.mark.long
 def test_shapes_tiny(resolution, num_classes):
   g, d = tiny(resolution, channels=1 if num_classes else 3, num_classes=num_classes)
   gv, dv, z, y, x = init_both(g, d, num_classes=num_classes)
@@ -541,6 +542,7 @@ def ref_discriminator(params, x, y_onehot, widths, cards, blocks):
 
 
 @pytest.mark.parametrize('num_classes', [0, 3])
+@pytest.mark.long
 def test_matches_numpy_reference_of_official_networks(num_classes):
   kw = dict(widths=(16, 16, 8), cardinalities=(4, 2, 2), blocks_per_stage=(1, 2, 1))
   g = r3gan.Generator(
@@ -574,6 +576,7 @@ def test_matches_numpy_reference_of_official_networks(num_classes):
 # ---------------------------------------------------------------- independence
 
 
+@pytest.mark.long
 def test_samples_independent():
   g, d = tiny(16, num_classes=3)
   gv, dv, z, y, x = init_both(g, d, batch=4, num_classes=3)

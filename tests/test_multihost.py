@@ -348,6 +348,10 @@ def test_two_processes_equal_one_process(images, tmp_path):
 # -------------------------------------------------------------------------- SIGTERM
 
 
+# slow: a SIGTERM's checkpoint and exact resume are test_train.py::
+# test_sigterm_saves_then_resume_matches_uninterrupted's, the processes' agreement on every
+# step test_two_processes_equal_one_process's; this adds the stop agreed across hosts (43 s).
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_sigterm_to_one_process_stops_both_with_one_checkpoint(images, tmp_path):
   """A preemption notice on one host: both stop at the same step (agreed at the next

@@ -15,6 +15,7 @@ KEY = jax.random.PRNGKey(0)
     'shape,groups',
     [((3, 5, 4, 16), 4), ((2, 4, 4, 64), 32), ((2, 6, 8), 2), ((2, 3, 3, 8), 8)],
 )
+@pytest.mark.long
 def test_matches_flax(shape, groups):
   x = 1.5 + 2.0 * jax.random.normal(KEY, shape)  # non-zero mean: exercises the variance
   ref = nn.GroupNorm(num_groups=groups, epsilon=1e-5)

@@ -78,6 +78,7 @@ def _both_losses(kind, regime, names, seed, **options):
 
 
 @pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.long
 def test_exact_for_every_loss_and_discriminator(kind):
   for loss, (ours, ref) in _both_losses(kind, 'normal', LOSSES, seed=1).items():
     aux = _assert_exact(ours, ref)
@@ -96,6 +97,7 @@ EXTREME = (
 
 
 @pytest.mark.parametrize('kind,regime,names', EXTREME)
+@pytest.mark.long
 def test_exact_and_finite_where_the_decomposition_breaks(kind, regime, names):
   for ours, ref in _both_losses(kind, regime, names, seed=2).values():
     _assert_exact(ours, ref)
@@ -138,6 +140,7 @@ def _marked_problem(kind, marked):
 
 
 @pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
+@pytest.mark.long
 def test_singular_fakes_rerun_d_in_a_bucket_and_the_fallback_is_exact(kind):
   """Batch 8, bucket 2: none, some, a full bucket, more than the bucket and all fakes
   singular; each is exact, the bucket runs when they fit and the whole batch when not."""
@@ -157,6 +160,7 @@ def test_singular_fakes_rerun_d_in_a_bucket_and_the_fallback_is_exact(kind):
 
 
 @pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
+@pytest.mark.long
 def test_approx_mode_is_exact_where_theory_says(kind):
   # Symmetric losses with a per-sample D: gamma = -1, the paper's trick is exact.
   _assert_exact(*_both(toy_networks.problem('minimax', kind, seed=3), mode='approx'))
@@ -167,6 +171,7 @@ def test_approx_mode_is_exact_where_theory_says(kind):
 
 
 @pytest.mark.parametrize('kind', ['batchnorm', 'mbstd'])
+@pytest.mark.long
 def test_approx_mode_is_wrong_for_coupled_discriminators_and_says_so(kind):
   prob = toy_networks.problem('non_saturating', kind, seed=3)
   (grads_g, _, aux), (ref_g, ref_d, _) = _both(prob, mode='approx', measure_error=True)
@@ -189,7 +194,16 @@ def test_approx_mode_is_wrong_for_asymmetric_patch_losses_and_finite_when_singul
   assert int(aux['n_exact']) > 0 and float(aux['approx_rel_err']) > 1e-3
 
 
-@pytest.mark.parametrize('kind', KINDS)
+# The reference is two jax.grad calls, the same code for every D; mlp and mbstd run the
+# networks' paths of conv (per-sample) and batchnorm (coupled), so they are slow-tier.
+@pytest.mark.parametrize(
+    'kind',
+    [
+        pytest.param(k, marks=pytest.mark.slow) if k in ('mlp', 'mbstd') else k
+        for k in KINDS
+    ],
+)
+@pytest.mark.long
 def test_reference_grads_match_finite_differences(kind):
   with jax.enable_x64(True):
     for loss in ('non_saturating', 'hinge') if kind != 'mlp' else LOSSES:
@@ -197,12 +211,15 @@ def test_reference_grads_match_finite_differences(kind):
       assert exactness.finite_difference_error(prob) <= exactness.FD_TOLERANCE
 
 
+@pytest.mark.long
 def test_float64_exactness():
   with jax.enable_x64(True):
     prob = toy_networks.problem('non_saturating', 'patch', seed=5, dtype=jnp.float64)
     _assert_exact(*_both(prob), tol=1e-12)
 
 
+# slow: test_coupling.py checks the probe against every architecture's declaration (8 s).
+@pytest.mark.slow
 def test_probe_tells_coupled_discriminators_apart():
   for kind in KINDS:
     prob = toy_networks.problem('minimax', kind)

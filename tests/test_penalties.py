@@ -29,6 +29,7 @@ from helpers import (  # pylint: disable=import-error
 @pytest.mark.parametrize(
     'loss,penalty', [('relativistic', 'r1r2'), ('wgan', 'gp'), ('fisher', 'none')]
 )
+@pytest.mark.long
 def test_exact_against_the_reference_and_finite_differences(loss, penalty, disc):
   with jax.enable_x64(True):  # the finite differences run in float64, as the CLI's
     report = exactness.check(loss, disc, penalty=penalty, default_precision=False)
@@ -55,6 +56,7 @@ def test_penalty_values_for_a_linear_discriminator():
     penalties.loss(disc, w, x_real, x_fake, {'r3': 1.0})
 
 
+@pytest.mark.long
 def test_penalties_reach_d_only_and_need_real_data_for_r1():
   prob = toy_networks.problem('non_saturating', 'conv')
   plain = one_stage.one_stage_grads(**{**prob, 'penalties': None})

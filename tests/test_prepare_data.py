@@ -375,6 +375,7 @@ def test_source_errors_are_one_line():
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.long
 def test_cli_end_to_end_with_worker_processes(tmp_path):
   n = _png_folder(tmp_path / "png")
   _prepare(f"folder:{tmp_path / 'png'}", tmp_path / "ref", batch=4)
@@ -401,6 +402,7 @@ def test_cli_end_to_end_with_worker_processes(tmp_path):
   )
 
 
+@pytest.mark.long
 def test_cli_errors_are_one_line_with_status_1_or_2(tmp_path):
   _one_line_error(
       _cli(

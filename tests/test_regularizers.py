@@ -719,6 +719,7 @@ def stylegan():
   return out
 
 
+@pytest.mark.long
 def test_stylegan2_lazy_regularisation_steps_trace_once_and_update_one_player(stylegan):
   assert stylegan['cache_sizes'] == [1, 1, 1, 1]  # (chex also raised on a 2nd trace)
   assert len(stylegan['pl']) == 3 and len(stylegan['r1']) == 2

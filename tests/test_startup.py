@@ -58,6 +58,7 @@ def _main(workdir, cache, steps):
 @pytest.mark.skipif(
     not os.path.exists('/usr/share/datasets/fashion-mnist'), reason='needs Fashion-MNIST'
 )
+@pytest.mark.long
 def test_setup_stages_metrics_lines_and_the_compilation_cache(tmp_path):
   cache = tmp_path / 'cache'
   first = _main(tmp_path / 'run', cache, 4)

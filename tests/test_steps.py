@@ -52,6 +52,7 @@ def _batch(i):
 
 @pytest.mark.parametrize('stage', ['one', 'two', 'official_two'])
 @pytest.mark.parametrize('kind', ['conv', 'batchnorm'])
+@pytest.mark.long
 def test_step_traces_once_keeps_structure_and_is_finite(stage, kind):
   gan, state = _gan(kind)
   gan = steps.probe_per_sample(gan, state, _batch(0))
@@ -77,6 +78,7 @@ def test_step_traces_once_keeps_structure_and_is_finite(stage, kind):
     assert not np.allclose(state.model_state_d['stats']['var'], 1.0)
 
 
+@pytest.mark.long
 def test_one_stage_step_applies_the_reference_gradients():
   gan, state = _gan('mbstd', loss='hinge')
   batch, rng = _batch(0), jax.random.PRNGKey(3)
