@@ -61,13 +61,8 @@ class Command:
   def __init__(self, prog: str, usage: str):
     self.prog, self.usage = prog, usage
     self.flags = flags.FlagValues()
-    flags.DEFINE_integer(
-        'verbosity',
-        0,
-        'log detail: 1 adds DEBUG lines',
-        short_name='v',
-        flag_values=self.flags,
-    )
+    verbosity = dict(short_name='v', flag_values=self.flags)
+    flags.DEFINE_integer('verbosity', 0, 'log detail: 1 adds DEBUG lines', **verbosity)
 
   def report(self, message: str, status: int = 1) -> int:
     print(f'{self.prog}: error: {message}', file=sys.stderr)

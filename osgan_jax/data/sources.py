@@ -344,9 +344,8 @@ def _warn_unreadable(path: str, err: Exception) -> None:
     if path in _warned:
       return
     _warned.add(path)
-  logging.warning(
-      "data: skipping unreadable image %s (%s: %s)", path, type(err).__name__, err
-  )
+  why = f"{type(err).__name__}: {err}"
+  logging.warning("data: skipping unreadable image %s (%s)", path, why)
 
 
 def list_image_files(root: str) -> list:

@@ -61,11 +61,8 @@ def keep_freed_memory() -> bool:
     logging.debug('host_memory: not glibc; malloc settings left alone')
     return False
   if jax_backends_started():
-    logging.warning(
-        'host_memory: JAX has already started its backends; call '
-        'keep_freed_memory() before the first JAX computation (malloc '
-        'settings left alone)'
-    )
+    why = 'call keep_freed_memory() before the first JAX computation'
+    logging.warning('host_memory: JAX has already started its backends; %s', why)
     return False
   libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   ok = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
