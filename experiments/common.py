@@ -343,6 +343,25 @@ def write_record(path: str, record: dict, fields: Sequence[str]) -> str:
 # ------------------------------------------------------------------ small helpers
 
 
+def make_images(folder: str, n: int, resolution: int) -> None:
+  """``n`` smooth random RGB PNGs (deterministic; PNG-compressible like photos)."""
+  from PIL import Image
+
+  os.makedirs(folder, exist_ok=True)
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
+  for i in range(n):
+    path = os.path.join(folder, f'{i:06d}.png')
+    if os.path.exists(path):
+      continue
+    f = rng.uniform(1, 6, (3, 2))
+    rgb = np.stack(
+        [np.sin(f[c, 0] * xx * 6.28 + i) * np.cos(f[c, 1] * yy * 6.28) for c in range(3)],
+        -1,
+    )
+    Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(path)
+
+
 def parse_overrides(items: Sequence[str]) -> dict:
   """``['a.b=1', 'c=x']`` -> ``{'a.b': 1, 'c': 'x'}`` (values parsed as JSON where
   they parse)."""

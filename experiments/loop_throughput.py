@@ -36,25 +36,6 @@ from osgan_jax.training import loop
 REAL_CONFIG = 'configs/dcgan_celeba.py'
 
 
-def make_images(folder: str, n: int, resolution: int) -> None:
-  """``n`` smooth random RGB PNGs (deterministic; PNG-compressible like photos)."""
-  from PIL import Image
-
-  os.makedirs(folder, exist_ok=True)
-  rng = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
-  for i in range(n):
-    path = os.path.join(folder, f'{i:06d}.png')
-    if os.path.exists(path):
-      continue
-    f = rng.uniform(1, 6, (3, 2))
-    rgb = np.stack(
-        [np.sin(f[c, 0] * xx * 6.28 + i) * np.cos(f[c, 1] * yy * 6.28) for c in range(3)],
-        -1,
-    )
-    Image.fromarray(((rgb + 1) * 127.5).astype(np.uint8)).save(path)
-
-
 def data_config(source: str, path: str, resolution: int):
   c = config_lib.get_base_config().data
   c.update(dict(name=source, path=path, resolution=resolution, channels=3))
@@ -227,7 +208,7 @@ def main(argv=None) -> int:
     print(json.dumps(row), flush=True)
 
   folder, prepared = os.path.join(work, 'folder'), os.path.join(work, 'prepared')
-  make_images(folder, args.images, args.resolution)
+  common.make_images(folder, args.images, args.resolution)
   if not os.path.exists(os.path.join(prepared, 'meta.json')):
     prepare_data.prepare(
         f'folder:{folder}',

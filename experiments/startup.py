@@ -5,7 +5,7 @@ commit on the same machine in the same run, and again with the compilation cache
       [--override data.resolution=256 ...] [--baseline e888d3f] [--repeats 1] [--out DIR]
 
 Each measurement is a fresh process training one step in a fresh workdir on a folder of
-random PNGs; its time is the wall time from the process's start to the loop's "First
+synthetic PNGs; its time is the wall time from the process's start to the loop's "First
 step" log line (data, networks, initialiser, D's coupling, the first step's compile and
 its run). Per repeat, in turn: the baseline commit (a git worktree of it, as it was),
 this tree with an empty compilation cache, and this tree again with the cache the
@@ -36,16 +36,6 @@ DEFAULT_OVERRIDES = (
     'num_train_steps=1',
     'progress_bar=False',
 )
-
-
-def write_images(folder: str, n: int, size: int) -> None:
-  from PIL import Image
-
-  os.makedirs(folder, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for i in range(n):
-    pixels = rng.integers(0, 256, (size, size, 3), np.uint8)
-    Image.fromarray(pixels).save(os.path.join(folder, f'{i:03d}.png'))
 
 
 def run_once(tree: str, config: str, overrides, workdir: str, env: dict) -> dict:
@@ -93,7 +83,9 @@ def main(argv=None) -> int:
   p.add_argument('--override', action='append', default=None, metavar='KEY=VALUE')
   p.add_argument('--baseline', help='a commit to measure beside this tree')
   p.add_argument('--repeats', type=int, default=1)
-  p.add_argument('--images', type=int, default=16, help='random PNGs in the data folder')
+  p.add_argument(
+      '--images', type=int, default=16, help='synthetic PNGs in the data folder'
+  )
   p.add_argument('--out', help='a directory (default: a new temporary one)')
   args = p.parse_args(argv)
   overrides = list(DEFAULT_OVERRIDES) + list(args.override or [])
@@ -101,7 +93,7 @@ def main(argv=None) -> int:
   out_dir = common.output_dir(args.out, 'startup')
   scratch = tempfile.mkdtemp(prefix='osgan_startup_')
   data = os.path.join(scratch, 'images')
-  write_images(data, args.images, resolution)
+  common.make_images(data, args.images, resolution)
   overrides += ['data.name=folder', f'data.path={data}']
   record = {
       'provenance': common.provenance(common.command_line('experiments.startup', argv)),

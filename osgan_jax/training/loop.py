@@ -428,7 +428,7 @@ class _Run:
           'rates'
       )
     else:
-      hits, misses = compile_cache.counts()['hits'], compile_cache.counts()['misses']
+      hits, misses = (compile_cache.counts()[k] for k in ('hits', 'misses'))
       if hits or misses:
         logging.info('Compilation cache: %d programs loaded, %d compiled', hits, misses)
       saved = f'checkpoint at step {self.last_saved} in {where}'
