@@ -35,7 +35,7 @@ from osgan_jax import fid as cli
 from osgan_jax.metrics import fid as M
 from osgan_jax.metrics import inception as I
 from osgan_jax.metrics import inception_weights as W
-from osgan_jax.metrics import torch_archive
+from osgan_jax.formats import torch_archive
 from helpers import REPO, needs_torch  # pylint: disable=import-error
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from osgan_jax.metrics import inception
-from osgan_jax.metrics import torch_archive
+from osgan_jax.formats import torch_archive
 
 __all__ = [
     'FID_HELPER_SHA1',

@@ -1,9 +1,11 @@
-"""Reads ``torch.save`` files and TorchScript archives with numpy, without torch.
+"""Reads ``torch.save`` files, TorchScript archives and pickled torch modules, without torch.
 
-Zip archives (``torch.save`` since 1.6, ``torch.jit.save``) and the legacy pre-1.6
-format are unpickled by a restricted :class:`pickle.Unpickler` that rebuilds tensors as
-numpy arrays and TorchScript modules as :class:`ScriptObject`; anything else a file
-names is refused. Used for the FID Inception weights; knows nothing about any network.
+Zip archives (``torch.save`` since 1.6, ``torch.jit.save``), the legacy pre-1.6 format
+and plain :func:`pickle.dump` files of torch modules (the StyleGAN2-ADA and R3GAN
+snapshots) are unpickled by a restricted :class:`pickle.Unpickler` that rebuilds tensors
+as numpy arrays, TorchScript modules as :class:`ScriptObject` and the modules of plain
+pickles as :class:`PickledObject`; anything else a file names is refused, and no code a
+file carries is run. Knows nothing about any network.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import numpy as np
 
-__all__ = ['READ_ERRORS', 'ScriptObject', 'read_torch_pickle']
+__all__ = [
+    'READ_ERRORS',
+    'PickledObject',
+    'ScriptObject',
+    'read_pickle',
+    'read_torch_pickle',
+]
 
 # What a damaged or foreign file raises while it is read (besides ValueError).
 READ_ERRORS = (
@@ -66,6 +74,54 @@ class ScriptObject:
 
   def __repr__(self):
     return f'ScriptObject({self.qualname})'
+
+
+class PickledObject:
+  """An object of a plain pickle: its class's name and its attribute dict, nothing run.
+
+  Modules of ``torch_utils.persistence`` (StyleGAN2-ADA) are named by their class name
+  alone (their module is source text embedded in the file, never executed); classes a
+  caller allows by name (R3GAN) by ``module.name``.
+  """
+
+  qualname = ''
+  state: Any = None  # until the pickle sets it (unpickling calls no __init__)
+
+  def __init__(self, qualname: str = '', state: Any = None):
+    self.qualname = qualname or type(self).qualname
+    self.state = {} if state is None else state
+
+  def __setstate__(self, state):
+    self.state = state
+
+  def __repr__(self):
+    return f'PickledObject({self.qualname})'
+
+
+def _reconstruct_persistent(meta):
+  """``torch_utils.persistence``'s reconstructor, without importing the embedded source."""
+  if not isinstance(meta, dict) or meta.get('type') != 'class':
+    raise pickle.UnpicklingError('unsupported persistent object in a weights file')
+  return PickledObject(str(meta['class_name']), meta.get('state'))
+
+
+def _numpy_scalar(dtype, data=None):
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+    raise pickle.UnpicklingError('refusing to load a numpy object scalar')
+  return np.frombuffer(data, dtype)[0]
+
+
+def _numpy_dtype(*args):
+  dtype = np.dtype(*args)
+  if dtype.hasobject:
+    raise pickle.UnpicklingError('refusing to load a numpy object dtype')
+  return dtype
+
+
+# torch dtypes (pickled as globals of ``torch``) read as their names.
+_TORCH_DTYPES = frozenset(
+    'float32 float64 float16 bfloat16 int64 int32 int16 int8 uint8 bool'.split()
+)
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
@@ -121,6 +177,53 @@ class _TorchUnpickler(pickle.Unpickler):
     return self._load_storage(key, storage_type.dtype, numel)
 
 
+class _PlainUnpickler(_TorchUnpickler):
+  """A plain ``pickle.dump`` of torch modules: storages are embedded legacy blobs."""
+
+  def __init__(self, file, allowed):
+    super().__init__(file, None)
+    self._allowed = allowed
+
+  def find_class(self, module, name):
+    if module == 'torch.storage' and name == '_load_from_bytes':
+      return _storage_from_bytes
+    if module == 'torch_utils.persistence' and name == '_reconstruct_persistent_obj':
+      return _reconstruct_persistent
+    if module == 'dnnlib.util' and name == 'EasyDict':
+      return dict
+    if module in ('numpy.core.multiarray', 'numpy._core.multiarray') and name == 'scalar':
+      return _numpy_scalar
+    if module == 'numpy' and name == 'dtype':
+      return _numpy_dtype
+    if module == 'torch' and name in _TORCH_DTYPES:
+      return name
+    if self._allowed(module, name):
+      return type(name, (PickledObject,), {'qualname': f'{module}.{name}'})
+    return super().find_class(module, name)
+
+  def persistent_load(self, pid):
+    raise pickle.UnpicklingError(f'unexpected persistent id {pid!r} in a plain pickle')
+
+
+def _storage_from_bytes(data: bytes) -> np.ndarray:
+  """``torch.storage._load_from_bytes``: one storage saved in the legacy format."""
+  storage = _read_legacy_bytes(data, 'an embedded tensor')
+  if not isinstance(storage, np.ndarray):
+    raise pickle.UnpicklingError('an embedded tensor is not a storage')
+  return storage
+
+
+def read_pickle(path: str, allowed: Callable[[str, str], bool] = lambda m, n: False):
+  """A plain pickle of torch modules, read with numpy only.
+
+  Tensors become arrays, ``torch_utils.persistence`` modules and the classes for which
+  ``allowed(module, name)`` holds become :class:`PickledObject`; any other global is
+  refused (``pickle.UnpicklingError``).
+  """
+  with open(path, 'rb') as f:
+    return _PlainUnpickler(f, allowed).load()
+
+
 def read_torch_pickle(path: str) -> Any:
   """A ``torch.save`` file (zip or legacy) or TorchScript zip, read with numpy only."""
   if zipfile.is_zipfile(path):
@@ -143,9 +246,17 @@ def read_torch_pickle(path: str) -> Any:
 
 
 def _read_legacy(path: str) -> Any:
-  """The pre-1.6 format, whose storages follow the object: tensors are rebuilt last."""
   with open(path, 'rb') as f:
-    buf = io.BytesIO(f.read())
+    return _read_legacy_bytes(f.read(), path)
+
+
+class _StorageKey(str):
+  """A storage not yet read (the legacy format stores them after the object)."""
+
+
+def _read_legacy_bytes(data: bytes, path: str) -> Any:
+  """The pre-1.6 format, whose storages follow the object: tensors are rebuilt last."""
+  buf = io.BytesIO(data)
   try:
     magic = pickle.load(buf)
   except Exception as e:  # noqa: BLE001 - any failure means "not this format"
@@ -172,7 +283,7 @@ def _read_legacy(path: str) -> Any:
     def persistent_load(self, pid):
       if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
         raise pickle.UnpicklingError(f'unexpected persistent id {pid!r}')
-      key = str(pid[2])
+      key = _StorageKey(pid[2])
       storages.setdefault(key, np.empty(pid[4], pid[1].dtype))
       return key
 
@@ -187,6 +298,8 @@ def _read_legacy(path: str) -> Any:
     if isinstance(o, _Pending):
       key, offset, size, stride = o
       return _rebuild_tensor(storages[key], offset, size, stride)
+    if isinstance(o, _StorageKey):
+      return storages[o]
     if isinstance(o, dict):
       return type(o)((k, resolve(v)) for k, v in o.items())
     if isinstance(o, (list, tuple)):
