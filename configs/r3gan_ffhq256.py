@@ -10,8 +10,11 @@ R1 and R2 at every step; Adam betas (0, beta2), eps 1e-8. Over the first 20M ima
 -> 0.99, gamma 150 -> 15 and G's EMA half-life 0 -> 500 kimg (``config.schedule``,
 R3GAN's ``cosine_decay_with_warmup``). The paper reports FID 2.75 for this setting.
 
-Not expressed here: the official x-flips (``--mirror=1``) and its ADA-style
-augmentation (``--aug=1``, p ramped 0 -> 0.3); the official run has no set length
+As the official README's command trains it (``--mirror=1 --aug=1``): the data set with
+x-flips (``data.xflip``) and every image D sees augmented by R3GAN's ADA pipe
+(``augment.pipe='r3gan'``: ADA's geometric ops and cutout at probability p, its colour
+ops at p/2), p ramped 0 -> 0.3 by the same cosine (``schedule.augment_p``; R3GAN's
+``aug_scheduler``); docs/augmentation.md. The official run has no set length
 (``--kimg`` defaults to 10^7 kimg), so ``num_train_steps`` (100M images; see
 ``config_lib.official_r3gan_config``) is a choice. Data: FFHQ as a folder of PNGs
 (the 1024x1024 release is resized with PIL; a prepared copy, ``python -m

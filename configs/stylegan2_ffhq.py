@@ -35,6 +35,12 @@ needs no loss scaling) and FID-50k every 50 kimg:
       --config.evals.fid.every_steps=1563 --config.evals.fid.num_samples=50000 \
       --config.evals.fid.num_real=-1"
 
+X-flips on (``data.xflip``), as the official FFHQ command (``--mirror-augment=true``
+in StyleGAN2, ``--mirror=1`` in stylegan2-ada-pytorch). Adaptive discriminator
+augmentation (ADA, stylegan2-ada-pytorch's default 'bgc' pipe, target 0.6) for
+limited data: ``--config.augment.pipe=ada --config.augment.target=0.6``
+(docs/augmentation.md).
+
 Parameter table of this config: ``python -m osgan_jax.summary
 --config=configs/stylegan2_ffhq.py``. The two-stage baseline: ``--config.stage=two``.
 """
@@ -49,4 +55,5 @@ def get_config():
   c.data.resolution = 1024
   c.data.channels = 3
   c.data.center_crop = 0
+  c.data.xflip = True
   return c

@@ -10,8 +10,11 @@ with ramp-up 0.05) with the official CIFAR R1 gamma 0.01.
 
   python -m osgan_jax.main --config=configs/stylegan2_tiny.py --workdir=/tmp/stylegan2_tiny
 
-Two-stage baseline: ``--config.stage=two``. Parameters:
-``python -m osgan_jax.summary --config=configs/stylegan2_tiny.py``.
+ADA (stylegan2-ada-pytorch's 'bgc' pipe on every image D sees, lazy R1 included, p
+adapted towards E[sign(D(real))] = 0.6): ``--config.augment.pipe=ada
+--config.augment.target=0.6`` (docs/augmentation.md). Two-stage baseline:
+``--config.stage=two``. Parameters: ``python -m osgan_jax.summary
+--config=configs/stylegan2_tiny.py``.
 """
 
 from osgan_jax import config as config_lib

@@ -28,6 +28,12 @@ flags.DEFINE_string(
     'penalty', 'none', 'gradient penalties on D (none, r1, ...)', flag_values=F
 )
 flags.DEFINE_string(
+    'augment',
+    'none',
+    'D sees every image augmented by this preset (none, ada, diffaugment, ...)',
+    flag_values=F,
+)
+flags.DEFINE_string(
     'emulate',
     'none',
     'none, or round float32 matmul/conv operands at default precision as this precision '
@@ -48,6 +54,7 @@ def _check(args) -> int:
       (F.mode, one_stage.MODES, 'mode'),
       (F.logits, tuple(toy_networks.LOGIT_REGIMES), 'logits regime'),
       (F.penalty, tuple(toy_networks.PENALTIES), 'penalty'),
+      (F.augment, toy_networks.AUGMENTS, 'augmentation'),
       (F.emulate, ('none',) + tuple(precision.EMULATIONS), 'emulated precision'),
   ):
     if value not in valid:
@@ -63,6 +70,7 @@ def _check(args) -> int:
       x64=F.x64,
       logits=F.logits,
       penalty=F.penalty,
+      augment=F.augment,
       emulate=None if F.emulate == 'none' else F.emulate,
   )
   print(json.dumps(report))

@@ -179,3 +179,31 @@ def test_a_rollback_that_never_progresses_is_not_reported_as_success(tmp_path):
   for path, data in kept.items():  # the checkpoints before the divergence are intact
     with open(path, 'rb') as f:
       assert f.read() == data
+
+
+@pytest.mark.long
+def test_an_adaptive_augmentation_run_resumes_bit_identically(tmp_path):
+  # ADA with p moving every 2 steps, on 40 examples mirrored (data.limit, data.xflip):
+  # stopped at step 4 and resumed, the state, p and the controller's sums included,
+  # equals the uninterrupted run's bit for bit.
+  adaptive = {
+      'data.limit': 40,
+      'data.xflip': True,
+      'augment.pipe': 'ada',
+      'augment.p': 0.5,  # the start; three moves of 0.16 each by step 6
+      'augment.target': 0.6,
+      'augment.speed_kimg': 0.2,
+      'augment.interval': 2,
+  }
+  straight = jax.device_get(
+      train.train_and_evaluate(config(num_train_steps=6, **adaptive), str(tmp_path / 'a'))
+  )
+  run = str(tmp_path / 'b')
+  train.train_and_evaluate(config(num_train_steps=4, **adaptive), run)
+  resumed = jax.device_get(
+      train.train_and_evaluate(config(num_train_steps=6, **adaptive), run)
+  )
+  assert_trees_equal(resumed, straight)
+  assert float(straight.augment['p']) not in (0.0, 0.5, 1.0)  # p moved, and is compared
+  assert metrics(run) == metrics(tmp_path / 'a')
+  assert {'augment_p', 'augment_rt'} <= set(metrics(run)[-1])

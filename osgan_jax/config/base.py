@@ -124,6 +124,39 @@ def _check_evals(config) -> None:
         raise _fail(f'evals.{name}.{k}', problem, entry[k])
 
 
+def _check_augment(config) -> None:
+  a, final = config.augment, config.schedule.augment_p
+  if a.pipe == 'none':
+    if a.target > 0 or a.p not in (-1, 0) or final >= 0:
+      raise ConfigError(
+          'config.augment.p, config.augment.target and config.schedule.augment_p need '
+          "config.augment.pipe (e.g. 'ada')"
+      )
+    return
+  if final >= 0:
+    if a.target > 0:
+      raise ConfigError(
+          'config.schedule.augment_p ramps p, config.augment.target adapts it: set one'
+      )
+    if final > 1:
+      raise _fail('schedule.augment_p', 'in [0, 1]', final)
+    if int(config.schedule.steps) == 0:
+      raise ConfigError(
+          'config.schedule.augment_p is set but config.schedule.steps is 0; give the '
+          'ramp length in steps'
+      )
+    return
+  if a.target == 0 and a.p in (-1, 0) and a.pipe != 'diffaugment':
+    raise ConfigError(
+        f'config.augment.pipe={a.pipe!r} with p=0 and no target augments nothing; set '
+        'config.augment.p (fixed) or config.augment.target (adaptive, ADA: 0.6)'
+    )
+  if a.pipe == 'diffaugment' and a.p == 0 and a.target == 0:
+    raise ConfigError(
+        "config.augment.pipe='diffaugment' with p=0 and no target augments nothing"
+    )
+
+
 def _check_rules(config) -> None:
   """Checks that involve more than one key."""
   # Lazy: importing the config (as every command's --help does) loads no JAX.
@@ -133,6 +166,7 @@ def _check_rules(config) -> None:
     losses.get(config.loss)
   except ValueError as e:
     raise ConfigError(f'config.loss: {e}') from None
+  _check_augment(config)
   s = config.schedule
   ramped = [
       n

@@ -231,6 +231,16 @@ KEYS: dict[str, Key] = {
         one_of('', 'nearest', 'bilinear', 'bicubic', 'lanczos'),
     ),
     'data.shuffle': Key(True, 'a fresh permutation every epoch', flag),
+    'data.limit': Key(
+        0,
+        'train on the first this many examples only (0: all; docs/data.md)',
+        NONNEGATIVE,
+    ),
+    'data.xflip': Key(
+        False,
+        'the data set doubled with mirrored copies, by the index schedule (docs/data.md)',
+        flag,
+    ),
     'data.num_threads': Key(4, 'decoding threads', NONNEGATIVE, True),
     'data.prefetch': Key(8, 'batches decoded ahead', NONNEGATIVE, True),
     'data.num_workers': Key(
@@ -297,6 +307,45 @@ KEYS: dict[str, Key] = {
     'ema.rampup': Key(
         0.0, '> 0: the official ramp-up (half-life at most rampup x images seen)', real(0)
     ),
+    # Augmentation of every image D sees (docs/augmentation.md).
+    'augment.pipe': Key(
+        'none',
+        "'none', 'ada' (ADA's bgc: geometric and colour), 'ada_bgcc' ('ada' with "
+        "cutout), 'ada_blit', 'ada_geom', 'ada_color', 'ada_bg', 'r3gan' (R3GAN's: "
+        "'ada_bgcc' with the colour ops at half probability) or 'diffaugment' (colour, "
+        'translation, cutout)',
+        one_of(
+            'none',
+            'ada',
+            'ada_bgcc',
+            'ada_blit',
+            'ada_geom',
+            'ada_color',
+            'ada_bg',
+            'r3gan',
+            'diffaugment',
+        ),
+    ),
+    'augment.p': Key(
+        -1.0,
+        'the probability of each op per image, fixed or the adaptive start (-1: the '
+        "preset's: 0 for the ADA presets, 1 for diffaugment)",
+        lambda v: None if v == -1 or real(0, 1)(v) is None else 'in [0, 1] or -1',
+    ),
+    'augment.target': Key(
+        0.0,
+        '> 0: adapt p towards this E[sign(D(real))] (ADA: 0.6); 0: p fixed',
+        real(0, 1),
+    ),
+    'augment.speed_kimg': Key(
+        500.0,
+        "the adaptive p moves by at most 1 per this many thousand images (ADA's "
+        'ada_kimg)',
+        real(0, lo_open=True),
+    ),
+    'augment.interval': Key(
+        4, "steps between the adaptive p's updates (ADA's ada_interval)", POSITIVE
+    ),
     # Gradient penalties on D inside the main step.
     'penalty.r1': Key(0.0, 'weight of gamma/2 E||grad D(x_real)||^2', real(0)),
     'penalty.r2': Key(0.0, 'the same on the (detached) fakes', real(0)),
@@ -313,6 +362,9 @@ KEYS: dict[str, Key] = {
     'schedule.r2': Key(-1.0, 'the final R2 weight', RAMP_TARGET),
     'schedule.gp': Key(-1.0, 'the final GP weight', RAMP_TARGET),
     'schedule.ema_half_life_kimg': Key(-1.0, 'the final EMA half-life', RAMP_TARGET),
+    'schedule.augment_p': Key(
+        -1.0, "the final augmentation p (R3GAN's ramp; not with a target)", RAMP_TARGET
+    ),
     # The teacher (task 'teacher'; DFAD and the classifier FID load it).
     'teacher.arch': Key('lenet5', 'lenet5, lenet5_half, resnet18 or resnet34', text),
     'teacher.width': Key(6, 'the first layer width', POSITIVE),
@@ -347,6 +399,7 @@ KEYS: dict[str, Key] = {
 
 # The sections of the config, for --helpconfig.
 SECTIONS = {
+    'augment': 'augmenting every image D sees, fixed or adaptive (docs/augmentation.md)',
     'data': 'the training images (docs/data.md)',
     'divergence': 'non-finite parameters or losses, and a collapsed game',
     'dfad': 'data-free distillation (docs/dfad.md)',

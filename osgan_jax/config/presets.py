@@ -78,11 +78,16 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
 
 
 # The official R3GAN presets (brownvc/R3GAN ``train.py``): batch, gamma's ramp, the
-# final EMA half-life (kimg) and the bfloat16 stages; every preset ramps lr 2e-4 ->
-# 5e-5, beta2 0.9 -> 0.99, gamma and the EMA half-life by one cosine over 20M images.
+# final EMA half-life (kimg), the final augmentation probability and the bfloat16
+# stages; every preset ramps lr 2e-4 -> 5e-5, beta2 0.9 -> 0.99, gamma, the EMA
+# half-life and the augmentation p (from 0) by one cosine over 20M images.
 R3GAN_PRESETS = {
-    'CIFAR10': dict(batch_size=512, gamma=(0.05, 0.005), ema_kimg=5000.0, mixed_stages=3),
-    'FFHQ-256': dict(batch_size=256, gamma=(150.0, 15.0), ema_kimg=500.0, mixed_stages=4),
+    'CIFAR10': dict(
+        batch_size=512, gamma=(0.05, 0.005), ema_kimg=5000.0, aug_p=0.55, mixed_stages=3
+    ),
+    'FFHQ-256': dict(
+        batch_size=256, gamma=(150.0, 15.0), ema_kimg=500.0, aug_p=0.3, mixed_stages=4
+    ),
 }
 R3GAN_DECAY_IMAGES = 20_000_000
 
@@ -122,6 +127,11 @@ def official_r3gan_config(preset: str) -> ml_collections.ConfigDict:
   c.schedule.update(kind='cosine', steps=decay_steps, g_lr=5e-5, d_lr=5e-5, b2=0.99)
   c.schedule.r1 = c.schedule.r2 = p['gamma'][1]
   c.schedule.ema_half_life_kimg = p['ema_kimg']
+  # --mirror=1 --aug=1, as the official README trains every preset: x-flips, and
+  # R3GAN's AugmentPipe (augment.pipe='r3gan') with p ramped from 0 (aug_scheduler).
+  c.data.xflip = True
+  c.augment.update(pipe='r3gan', p=0.0)
+  c.schedule.augment_p = p['aug_p']
 
   c.evals.fid.update(every_steps=10_000, num_samples=50_000, num_real=-1)
   return c

@@ -180,13 +180,21 @@ def check(
     logits='normal',
     emulate=None,
     penalty='none',
+    augment='none',
     default_precision=True,
 ) -> dict:
   """One gradcheck setting's JSON-able report, its verdict at full float32 precision;
   ``default_precision=False`` skips the default-precision report (three compilations)."""
   dtype = jnp.float64 if x64 else jnp.float32
   prob = problem(
-      loss, disc, seed=seed, dtype=dtype, logits=logits, emulate=emulate, penalty=penalty
+      loss,
+      disc,
+      seed=seed,
+      dtype=dtype,
+      logits=logits,
+      emulate=emulate,
+      penalty=penalty,
+      augment=augment,
   )
   with full_precision():
     grads_g, grads_d, aux = run_one_stage(prob, mode)
@@ -201,6 +209,7 @@ def check(
       'mode': mode,
       'logits': logits,
       'penalty': penalty,
+      'augment': augment,
       'dtype': jnp.dtype(dtype).name,
       'precision': FULL_PRECISION,
       'rel_err_g': rel_err(grads_g, ref_g),

@@ -120,6 +120,7 @@ def _record(result: strategies.Pass, game: strategies.Game, g_aux) -> dict:
       gamma_min=jnp.where(any_defined, gamma_min, 0.0),
       gamma_max=jnp.where(any_defined, gamma_max, 0.0),
       n_exact=result.n_exact,
+      real_logits=r32,
       per_sample=jnp.asarray(game.per_sample),
       g_aux=g_aux,
       d_aux=result.d_aux,

@@ -16,7 +16,7 @@ import optax
 
 from osgan_jax.core import penalties
 from osgan_jax.core.one_stage import call_with_aux
-from osgan_jax.core.steps import update_d, update_g
+from osgan_jax.core.steps import augmenting, update_d, update_g
 
 PyTree = Any
 
@@ -170,13 +170,17 @@ def r1_step(
 
   On the main step's real batch, differentiating ``batch[image_key]``; build
   ``gan.optimizer_d`` with the same lazy ``interval``. Only D's parameters, optimiser
-  and model state change. Metrics: ``r1_penalty``, ``loss_d_reg`` (docs/stylegan2.md).
+  and model state change; with ``gan.augment``, on augmented reals (as ADA).
+  Metrics: ``r1_penalty``, ``loss_d_reg`` (docs/stylegan2.md).
   """
   real = {k: batch[k] for k in gan.batch_keys}
+  augmented, tag = augmenting(gan, state, rng)  # D o augmentation, as the main step's
 
   def objective(params_d):
     def disc(p, x):
-      return gan.discriminate(p, state.model_state_d, {**real, image_key: x}, rng)
+      return augmented.discriminate(
+          p, state.model_state_d, tag({**real, image_key: x}), rng
+      )
 
     penalty, (logits, model_state_d) = r1_penalty(
         disc, params_d, real[image_key], has_aux=True

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from osgan_jax.core import augment as augment_lib
 from osgan_jax.core import losses as losses_lib
 from osgan_jax.core import one_stage
 from osgan_jax.core import penalties as penalties_lib
@@ -26,7 +27,8 @@ PyTree = Any
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training, a plain pytree (docs/api.md);
-  ``ema_params_g``, ``pl_mean`` and ``loss_state`` are ``None`` unless the run uses them.
+  ``ema_params_g``, ``pl_mean``, ``loss_state`` and ``augment`` (the augmentation
+  probability and its controller's sums) are ``None`` unless the run uses them.
   """
 
   step: jax.Array
@@ -39,6 +41,7 @@ class TrainState:
   ema_params_g: PyTree = None
   pl_mean: PyTree = None
   loss_state: PyTree = None
+  augment: PyTree = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,9 @@ class GAN:
   of ``batch_keys``; ``discriminate(params_d, model_state_d, batch, rng) -> (logits,
   model_state_d)``; ``sample_latent(rng, n) -> z``. ``batch_keys=()``: no real data
   (``batch={}``). ``per_sample=None`` probes at trace time (``probe_per_sample``).
-  ``penalties``: ``{'r1' | 'r2' | 'gp': weight or schedule}``. Fields: docs/api.md.
+  ``penalties``: ``{'r1' | 'r2' | 'gp': weight or schedule}``; ``augment``: a
+  ``core.augment.Augment``, every image D sees augmented (docs/augmentation.md).
+  Fields: docs/api.md.
   """
 
   generate: Callable
@@ -64,6 +69,7 @@ class GAN:
   fake_batch_size: int = 0  # samples per step when there is no real batch
   penalties: Any = None
   exact_bucket: float = 0.25  # one_stage_grads' exact_bucket
+  augment: Any = None
 
   def penalty_weights(self, step):
     """The penalties' weights at ``step`` (schedules evaluated), or ``None``."""
@@ -96,6 +102,7 @@ def init_state(
       ema_params_g=jax.tree.map(jnp.copy, params_g) if ema else None,
       pl_mean=jnp.zeros((), jnp.float32) if path_length else None,
       loss_state=loss.init_state() if loss.stateful else None,
+      augment=None if gan.augment is None else gan.augment.init_state(),
   )
 
 
@@ -133,6 +140,51 @@ def clip_params(limit: float) -> optax.GradientTransformation:
     return clipped, state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# Salts of the augmentation keys: of the reals (from the step's key) and of the fakes
+# (from the key ``generate`` gets).
+_AUGMENT_REAL, _AUGMENT_FAKE = 7, 8
+
+
+def augmenting(gan: GAN, state: TrainState, rng):
+  """``(gan', tag)``: D' = D o augmentation at ``state.augment['p']``, images as
+  ``(batch, per-sample keys)`` pairs: G' attaches its fakes' keys, ``tag(real)`` the
+  reals' (from ``rng``), so each sample keeps its augmentation in any batch D sees it
+  in. Without augmentation ``(gan, identity)``."""
+  aug = gan.augment
+  if aug is None:
+    return gan, lambda real: real
+  if state.augment is None:
+    raise ValueError('gan.augment is set but the state has no augment field (init_state)')
+  p = state.augment['p']
+
+  def generate(params, model_state, z, rng_g):
+    fake, model_state = gan.generate(params, model_state, z, rng_g)
+    return augment_lib.attach(fake, jax.random.fold_in(rng_g, _AUGMENT_FAKE)), model_state
+
+  def discriminate(params, model_state, pair, rng_d):
+    return gan.discriminate(
+        params, model_state, augment_lib.apply_tree(aug, pair, p), rng_d
+    )
+
+  def tag(real):
+    if not jax.tree.leaves(real):
+      return real
+    return augment_lib.attach(real, jax.random.fold_in(rng, _AUGMENT_REAL))
+
+  augmented = dataclasses.replace(
+      gan, generate=generate, discriminate=discriminate, augment=None
+  )
+  return augmented, tag
+
+
+def _controller(gan: GAN, state: TrainState, real_logits, batch_size: int):
+  """``(state, metrics)`` after the augmentation controller saw the real logits."""
+  if gan.augment is None:
+    return state, {}
+  aug, rt = gan.augment.update(state.augment, real_logits, state.step, batch_size)
+  return state.replace(augment=aug), {'augment_p': aug['p'], 'augment_rt': rt}
 
 
 def _real(gan: GAN, batch):
@@ -186,13 +238,15 @@ _METRICS = (
 
 def one_stage_step(gan: GAN, state: TrainState, batch, rng):
   """One forward, one backward, both players updated from the same z."""
-  real = _real(gan, batch)
+  augmented, tag = augmenting(gan, state, rng)
+  real = tag(_real(gan, batch))
   rng_z, rng_g, rng_d = jax.random.split(rng, 3)
   rng_p = jax.random.fold_in(rng, 3)  # penalties; the other streams as without them
-  z = gan.sample_latent(rng_z, _batch_size(gan, real))
+  batch_size = _batch_size(gan, real)
+  z = gan.sample_latent(rng_z, batch_size)
   grads_g, grads_d, aux = one_stage.one_stage_grads(
-      lambda p, z: gan.generate(p, state.model_state_g, z, rng_g),
-      lambda p, x: gan.discriminate(p, state.model_state_d, x, rng_d),
+      lambda p, z: augmented.generate(p, state.model_state_g, z, rng_g),
+      lambda p, x: augmented.discriminate(p, state.model_state_d, x, rng_d),
       state.params_g,
       state.params_d,
       z,
@@ -215,8 +269,9 @@ def one_stage_step(gan: GAN, state: TrainState, batch, rng):
       model_state_d=aux['d_aux'],
       loss_state=aux['loss_state'],
   )
+  state, augment_metrics = _controller(gan, state, aux['real_logits'], batch_size)
   metrics = {k: _f32(aux[k]) for k in _METRICS if k in aux}
-  return state, {**metrics, **_loss_state_metrics(state.loss_state)}
+  return state, {**metrics, **_loss_state_metrics(state.loss_state), **augment_metrics}
 
 
 def _loss_state_metrics(loss_state) -> dict:
@@ -228,7 +283,9 @@ def _loss_state_metrics(loss_state) -> dict:
 
 def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
   loss = losses_lib.get(gan.loss)
-  real = _real(gan, batch)
+  plain = gan
+  gan, tag = augmenting(plain, state, rng)  # D o augmentation from here on
+  real = tag(_real(plain, batch))
   batch_size = _batch_size(gan, real)
   rng_z1, rng_z2, rng_g1, rng_g2, rng_d1, rng_d2 = jax.random.split(rng, 6)
 
@@ -254,11 +311,10 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
       )
     loss_d = loss.d(r32, f32, state.loss_state)
     loss_state = loss.updated(state.loss_state, r32, f32)
-    return loss_d + penalty, (loss_d, model_state_d, penalty_metrics, loss_state)
+    return loss_d + penalty, (loss_d, model_state_d, penalty_metrics, loss_state, r32)
 
-  (_, (loss_d, model_state_d, penalty_metrics, loss_state)), grads_d = jax.value_and_grad(
-      d_objective, has_aux=True
-  )(state.params_d)
+  (_, d_aux), grads_d = jax.value_and_grad(d_objective, has_aux=True)(state.params_d)
+  loss_d, model_state_d, penalty_metrics, loss_state, real_logits = d_aux
   new_d = update_d(gan, state, grads_d)
   params_d = new_d['params_d']
 
@@ -289,7 +345,8 @@ def _two_stage(gan: GAN, state: TrainState, batch, rng, *, official: bool):
       loss_state=loss_state,
   )
   metrics.update(loss_d=_f32(loss_d), loss_g=_f32(loss_g))
-  return state, {**metrics, **_loss_state_metrics(loss_state)}
+  state, augment_metrics = _controller(plain, state, real_logits, batch_size)
+  return state, {**metrics, **_loss_state_metrics(loss_state), **augment_metrics}
 
 
 def two_stage_step(gan: GAN, state: TrainState, batch, rng):

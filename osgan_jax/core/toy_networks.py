@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from osgan_jax.core import augment as augment_lib
 from osgan_jax.core import losses as losses_lib
 from osgan_jax.core.precision import EMULATIONS, emulated
 
@@ -29,6 +30,9 @@ PENALTIES = {
     'r1r2': {'r1': 1.0, 'r2': 1.0},
     'gp': {'gp': 10.0},
 }
+# --augment: every image D sees augmented, each op drawn with this probability.
+AUGMENTS = ('none',) + tuple(augment_lib.PRESETS)
+AUGMENT_P = 0.5
 # Stateful losses are checked at a state away from the initial one.
 LOSS_STATES = {'fisher': {'lam': 0.3}}
 
@@ -158,9 +162,11 @@ def problem(
     batch=8,
     emulate=None,
     penalty='none',
+    augment='none',
 ):
   """Everything ``one_stage_grads`` takes for one gradcheck setting, as a dict; with
-  ``emulate`` ('tf32', 'bf16') G and D round float32 operands as GPUs and TPUs do."""
+  ``emulate`` ('tf32', 'bf16') G and D round float32 operands as GPUs and TPUs do;
+  with ``augment`` (a preset of ``core.augment``) D sees every image augmented."""
   loss_obj = losses_lib.get(loss)
   if penalty not in PENALTIES:
     raise ValueError(f'unknown penalty {penalty!r}; valid: {", ".join(PENALTIES)}')
@@ -168,6 +174,8 @@ def problem(
     raise ValueError(
         f'unknown emulated precision {emulate!r}; valid: {", ".join(EMULATIONS)}'
     )
+  if augment not in AUGMENTS:
+    raise ValueError(f'unknown augment {augment!r}; valid: {", ".join(AUGMENTS)}')
   if logits not in LOGIT_REGIMES:
     raise ValueError(
         f'unknown logits regime {logits!r}; valid: {", ".join(LOGIT_REGIMES)}'
@@ -182,16 +190,39 @@ def problem(
   if loss_obj.stateful:
     loss_state = LOSS_STATES.get(loss, loss_obj.init_state())
     loss_state = jax.tree.map(lambda v: jnp.asarray(v, dtype), loss_state)
+  gen = functools.partial(generate, emulate=emulate) if emulate else generate
+  disc_fn = make_discriminator(disc, LOGIT_REGIMES[logits], emulate)
+  x_real = jnp.tanh(jax.random.normal(kx, (batch,) + IMAGE_SHAPE, dtype))
+  if augment != 'none':
+    gen, disc_fn, x_real = _augmented(gen, disc_fn, x_real, augment, key)
   return dict(
-      generate=functools.partial(generate, emulate=emulate) if emulate else generate,
-      discriminate=make_discriminator(disc, LOGIT_REGIMES[logits], emulate),
+      generate=gen,
+      discriminate=disc_fn,
       params_g=init_generator(kg, dtype, bias=not zero),
       params_d=init_discriminator(disc, kd, dtype, bias=not zero),
       z=z,
-      x_real=jnp.tanh(jax.random.normal(kx, (batch,) + IMAGE_SHAPE, dtype)),
+      x_real=x_real,
       loss=loss,
       d_has_aux=disc == 'batchnorm',
       loss_state=loss_state,
       penalties=PENALTIES[penalty],
       penalty_rng=jax.random.fold_in(key, 5),
+  )
+
+
+def _augmented(gen, disc, x_real, pipe: str, key):
+  """G, D and the reals with D seeing every image augmented, as the train steps do:
+  each sample carries its key (``core.augment.attach``) into whichever batch D sees."""
+  aug = augment_lib.Augment(pipe)
+
+  def generate_pair(params, z):
+    return augment_lib.attach(gen(params, z), jax.random.fold_in(key, 8))
+
+  def discriminate_pair(params, pair):
+    return disc(params, augment_lib.apply_tree(aug, pair, AUGMENT_P))
+
+  return (
+      generate_pair,
+      discriminate_pair,
+      augment_lib.attach(x_real, jax.random.fold_in(key, 7)),
   )

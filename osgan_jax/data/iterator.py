@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from osgan_jax.data.schedule import batch_indices, host_slice
+from osgan_jax.data.schedule import batch_indices, examples, host_slice, split_flips
 from osgan_jax.data.sources import DataConfig, OpenedSource
 
 _MAX_STEPS = 2**62
@@ -49,8 +49,11 @@ def to_float(batch: dict) -> dict:
 class _MakeBatch:
   """step -> this host's batch (a picklable callable for grain workers)."""
 
-  def __init__(self, source, seed, global_batch, start, stop, shuffle, image_dtype):
+  def __init__(
+      self, source, seed, global_batch, start, stop, shuffle, image_dtype, limit, xflip
+  ):
     self.source = source
+    self.limit, self.xflip = limit, xflip
     self.seed = seed
     self.global_batch = global_batch
     self.start, self.stop = start, stop
@@ -58,8 +61,9 @@ class _MakeBatch:
     self.image_dtype = image_dtype
 
   def __call__(self, step: int) -> dict:
+    n = len(self.source)
     idx = batch_indices(
-        len(self.source),
+        examples(n, self.limit, self.xflip),
         self.seed,
         int(step),
         self.global_batch,
@@ -67,7 +71,11 @@ class _MakeBatch:
         self.stop,
         self.shuffle,
     )
+    idx, mirrored = split_flips(idx, n, self.limit, self.xflip)
     images, labels, skipped = self.source.load_batch(idx)
+    if mirrored.any():
+      images = np.array(images)
+      images[mirrored] = images[mirrored, :, ::-1]
     if self.image_dtype == "uint8":
       images = np.ascontiguousarray(images, np.uint8)
     else:
@@ -130,7 +138,15 @@ def iterate_source(
 
   start, stop = host_slice(batch_size, process_index, process_count)
   make_batch = _MakeBatch(
-      opened.source, int(seed) % 2**63, batch_size, start, stop, cfg.shuffle, image_dtype
+      opened.source,
+      int(seed) % 2**63,
+      batch_size,
+      start,
+      stop,
+      cfg.shuffle,
+      image_dtype,
+      cfg.limit,
+      cfg.xflip,
   )
   ds = grain.MapDataset.range(start_step, _MAX_STEPS).map(make_batch)
   ds = ds.to_iter_dataset(
@@ -149,7 +165,7 @@ def iterate_source(
         worker_init_fn=_ignore_sigint,
     )
   info = {
-      "num_examples": len(opened.source),
+      "num_examples": examples(len(opened.source), cfg.limit, cfg.xflip),
       "resolution": cfg.resolution,
       "channels": cfg.channels,
       "num_classes": opened.num_classes,

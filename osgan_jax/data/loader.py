@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from osgan_jax.data.iterator import BatchIterator, iterate_source
 from osgan_jax.data.prepared import open_prepared, read_meta
+from osgan_jax.data.schedule import examples
 from osgan_jax.data.sources import DataConfig, OpenedSource, open_source, source_info
 
 
@@ -18,18 +19,21 @@ def make_source(cfg: DataConfig) -> OpenedSource:
 
 
 def dataset_info(data_config) -> dict:
-  """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'}; no decoding."""
+  """{'num_examples', 'resolution', 'channels', 'num_classes', 'source'}; no decoding.
+  ``num_examples`` counts what training draws from (``data.limit``, ``data.xflip``)."""
   cfg = DataConfig(data_config)
   if cfg.name != "prepared":
-    return source_info(cfg)
-  meta = read_meta(cfg)
-  return {
-      "resolution": cfg.resolution,
-      "channels": cfg.channels,
-      "num_examples": meta["num_examples"],
-      "num_classes": meta["num_classes"],
-      "source": "prepared",
-  }
+    info = source_info(cfg)
+  else:
+    meta = read_meta(cfg)
+    info = {
+        "resolution": cfg.resolution,
+        "channels": cfg.channels,
+        "num_examples": meta["num_examples"],
+        "num_classes": meta["num_classes"],
+        "source": "prepared",
+    }
+  return {**info, "num_examples": examples(info["num_examples"], cfg.limit, cfg.xflip)}
 
 
 def make_iterator(

@@ -43,6 +43,21 @@ def batch_indices(
   return out
 
 
+def examples(n: int, limit: int = 0, xflip: bool = False) -> int:
+  """How many examples the schedule draws from: the first ``limit`` of ``n`` (0: all),
+  twice as many with ``xflip`` (index ``i >= m`` is example ``i - m`` mirrored)."""
+  m = min(limit, n) if limit else n
+  return 2 * m if xflip else m
+
+
+def split_flips(indices: np.ndarray, n: int, limit: int = 0, xflip: bool = False):
+  """``(example indices, mirrored mask)`` of schedule ``indices`` (see ``examples``)."""
+  m = min(limit, n) if limit else n
+  if not xflip:
+    return indices, np.zeros(indices.shape, bool)
+  return indices % m, indices >= m
+
+
 def host_slice(global_batch: int, process_index: int, process_count: int) -> tuple:
   """(start, stop) of the global batch's positions that host `process_index` loads."""
   per_host = global_batch // process_count

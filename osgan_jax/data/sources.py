@@ -105,6 +105,10 @@ class DataConfig:
       )
     self.interpolation = interp
     self.shuffle = bool(_get(cfg, "shuffle", True))
+    self.limit = int(_get(cfg, "limit", 0))
+    if self.limit < 0:
+      raise DataError(f"data.limit must be >= 0 (0: all), got {self.limit}")
+    self.xflip = bool(_get(cfg, "xflip", False))
     self.num_threads = int(_get(cfg, "num_threads", 4))
     self.prefetch = int(_get(cfg, "prefetch", 8))
     self.num_workers = int(_get(cfg, "num_workers", 0))

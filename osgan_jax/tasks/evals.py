@@ -63,8 +63,14 @@ def accuracy_split(entries: dict) -> str:
   return 'test'
 
 
+def whole(data: dict, **changes) -> dict:
+  """``data`` with ``changes`` and without the training-only ``limit`` and ``xflip``:
+  evaluation reads the whole split."""
+  return {**data, **changes, 'limit': 0, 'xflip': False}
+
+
 def num_classes(data: dict, split: str) -> int:
-  info = data_lib.dataset_info(data_lib.DataConfig({**data, 'split': split}))
+  info = data_lib.dataset_info(data_lib.DataConfig(whole(data, split=split)))
   if info['num_classes'] == 0:
     raise data_lib.DataError(
         f'{data["name"]} split {split!r} has no labels; accuracy needs a labelled test set'
@@ -122,8 +128,9 @@ def _fid(name: str, entry: dict, ctx: Context):
   features = entry['features']
   metric = METRIC[features] if name in ('fid', METRIC[features]) else name
   split = entry['real_split'] or ctx.data['split']
-  real_data = data_lib.DataConfig({**ctx.data, 'split': split, 'shuffle': True})
-  total = ctx.num_examples if split == ctx.data['split'] else None
+  real_data = data_lib.DataConfig(whole(ctx.data, split=split, shuffle=True))
+  limited = ctx.data.get('limit') or ctx.data.get('xflip')
+  total = ctx.num_examples if split == ctx.data['split'] and not limited else None
   if total is None:
     total = data_lib.dataset_info(real_data)['num_examples']
   num_real = int(total if entry['num_real'] < 0 else min(entry['num_real'], total))
@@ -159,7 +166,7 @@ def _fid(name: str, entry: dict, ctx: Context):
 def _test_accuracy(name: str, entry: dict, ctx: Context):
   del name
   data = data_lib.DataConfig(
-      {**ctx.data, 'split': entry['split'], 'shuffle': False, 'num_threads': 0}
+      whole(ctx.data, split=entry['split'], shuffle=False, num_threads=0)
   )
   n = int(data_lib.dataset_info(data)['num_examples'])
   batch = int(entry['batch_size'])

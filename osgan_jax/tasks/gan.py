@@ -15,7 +15,9 @@ from absl import logging
 from osgan_jax import data as data_lib
 from osgan_jax import models
 from osgan_jax.config import ConfigError
+from osgan_jax.core import augment as augment_lib
 from osgan_jax.core import optimizers
+from osgan_jax.core import schedules
 from osgan_jax.core import steps
 from osgan_jax.tasks import common
 from osgan_jax.tasks import evals
@@ -162,9 +164,39 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       mode=config.one_stage_mode,
       exact_bucket=float(config.one_stage_bucket),
       penalties=penalties or None,
+      augment=make_augment(config),
       # Declared by the architecture (a test checks it against the probe), so no jvp of
       # D runs at start-up; None (an architecture that does not say) probes.
       per_sample=getattr(discriminator, 'per_sample', None),
+  )
+
+
+def _fractions(bucket):
+  """``config.one_stage_bucket`` as fractions of the batch (an integer 1 is the whole
+  batch, not a count of one)."""
+  if isinstance(bucket, (tuple, list)):
+    return tuple(float(f) for f in bucket)
+  return float(bucket)
+
+
+def make_augment(config) -> augment_lib.Augment | None:
+  """``config.augment`` as a ``core.augment.Augment`` (None for ``pipe='none'``)."""
+  a, s = config.augment, config.schedule
+  if a.pipe == 'none':
+    return None
+  p = float(a.p)
+  if p == -1:
+    p = 1.0 if a.pipe == 'diffaugment' else 0.0
+  schedule = None
+  if int(s.steps) > 0 and float(s.augment_p) >= 0:
+    schedule = schedules.ramp(p, float(s.augment_p), int(s.steps), s.kind)
+  return augment_lib.Augment(
+      str(a.pipe),
+      p=p,
+      target=float(a.target),
+      speed_kimg=float(a.speed_kimg),
+      interval=int(a.interval),
+      schedule=schedule,
   )
 
 
@@ -328,5 +360,5 @@ def build(config, workdir: str) -> loop.Task:
       make_phases=make_phases,
       batches=common.host_batches(data, int(config.batch_size), int(config.seed)),
       evaluators=evals.build(config.evals.to_dict(), context, kinds=('samples', 'fid')),
-      progress=('loss_d', 'loss_g', 'fid', 'fid_classifier'),
+      progress=('loss_d', 'loss_g', 'augment_p', 'fid', 'fid_classifier'),
   )
