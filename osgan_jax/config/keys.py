@@ -270,6 +270,13 @@ KEYS: dict[str, Key] = {
         ),
         "the discriminator's keyword arguments",
     ),
+    'init_from': Key(
+        '',
+        'an official StyleGAN2-ADA or R3GAN pickle G (its EMA too) and D start from; the '
+        "model keys must match its architecture ('': random init; docs/official_weights.md)",
+        path,
+        True,  # a resumed run starts from its checkpoint, whatever the file
+    ),
     # Optimisers.
     'optimizer.g_lr': Key(2e-4, "G's Adam learning rate (0 freezes G)", real(0)),
     'optimizer.d_lr': Key(

@@ -19,6 +19,7 @@ from osgan_jax.core import augment as augment_lib
 from osgan_jax.core import optimizers
 from osgan_jax.core import schedules
 from osgan_jax.core import steps
+from osgan_jax.models import official
 from osgan_jax.tasks import common
 from osgan_jax.tasks import evals
 from osgan_jax.tasks import hparams
@@ -224,10 +225,47 @@ def make_optimizers(config):
   return optimizer_g, optimizer_d
 
 
+def initial_weights(config, generator, discriminator):
+  """The variables of ``config.init_from`` (``models.official.Imported``) or None when it
+  is ''; a ``ConfigError`` of one line where the file does not load or the configured
+  networks differ from its architecture (naming the first key that differs)."""
+  path = str(config.init_from)
+  if not path:
+    return None
+  try:
+    imported = official.load(path)
+  except ValueError as e:
+    raise ConfigError(f'config.init_from: {e}') from None
+  if imported.family != config.model.name:
+    raise ConfigError(
+        f'config.init_from={path}: config.model.name={config.model.name!r} does not '
+        f'match the file (a {imported.family} snapshot)'
+    )
+  for section, module, theirs, from_config in (
+      ('model.generator', generator, imported.generator, _G_FROM_CONFIG),
+      ('model.discriminator', discriminator, imported.discriminator, _D_FROM_CONFIG),
+  ):
+    if theirs is None:
+      logging.warning('%s has no discriminator: D starts from its random init', path)
+      continue
+    problem = official.mismatch(module, theirs)
+    if problem is not None:
+      arg = problem.split(':', 1)[0]
+      keys = {n: key for key, names in from_config.items() for n in names}
+      key = keys.get(arg, f'{section}.{arg}')
+      raise ConfigError(
+          f'config.init_from={path}: config.{key} does not match the file '
+          f'({problem.split(": ", 1)[-1]})'
+      )
+  return imported
+
+
 def make_init(config, gan: steps.GAN, generator, discriminator):
-  """``init(key) -> TrainState``; traceable: the loop jits it with its sharding."""
+  """``init(key) -> TrainState``; traceable: the loop jits it with its sharding. With
+  ``config.init_from``, G (and its EMA) and D start from the file's variables."""
   res, ch = int(config.data.resolution), int(config.data.channels)
   n = 4  # minibatch std needs a batch its group size divides; 4 fits both architectures
+  imported = initial_weights(config, generator, discriminator)
 
   def init(key):
     key_g, key_d = jax.random.split(key)
@@ -240,12 +278,22 @@ def make_init(config, gan: steps.GAN, generator, discriminator):
     d_vars = dict(
         discriminator.init(d_rngs, jnp.zeros((n, res, res, ch)), labels, train=False)
     )
+    ema_params = None
+    if imported is not None:
+      g_vars = dict(imported.variables['g'])
+      if imported.variables['d'] is not None:
+        d_vars = dict(imported.variables['d'])
+      if imported.variables['g_ema'] is not None:
+        ema_params = imported.variables['g_ema']['params']
     params_g, params_d = g_vars.pop('params'), d_vars.pop('params')
     ema = hparams.active(config, 'ema_half_life_kimg')
     path_length = config.reg.pl_weight > 0
-    return steps.init_state(
+    state = steps.init_state(
         gan, params_g, params_d, g_vars, d_vars, ema=ema, path_length=path_length
     )
+    if ema and ema_params is not None:
+      state = state.replace(ema_params_g=ema_params)
+    return state
 
   return init
 
