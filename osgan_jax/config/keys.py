@@ -449,6 +449,9 @@ EVAL_TYPES: dict[str, dict[str, Key]] = {
         'real_split': Key('', "the real images' split ('': data.split)", text),
         'batch_size': Key(50, 'images per feature-network and generator call', POSITIVE),
         'kid': Key(False, 'also KID', flag),
+        'precision_recall': Key(
+            False, 'also precision and recall (k=3, on the same features)', flag
+        ),
         'keep_best': Key(True, 'keep the checkpoint with the lowest value', flag),
         'cache_dir': Key(
             '', "where the real statistics are cached ('': the workdir)", path

@@ -24,6 +24,7 @@ __all__ = [
     'FeatureExtractor',
     'fid_from_features',
     'fid_from_stats',
+    'fid_kid',
     'frechet_distance',
     'kid',
     'load_stats',
@@ -279,6 +280,41 @@ def kid(
     b = f2[rng.choice(f2.shape[0], m, replace=False)]
     mmds[i] = _polynomial_mmd2(a, b, degree, gamma, coef0)
   return float(mmds.mean()), float(mmds.std())
+
+
+def _moments(side: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+  if side.get('mu') is None:
+    return statistics(side['features'])
+  return side['mu'], side['sigma']
+
+
+def fid_kid(
+    real: Dict[str, Any],
+    fake: Dict[str, Any],
+    with_kid: bool = False,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> Dict[str, Optional[float]]:
+  """``{'fid', 'kid_mean', 'kid_std'}`` of two sets given as ``{'mu', 'sigma',
+  'features'}`` (statistics only: no KID; features only: the statistics are computed
+  where needed): the one computation of the ``fid`` command and the training and
+  ``evaluate`` evaluators.
+
+  The exact low-rank FID where both have features and at most ``d`` samples, else
+  from the statistics (the same number ``fid_from_features`` gives).
+  """
+  rf, ff = real.get('features'), fake.get('features')
+  both = rf is not None and ff is not None
+  if both and max(len(rf), len(ff)) <= np.shape(rf)[1]:
+    value = fid_from_features(rf, ff)
+  else:
+    value = frechet_distance(*_moments(real), *_moments(fake))
+  out = {'fid': value, 'kid_mean': None, 'kid_std': None}
+  if with_kid and both:
+    out['kid_mean'], out['kid_std'] = kid(
+        rf, ff, num_subsets=kid_subsets, subset_size=kid_subset_size
+    )
+  return out
 
 
 def save_stats(

@@ -178,18 +178,16 @@ def compare(
     raise InputError(
         f'feature dimensions differ: {real_side.mu.shape[0]} vs {fake_side.mu.shape[0]}'
     )
-  features = (real_side.features, fake_side.features)
-  if all(f is not None for f in features):
-    result['fid'] = fid_lib.fid_from_features(*features)
-  else:
-    result['fid'] = fid_lib.fid_from_stats(
-        real_side.mu, real_side.sigma, fake_side.mu, fake_side.sigma
+  try:
+    result.update(
+        fid_lib.fid_kid(
+            vars(real_side),
+            vars(fake_side),
+            with_kid=kid,
+            kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size,
+        )
     )
-  if kid and all(f is not None for f in features):
-    try:
-      result['kid_mean'], result['kid_std'] = fid_lib.kid(
-          *features, num_subsets=kid_subsets, subset_size=kid_subset_size
-      )
-    except ValueError as e:
-      raise InputError(f'KID: {e}') from None
+  except ValueError as e:
+    raise InputError(f'KID: {e}') from None
   return result

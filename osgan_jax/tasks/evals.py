@@ -157,6 +157,7 @@ def _fid(name: str, entry: dict, ctx: Context):
       real=real,
       stats_path=os.path.join(cache_dir, stats_file(features, split, ctx.data['split'])),
       **{k: entry[k] for k in ('num_samples', 'batch_size', 'kid', 'keep_best')},
+      precision_recall=bool(entry.get('precision_recall', False)),
       best_dir=None if name == 'fid' else f'best_{name}',
       is_main=ctx.is_main,
       progress=ctx.progress,

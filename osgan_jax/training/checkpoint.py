@@ -102,12 +102,16 @@ def abstract(state_shapes, sharding):
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step=None):
   """``(state, meta)`` of checkpoint ``step`` (default: the latest; ``abstract_state``
-  None: numpy arrays on the host)."""
+  None: the arrays on this process's first device, whatever topology saved them)."""
   step = mngr.latest_step() if step is None else step
+  anywhere = None
+  if abstract_state is None:  # else orbax refuses another device count's checkpoint
+    anywhere = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restored = mngr.restore(
       step,
       args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+          state=ocp.args.StandardRestore(abstract_state, fallback_sharding=anywhere),
+          meta=ocp.args.JsonRestore(),
       ),
   )
   return restored.state, dict(restored.meta or {})

@@ -17,17 +17,24 @@ from absl import logging
 from PIL import Image
 
 from osgan_jax.metrics import fid as fid_lib
+from osgan_jax.metrics import precision_recall as pr_lib
 
 FID_STATS_FILE = 'fid_stats_real.npz'
 LOW_RANK_MAX = 2048  # up to this many samples per set: exact FID from the features
+
+
+def to_uint8(images) -> np.ndarray:
+  """Images in [-1, 1] -> uint8 [0, 255], rounded to the nearest level (as FID's
+  ``quantize``); what every PNG this project writes holds."""
+  x = np.asarray(images, np.float32)
+  return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def image_grid(
     images, ncol: int | None = None, pad: int = 2, pad_value: int = 128
 ) -> np.ndarray:
   """[N, H, W, C] images in [-1, 1] -> one uint8 [H', W', C] grid, ``ncol`` per row."""
-  x = np.asarray(images, np.float32)
-  x = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  x = to_uint8(images)
   n, h, w, c = x.shape
   ncol = ncol or int(math.ceil(math.sqrt(n)))
   nrow = int(math.ceil(n / ncol))
@@ -83,10 +90,11 @@ class RealImages:
 
 
 class Fid:
-  """FID (and KID) of generated images against real statistics cached in
-  ``stats_path``. ``generate(state, index)`` gives batch ``index`` of the fixed latents
-  (on every process: a program over the whole mesh); ``extractor()`` makes the feature
-  network, which process 0 alone runs (``<metric>_seconds``: that time)."""
+  """FID (KID, precision and recall) of generated images against real statistics cached
+  in ``stats_path`` (or given as ``real_stats``, ``real_stats()``'s form).
+  ``generate(state, index)`` gives batch ``index`` of the fixed latents (on every
+  process: a program over the whole mesh); ``extractor()`` makes the feature network,
+  which process 0 alone runs (``<metric>_seconds``: that time)."""
 
   def __init__(
       self,
@@ -95,11 +103,13 @@ class Fid:
       every_steps: int,
       generate: Callable,
       extractor: Callable,
-      real: RealImages,
-      stats_path: str,
+      real: RealImages | None,
+      stats_path: str | None,
       num_samples: int,
       batch_size: int,
       kid: bool = False,
+      precision_recall: bool = False,
+      real_stats: dict | None = None,
       keep_best: bool = True,
       best_dir: str | None = None,
       is_main: bool = True,
@@ -109,10 +119,12 @@ class Fid:
     self.generate, self._make_extractor, self.real = generate, extractor, real
     self.stats_path, self.num_samples = stats_path, int(num_samples)
     self.batch_size, self.kid, self.is_main = int(batch_size), bool(kid), is_main
+    self.precision_recall = bool(precision_recall)
     self.best = (metric, 'min') if keep_best else None
     self.best_dir, self.progress = best_dir, progress
-    self._keep_features = self.kid or real.num <= LOW_RANK_MAX
-    self._extractor = self._real = None
+    self._keep_features = self.kid or self.precision_recall
+    self._keep_features |= real is not None and real.num <= LOW_RANK_MAX
+    self._extractor, self._real = None, real_stats
     self._warned = False
 
   def _features(self, batches, total: int, desc: str) -> np.ndarray:
@@ -181,14 +193,17 @@ class Fid:
     t0 = time.perf_counter()
     fake = self._features(batches, self.num_samples, f'{self.metric} fake features')
     name = self.metric
-    if ref['features'] is not None and max(len(fake), ref['n']) <= LOW_RANK_MAX:
-      out = {name: fid_lib.fid_from_features(fake, ref['features'])}  # exact
-    else:
-      mu, sigma = fid_lib.statistics(fake)
-      out = {name: fid_lib.fid_from_stats(mu, sigma, ref['mu'], ref['sigma'])}
+    suffix = '' if name == 'fid' else f'_{name.removeprefix("fid_")}'
+    scores = fid_lib.fid_kid(ref, {'features': fake}, with_kid=self.kid)
+    out = {name: scores['fid']}
     if self.kid:
-      kid = 'kid' if name == 'fid' else f'kid_{name.removeprefix("fid_")}'
-      out[f'{kid}_mean'], out[f'{kid}_std'] = fid_lib.kid(fake, ref['features'])
+      out[f'kid{suffix}_mean'], out[f'kid{suffix}_std'] = (
+          scores['kid_mean'],
+          scores['kid_std'],
+      )
+    if self.precision_recall:
+      precision, recall = pr_lib.precision_recall(ref['features'], fake)
+      out[f'precision{suffix}'], out[f'recall{suffix}'] = precision, recall
     out[f'{name}_seconds'] = time.perf_counter() - t0
     if not self._warned:  # once per run: the counts do not change
       self._warned = True

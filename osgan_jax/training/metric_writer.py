@@ -16,13 +16,16 @@ METRICS_FILE = 'metrics.jsonl'
 class MetricWriter:
   """Scalars to ``workdir/metrics.jsonl`` and TensorBoard; images and text to TensorBoard."""
 
-  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+  def __init__(self, workdir: str, start_step: int | None, enabled: bool = True):
+    """``start_step``: the step a run resumes from (later records are dropped); None
+    appends to what is there (a finished run's evaluation)."""
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
     self.path = os.path.join(workdir, METRICS_FILE)
-    self._truncate(start_step)
+    if start_step is not None:
+      self._truncate(start_step)
     self._tb = tensorboardX.SummaryWriter(
         logdir=workdir, purge_step=start_step or None, flush_secs=30
     )
