@@ -1,6 +1,8 @@
-"""Does one-stage train as well as two-stage? FID over training, per loss.
+"""Does one-stage train as well as two-stage? FID over training, per loss; and does
+augmentation help one-stage on limited data (``--size limited``)?
 
-Trains one- and two-stage runs of each entry from the same seeds through the one loop
+Trains one- and two-stage runs of each entry (or one stage of each, against a
+``--baseline`` entry) from the same seeds through the one loop
 (``osgan_jax.train.train_and_evaluate``), seed-major and in chunks interleaved over
 runs, each run's config carrying both FIDs as ``config.evals`` entries (``fid_classifier``
 every ``--eval-every`` steps, Inception ``fid`` at the last step), and appends one row
@@ -27,13 +29,30 @@ from experiments import quality_stats as stats
 
 CONFIG = stats.CONFIG
 CLASSIFIER_CONFIG = 'configs/dfad_teacher_fashion_mnist.py'
-STAGES = stats.STAGES
 # Settings a loss needs beyond the config's (the official WGAN: BatchNorm D, clipping).
 LOSS_OVERRIDES = {
     'wgan': {'model.discriminator.norm': 'batch', 'optimizer.weight_clip': 0.01}
 }
 # Entries of --losses that are whole configs (their own model, loss and regularisers).
 CONFIG_VARIANTS = {'stylegan2_tiny': 'configs/stylegan2_tiny.py'}
+# Entries of --losses that are settings of the DCGAN config, its loss included: the
+# limited-data study's augmentation (ADA's p adapts to r_t's target 0.6 at 100 kimg per
+# unit of p, not its 500: experiments/README.md).
+SETTING_VARIANTS = {
+    'none': {'loss': 'non_saturating', 'augment.pipe': 'none'},
+    'diffaugment': {
+        'loss': 'non_saturating',
+        'augment.pipe': 'diffaugment',
+        'augment.p': 1.0,
+    },
+    'ada': {
+        'loss': 'non_saturating',
+        'augment.pipe': 'ada',
+        'augment.p': 0.0,
+        'augment.target': 0.6,
+        'augment.speed_kimg': 100,
+    },
+}
 _TINY = {
     'data.resolution': 16,
     'batch_size': 16,
@@ -56,6 +75,8 @@ _CPU = dict(
     fid_batch=250,
     inception_batch=50,
     workers=1,
+    stages='one,two',
+    baseline='',
     overrides={},
 )
 SIZES = {
@@ -89,6 +110,17 @@ SIZES = {
         'fid_batch': 64,
         'overrides': _TINY,
     },
+    # Augmentation on 1,000 training images, one stage: each entry against 'none'.
+    'limited': {
+        **_CPU,
+        'losses': 'none,diffaugment,ada',
+        'steps': 6000,
+        'inception_samples': 0,
+        'inception_real': 0,
+        'stages': 'one',
+        'baseline': 'none',
+        'overrides': {'data.limit': 1000},
+    },
 }
 REQUIRED_FIELDS = (
     'variant',
@@ -111,10 +143,11 @@ def variant_config(args, name: str) -> tuple:
   """``(config file, its overrides)`` of a study entry."""
   if name in CONFIG_VARIANTS:
     return CONFIG_VARIANTS[name], {}
+  own = SETTING_VARIANTS.get(name, {'loss': name})
   return CONFIG, {
-      'loss': name,
+      **own,
       **SIZES[args.size]['overrides'],
-      **LOSS_OVERRIDES.get(name, {}),
+      **LOSS_OVERRIDES.get(own['loss'], {}),
   }
 
 
@@ -268,6 +301,16 @@ def n_exact_mean(records: list, lo: int, hi: int):
   return total / weight if weight else None
 
 
+def augment_log(records: list, lo: int, hi: int) -> list:
+  """``[step, augment_p, augment_rt]`` of every logged step in (lo, hi] (later lines
+  win); empty when the run logs no augmentation."""
+  out = {}
+  for r in records:
+    if 'augment_p' in r and lo < r['step'] <= hi:
+      out[r['step']] = [r['step'], r['augment_p'], r.get('augment_rt')]
+  return [out[s] for s in sorted(out)]
+
+
 def logged(records: list, step: int) -> dict:
   """What the run logged at ``step`` (evaluations, train_seconds), later lines win."""
   out = {}
@@ -283,8 +326,20 @@ def make_row(args, base: dict, run: tuple, step: int, values: dict, config, reco
   path, overrides = variant_config(args, name)
   previous = max([s for s in range(0, step, args.eval_every)] or [0])
   inception = values.get('fid') if step == args.steps else None
+  # The p trajectory of the interval that ends here, and p at its last logged step.
+  augment = augment_log(records, previous, step)
   return {
       **base,
+      **({'baseline': args.baseline} if args.baseline else {}),
+      **(
+          {
+              'augment_p': augment[-1][1],
+              'augment_rt': augment[-1][2],
+              'augment_log': augment,
+          }
+          if augment
+          else {}
+      ),
       'variant': name,
       'config': path,
       'overrides': overrides,
@@ -338,6 +393,17 @@ def _checkpoint_seconds(workdir: str, step: int):
     manager.close()
 
 
+def plan(args) -> list:
+  """The runs ``(entry, stage, seed)``, seed-major: a study stopped part-way has every
+  entry at fewer seeds."""
+  return [
+      (n, st, seed)
+      for seed in range(args.seeds)
+      for n in args.losses
+      for st in args.stages
+  ]
+
+
 def train_runs(args, accuracy) -> int:
   """Trains and evaluates this process's runs (all, or its ``--shard``) that the rows
   file lacks, appending their rows; 0 when done or out of ``--stop-after`` time, 130
@@ -345,16 +411,13 @@ def train_runs(args, accuracy) -> int:
   import jax
   from osgan_jax import data as data_lib
   from osgan_jax import train
+  from osgan_jax.tasks import evals as evals_lib
 
   jsonl = os.path.join(args.out, f'{args.study}.jsonl')
   evals = list(range(args.eval_every, args.steps + 1, args.eval_every))
   ends = list(range(args.chunk_steps, args.steps + 1, args.chunk_steps))
-  # Seed-major: a study stopped part-way has every entry at fewer seeds.
-  runs = [
-      (n, st, seed) for seed in range(args.seeds) for n in args.losses for st in STAGES
-  ]
   shard, workers = args.shard or (0, 1)
-  runs, tag = runs[shard::workers], f'[{shard}/{workers}] ' if args.shard else ''
+  runs, tag = plan(args)[shard::workers], f'[{shard}/{workers}] ' if args.shard else ''
   done = {stats.row_key(r): r for r in stats.read_rows(jsonl)}
   prov = common.provenance(args.command)
   base = {
@@ -366,7 +429,7 @@ def train_runs(args, accuracy) -> int:
       'classifier_test_accuracy': accuracy,
   }
   test = run_config(args, args.losses[0], 'one', 0, args.steps).data.to_dict()
-  num_test = data_lib.dataset_info({**test, 'split': 'test'})['num_examples']
+  num_test = data_lib.dataset_info(evals_lib.whole(test, split='test'))['num_examples']
   base['fid_classifier_real'] = (
       num_test if args.fid_real < 0 else min(args.fid_real, num_test)
   )
@@ -491,8 +554,12 @@ def parse_args(argv=None):
   p.add_argument('--gpu', action='store_const', const='gpu', dest='size')
   p.add_argument('--study', help='name of the rows file OUT/<study>.jsonl (the size)')
   p.add_argument(
-      '--losses', help=f'losses of the DCGAN config, or {", ".join(CONFIG_VARIANTS)}'
+      '--losses',
+      help='entries: losses of the DCGAN config, or '
+      + ', '.join(list(CONFIG_VARIANTS) + list(SETTING_VARIANTS)),
   )
+  p.add_argument('--stages', help="'one,two' (each entry's stages compared), or one")
+  p.add_argument('--baseline', help='the entry every other is compared to, one stage')
   p.add_argument('--seeds', type=int, help='seeds 0 .. N-1')
   p.add_argument('--steps', type=int, help='training steps of every run')
   p.add_argument('--eval-every', type=int, help='steps between classifier FIDs')
@@ -535,13 +602,19 @@ def _check(p, args) -> None:
   from osgan_jax.core import losses as losses_lib
 
   args.losses = [s for s in args.losses.split(',') if s]
-  known = set(losses_lib.names()) | set(CONFIG_VARIANTS)
+  known = sorted(losses_lib.names()) + sorted(CONFIG_VARIANTS) + sorted(SETTING_VARIANTS)
   unknown = [s for s in args.losses if s not in known]
   if unknown or not args.losses:
     p.error(
-        f'--losses: {",".join(unknown) or "none given"}; choose from '
-        f'{", ".join(sorted(losses_lib.names()) + sorted(CONFIG_VARIANTS))}'
+        f'--losses: {",".join(unknown) or "none given"}; choose from {", ".join(known)}'
     )
+  args.stages = tuple(s for s in args.stages.split(',') if s)
+  if sorted(args.stages) not in (['one'], ['two'], sorted(stats.STAGES)):
+    p.error(f'--stages: {",".join(args.stages)}; one, two or one,two')
+  if args.baseline and (args.baseline not in args.losses or len(args.stages) != 1):
+    p.error('--baseline must be one of --losses, with one of --stages')
+  if not args.baseline and len(args.stages) != 2:
+    p.error('--stages: one stage needs a --baseline entry to compare against')
   if SIZES[args.size]['overrides'] and set(args.losses) & set(CONFIG_VARIANTS):
     p.error(
         f'--size {args.size} changes the DCGAN config; configs of their own run at '

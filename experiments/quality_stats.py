@@ -1,8 +1,10 @@
 """The quality study's statistics and rendering, pure: rows in, verdicts, tables and
 plots out (``experiments.compare_quality`` runs the training that makes the rows).
 
-The decision rule (Welch's t-test, the 90% interval, the +-10% equivalence margin) and
-the equal-wall-time interpolation are specified in ``experiments/README.md``.
+Two designs share the rows and the rule: one- against two-stage per entry, and (rows
+that name a ``baseline`` entry, one stage) every entry against the baseline. The
+decision rule (Welch's t-test, the 90% interval, the +-10% equivalence margin) and the
+equal-wall-time interpolation are specified in ``experiments/README.md``.
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ def welch(one, two, alpha: float = ALPHA) -> dict | None:
 
 
 def verdict(one, two, alpha: float = ALPHA, margin: float = MARGIN) -> dict:
-  """One-stage values ``one`` against two-stage ``two`` (per seed; lower is better;
-  None values dropped): 'better' / 'worse' when Welch's p < ``alpha``; else 'same'
-  when the (1 - 2 alpha) interval lies strictly within +-``margin`` x |mean(two)|
-  (two one-sided tests), or with no spread when the exact difference does; else 'not
-  distinguishable' (also with fewer than 2 values on a side)."""
+  """Values ``one`` (one-stage; an entry) against ``two`` (two-stage; the baseline),
+  per seed, lower is better, None values dropped: 'better' / 'worse' when Welch's p <
+  ``alpha``; else 'same' when the (1 - 2 alpha) interval lies strictly within
+  +-``margin`` x |mean(two)| (two one-sided tests), or with no spread when the exact
+  difference does; else 'not distinguishable' (also with fewer than 2 values on a
+  side)."""
   a = [v for v in one if v is not None]
   b = [v for v in two if v is not None]
   out = {'verdict': 'not distinguishable', 'n_one': len(a), 'n_two': len(b)}
@@ -186,6 +189,65 @@ def summarize(rows: list) -> dict:
   return summary
 
 
+def summarize_against(rows: list, baseline: str) -> dict:
+  """Per variant, the baseline first, in one stage: the classifier FID at the study's
+  final step (the last one every entry has reached) over the seeds that reached it,
+  each seed's best over its evaluations up to it, the logged augmentation p there, and
+  each other entry's verdict against the baseline."""
+  (stage,) = {r['stage'] for r in rows}
+  names = sorted(dict.fromkeys(variant(r) for r in rows), key=lambda n: n != baseline)
+  runs = {n: _runs(rows, n, stage) for n in names}
+  runs = {n: rr for n, rr in runs.items() if rr}
+  if baseline not in runs:
+    return {}
+  final = min(max(r['step'] for rs in rr.values() for r in rs) for rr in runs.values())
+  summary = {}
+  for name, rr in runs.items():
+    at = {
+        seed: next(r for r in rs if r['step'] == final)
+        for seed, rs in rr.items()
+        if any(r['step'] == final for r in rs)
+    }
+    fid = [r['fid_classifier'] for r in at.values()]
+    best = [min(r['fid_classifier'] for r in rr[s] if r['step'] <= final) for s in at]
+    p = [r['augment_p'] for r in at.values() if r.get('augment_p') is not None]
+    first = next(iter(at.values()))
+    summary[name] = {
+        'stage': stage,
+        'final_step': final,
+        'seeds': list(at),
+        'overrides': first.get('overrides', {}),
+        'train_seconds': _mean_std([r['train_seconds'] for r in at.values()]),
+        'fid_classifier': _mean_std(fid),
+        'fid_classifier_values': fid,
+        'fid_classifier_range': (min(fid), max(fid)),
+        'fid_classifier_best': _mean_std(best),
+        'fid_classifier_samples': first.get('fid_classifier_samples'),
+        'augment_p': _mean_std(p) if p else None,
+    }
+  for name, e in summary.items():
+    if name != baseline:
+      e['verdict'] = verdict(
+          e['fid_classifier_values'], summary[baseline]['fid_classifier_values']
+      )
+  return summary
+
+
+def conclusion(summary: dict, baseline: str) -> dict:
+  """The entries whose final classifier FID is lower than the baseline's by the rule
+  ('better'), and the sentence that says so or that none is."""
+  lower = [
+      n for n, e in summary.items() if e.get('verdict', {}).get('verdict') == 'better'
+  ]
+  who = ', '.join(f'`{n}`' for n in lower) + (' have' if len(lower) > 1 else ' has')
+  n = min((len(e['seeds']) for e in summary.values()), default=0)
+  return {
+      'lower': lower,
+      'text': f'At the final step {who if lower else "no entry has"} a lower classifier '
+      f'FID than `{baseline}` by the rule ({n} seed{"s" if n != 1 else ""}).',
+  }
+
+
 # ------------------------------------------------------------------ rendering
 
 
@@ -272,14 +334,19 @@ def markdown(rows: list, summary: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(rows: list, summary: dict, path: str, x: str) -> str:
-  """Classifier FID against ``x`` ('step' or 'train_seconds'), one panel per loss:
-  every seed thin, the mean over seeds thick."""
+def _pyplot():
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
+  return plt
+
+
+def plot(rows: list, summary: dict, path: str, x: str) -> str:
+  """Classifier FID against ``x`` ('step' or 'train_seconds'), one panel per loss:
+  every seed thin, the mean over seeds thick."""
+  plt = _pyplot()
   losses = list(summary)
   fig, axes = plt.subplots(
       1, max(1, len(losses)), figsize=(4.2 * max(1, len(losses)), 3.4), squeeze=False
@@ -331,11 +398,157 @@ def plot(rows: list, summary: dict, path: str, x: str) -> str:
   return path
 
 
+def _settings(overrides: dict) -> str:
+  return ', '.join(f'`{k}={v}`' for k, v in sorted(overrides.items())) or '-'
+
+
+def markdown_against(rows: list, summary: dict, baseline: str) -> str:
+  """The table, the verdicts against ``baseline`` and the conclusion of a one-stage
+  study as markdown."""
+  first = rows[0]
+  acc = first.get('classifier_test_accuracy')
+  settings = [e['overrides'] for e in summary.values()]
+  common_items = {
+      k: v for k, v in settings[0].items() if all(o.get(k) == v for o in settings)
+  }
+  configs = ', '.join(f'`{c}`' for c in sorted({r.get('config', CONFIG) for r in rows}))
+  lines = [
+      f'Study `{first.get("study", "?")}`: {configs}, {STAGE_LABEL[first["stage"]]}, '
+      f'{_settings(common_items)}, {len(rows)} rows. `fid_classifier`: FID in the '
+      f'penultimate features of a LeNet-5 trained on the whole training split (test '
+      f'accuracy {"?" if acc is None else f"{100 * acc:.2f}%"}), generated images vs '
+      f"the test split. Mean ± std over seeds; range: the seeds' lowest and highest; "
+      f"best: each seed's lowest over its evaluations up to the final step; p: the "
+      f'augmentation probability logged last.',
+      '',
+      '| entry | settings | seeds | steps | train s | FID (classifier) | range | '
+      'best FID (classifier) | p |',
+      '|' + ' --- |' * 9,
+  ]
+  for name, e in summary.items():
+    own = {k: v for k, v in e['overrides'].items() if k not in common_items}
+    low, high = e['fid_classifier_range']
+    lines.append(
+        f'| {name} | {_settings(own)} | {len(e["seeds"])} | {e["final_step"]} | '
+        f'{_pm(e["train_seconds"], 0)} | {_pm(e["fid_classifier"])} '
+        f'({e["fid_classifier_samples"]} samples) | {low:.2f}-{high:.2f} | '
+        f'{_pm(e["fid_classifier_best"])} | {_pm(e["augment_p"], 3)} |'
+    )
+  lines += [
+      '',
+      f'| entry | against `{baseline}`, final step (classifier FID) |',
+      '| --- | --- |',
+  ]
+  for name, e in summary.items():
+    if name != baseline:
+      lines.append(f'| {name} | {_verdict_text(e["verdict"], len(e["seeds"]))} |')
+  lines += [
+      '',
+      conclusion(summary, baseline)['text'],
+      '',
+      f'Decision rule (Δ = entry mean - `{baseline}` mean; lower FID is better): Welch '
+      f't-test, two-sided p < {ALPHA} -> better / worse; otherwise "same" when the 90% '
+      f'Welch confidence interval of Δ lies within ±{100 * MARGIN:.0f}% of the '
+      f'`{baseline}` mean (two one-sided tests at {ALPHA}); otherwise "not '
+      f'distinguishable at N seeds".',
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+def plot_against(rows: list, summary: dict, path: str) -> str:
+  """Classifier FID against steps, every entry in one panel: the mean over seeds and
+  the seeds' range."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  for k, (name, e) in enumerate(summary.items()):
+    curves = [
+        {r['step']: r['fid_classifier'] for r in rs if r['step'] <= e['final_step']}
+        for seed, rs in _runs(rows, name, e['stage']).items()
+        if seed in e['seeds']
+    ]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.asarray([[c[t] for t in steps] for c in curves])
+    color = f'C{k}'
+    ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, lw=0)
+    ax.plot(
+        steps,
+        values.mean(0),
+        'o-',
+        color=color,
+        ms=3,
+        lw=2,
+        label=f'{name} ({len(curves)} seeds)',
+    )
+  ax.set_xlabel('training step')
+  ax.set_ylabel('FID in classifier features\n(generated vs test split)')
+  ax.set_title('mean over seeds, shaded: their range', fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def plot_augment(rows: list, summary: dict, path: str) -> str | None:
+  """The adaptive entries' augmentation p and r_t (with its target) against steps, one
+  line per seed, from the rows' ``augment_log``; None without an adaptive entry."""
+  adaptive = [
+      n for n, e in summary.items() if e['overrides'].get('augment.target', 0) > 0
+  ]
+  if not adaptive:
+    return None
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  for k, name in enumerate(adaptive):
+    e = summary[name]
+    for j, seed in enumerate(e['seeds']):
+      log = sorted(
+          (
+              tuple(point)
+              for r in rows
+              if variant(r) == name and r['seed'] == seed
+              for point in r.get('augment_log', ())
+              if point[0] <= e['final_step']
+          ),
+      )
+      label = f'{name} seed {seed}'
+      style = dict(color=f'C{k}', ls=('-', '--', ':', '-.')[j % 4], lw=1.2, label=label)
+      axes[0].plot([t for t, _, _ in log], [p for _, p, _ in log], **style)
+      rt = [(t, v) for t, _, v in log if v is not None]
+      axes[1].plot([t for t, _ in rt], [v for _, v in rt], **style)
+    axes[1].axhline(e['overrides']['augment.target'], color=f'C{k}', lw=0.8, alpha=0.6)
+  axes[0].set_ylabel('augmentation p')
+  axes[1].set_ylabel('r_t = E[sign(D(real))]\n(line: target)')
+  for ax in axes:
+    ax.set_xlabel('training step')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 def render(out: str, study: str) -> dict:
-  """``<study>.md`` and the two PNGs from ``<study>.jsonl`` alone; returns the paths."""
+  """``<study>.md`` and the PNGs from ``<study>.jsonl`` alone; returns the paths."""
   rows = read_rows(os.path.join(out, f'{study}.jsonl'))
   if not rows:
     raise SystemExit(f'no rows in {os.path.join(out, study + ".jsonl")}')
+  baseline = next((r['baseline'] for r in rows if r.get('baseline')), None)
+  if baseline:
+    summary = summarize_against(rows, baseline)
+    if not summary:
+      raise SystemExit(f'no rows of the baseline entry {baseline!r} in {study}.jsonl')
+    paths = {
+        'table': os.path.join(out, f'{study}.md'),
+        'steps_png': os.path.join(out, f'{study}_fid_vs_steps.png'),
+    }
+    with open(paths['table'], 'w') as f:
+      f.write(markdown_against(rows, summary, baseline))
+    plot_against(rows, summary, paths['steps_png'])
+    p_png = plot_augment(rows, summary, os.path.join(out, f'{study}_augment_p.png'))
+    return {**paths, **({'p_png': p_png} if p_png else {})}
   summary = summarize(rows)
   paths = {
       'table': os.path.join(out, f'{study}.md'),

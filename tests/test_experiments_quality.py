@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -125,6 +126,193 @@ def test_n_exact_means_weight_log_intervals_by_length():
       'n_exact': 2.0,
       'fid_classifier': 3.0,
   }
+
+
+# ------------------------------------------------------------------ limited data
+
+
+def _limited_rows(offsets: dict, steps=(1000, 2000, 3000)):
+  """One-stage rows of entries against 'none': per seed a curve lowest at step 2000,
+  shifted by the entry's offset; the adaptive entry logs p and r_t."""
+  settings = {
+      'none': {'augment.pipe': 'none'},
+      'diffaugment': {'augment.pipe': 'diffaugment', 'augment.p': 1.0},
+      'ada': {'augment.pipe': 'ada', 'augment.p': 0.0, 'augment.target': 0.6},
+  }
+  rows = []
+  for seed in range(3):
+    for name, offset in offsets.items():
+      for step in steps:
+        row = {
+            'study': 'limited',
+            'baseline': 'none',
+            'variant': name,
+            'loss': 'non_saturating',
+            'config': quality.CONFIG,
+            'overrides': {'loss': 'non_saturating', 'data.limit': 1000, **settings[name]},
+            'stage': 'one',
+            'seed': seed,
+            'step': step,
+            'train_seconds': step * 0.1,
+            'fid_classifier': {1000: 20.0, 2000: 15.0, 3000: 17.0}[step] + seed + offset,
+            'fid_classifier_samples': 5000,
+            'classifier_test_accuracy': 0.884,
+        }
+        if name == 'ada':
+          log = [[s, s / 10000 + seed / 100, 0.6 + s / 1e5] for s in (step - 500, step)]
+          row.update(augment_p=log[-1][1], augment_rt=log[-1][2], augment_log=log)
+        rows.append(row)
+  return rows
+
+
+def test_limited_study_plan_and_configs(capsys):
+  args = quality.parse_args(['--size', 'limited', '--workdir', '/tmp/w'])
+  assert args.losses == ['none', 'diffaugment', 'ada'] and args.stages == ('one',)
+  assert (args.seeds, args.steps, args.eval_every, args.chunk_steps) == (
+      3,
+      6000,
+      1000,
+      1000,
+  )
+  assert (args.baseline, args.inception_samples, args.fid_samples) == ('none', 0, 5000)
+  assert args.classifier_workdir == '/tmp/w/classifier'  # the cpu size's, shared
+  runs = quality.plan(args)
+  assert runs[:3] == [('none', 'one', 0), ('diffaugment', 'one', 0), ('ada', 'one', 0)]
+  assert len(runs) == 9 and [r[2] for r in runs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  path, ada = quality.variant_config(args, 'ada')
+  assert path == quality.CONFIG and ada == {
+      'loss': 'non_saturating',
+      'augment.pipe': 'ada',
+      'augment.p': 0.0,
+      'augment.target': 0.6,
+      'augment.speed_kimg': 100,
+      'data.limit': 1000,
+  }
+  assert quality.variant_config(args, 'none')[1] == {
+      'loss': 'non_saturating',
+      'augment.pipe': 'none',
+      'data.limit': 1000,
+  }
+  assert quality.variant_config(args, 'diffaugment')[1]['augment.p'] == 1.0
+  from osgan_jax import config as config_lib
+
+  config = quality.run_config(args, 'ada', 'one', 1, 6000)
+  config_lib.validate(config)
+  assert (config.loss, config.stage, config.seed, config.data.limit) == (
+      'non_saturating',
+      'one',
+      1,
+      1000,
+  )
+  assert (config.augment.pipe, config.augment.target, config.augment.speed_kimg) == (
+      'ada',
+      0.6,
+      100,
+  )
+  assert config.evals.fid.every_steps == 0  # no Inception FID at this size
+  assert config.evals.fid_classifier.num_real == -1  # the whole test split
+  for argv, message in (
+      (['--size', 'limited', '--stages', 'one,two'], '--baseline must be one of'),
+      (['--stages', 'one'], 'one stage needs a --baseline'),
+      (['--stages', 'one', '--baseline', 'ada'], '--baseline must be one of'),
+      (['--stages', 'one,three'], '--stages: one,three'),
+  ):
+    with pytest.raises(SystemExit):
+      quality.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_limited_rows_carry_the_p_trajectory():
+  records = [
+      {'step': 50, 'augment_p': 0.01, 'augment_rt': 0.7, 'loss_d': 1.0},
+      {'step': 100, 'augment_p': 0.02, 'augment_rt': 0.65},
+      {'step': 100, 'augment_p': 0.03, 'augment_rt': 0.66},  # logged again on resume
+      {'step': 100, 'fid_classifier': 9.0},
+      {'step': 150, 'augment_p': 0.04, 'augment_rt': 0.5},
+  ]
+  assert quality.augment_log(records, 0, 100) == [[50, 0.01, 0.7], [100, 0.03, 0.66]]
+  assert quality.augment_log(records, 100, 200) == [[150, 0.04, 0.5]]
+  assert quality.augment_log([{'step': 50, 'loss_d': 1.0}], 0, 100) == []
+  args = quality.parse_args(
+      ['--size', 'limited', '--eval-every', '100', '--steps', '200']
+  )
+  config = types.SimpleNamespace(loss='non_saturating', batch_size=64)
+  values = {'fid_classifier': 9.0, 'train_seconds': 5.0}
+  row = quality.make_row(args, {}, ('ada', 'one', 0), 100, values, config, records)
+  assert (row['variant'], row['baseline'], row['images']) == ('ada', 'none', 6400)
+  assert (row['augment_p'], row['augment_rt']) == (0.03, 0.66)
+  assert row['augment_log'] == [[50, 0.01, 0.7], [100, 0.03, 0.66]]
+  row = quality.make_row(args, {}, ('none', 'one', 0), 100, values, config, [])
+  assert 'augment_p' not in row and 'augment_log' not in row
+
+
+def test_limited_verdicts_against_the_baseline():
+  lower = stats.summarize_against(
+      _limited_rows({'none': 0.0, 'diffaugment': 0.5, 'ada': -5.0}), 'none'
+  )
+  assert list(lower) == ['none', 'diffaugment', 'ada']
+  assert lower['none']['fid_classifier'] == pytest.approx((18.0, 1.0))
+  assert lower['none']['fid_classifier_best'] == pytest.approx((16.0, 1.0))
+  assert 'verdict' not in lower['none']
+  assert lower['ada']['verdict']['verdict'] == 'better'
+  assert lower['ada']['verdict']['diff'] == pytest.approx(-5.0)
+  assert lower['diffaugment']['verdict']['verdict'] == 'not distinguishable'
+  assert stats.conclusion(lower, 'none') == {
+      'lower': ['ada'],
+      'text': 'At the final step `ada` has a lower classifier FID than `none` by the '
+      'rule (3 seeds).',
+  }
+  higher = stats.summarize_against(
+      _limited_rows({'none': 0.0, 'diffaugment': 5.0, 'ada': 0.02}), 'none'
+  )
+  assert higher['diffaugment']['verdict']['verdict'] == 'worse'
+  assert higher['ada']['verdict']['verdict'] == 'same'  # within 10% of 18
+  assert stats.conclusion(higher, 'none') == {
+      'lower': [],
+      'text': 'At the final step no entry has a lower classifier FID than `none` by '
+      'the rule (3 seeds).',
+  }
+  # Stopped part-way: ada's seed 2 at step 2000; the final step is every entry's 3000.
+  partial = [
+      r
+      for r in _limited_rows({'none': 0.0, 'ada': -5.0})
+      if not (r['variant'] == 'ada' and r['seed'] == 2 and r['step'] == 3000)
+  ]
+  summary = stats.summarize_against(partial, 'none')
+  assert summary['ada']['final_step'] == 3000 and summary['ada']['seeds'] == [0, 1]
+  assert summary['ada']['fid_classifier'] == pytest.approx((12.5, 0.5**0.5))
+
+
+def test_limited_study_renders_its_table_curves_and_p(tmp_path):
+  from PIL import Image
+
+  rows = _limited_rows({'none': 0.0, 'diffaugment': 0.5, 'ada': -5.0})
+  with open(tmp_path / 'limited.jsonl', 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  assert quality.main(['--render', '--study', 'limited', '--out', str(tmp_path)]) == 0
+  table = (tmp_path / 'limited.md').read_text()
+  assert '`data.limit=1000`, `loss=non_saturating`, 27 rows' in table
+  # none: finals 17, 18, 19 (mean 18, std 1), best 15, 16, 17; ada's p: 0.3 + seed/100.
+  assert (
+      '| none | `augment.pipe=none` | 3 | 3000 | 300 ± 0 | 18.00 ± 1.00 (5000 samples) '
+      '| 17.00-19.00 | 16.00 ± 1.00 | - |'
+  ) in table
+  assert (
+      '| ada | `augment.p=0.0`, `augment.pipe=ada`, `augment.target=0.6` | 3 | 3000 | '
+      '300 ± 0 | 13.00 ± 1.00 (5000 samples) | 12.00-14.00 | 11.00 ± 1.00 | '
+      '0.310 ± 0.010 |'
+  ) in table
+  assert '| ada | better (Δ -5.00, 90% CI [' in table
+  assert '| diffaugment | not distinguishable at 3 seeds (Δ +0.50' in table
+  assert 'At the final step `ada` has a lower classifier FID than `none`' in table
+  for name in ('limited_fid_vs_steps.png', 'limited_augment_p.png'):
+    image = np.asarray(Image.open(tmp_path / name).convert('L'), np.float32)
+    assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 10
+  assert not (tmp_path / 'limited_fid_vs_seconds.png').exists()
+  without = [r for r in rows if r['variant'] != 'ada']
+  assert (
+      stats.plot_augment(without, stats.summarize_against(without, 'none'), 'x') is None
+  )
 
 
 # ------------------------------------------------------------------ configs
@@ -259,6 +447,53 @@ def test_quality_study_tiny_end_to_end(tmp_path):
   os.remove(out / 'tiny.md')
   assert quality.main(['--render', '--study', 'tiny', '--out', str(out)]) == 0
   assert (out / 'tiny.md').read_text() == table
+
+
+@pytest.mark.skipif(not HAS_DATA, reason='apt-get install dataset-fashion-mnist')
+@pytest.mark.slow  # two tiny runs through the loop, like the test above
+def test_limited_study_tiny_end_to_end(tmp_path):
+  """The one-stage design (entries against a baseline) at the tiny size: rows carry the
+  p trajectory the ADA run logged, resume from the runs' logs, and render."""
+  out, wd = tmp_path / 'out', tmp_path / 'wd'
+  argv = ['--tiny', '--losses', 'none,ada', '--stages', 'one', '--baseline', 'none']
+  argv += ['--seeds', '1', '--out', str(out), '--workdir', str(wd)]
+  assert quality.main(argv) == 0
+  jsonl = out / 'tiny.jsonl'
+  rows = [json.loads(line) for line in open(jsonl)]
+  assert [(r['variant'], r['stage'], r['step']) for r in rows] == [
+      ('none', 'one', 2),
+      ('none', 'one', 4),
+      ('ada', 'one', 2),
+      ('ada', 'one', 4),
+  ]
+  assert all(r['baseline'] == 'none' for r in rows)
+  assert 'augment_log' not in rows[0] and rows[2]['overrides']['augment.pipe'] == 'ada'
+  logged = common.read_jsonl(str(wd / 'tiny' / 'ada_one_seed0' / 'metrics.jsonl'))
+  trajectory = [
+      [r['step'], r['augment_p'], r['augment_rt']] for r in logged if 'augment_p' in r
+  ]
+  assert [point for r in rows[2:] for point in r['augment_log']] == trajectory
+  assert len(trajectory) == 2 and rows[3]['augment_p'] == trajectory[-1][1]
+  table = (out / 'tiny.md').read_text()
+  assert (
+      '| ada | `augment.p=0.0`, `augment.pipe=ada`' in table
+      and (out / 'tiny_augment_p.png').exists()
+  )
+  with open(jsonl, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows[:-1])
+  assert quality.main(argv) == 0
+  keep = (
+      'variant',
+      'step',
+      'fid_classifier',
+      'train_seconds',
+      'augment_p',
+      'augment_log',
+  )
+  again = stats.read_rows(str(jsonl))
+  assert [{k: r.get(k) for k in keep} for r in again] == [
+      {k: r.get(k) for k in keep} for r in rows
+  ]
 
 
 def test_quality_gpu_script_checks_what_its_call_carries_first(tmp_path):
