@@ -6,8 +6,10 @@ Whether one-stage's exact path runs depends on training: hinge's D coefficient i
 for every fake it scores below -1, so the step re-runs D on those fakes. So each loss
 first trains its config briefly with the library's one-stage step, instrumented to
 return the branch each conditional took (``flops.with_branch_indices``); the executed
-FLOPs are the mean over those steps of the branches actually taken. Both stages then
-continue from the trained state on real batches, timed interleaved.
+FLOPs are the mean over those steps of the branches actually taken, and the rows keep
+the distribution of ``n_exact`` and the share of steps on each rung of the bucket ladder
+(``core.strategies.bucket_ladder``). Both stages then continue from the trained state on
+real batches, timed interleaved.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from osgan_jax import config as config_lib
 from osgan_jax import data as data_lib
 from osgan_jax.core import losses as losses_lib
 from osgan_jax.core import steps
+from osgan_jax.core import strategies
 from osgan_jax.tasks import gan as gan_lib
 
 CONFIG = 'configs/dcgan_fashion_mnist.py'
@@ -111,6 +114,15 @@ def measure_loss(
   )
   timing, timed_n = _time(gan, state, pool, rounds, steps_per_call, train_steps)
   branch = np.asarray([t[0] if t else 0 for t in taken]) if table else np.zeros(1)
+  # The exact step's branches: none, each rung of the ladder, the whole batch.
+  ladder = (
+      strategies.bucket_ladder(gan.exact_bucket, batch_size) if gan.per_sample else ()
+  )
+  rerun = np.asarray((0, *ladder, batch_size)) if table else np.zeros(1)
+  if table and len(table[0]) != len(rerun):
+    raise RuntimeError(f'the step has {len(table[0])} branches, the ladder {ladder}')
+  fractions = np.asarray([np.mean(branch == b) for b in range(len(rerun))])
+  timed_n = np.asarray(timed_n, np.float64)
   one = {
       'flops': count.flops,
       'flops_max_branch': count.flops_max_branch,
@@ -119,13 +131,15 @@ def measure_loss(
       'train_steps': train_steps,
       'n_exact_mean': float(n_exact.mean()),
       'n_exact_max': float(n_exact.max()),
+      'n_exact_histogram': _histogram(n_exact, batch_size),
       'exact_step_fraction': float(np.mean(n_exact > 0)),
-      'branch_fractions': {
-          str(b): float(np.mean(branch == b))
-          for b in range(len(table[0]) if table else 1)
-      },
+      'bucket_ladder': list(ladder),
+      'rerun_sizes': rerun.tolist(),  # the fakes D re-runs on, by branch
+      'branch_fractions': {str(b): float(f) for b, f in enumerate(fractions)},
+      'rerun_mean': float(fractions @ rerun),
       'n_exact_timed_mean': float(np.mean(timed_n)),
-      'exact_step_fraction_timed': float(np.mean(np.asarray(timed_n) > 0)),
+      'n_exact_timed_histogram': _histogram(timed_n, batch_size),
+      'exact_step_fraction_timed': float(np.mean(timed_n > 0)),
   }
   two = {'flops': two_count.flops, 'flops_max_branch': two_count.flops_max_branch}
   two['flops_executed'] = two['flops']
@@ -154,6 +168,11 @@ def measure_loss(
   return rows
 
 
+def _histogram(n_exact, batch: int) -> list:
+  """How many steps had 0, 1, ..., ``batch`` singular fakes."""
+  return np.bincount(np.asarray(n_exact, np.int64), minlength=batch + 1).tolist()
+
+
 def _time(gan, state, pool, rounds: int, per_call: int, start: int):
   """Both stages from the trained state on the pooled real batches, interleaved;
   returns the timing summary and the one-stage steps' ``n_exact``."""
@@ -180,39 +199,55 @@ def _time(gan, state, pool, rounds: int, per_call: int, start: int):
   fns = {v: runner(v) for v in states}
   times = common.run_interleaved(fns, rounds, warmup=1)
   timed = jax.device_get(n_exact[per_call:])  # the warm-up call's steps left out
-  return common.ratio_summary(times, 'one_stage', per_call, prefix='one_stage'), timed
+  summary = common.ratio_summary(times, 'one_stage', per_call, prefix='one_stage')
+  ratios = np.asarray(times['two_stage']) / np.asarray(times['one_stage'])
+  for variant, values in (('two_stage', ratios), ('one_stage', np.ones_like(ratios))):
+    q25, q75 = np.percentile(values, [25, 75])
+    summary[variant].update(ratio_to_one_stage_q25=q25, ratio_to_one_stage_q75=q75)
+  return summary, timed
 
 
 def table(rows) -> str:
   """The per-loss table: executed FLOPs at the measured exact share, and time."""
   head = (
       'loss',
-      'steps on the exact path (in a bucket)',
+      'steps on the exact path',
+      'D re-run on (fakes: share of steps)',
       'n_exact per step',
       'one-stage GFLOP executed',
       'two-stage GFLOP',
       'FLOPs two/one',
       'one-stage ms',
       'two-stage ms',
-      'time two/one, median (min-max)',
+      'time two/one, median [quartiles] (min-max)',
   )
   by = {(r['loss'], r['variant']): r for r in rows}
   lines = []
   for loss in dict.fromkeys(r['loss'] for r in rows):
     one, two = by[(loss, 'one_stage')], by[(loss, 'two_stage')]
-    bucket = one['branch_fractions'].get('2')
+    sizes = one.get('rerun_sizes', [])
+    rungs = [
+        f'{size}: {100 * one["branch_fractions"][str(b)]:.0f}%'
+        for b, size in enumerate(sizes)
+        if size and one['branch_fractions'][str(b)]
+    ]
+    quartiles = (
+        f' [{two["ratio_to_one_stage_q25"]:.2f}, {two["ratio_to_one_stage_q75"]:.2f}]'
+        if 'ratio_to_one_stage_q25' in two
+        else ''
+    )
     lines.append(
         (
             loss,
-            f'{100 * one["exact_step_fraction"]:.0f}%'
-            + (f' ({100 * bucket:.0f}%)' if bucket else ''),
+            f'{100 * one["exact_step_fraction"]:.0f}%',
+            ', '.join(rungs) or '-',
             f'{one["n_exact_mean"]:.1f} of {one["batch"]}',
             f'{one["flops_executed"] / 1e9:.3f}',
             f'{two["flops_executed"] / 1e9:.3f}',
             f'{two["flop_ratio_executed"]:.3f}',
             f'{one["step_ms_median"]:.1f}',
             f'{two["step_ms_median"]:.1f}',
-            f'{two["ratio_to_one_stage_median"]:.3f} '
+            f'{two["ratio_to_one_stage_median"]:.3f}{quartiles} '
             f'({two["ratio_to_one_stage_min"]:.2f}-{two["ratio_to_one_stage_max"]:.2f})',
         )
     )

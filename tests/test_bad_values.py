@@ -49,6 +49,10 @@ CONFIG_VALUES = [  # (override, the key and bound the message names)
     ({'schedule.steps': -3}, 'config.schedule.steps must be >= 0'),
     ({'divergence.max_rollbacks': -1}, 'config.divergence.max_rollbacks must be >= 0'),
     ({'one_stage_bucket': 1.5}, 'config.one_stage_bucket must be in [0, 1]'),
+    *(
+        ({'one_stage_bucket': ladder}, 'config.one_stage_bucket must be in [0, 1], or an')
+        for ladder in ((0.5, 0.25), (), (0.25, 1.5), (0.0, 0.5), '0.25')
+    ),
     ({'evals.fid.num_samples': 1}, 'config.evals.fid.num_samples must be >= 2'),
     ({'evals.fid.num_real': 0}, 'config.evals.fid.num_real must be >= 2 or -1'),
     ({'evals.fid.batch_size': 0}, 'config.evals.fid.batch_size must be positive'),

@@ -213,6 +213,33 @@ def test_load_config_rejects_unknown_keys_and_wrong_types():
     config_lib.load_config(path, {'batch_size': 'many'})
 
 
+def test_one_stage_bucket_takes_a_number_or_a_ladder():
+  """A fraction or an ascending list of them, from a config override or the command
+  line; each config holds its own value (ml_collections would type the field)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from osgan_jax.tasks import gan as gan_lib
+
+  path = config_path('dcgan_fashion_mnist')
+  for value in (0.25, 0, [0.125, 0.5], (0.25,)):
+    config = config_lib.load_config(path, {'one_stage_bucket': value})
+    config_lib.validate(config)
+    assert config.one_stage_bucket == value
+  assert config_lib.load_config(path).one_stage_bucket == (0.125, 0.25, 0.5)
+  for arg, value in (('0.125,0.5', (0.125, 0.5)), ('0.25', 0.25), ('[0.5,1]', [0.5, 1])):
+    argv = ['main', f'--config={path}', f'--config.one_stage_bucket={arg}']
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        'config', path, flag_values=flag_values, sys_argv=argv
+    )
+    flag_values(argv)
+    assert flag_values.config.one_stage_bucket == value
+  config = config_lib.load_config(path, {'one_stage_bucket': [0.25, 1]})
+  generator, discriminator = gan_lib.create_models(config)
+  gan = gan_lib.make_gan(config, generator, discriminator)
+  assert gan.exact_bucket == (0.25, 1.0)  # fractions: 1 is the whole batch, not one
+
+
 def _main(*args, timeout=300):
   cmd = [
       sys.executable,

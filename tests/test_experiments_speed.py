@@ -355,7 +355,7 @@ def test_per_loss_suite_tiny_end_to_end(tmp_path):
       timeout=600,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert '| hinge | 0% | 0.0 of 8 |' in result.stdout
+  assert '| hinge | 0% | - | 0.0 of 8 |' in result.stdout
   record = json.loads((tmp_path / 'losses.json').read_text())
   assert (tmp_path / 'losses.csv').exists()
   assert record['provenance']['command'] == shlex.join(
@@ -368,11 +368,16 @@ def test_per_loss_suite_tiny_end_to_end(tmp_path):
       'hinge',
   )
   assert one['train_steps'] == 3 and one['n_exact_mean'] == 0.0
-  assert one['branch_fractions'] == {'0': 1.0, '1': 0.0, '2': 0.0}
+  # Batch 8: the default ladder's buckets of 1, 2 and 4 fakes, then all 8.
+  assert one['bucket_ladder'] == [1, 2, 4] and one['rerun_sizes'] == [0, 1, 2, 4, 8]
+  assert one['branch_fractions'] == {'0': 1.0, '1': 0.0, '2': 0.0, '3': 0.0, '4': 0.0}
+  assert one['n_exact_histogram'] == [3] + [0] * 8 and one['rerun_mean'] == 0.0
   assert one['flops_executed'] == one['flops'] < one['flops_max_branch']
-  assert len(one['flops_branches'][0]) == 3
+  assert len(one['flops_branches'][0]) == 5
   assert two['flop_ratio_executed'] == pytest.approx(two['flops'] / one['flops'])
   assert two['rounds'] == 2 and two['steps_per_call'] == 2
+  assert two['ratio_to_one_stage_min'] <= two['ratio_to_one_stage_q25']
+  assert two['ratio_to_one_stage_q75'] <= two['ratio_to_one_stage_max']
   assert speed.main(['--render', str(tmp_path / 'losses.json')]) == 0
   assert sorted(speed.per_loss.loss_names()) == sorted(
       n for n in __import__('osgan_jax.core.losses').core.losses.names() if n != 'dfad'

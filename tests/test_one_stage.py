@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from osgan_jax.core import exactness, precision, toy_networks
-from osgan_jax.core import losses, one_stage
+from osgan_jax.core import losses, one_stage, strategies
 
 LOSSES = (
     'minimax',
@@ -118,13 +118,10 @@ def test_singular_samples_take_the_exact_path():
   assert int(aux['n_exact']) == 1
 
 
-def _marked_problem(kind, marked):
+def _marked_problem(kind):
   """hinge with a per-sample D whose fake logit drops by ~20 (singular) exactly for
-  the samples in ``marked``: G writes z[:, 0] into one pixel, D reads it back."""
+  the samples marked in z (``_mark``): G writes z[:, 0] to a pixel, D reads it back."""
   prob = toy_networks.problem('hinge', kind, seed=3)
-  batch = prob['z'].shape[0]
-  mark = jnp.zeros(batch).at[jnp.asarray(marked, jnp.int32)].set(5.0)
-  prob['z'] = prob['z'].at[:, 0].set(mark)
   base_g, base_d = prob['generate'], prob['discriminate']
 
   def generate(params, z):
@@ -139,24 +136,69 @@ def _marked_problem(kind, marked):
   return prob
 
 
-@pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])
+def _mark(z, marked):
+  return z.at[:, 0].set(jnp.zeros(z.shape[0]).at[jnp.asarray(marked, jnp.int32)].set(5.0))
+
+
+def _both_at(prob, **options):
+  """``_both`` as a function of z, compiled once for every z of the problem's shape."""
+  fixed = {k: v for k, v in prob.items() if k not in ('params_g', 'params_d', 'z')}
+
+  @jax.jit
+  def run(params_g, params_d, z):
+    args = dict(params_g=params_g, params_d=params_d, z=z, **fixed)
+    return one_stage.one_stage_grads(**args, **options), one_stage.reference_grads(**args)
+
+  def at(z):
+    with precision.full_precision():
+      return run(prob['params_g'], prob['params_d'], z)
+
+  return at
+
+
+# Batch 8, a ladder of buckets of 1, 2 and 4 fakes: the singular ones (marked) and the
+# branch that re-ran D on them (0 none, 1-3 a rung, 4 the whole batch) and its size.
+LADDER_CASES = (
+    ([], 0, 0),
+    ([5], 1, 1),
+    ([1, 6], 2, 2),
+    ([0, 3, 7], 3, 4),
+    ([0, 2, 4, 6, 7], 4, 8),
+    (list(range(8)), 4, 8),
+)
+
+
+@pytest.mark.parametrize('kind', ['conv', 'patch'])
 @pytest.mark.long
-def test_singular_fakes_rerun_d_in_a_bucket_and_the_fallback_is_exact(kind):
-  """Batch 8, bucket 2: none, some, a full bucket, more than the bucket and all fakes
-  singular; each is exact, the bucket runs when they fit and the whole batch when not."""
-  for marked in ([], [5], [1, 6], [0, 3, 7], list(range(8))):
-    prob = _marked_problem(kind, marked)
-    ours, ref = _both(prob, exact_bucket=2)
+def test_singular_fakes_rerun_d_in_the_smallest_bucket_that_holds_them(kind):
+  """None, some (each rung), more than the largest rung and all fakes singular: each is
+  exact, and D re-runs on the smallest rung that holds them, else on the whole batch."""
+  prob = _marked_problem(kind)
+  at = _both_at(prob, exact_bucket=(1, 2, 4))
+  for marked, path, rerun in LADDER_CASES:
+    ours, ref = at(_mark(prob['z'], marked))
     aux = _assert_exact(ours, ref)
-    n = int(aux['n_exact'])
-    assert n >= len(marked) and (kind == 'patch' or n == len(marked))
-    assert int(aux['exact_bucket']) == 2
-    assert int(aux['exact_path']) == (0 if n == 0 else 2 if n <= 2 else 1), (marked, n)
-  # Without a bucket the whole batch re-runs, with the same gradients.
-  prob = _marked_problem(kind, [5])
-  without = _both(prob, exact_bucket=0)[0]
-  assert int(without[2]['exact_path']) == 1
-  _assert_exact(without, _both(prob, exact_bucket=2)[0])
+    assert int(aux['n_exact']) == len(marked)
+    assert (int(aux['exact_path']), int(aux['exact_rerun'])) == (path, rerun), marked
+  # One bucket (a number, as before the ladder) and none: the same gradients.
+  z = _mark(prob['z'], [1, 6])
+  for bucket, path, rerun in ((0.25, 1, 2), (0, 1, 8)):
+    ours = _both_at(prob, exact_bucket=bucket)(z)[0]
+    _assert_exact(ours, at(z)[1])
+    assert (int(ours[2]['exact_path']), int(ours[2]['exact_rerun'])) == (path, rerun)
+
+
+def test_bucket_ladder_sizes_and_bad_ladders():
+  ladder = strategies.bucket_ladder
+  assert strategies.DEFAULT_BUCKETS == (0.125, 0.25, 0.5)
+  assert ladder(strategies.DEFAULT_BUCKETS, 64) == (8, 16, 32)
+  assert ladder(0.25, 64) == ladder((0.25,), 64) == ladder([16], 64) == (16,)
+  assert ladder((0.125, 0.25, 0.5), 4) == (1, 2)  # same count once; whole batch dropped
+  assert ladder((0.1, 1.0), 10) == (1,) and ladder(1.0, 10) == ()
+  assert ladder(0, 64) == ladder(None, 64) == ladder((), 64) == ()
+  for bad in ((0.5, 0.25), (0.25, 0.25), (0, 0.5), -0.25):
+    with pytest.raises(ValueError, match='exact_bucket must be positive and ascending'):
+      ladder(bad, 64)
 
 
 @pytest.mark.parametrize('kind', ['mlp', 'conv', 'patch'])

@@ -30,7 +30,7 @@ def _nest(flat: dict) -> ml_collections.ConfigDict:
 
 def get_base_config() -> ml_collections.ConfigDict:
   """Every key at its default (``keys.KEYS``), with the default evaluators."""
-  config = _nest({k: key.default for k, key in keys_lib.KEYS.items()})
+  config = _nest({k: key.initial() for k, key in keys_lib.KEYS.items()})
   config.evals = ml_collections.ConfigDict(
       {
           name: keys_lib.eval_defaults(kind)

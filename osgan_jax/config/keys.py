@@ -8,6 +8,8 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import ml_collections
+
 Check = Callable[[Any], 'str | None']
 
 
@@ -15,12 +17,21 @@ Check = Callable[[Any], 'str | None']
 class Key:
   """A config key. ``check(value)`` returns what the value must be, or None when it is
   fine; ``resume`` says whether a resumed run may change it (else it is refused unless
-  ``allow_config_change`` names it)."""
+  ``allow_config_change`` names it); ``any_type``: its value may be a number or a list.
+  """
 
   default: Any
   doc: str
   check: Check | None = None
   resume: bool = False
+  any_type: bool = False
+
+  def initial(self):
+    """The value a new config starts with: for ``any_type``, a fresh reference of no
+    fixed type (ml_collections otherwise refuses a list where the default is a number)."""
+    if not self.any_type:
+      return self.default
+    return ml_collections.FieldReference(self.default, field_type=object)
 
 
 def _number(v) -> bool:
@@ -64,6 +75,16 @@ def real(lo=None, hi=None, lo_open=False, hi_open=False) -> Check:
     return None if ok else text
 
   return check
+
+
+def fractions(v) -> str | None:
+  """A fraction in [0, 1], or a non-empty ascending list of fractions in (0, 1]."""
+  if isinstance(v, (tuple, list)):
+    ok = all(_number(f) and 0 < f <= 1 for f in v) and len(v) > 0
+    ok = ok and all(a < b for a, b in zip(v, v[1:]))
+  else:
+    ok = _number(v) and 0 <= v <= 1
+  return None if ok else 'in [0, 1], or an ascending list of fractions in (0, 1]'
 
 
 def one_of(*choices) -> Check:
@@ -127,10 +148,14 @@ KEYS: dict[str, Key] = {
     ),
     'loss': Key('non_saturating', 'a registered loss (osgan_jax.losses.names())', text),
     'one_stage_bucket': Key(
-        0.25,
-        'exact one-stage, per-sample D: the fakes with a singular gamma re-run D in a bucket '
-        'of this fraction of the batch when they fit (0: always the whole batch)',
-        real(0, 1),
+        (0.125, 0.25, 0.5),
+        'exact one-stage, per-sample D: the fakes with a singular gamma re-run D in the '
+        'smallest bucket of this ascending ladder (fractions of the batch; one number: a '
+        'ladder of one) that holds them, else on the whole batch (0: always the whole '
+        'batch); any ladder gives the same gradients',
+        fractions,
+        True,
+        any_type=True,
     ),
     'seed': Key(
         0, 'model init, latents (fold_in(key, step)) and the data order', integer()

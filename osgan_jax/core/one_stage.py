@@ -40,7 +40,7 @@ def one_stage_grads(
     loss_state=None,
     penalties=None,
     penalty_rng=None,
-    exact_bucket=0.25,
+    exact_bucket=strategies.DEFAULT_BUCKETS,
 ):
   """Gradients of L_G (for G) and L_D (for D) from one shared forward and backward.
 
@@ -57,14 +57,16 @@ def one_stage_grads(
     loss_state: a stateful loss's state (default: its initial one).
     penalties: ``{'r1' | 'r2' | 'gp': weight}``, D-only; ``penalty_rng`` draws ``gp``'s
       interpolation weights.
-    exact_bucket: per-sample D: the bucket the singular fakes re-run D in, a fraction
-      of the batch or a count (0 or None: always the whole batch).
+    exact_bucket: per-sample D: the ascending ladder of buckets the singular fakes
+      re-run D in (the smallest that holds them), fractions of the batch or counts;
+      one number is a ladder of one (0, None or (): always the whole batch).
 
   Returns:
     ``(grads_g, grads_d, aux)``; ``aux``: ``loss_d``, ``loss_g``, ``loss_state``, gamma
-    statistics, ``n_exact``, ``per_sample``, ``g_aux``/``d_aux`` and, where they apply,
-    ``exact_path`` (0 none, 1 whole batch, 2 bucket), ``exact_bucket``,
-    ``approx_rel_err`` and the penalties' metrics.
+    statistics, ``n_exact``, ``real_logits``, ``per_sample``, ``g_aux``/``d_aux`` and,
+    where they apply, ``exact_path`` (0 none, i the ladder's i-th bucket, then the
+    whole batch), ``exact_rerun`` (the fakes D re-ran on), ``approx_rel_err`` and the
+    penalties' metrics.
   """
   loss = losses_lib.get(loss)
   if mode not in MODES:

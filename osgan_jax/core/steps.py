@@ -20,6 +20,7 @@ from osgan_jax.core import augment as augment_lib
 from osgan_jax.core import losses as losses_lib
 from osgan_jax.core import one_stage
 from osgan_jax.core import penalties as penalties_lib
+from osgan_jax.core import strategies
 
 PyTree = Any
 
@@ -68,7 +69,7 @@ class GAN:
   per_sample: bool | None = None
   fake_batch_size: int = 0  # samples per step when there is no real batch
   penalties: Any = None
-  exact_bucket: float = 0.25  # one_stage_grads' exact_bucket
+  exact_bucket: Any = strategies.DEFAULT_BUCKETS  # one_stage_grads' bucket ladder
   augment: Any = None
 
   def penalty_weights(self, step):

@@ -9,6 +9,7 @@ game; ``STRATEGIES`` maps names to functions. See docs/method.md for the cost of
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -31,6 +32,8 @@ from osgan_jax.core.decomposition import (
 )
 
 PyTree = Any
+# The exact path's bucket ladder, in fractions of the batch (docs/method.md, "Cost").
+DEFAULT_BUCKETS = (0.125, 0.25, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Game:
   per_sample: bool  # D's logits for sample i depend on image i alone
   penalties: dict  # validated {'r1' | 'r2' | 'gp': weight}
   measure_error: bool  # approx: also report the error against the exact cotangent
-  bucket: int = 0  # per-sample exact path: fakes re-run in a bucket of this size (0: all)
+  bucket: Any = 0  # per-sample exact path: the bucket ladder (bucket_ladder; 0: none)
 
   @property
   def batch(self) -> int:
@@ -189,15 +192,21 @@ def fresh_input_cotangent(game: Game, g_cot_fake, logits_dtype, x_fake=None):
   return vjp_x(g_cot_fake.astype(logits_dtype))[0]
 
 
-def bucket_capacity(bucket, batch: int) -> int:
-  """The static bucket size for ``bucket`` (a fraction of the batch in (0, 1], or a
-  count; None or 0: no bucket)."""
-  if not bucket:
-    return 0
-  if isinstance(bucket, float) and bucket <= 1:
-    bucket = np.ceil(bucket * batch)
-  size = int(bucket)
-  return size if 0 < size < batch else 0
+def bucket_ladder(bucket, batch: int) -> tuple[int, ...]:
+  """The static bucket sizes, ascending, for ``bucket``: a fraction of the batch in
+  (0, 1] or a count, or an ascending sequence of them (None, 0 or (): no bucket).
+  Sizes that round to the same count are kept once; those of the whole batch or more
+  are dropped, as the whole-batch path is the last resort anyway."""
+  rungs = (
+      tuple(bucket) if isinstance(bucket, (tuple, list)) else (bucket,) if bucket else ()
+  )
+  if any(not r or r < 0 for r in rungs) or any(a >= b for a, b in zip(rungs, rungs[1:])):
+    raise ValueError(f'exact_bucket must be positive and ascending, got {bucket!r}')
+  sizes = (
+      int(np.ceil(r * batch)) if isinstance(r, float) and r <= 1 else int(r)
+      for r in rungs
+  )
+  return tuple(sorted({s for s in sizes if 0 < s < batch}))
 
 
 def _bucketed_cotangent(game: Game, fwd: Forward, singular, size: int):
@@ -222,29 +231,32 @@ def _bucketed_cotangent(game: Game, fwd: Forward, singular, size: int):
 
 def per_sample_exact(game: Game) -> Pass:
   """Per-sample D: gamma times D's input cotangent where the decomposition is exact, an
-  input-only backward of D with g for the samples where it is not: on a bucket of them
-  when they fit (``game.bucket``), else on the whole fake batch."""
+  input-only backward of D with g for the samples where it is not: on the smallest
+  bucket of the ladder (``game.bucket``) that holds them, else on the whole fake batch."""
   fwd = shared_forward(game)
   grads_d, x_bar = fwd.backward(fwd.c_real, fwd.c_fake)
   g_cot = scale_per_sample(fwd.gamma, x_bar)
   singular = ~fwd.decomposable
   n_exact = jnp.sum(singular)
-  size = bucket_capacity(game.bucket, game.batch)
+  sizes = bucket_ladder(game.bucket, game.batch)
 
   def whole_batch(g_cot):
     g_singular = jnp.where(expand_per_sample(singular, fwd.g_fake), fwd.g_fake, 0.0)
     exact = fresh_input_cotangent(game, g_singular, fwd.logit_dtypes[1])
     return select_per_sample(fwd.decomposable, g_cot, exact)
 
-  def bucket(g_cot):
+  def bucket(size, g_cot):
     exact = _bucketed_cotangent(game, fwd, singular, size)
     return select_per_sample(fwd.decomposable, g_cot, exact)
 
+  # Branches: none, each rung (ascending), the whole batch; the first that holds them.
   # D's forward re-runs in the branch: vjp residuals as operands cost 10-12% per step.
-  branches = [lambda c: c, whole_batch] + ([bucket] if size else [])
-  path = jnp.where(n_exact == 0, 0, jnp.where((n_exact <= size) & (size > 0), 2, 1))
-  g_cot = jax.lax.switch(jnp.minimum(path, len(branches) - 1), branches, g_cot)
-  aux = {'exact_path': path, 'exact_bucket': jnp.asarray(size)}
+  branches = [lambda c: c, *(functools.partial(bucket, s) for s in sizes), whole_batch]
+  too_small = jnp.sum(n_exact > jnp.asarray(sizes, jnp.int32)) if sizes else 0
+  path = jnp.where(n_exact == 0, 0, 1 + too_small)
+  g_cot = jax.lax.switch(path, branches, g_cot)
+  rerun = jnp.asarray((0, *sizes, game.batch), jnp.int32)[path]
+  aux = {'exact_path': path, 'exact_rerun': rerun}
   return fwd.result(grads_d=grads_d, g_cot=g_cot, n_exact=n_exact, aux=aux)
 
 

@@ -163,7 +163,7 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       optimizer_d=optimizer_d,
       batch_keys=('image', 'label') if conditional else ('image',),
       mode=config.one_stage_mode,
-      exact_bucket=float(config.one_stage_bucket),
+      exact_bucket=_fractions(config.one_stage_bucket),
       penalties=penalties or None,
       augment=make_augment(config),
       # Declared by the architecture (a test checks it against the probe), so no jvp of
