@@ -23,6 +23,7 @@ def loop_settings(config) -> loop.Settings:
       config=json.loads(config.to_json_best_effort(sort_keys=True)),
       may_change=config_lib.may_change,
       allowed=str(config.allow_config_change),
+      default=lambda key: config_lib.default_json(key, workdir_lib.NO_DEFAULT),
   )
   return loop.Settings(
       seed=int(config.seed),

@@ -12,6 +12,7 @@ import jax
 import pytest
 
 from osgan_jax.training import checkpoint, loop
+from osgan_jax.training import workdir as workdir_lib
 from osgan_jax import config as config_lib, train
 from osgan_jax.config import ConfigError
 from helpers import (  # pylint: disable=import-error
@@ -213,6 +214,22 @@ def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
         config(**{'model.generator.width': 12, 'allow_config_change': '*'}), workdir
     )
   assert steps_on_disk(workdir) == [10, 20]  # a misfit is not corruption
+
+
+def test_a_key_added_since_the_run_began_is_not_a_change(tmp_path):
+  """A workdir from before a key existed resumes while the key keeps its default."""
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump({'seed': 0}, f)
+  table = lambda key: config_lib.default_json(key, workdir_lib.NO_DEFAULT)
+  for key in ('init_from', 'augment.pipe', 'data.limit'):  # the table knows them
+    assert table(key) is not workdir_lib.NO_DEFAULT
+  record = lambda **c: workdir_lib.Record({'seed': 0, **c}, default=table)
+  workdir_lib.prepare(workdir, record(init_from=''), resuming=True, is_main=False)
+  with pytest.raises(ConfigError, match=r"init_from: None -> 'g.pkl'"):
+    workdir_lib.prepare(workdir, record(init_from='g.pkl'), resuming=True, is_main=False)
+  with pytest.raises(ConfigError, match=r'not_a_key: None -> 0'):  # unknown: a change
+    workdir_lib.prepare(workdir, record(not_a_key=0), resuming=True, is_main=False)
 
 
 @pytest.mark.e2e

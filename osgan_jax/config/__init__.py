@@ -8,6 +8,7 @@ from osgan_jax.config.base import flatten
 from osgan_jax.config.base import get_base_config
 from osgan_jax.config.base import load_config
 from osgan_jax.config.base import validate
+from osgan_jax.config.keys import default_json
 from osgan_jax.config.keys import may_change
 from osgan_jax.config.presets import NUM_EXAMPLES
 from osgan_jax.config.presets import R3GAN_DECAY_IMAGES

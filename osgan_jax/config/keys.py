@@ -5,6 +5,7 @@ guard are all read from here."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Callable
 
@@ -520,6 +521,13 @@ def lookup(dotted: str) -> Key | None:
   if parts[0] == 'model' and len(parts) > 2:
     return KEYS.get('.'.join(parts[:2]))
   return None
+
+
+def default_json(dotted: str, missing=None):
+  """A key's default as its JSON round trip (as ``config.json`` holds values), or
+  ``missing`` for a key outside the table (``evals.*``, model sections' contents)."""
+  key = KEYS.get(dotted)
+  return missing if key is None else json.loads(json.dumps(key.default))
 
 
 def may_change(dotted: str) -> bool:

@@ -9,11 +9,13 @@ import json
 import os
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 
 from osgan_jax.config import ConfigError
+
+NO_DEFAULT = object()  # a key the table does not know: never taken as newly added
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'lock'
@@ -28,6 +30,7 @@ class Record:
   config: dict = dataclasses.field(default_factory=dict)
   may_change: Callable[[str], bool] = lambda key: False
   allowed: str = ''
+  default: Callable[[str], Any] = lambda key: NO_DEFAULT  # a key's default, as JSON
 
 
 def _flatten(tree, prefix: str = '') -> dict:
@@ -40,11 +43,18 @@ def _flatten(tree, prefix: str = '') -> dict:
   return out
 
 
-def changes(old: dict, new: dict) -> dict:
-  """``{key: [old value, new value]}`` of the keys that differ (flattened)."""
+def changes(old: dict, new: dict, default: Callable[[str], Any] = lambda k: NO_DEFAULT):
+  """``{key: [old value, new value]}`` of the keys that differ (flattened). A key the
+  old config lacks, now at its ``default``, is a key added to the library since the
+  run began, not a change."""
   old, new = _flatten(old), _flatten(new)
   keys = sorted(set(old) | set(new))
-  return {k: [old.get(k), new.get(k)] for k in keys if old.get(k) != new.get(k)}
+  added = lambda k: k not in old and new[k] == default(k)
+  return {
+      k: [old.get(k), new.get(k)]
+      for k in keys
+      if old.get(k) != new.get(k) and not added(k)
+  }
 
 
 def os_error(e: OSError, what: str) -> str:
@@ -90,7 +100,7 @@ def prepare(
   if resuming and record.config:
     recorded = _recorded(workdir, path, recover)
     if recorded is not None:
-      changed = changes(recorded, record.config)
+      changed = changes(recorded, record.config, record.default)
   allowed = {k.strip() for k in record.allowed.split(',')}
   refused = [k for k in changed if not (record.may_change(k) or {k, '*'} & allowed)]
   if refused:
