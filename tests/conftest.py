@@ -13,6 +13,7 @@ Tiers (pytest.ini's markers): ``python3 -m pytest -n 2`` runs everything but ``s
 and long tests too (the edit-test loop); ``-m ""`` runs all.
 """
 
+import collections
 import functools
 import os
 import shutil
@@ -89,3 +90,17 @@ def pytest_sessionfinish(session):
   """The session's compilation cache goes with it (xdist: once, in the controller)."""
   if not hasattr(session.config, 'workerinput'):
     shutil.rmtree(os.environ['OSGAN_COMPILATION_CACHE'], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files with the most long or end-to-end tests first, each file's tests kept together
+  (its fixtures set up once): xdist hands tests out in this order, so the short files
+  fill the workers' last minutes instead of one worker finishing a long test alone."""
+  del config
+  heavy = collections.Counter(
+      item.path
+      for item in items
+      if item.get_closest_marker('long') or item.get_closest_marker('e2e')
+  )
+  order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+  items.sort(key=lambda item: (-heavy[item.path], order[item.path]))
