@@ -135,3 +135,36 @@ def quiet_logs() -> None:
       or '/osgan_jax/' in r.pathname
       or '/experiments/' in r.pathname
   )
+
+
+def define_generator_flags(flag_values, noise_default: str) -> None:
+  """The flags that name a trained generator and how to sample it, shared by
+  ``generate`` and ``evaluate``: --workdir, --step, --weights, --trunc, --noise_mode."""
+  F = flag_values
+  flags.DEFINE_string('workdir', None, 'a training run (its checkpoints/)', flag_values=F)
+  flags.DEFINE_string(
+      'step',
+      'latest',
+      "the checkpoint: 'latest', 'best' (the best-FID one, best/) or a step",
+      flag_values=F,
+  )
+  flags.DEFINE_string(
+      'weights',
+      None,
+      'an official StyleGAN2(-ADA) or R3GAN pickle instead',
+      flag_values=F,
+  )
+  flags.DEFINE_float(
+      'trunc',
+      1.0,
+      'truncation psi towards the tracked W average (StyleGAN2)',
+      flag_values=F,
+  )
+  flags.DEFINE_enum(
+      'noise_mode',
+      None,
+      ['const', 'random', 'none'],
+      f"StyleGAN2's noise inputs (default {noise_default}); random noise is keyed by the "
+      'seed',
+      flag_values=F,
+  )

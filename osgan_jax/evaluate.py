@@ -20,16 +20,7 @@ COMMAND = cli.Command(
     'the images of seeds SEED..SEED+NUM-1. Prints one JSON line per metric.',
 )
 F = COMMAND.flags
-flags.DEFINE_string('workdir', None, 'a training run (its checkpoints/)', flag_values=F)
-flags.DEFINE_string(
-    'step',
-    'latest',
-    "the checkpoint: 'latest', 'best' (the best-FID one, best/) or a step",
-    flag_values=F,
-)
-flags.DEFINE_string(
-    'weights', None, 'an official StyleGAN2(-ADA) or R3GAN pickle instead', flag_values=F
-)
+cli.define_generator_flags(F, "random, as the reference's metrics")
 flags.DEFINE_string(
     'real',
     None,
@@ -47,20 +38,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer('seed', 0, 'the first seed (as generate --seeds)', flag_values=F)
 flags.DEFINE_string('metrics', 'fid,kid,pr', 'any of fid, kid, pr', flag_values=F)
-flags.DEFINE_float(
-    'trunc',
-    1.0,
-    'truncation psi towards the tracked W average (StyleGAN2)',
-    flag_values=F,
-)
-flags.DEFINE_enum(
-    'noise_mode',
-    None,
-    ['const', 'random', 'none'],
-    "StyleGAN2's noise inputs (default random, as the reference's metrics), keyed by "
-    'the seed',
-    flag_values=F,
-)
 flags.DEFINE_integer(
     'batch',
     50,

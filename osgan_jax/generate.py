@@ -18,16 +18,7 @@ COMMAND = cli.Command(
     'np.random.RandomState(s).randn(1, z_dim).',
 )
 F = COMMAND.flags
-flags.DEFINE_string('workdir', None, 'a training run (its checkpoints/)', flag_values=F)
-flags.DEFINE_string(
-    'step',
-    'latest',
-    "the checkpoint: 'latest', 'best' (the best-FID one, best/) or a step",
-    flag_values=F,
-)
-flags.DEFINE_string(
-    'weights', None, 'an official StyleGAN2(-ADA) or R3GAN pickle instead', flag_values=F
-)
+cli.define_generator_flags(F, 'const, as the reference generate.py')
 flags.DEFINE_string('seeds', '0-15', "seeds: '0-63', '1,5,10-12'", flag_values=F)
 flags.DEFINE_string(
     'classes',
@@ -36,24 +27,10 @@ flags.DEFINE_string(
     'gets class s % num_classes',
     flag_values=F,
 )
-flags.DEFINE_float(
-    'trunc',
-    1.0,
-    'truncation psi towards the tracked W average (StyleGAN2)',
-    flag_values=F,
-)
-flags.DEFINE_enum(
-    'noise_mode',
-    None,
-    ['const', 'random', 'none'],
-    "StyleGAN2's noise inputs (default const, as the reference generate.py); random "
-    'noise is keyed by the seed',
-    flag_values=F,
-)
 flags.DEFINE_string(
     'outdir',
     None,
-    'write seedNNNN.png per image (seedNNNN_classC.png for several ' 'classes) here',
+    'write seedNNNN.png per image (seedNNNN_classC.png for several classes) here',
     flag_values=F,
 )
 flags.DEFINE_string('grid', None, 'write one grid PNG (a row per class)', flag_values=F)
