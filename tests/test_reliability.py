@@ -216,6 +216,34 @@ def test_a_changed_width_is_refused_and_config_json_kept(finite_run, tmp_path):
   assert steps_on_disk(workdir) == [10, 20]  # a misfit is not corruption
 
 
+def test_a_checkpoint_from_before_a_state_field_existed_restores(tmp_path):
+  """Fields added to TrainState since a checkpoint was written (None in a run that does
+  not use them) neither fail its restore nor send it to corrupt/."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from osgan_jax.core import steps  # pylint: disable=import-outside-toplevel
+
+  arrays = lambda n: {'w': jnp.arange(n, dtype=jnp.float32)}
+  state = steps.TrainState(
+      jnp.asarray(3), arrays(3), arrays(2), arrays(3), arrays(2), arrays(1), arrays(1)
+  )
+  fields = dataclasses.fields(state)
+  written = {
+      f.name: getattr(state, f.name) for f in fields if getattr(state, f.name) is not None
+  }
+  assert len(written) < len(fields)  # augment, loss_state, ... were not there then
+  mngr = checkpoint.manager(str(tmp_path), 2, async_save=False)
+  checkpoint.save(mngr, 3, written, {})
+  checkpoint.wait(mngr)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored, meta = checkpoint.restore(mngr, checkpoint.abstract(state, one), 3)
+  assert type(restored) is steps.TrainState and restored.augment is None
+  assert jax.tree.map(lambda a, b: bool((a == b).all()), restored, state) == jax.tree.map(
+      lambda a: True, state
+  )
+  assert meta['digests'] and not os.path.exists(tmp_path / checkpoint.CORRUPT_DIR)
+
+
 def test_a_key_added_since_the_run_began_is_not_a_change(tmp_path):
   """A workdir from before a key existed resumes while the key keeps its default."""
   workdir = str(tmp_path)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -107,14 +108,44 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step=None):
   anywhere = None
   if abstract_state is None:  # else orbax refuses another device count's checkpoint
     anywhere = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  restored = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state, fallback_sharding=anywhere),
-          meta=ocp.args.JsonRestore(),
-      ),
-  )
-  return restored.state, dict(restored.meta or {})
+
+  def read(target):
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target, fallback_sharding=anywhere),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return restored.state, dict(restored.meta or {})
+
+  try:
+    return read(abstract_state)
+  except ValueError:
+    added = _added_fields(mngr, step, abstract_state)
+    if not added:
+      raise
+  kept = {
+      f.name: getattr(abstract_state, f.name)
+      for f in dataclasses.fields(abstract_state)
+      if f.name not in added
+  }
+  state, meta = read(kept)
+  return type(abstract_state)(**state, **dict.fromkeys(added)), meta
+
+
+def _added_fields(mngr: ocp.CheckpointManager, step: int, state) -> list:
+  """The fields of ``state`` (a dataclass) that are None and that checkpoint ``step``
+  lacks: fields added to the state since it was written (a run that does not use them
+  resumes from it)."""
+  if not dataclasses.is_dataclass(state):
+    return []
+  saved = mngr.item_metadata(step)['state'].tree
+  return [
+      f.name
+      for f in dataclasses.fields(state)
+      if getattr(state, f.name) is None and f.name not in saved
+  ]
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
