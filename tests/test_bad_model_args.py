@@ -42,6 +42,7 @@ HELD_OUT = [
     ('stylegan2_tiny', f'{G}.channel_base', 0),
     ('stylegan2_tiny', f'{D}.channel_base', 16),  # < the resolution, 32
     ('stylegan2_tiny', f'{D}.channel_max', -64),
+    ('stylegan2_tiny', f'{D}.conv_impl', 'nope'),
     ('stylegan2_tiny', f'{G}.w_dim', 0),
     ('stylegan2_tiny', f'{G}.mapping_lr_multiplier', 0.0),
     ('stylegan2_tiny', 'data.resolution', 4),  # D needs >= 8

@@ -168,6 +168,77 @@ def test_second_order_gradient(conv, ref):
   _close(penalty(conv), penalty(ref), 1e-4)
 
 
+# (input size, kernel, stride, input dilation, pads): StyleGAN2's up conv (3x3, zeros
+# inserted, pads 2) and down conv (3x3, stride 2, on 2H+1 pixels), then other shapes,
+# negative pads (crops) and a dilation of 3.
+RESAMPLE_CASES = [
+    (5, 3, 1, 2, ((2, 2), (2, 2))),
+    (9, 3, 2, 1, ((0, 0), (0, 0))),
+    (4, 3, 1, 2, ((1, 0), (0, 3))),
+    (5, 4, 1, 2, ((3, 3), (3, 3))),
+    (4, 3, 1, 2, ((-1, 0), (0, -2))),
+    (4, 3, 1, 3, ((2, 2), (1, 2))),
+    (3, 1, 1, 3, ((0, 0), (0, 0))),
+    (8, 3, 2, 1, ((1, -1), (0, 2))),
+    (9, 4, 3, 1, ((1, 1), (0, 0))),
+]
+
+
+def _resample_pair(s, d, pads):
+  fast = lambda x, w: conv_ops.resample_conv2d(x, w, s, pads, d, impl='matmul')
+  ref = lambda x, w: lax.conv_general_dilated(
+      x, w, (s, s), pads, lhs_dilation=(d, d), dimension_numbers=DN
+  )
+  return jax.jit(fast), jax.jit(ref)
+
+
+@pytest.fixture
+def patch_forms_at_any_size(monkeypatch):
+  monkeypatch.setattr(conv_ops, 'RESAMPLE_MIN_MACS', 0)
+
+
+@pytest.mark.parametrize('hw,k,s,d,pads', RESAMPLE_CASES)
+def test_resample_conv2d_matches_xla_to_the_second_order(
+    hw, k, s, d, pads, patch_forms_at_any_size
+):
+  """Values, both cotangents, a tangent, and a gradient penalty's second derivative."""
+  rng = np.random.default_rng(0)
+  x, w = _rand(rng, (2, hw, hw, 3)), 0.3 * _rand(rng, (k, k, 3, 4))
+  fast, ref = _resample_pair(s, d, pads)
+  _check(fast, ref, x, w, rtol=1e-5)
+
+  def penalty(conv):
+    def f(w):
+      grad_x = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
+      return jnp.sum(grad_x**2)
+
+    return jax.jit(jax.grad(f))(w)
+
+  _close(penalty(fast), penalty(ref), 1e-4)
+
+
+def test_resample_conv2d_derivatives_are_matmuls():
+  """On the 'matmul' path a penalty's second derivative of StyleGAN2's up and down convs
+  compiles to matmuls and slices: no convolution (XLA:CPU's are 30-100x slower there)
+  and no product with an inserted zero. Below ``RESAMPLE_MIN_MACS`` XLA's conv stays."""
+  rng = np.random.default_rng(0)
+  w = _rand(rng, (3, 3, 32, 32))
+  # (stride, dilation, pads, a size above the threshold); 8x8 pixels are below it.
+  for s, d, pads, hw in ((1, 2, ((2, 2), (2, 2)), 64), (2, 1, ((0, 0), (0, 0)), 129)):
+    pixels = hw * hw // (s * s)
+    assert 8 * 8 * w.size < conv_ops.RESAMPLE_MIN_MACS <= pixels * w.size
+
+    def second(impl, hw, s=s, d=d, pads=pads):
+      x = jnp.zeros((2, hw, hw, 32))
+      conv = lambda x, w: conv_ops.resample_conv2d(x, w, s, pads, d, impl=impl)
+      f = lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(conv(x, w) ** 2))(x) ** 2)
+      return jax.jit(jax.grad(f)).lower(w).compile().as_text()
+
+    assert 'convolution(' not in second('matmul', hw)
+    assert 'convolution(' in second('xla', hw)
+    assert 'convolution(' in second('matmul', 8)
+
+
 def test_transposed_conv_work_is_exact():
   """Forward + both cotangents of a stride-2 transposed conv cost exactly three times
   its forward in matmul FLOPs (no zeros multiplied: no lhs dilation, no extra windows),

@@ -59,6 +59,7 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
           style_mixing_prob=0.9,
           num_fp16_res=0,
           conv_clamp=no_clamp(),
+          conv_impl='auto',
       )
   )
   c.model.discriminator = ml_collections.ConfigDict(
@@ -68,6 +69,7 @@ def official_stylegan2_config() -> ml_collections.ConfigDict:
           mbstd_group_size=4,
           num_fp16_res=0,
           conv_clamp=no_clamp(),
+          conv_impl='auto',
       )
   )
   c.optimizer.update(g_lr=0.002, d_lr=0.002, b1=0.0, b2=0.99, eps=1e-8, nan_to_num=True)

@@ -1,4 +1,5 @@
-"""Exact, CPU-fast reformulations of the DCGAN convolutions.
+"""Exact, CPU-fast reformulations of the DCGAN convolutions and of StyleGAN2's up- and
+down-sampling ones.
 
 XLA:CPU computes the derivatives of strided and transposed convolutions several times
 slower than matmuls; these ops compute the same function through matmul forms on CPU
@@ -74,25 +75,34 @@ def _forms(x_shape, w_shape):
   )
 
 
-def _patches(x, kh, kw):
+def _patches(x, kh, kw, s: int = 1):
   """im2col: [B*Ho*Wo, kh*kw*C], taps major, channels minor (a reshaped HWIO kernel)."""
   b, h, wd, c = x.shape
-  ho, wo = h - kh + 1, wd - kw + 1
-  if (kh, kw) == (1, 1):
+  ho, wo = (h - kh) // s + 1, (wd - kw) // s + 1
+  if (kh, kw, s) == (1, 1, 1):
     p = x
   else:
-    p = jnp.concatenate(
-        [x[:, u : u + ho, v : v + wo] for u in range(kh) for v in range(kw)], axis=-1
-    )
+    end = lambda u, n: u + s * (n - 1) + 1
+    taps = [
+        lax.slice(x, (0, u, v, 0), (b, end(u, ho), end(v, wo), c), (1, s, s, 1))
+        for u in range(kh)
+        for v in range(kw)
+    ]
+    p = jnp.concatenate(taps, axis=-1)
   return p.reshape(b * ho * wo, kh * kw * c)
 
 
 def _patch_conv(x, w):
   """Stride-1 VALID conv as im2col + one matmul."""
+  return _strided_patch_conv(x, w, 1)
+
+
+def _strided_patch_conv(x, w, s: int):
+  """Stride-``s`` VALID conv as im2col + one matmul."""
   kh, kw, c, o = w.shape
   b, h, wd, _ = x.shape
-  y = jnp.dot(_patches(x, kh, kw), w.reshape(kh * kw * c, o))
-  return y.reshape(b, h - kh + 1, wd - kw + 1, o)
+  y = jnp.dot(_patches(x, kh, kw, s), w.reshape(kh * kw * c, o))
+  return y.reshape(b, (h - kh) // s + 1, (wd - kw) // s + 1, o)
 
 
 def _patch_conv_kernel_tangent(x, w):
@@ -209,6 +219,82 @@ def conv2d(
   if strides == (1, 1):
     return _conv_stride1(x, kernel, pads)
   return _conv_strided(x, kernel, strides, pads)
+
+
+# Multiply-adds per sample below which ``resample_conv2d`` keeps XLA's conv: there XLA's
+# slow derivatives cost less than compiling the patch forms (docs/cpu.md).
+RESAMPLE_MIN_MACS = 2**25
+
+
+def resample_conv2d(
+    x: Array,
+    kernel: Array,
+    stride: int = 1,
+    padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
+    lhs_dilation: int = 1,
+    impl: str = 'auto',
+) -> Array:
+  """``lax.conv_general_dilated`` in NHWC/HWIO with a stride or an input dilation (zero
+  insertion: a transposed conv), for networks that need derivatives of every order.
+
+  ``'matmul'`` computes strided and dilated convs of at least ``RESAMPLE_MIN_MACS``
+  per sample as patches and one matmul (a dilated one per output phase), whose
+  derivatives of any order are matmuls and slices; XLA:CPU's own take 30-100x a
+  forward for the kernel gradient of a dilated conv and the second derivative of a
+  strided one (docs/cpu.md). Others go to XLA.
+  """
+  s, d = int(stride), int(lhs_dilation)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+
+  def reference():
+    dn = _DN
+    return lax.conv_general_dilated(x, kernel, (s, s), pads, (d, d), dimension_numbers=dn)
+
+  if resolve_impl(impl) == 'xla' or (s == 1 and d == 1) or (s > 1 and d > 1):
+    return reference()
+  kh, kw, c, o = kernel.shape
+  pixels = x.shape[1] * x.shape[2] if d > 1 else x.shape[1] * x.shape[2] // (s * s)
+  if pixels * kh * kw * c * o < RESAMPLE_MIN_MACS:
+    return reference()
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  if d == 1:
+    return _strided_patch_conv(_pad_or_crop(x, pads), kernel, s)
+  return _dilated_by_phases(x, kernel, d, pads)
+
+
+def _pad_or_crop(x, pads):
+  """``x`` with (lo, hi) pads on its two spatial axes; negative ones crop."""
+  for axis, (lo, hi) in zip((1, 2), pads):
+    x = lax.slice_in_dim(x, max(-lo, 0), x.shape[axis] - max(-hi, 0), axis=axis)
+  return jnp.pad(x, ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+
+
+def _dilated_by_phases(x, kernel, d: int, pads):
+  """A stride-1 conv of ``x`` with ``d-1`` zeros inserted between pixels as ``d*d``
+  stride-1 patch convs of ``x`` itself, one per output phase, interleaved: no product
+  with an inserted zero (docs/cpu.md)."""
+  b, h, w, _ = x.shape
+  kh, kw, _, o = kernel.shape
+  out = [(n - 1) * d + lo + hi - k + 2 for n, (lo, hi), k in zip((h, w), pads, (kh, kw))]
+  per_phase = [-(-n // d) for n in out]
+
+  def axis_phase(r, lo, k, n, q):
+    """Output phase ``r`` on one axis: its first tap, its tap count, its conv's pads."""
+    first = (lo - r) % d
+    taps = len(range(first, k, d))
+    pad_lo = (lo - r - first) // d
+    return first, taps, (pad_lo, q + taps - 1 - n - pad_lo)
+
+  def phase(ry, rx):
+    fy, ty, py = axis_phase(ry, pads[0][0], kh, h, per_phase[0])
+    fx, tx, px = axis_phase(rx, pads[1][0], kw, w, per_phase[1])
+    if ty == 0 or tx == 0:  # a kernel narrower than d: this phase sees only zeros
+      return jnp.zeros((b, *per_phase, o), jnp.result_type(x, kernel))
+    return _patch_conv(_pad_or_crop(x, (py, px)), kernel[fy::d, fx::d])
+
+  rows = [jnp.stack([phase(ry, rx) for rx in range(d)], axis=3) for ry in range(d)]
+  y = jnp.stack(rows, axis=2).reshape(b, per_phase[0] * d, per_phase[1] * d, o)
+  return y[:, : out[0], : out[1]]
 
 
 def conv_transpose2d(

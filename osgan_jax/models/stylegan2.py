@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from osgan_jax import models
+from osgan_jax.models import conv_ops
 from osgan_jax.models import stylegan2_ops as ops
 
 Array = jax.Array
@@ -69,7 +70,8 @@ def _block_dtype(module, res: int) -> Dtype:
 
 # Fields passed down by name: SynthesisNetwork -> SynthesisBlock, G -> SynthesisNetwork.
 _SHARED_BLOCK_FIELDS = (
-    'img_channels architecture resample_filter conv_clamp use_noise fused_modconv'
+    'img_channels architecture resample_filter conv_clamp use_noise fused_modconv '
+    'conv_impl'
 )
 _SYNTHESIS_FIELDS = (
     'w_dim resolution channel_base channel_max num_fp16_res mixed_dtype '
@@ -91,6 +93,7 @@ def _checks(min_resolution: int) -> tuple:
       ('mixed_dtype', models.floating_dtype("'bfloat16', 'float16'")),
       ('architecture', models.one_of(ARCHITECTURES)),
       ('conv_clamp', models.positive(none_ok=True)),
+      ('conv_impl', models.one_of(conv_ops.IMPLS)),
       (
           'resample_filter',
           models.fir_filter('a 1-D or 2-D FIR filter with a nonzero sum', (1, 2)),
@@ -139,6 +142,7 @@ class Conv2dLayer(nn.Module):
   down: int = 1
   resample_filter: Tuple[float, ...] = (1, 3, 3, 1)
   conv_clamp: Optional[float] = None
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, gain: float = 1.0) -> Array:
@@ -152,7 +156,14 @@ class Conv2dLayer(nn.Module):
     f = ops.setup_filter(self.resample_filter)
     w = w.astype(x.dtype)
     x = ops.conv2d_resample(
-        x, w, f=f, up=self.up, down=self.down, padding=k // 2, flip_weight=(self.up == 1)
+        x,
+        w,
+        f=f,
+        up=self.up,
+        down=self.down,
+        padding=k // 2,
+        flip_weight=(self.up == 1),
+        impl=self.conv_impl,
     )
     act_gain = ops.activation_gain(self.activation) * gain
     clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
@@ -251,6 +262,7 @@ class SynthesisLayer(nn.Module):
   resample_filter: Tuple[float, ...] = (1, 3, 3, 1)
   conv_clamp: Optional[float] = None
   fused_modconv: bool = False
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(
@@ -299,6 +311,7 @@ class SynthesisLayer(nn.Module):
         resample_filter=ops.setup_filter(self.resample_filter),
         flip_weight=(self.up == 1),
         fused_modconv=self.fused_modconv,
+        impl=self.conv_impl,
     )
     bias = self.param('bias', nn.initializers.zeros, (self.out_channels,))
     act_gain = ops.activation_gain(self.activation) * gain
@@ -350,6 +363,7 @@ class SynthesisBlock(nn.Module):
   dtype: Dtype = jnp.float32
   use_noise: bool = True
   fused_modconv: bool = False
+  conv_impl: str = 'auto'
 
   @property
   def num_conv(self) -> int:
@@ -377,7 +391,9 @@ class SynthesisBlock(nn.Module):
         SynthesisLayer,
         self.out_channels,
         res,
-        **models.fields(self, 'resample_filter conv_clamp use_noise fused_modconv'),
+        **models.fields(
+            self, 'resample_filter conv_clamp use_noise fused_modconv conv_impl'
+        ),
     )
     if self.in_channels == 0:
       const = self.param('const', _normal_init(1.0), (res, res, self.out_channels))
@@ -389,7 +405,13 @@ class SynthesisBlock(nn.Module):
       resnet = self.architecture == 'resnet'
       if resnet:
         y = Conv2dLayer(
-            self.out_channels, 1, use_bias=False, up=2, resample_filter=f, name='skip'
+            self.out_channels,
+            1,
+            use_bias=False,
+            up=2,
+            resample_filter=f,
+            conv_impl=self.conv_impl,
+            name='skip',
         )(x, gain=np.sqrt(0.5))
       x = layer(up=2, name='conv0')(x, ws[:, 0], noise_mode, noise=noises[0])
       gain = np.sqrt(0.5) if resnet else 1.0
@@ -425,6 +447,7 @@ class SynthesisNetwork(nn.Module):
   conv_clamp: Optional[float] = None
   use_noise: bool = True
   fused_modconv: bool = False
+  conv_impl: str = 'auto'
 
   @property
   def num_ws(self) -> int:
@@ -500,6 +523,7 @@ class Generator(nn.Module):
   use_noise: bool = True
   style_mixing_prob: float = 0.9
   fused_modconv: bool = False
+  conv_impl: str = 'auto'
 
   # The RNG streams ``apply`` draws from (a class attribute, not a module field).
   RNG_STREAMS = (NOISE_RNG, MIXING_RNG)
@@ -603,13 +627,16 @@ class DiscriminatorBlock(nn.Module):
   resample_filter: Tuple[float, ...] = (1, 3, 3, 1)
   conv_clamp: Optional[float] = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Optional[Array], img: Optional[Array]):
     assert self.architecture in ('orig', 'skip', 'resnet')
     assert self.in_channels in (0, self.tmp_channels)
     res, f, arch = self.resolution, self.resample_filter, self.architecture
-    conv = functools.partial(Conv2dLayer, **models.fields(self, 'activation conv_clamp'))
+    conv = functools.partial(
+        Conv2dLayer, **models.fields(self, 'activation conv_clamp conv_impl')
+    )
     if x is not None:
       assert x.shape[1:] == (res, res, self.in_channels), x.shape
       x = x.astype(self.dtype)
@@ -625,7 +652,13 @@ class DiscriminatorBlock(nn.Module):
     conv1 = conv(self.out_channels, 3, down=2, resample_filter=f, name='conv1')
     if arch == 'resnet':
       y = Conv2dLayer(
-          self.out_channels, 1, use_bias=False, down=2, resample_filter=f, name='skip'
+          self.out_channels,
+          1,
+          use_bias=False,
+          down=2,
+          resample_filter=f,
+          conv_impl=self.conv_impl,
+          name='skip',
       )(x, gain=np.sqrt(0.5))
       x = conv0(x)
       x = conv1(x, gain=np.sqrt(0.5))
@@ -705,6 +738,7 @@ class Discriminator(nn.Module):
   mbstd_num_channels: int = 1
   resample_filter: Tuple[float, ...] = (1, 3, 3, 1)
   label_mapping_layers: int = 8
+  conv_impl: str = 'auto'
 
   @property
   def block_resolutions(self) -> Sequence[int]:
@@ -745,7 +779,9 @@ class Discriminator(nn.Module):
           resolution=res,
           dtype=_block_dtype(self, res),
           name=f'b{res}',
-          **models.fields(self, 'img_channels architecture resample_filter conv_clamp'),
+          **models.fields(
+              self, 'img_channels architecture resample_filter conv_clamp conv_impl'
+          ),
       )(x, img)
 
     cmap = None

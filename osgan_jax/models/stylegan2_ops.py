@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from osgan_jax.models import conv_ops
+
 Padding = Union[int, Sequence[int]]
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -225,20 +227,24 @@ def _conv(
     w,
     stride=1,
     padding=((0, 0), (0, 0)),
-    lhs_dilation=(1, 1),
+    lhs_dilation=1,
     flip_weight=True,
     groups=1,
+    impl='auto',
 ):
-  """``flip_weight=True``: correlation (like torch conv2d); False: true convolution."""
+  """``flip_weight=True``: correlation (like torch conv2d); False: true convolution.
+  Ungrouped ones go through ``conv_ops.resample_conv2d`` (``docs/cpu.md``)."""
   kh, kw = w.shape[:2]
   if not flip_weight and (kh > 1 or kw > 1):
     w = w[::-1, ::-1]
+  if groups == 1:
+    return conv_ops.resample_conv2d(x, w, stride, padding, lhs_dilation, impl)
   return lax.conv_general_dilated(
       x,
       w,
       window_strides=(stride, stride),
       padding=padding,
-      lhs_dilation=lhs_dilation,
+      lhs_dilation=(lhs_dilation, lhs_dilation),
       dimension_numbers=_DN,
       feature_group_count=groups,
   )
@@ -254,10 +260,12 @@ def conv2d_resample(
     flip_weight: bool = True,
     flip_filter: bool = False,
     groups: int = 1,
+    impl: str = 'auto',
 ) -> jax.Array:
   """Conv with optional FIR up/downsampling (official ``conv2d_resample``, fast paths).
 
-  ``w``: [kh, kw, I // groups, O]; ``padding`` is relative to the upsampled image.
+  ``w``: [kh, kw, I // groups, O]; ``padding`` is relative to the upsampled image;
+  ``impl``: ``conv_ops.IMPLS``.
   """
   assert x.ndim == 4 and w.ndim == 4
   assert isinstance(up, int) and up >= 1 and isinstance(down, int) and down >= 1
@@ -275,7 +283,7 @@ def conv2d_resample(
     py0 += (fh - down + 1) // 2
     py1 += (fh - down) // 2
 
-  conv = functools.partial(_conv, w=w, flip_weight=flip_weight, groups=groups)
+  conv = functools.partial(_conv, w=w, flip_weight=flip_weight, groups=groups, impl=impl)
   fir = functools.partial(upfirdn2d, f=f, flip_filter=flip_filter)
   pads = (px0, px1, py0, py1)
 
@@ -298,7 +306,7 @@ def conv2d_resample(
     pxt = max(min(-px0, -px1), 0)
     pyt = max(min(-py0, -py1), 0)
     full = ((kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt))
-    x = conv(x, padding=full, lhs_dilation=(up, up))
+    x = conv(x, padding=full, lhs_dilation=up)
     x = fir(x, padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt), gain=up**2)
     if down > 1:
       x = fir(x, down=down)
@@ -326,6 +334,7 @@ def modulated_conv2d(
     demodulate: bool = True,
     flip_weight: bool = True,
     fused_modconv: bool = False,
+    impl: str = 'auto',
 ) -> jax.Array:
   """Modulated (and demodulated) convolution, as the official ``modulated_conv2d``.
 
@@ -359,6 +368,7 @@ def modulated_conv2d(
       down=down,
       padding=padding,
       flip_weight=flip_weight,
+      impl=impl,
   )
   if not fused_modconv:
     x = x * styles.astype(x.dtype)[:, None, None, :]
