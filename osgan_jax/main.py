@@ -116,7 +116,10 @@ def main(args) -> int:
   except data.DataError as e:
     raise cli.CommandError(f'data: {cli.one_line(e)}') from None
   except config_lib.ConfigError as e:
-    raise cli.CommandError(f'config: {cli.one_line(e)}') from None
+    message = cli.one_line(e)  # 'config.x ...' names its key; others get the prefix
+    raise cli.CommandError(
+        message if message.startswith('config.') else f'config: {message}'
+    ) from None
   except (guards.TrainingError, checkpoint.CheckpointError, workdir.WorkdirBusy) as e:
     raise cli.CommandError(cli.one_line(e)) from None
   return 0

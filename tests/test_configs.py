@@ -282,15 +282,17 @@ def test_main_reports_data_errors_in_one_line(tmp_path):
   # (else it would refuse); at -v=1 it says so.
   assert 'host_memory: freed memory stays mapped' in result.stderr
   assert 'already started' not in result.stderr
+  # A config error names its key once (not 'config: config.stage ...').
   result = _main(
-      f'--workdir={tmp_path / "run"}',
-      '--config.data.name=folder',
-      f'--config.data.path={missing}',
-      '--tune_malloc=off',
-      '-v=1',
+      f'--workdir={tmp_path / "run"}', '--config.stage=three', '--tune_malloc=off', '-v=1'
   )
   assert result.returncode == 1
   assert 'host_memory' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('osgan_jax.main:')]
+  assert errors == [
+      'osgan_jax.main: error: config.stage must be one of one, two, official_two, '
+      "got 'three'"
+  ]
 
 
 def test_main_reports_a_missing_config_file_in_one_line(tmp_path):

@@ -540,7 +540,7 @@ def test_batch_not_divisible_by_every_device_is_an_error(images, tmp_path):
   result = run_launch(2, 2, main_command(DCGAN, tmp_path, overrides))
   assert result.returncode == 1, result.stderr[-4000:]
   assert sorted(error_lines(result.stderr)) == [
-      f'[{i}] osgan_jax.main: error: config: config.batch_size=6 must be a multiple of '
+      f'[{i}] osgan_jax.main: error: config.batch_size=6 must be a multiple of '
       'the 4 devices (2 processes x 2 devices)'
       for i in (0, 1)
   ]
