@@ -282,6 +282,11 @@ def test_two_stage_step_is_dfads_schedule():
   assert_trees_equal(new_state.model_state_d['teacher'], state.model_state_d['teacher'])
 
 
+def test_the_game_takes_the_configs_exact_path_bucket():
+  _, gan, _, _ = _game(one_stage_bucket=[0.5, 1])
+  assert gan.exact_bucket == (0.5, 1.0)
+
+
 def test_steps_without_real_data_need_a_fake_batch_size():
   _, gan, state, _ = _game(gan_fields={'fake_batch_size': 0})
   with pytest.raises(ValueError, match='fake_batch_size'):

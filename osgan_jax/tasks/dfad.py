@@ -75,6 +75,7 @@ def make_gan(config, generator, student, teacher) -> steps.GAN:
       optimizer_d=optimizer_d,
       batch_keys=(),
       mode=config.one_stage_mode,
+      exact_bucket=gan_lib.exact_bucket(config),
       fake_batch_size=int(config.batch_size),
       per_sample=student.per_sample,  # the teacher runs in inference mode
   )

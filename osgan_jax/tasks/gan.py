@@ -163,7 +163,7 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
       optimizer_d=optimizer_d,
       batch_keys=('image', 'label') if conditional else ('image',),
       mode=config.one_stage_mode,
-      exact_bucket=_fractions(config.one_stage_bucket),
+      exact_bucket=exact_bucket(config),
       penalties=penalties or None,
       augment=make_augment(config),
       # Declared by the architecture (a test checks it against the probe), so no jvp of
@@ -172,9 +172,10 @@ def make_gan(config, generator, discriminator) -> steps.GAN:
   )
 
 
-def _fractions(bucket):
+def exact_bucket(config):
   """``config.one_stage_bucket`` as fractions of the batch (an integer 1 is the whole
   batch, not a count of one)."""
+  bucket = config.one_stage_bucket
   if isinstance(bucket, (tuple, list)):
     return tuple(float(f) for f in bucket)
   return float(bucket)
