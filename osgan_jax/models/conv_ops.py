@@ -247,8 +247,9 @@ def resample_conv2d(
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
 
   def reference():
-    dn = _DN
-    return lax.conv_general_dilated(x, kernel, (s, s), pads, (d, d), dimension_numbers=dn)
+    return lax.conv_general_dilated(
+        x, kernel, (s, s), pads, (d, d), dimension_numbers=_DN
+    )
 
   if resolve_impl(impl) == 'xla' or (s == 1 and d == 1) or (s > 1 and d > 1):
     return reference()
@@ -263,10 +264,9 @@ def resample_conv2d(
 
 
 def _pad_or_crop(x, pads):
-  """``x`` with (lo, hi) pads on its two spatial axes; negative ones crop."""
-  for axis, (lo, hi) in zip((1, 2), pads):
-    x = lax.slice_in_dim(x, max(-lo, 0), x.shape[axis] - max(-hi, 0), axis=axis)
-  return jnp.pad(x, ((0, 0), *((max(lo, 0), max(hi, 0)) for lo, hi in pads), (0, 0)))
+  """``x`` with (lo, hi) pads on its two spatial axes; negative ones crop (lax.pad)."""
+  config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
+  return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def _dilated_by_phases(x, kernel, d: int, pads):
